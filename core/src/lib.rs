@@ -1,0 +1,29 @@
+//! Mechanisms every Sluice binary shares, one concern per module. Nothing here knows about
+//! transactions, risk or audit records: business logic lives in the service crates.
+//!
+//! - [`shutdown`]: SIGINT/SIGTERM and the bounded drain that follows.
+//! - [`h2`]: HTTP/2 flow-control and keepalive settings as one config type, applied to tonic
+//!   servers and endpoints so every window is explicit.
+//! - [`admin`]: the HTTP admin listener (`/metrics`, `/healthz`).
+//! - [`metrics`]: the Prometheus registry plus process metrics.
+//! - [`worker_pool`]: serve a bidirectional stream with a bounded pool of workers that pulls
+//!   the next message only when a worker is free: the service side of backpressure.
+//! - [`deadline`]: per-message deadlines carried as Unix milliseconds across hops.
+//! - [`server`]: binding, the ready line, and running a tonic router until shutdown.
+//! - [`telemetry`]: `tracing` setup from `RUST_LOG`.
+
+pub mod admin;
+pub mod deadline;
+pub mod h2;
+pub mod metrics;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+pub mod worker_pool;
+
+pub use tokio_util::sync::CancellationToken;
+
+/// Parses a human duration such as `250ms`, `5s` or `2m` (for clap `value_parser`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 250ms, 5s, 2m)"))
+}

@@ -1,0 +1,9 @@
+//! Generated `mesh.v1` messages and tonic clients/servers.
+//!
+//! Everything generated lives under [`pb`]; the rest of the workspace imports from there.
+
+/// Generated code for package `mesh.v1`.
+#[allow(clippy::all, unreachable_pub, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("mesh.v1");
+}
