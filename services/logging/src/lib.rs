@@ -1,0 +1,275 @@
+//! The logging service: the durable audit log ([`log::AuditLog`]) behind
+//! `mesh.v1.Logging/Append` (one long-lived bidirectional stream per gateway worker; each
+//! append acknowledged only after fsync) and `mesh.v1.Logging/Read` (stored records, in
+//! offset order).
+
+pub mod log;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use prometheus_client::registry::Registry;
+use sluice_core::server::{CommonServerArgs, Listeners, PoolArgs, ServeError};
+use sluice_core::worker_pool::{ReplyStream, WorkerPool};
+use sluice_core::{CancellationToken, deadline};
+use sluice_proto::pb::logging_server::{Logging, LoggingServer};
+use sluice_proto::pb::{self, AppendAck, AppendRequest, AuditEntry, ReadRequest, Transaction};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::log::{AuditError, AuditLog};
+
+/// Default gRPC address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50054";
+/// Default admin (metrics, health) address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9104";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "data/logging";
+/// Records read from disk per step of a `Read` stream; also its send queue's capacity.
+pub const DEFAULT_READ_CHUNK: usize = 256;
+
+/// `sluice-logging`: the durable audit log of the Sluice mesh.
+///
+/// Appends are written to `<data-dir>/audit.log` and acknowledged only after fsync; many
+/// appends share one fsync (group commit). Appending an id already in the log writes nothing
+/// and returns the original offset. On start the log recovers its index and cuts a torn tail.
+/// Every flag can also be set through the environment variable shown.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "sluice-logging", version)]
+pub struct Config {
+    /// gRPC listen address.
+    #[arg(long, env = "SLUICE_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Admin HTTP listen address (/metrics, /healthz).
+    #[arg(long, env = "SLUICE_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: SocketAddr,
+    /// Directory holding the audit log (created if missing).
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Appends waiting for the writer thread. When full, appending workers wait.
+    #[arg(long, env = "SLUICE_APPEND_QUEUE", default_value_t = log::DEFAULT_APPEND_QUEUE)]
+    pub append_queue: usize,
+    /// Most records written and fsync'ed together (group commit).
+    #[arg(long, env = "SLUICE_MAX_BATCH", default_value_t = log::DEFAULT_MAX_BATCH)]
+    pub max_batch: usize,
+    #[command(flatten)]
+    pub pool: PoolArgs,
+    #[command(flatten)]
+    pub server: CommonServerArgs,
+}
+
+impl Config {
+    /// Defaults, as if no flag were given.
+    pub fn defaults() -> Self {
+        Self::parse_from(["sluice-logging"])
+    }
+}
+
+struct LoggingService {
+    log: AuditLog,
+    pool: WorkerPool,
+    shutdown: CancellationToken,
+}
+
+fn error(code: tonic::Code, message: impl Into<String>) -> Option<pb::Error> {
+    Some(pb::Error {
+        code: code as i32,
+        message: message.into(),
+    })
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), or of B3.
+fn trace_id(txn: &Transaction) -> String {
+    let ctx = &txn.trace_context;
+    let from_traceparent = ctx
+        .get("traceparent")
+        .and_then(|tp| tp.split('-').nth(1).map(str::to_string));
+    let from_b3 = || {
+        ctx.get("x-b3-traceid").cloned().or_else(|| {
+            ctx.get("b3")
+                .and_then(|b3| b3.split('-').next().map(str::to_string))
+        })
+    };
+    from_traceparent
+        .or_else(from_b3)
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_default()
+}
+
+async fn append(log: AuditLog, request: AppendRequest) -> AppendAck {
+    let correlation_id = request.correlation_id;
+    let reject = |code, message: &str| AppendAck {
+        correlation_id,
+        error: error(code, message),
+        ..Default::default()
+    };
+    if deadline::expired(request.deadline_unix_ms) {
+        return reject(
+            tonic::Code::DeadlineExceeded,
+            "deadline passed before the record was appended",
+        );
+    }
+    let Some(txn) = request.transaction else {
+        return reject(tonic::Code::InvalidArgument, "transaction: missing");
+    };
+    if txn.id.is_empty() || txn.id.len() > 64 {
+        return reject(
+            tonic::Code::InvalidArgument,
+            "transaction.id: must be 1-64 characters",
+        );
+    }
+    let record = AuditEntry {
+        offset: 0,
+        trace_id: trace_id(&txn),
+        id: txn.id,
+        account: txn.account,
+        amount_minor: txn.amount_minor,
+        currency: txn.currency,
+        merchant: txn.merchant,
+        appended_unix_ms: deadline::now_unix_ms(),
+    };
+    match log.append(record).await {
+        Ok(a) => AppendAck {
+            correlation_id,
+            offset: a.offset,
+            duplicate: a.duplicate,
+            error: None,
+        },
+        Err(e @ AuditError::TooLarge(_)) => reject(tonic::Code::InvalidArgument, &e.to_string()),
+        Err(e) => reject(tonic::Code::Unavailable, &e.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl Logging for LoggingService {
+    type AppendStream = ReplyStream<AppendAck>;
+    type ReadStream = ReplyStream<AuditEntry>;
+
+    async fn append(
+        &self,
+        request: Request<Streaming<AppendRequest>>,
+    ) -> Result<Response<Self::AppendStream>, Status> {
+        let log = self.log.clone();
+        Ok(Response::new(self.pool.serve(
+            request.into_inner(),
+            self.shutdown.clone(),
+            move |req| append(log.clone(), req),
+        )))
+    }
+
+    async fn read(
+        &self,
+        request: Request<ReadRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
+        let ReadRequest { from_offset, limit } = request.into_inner();
+        let log = self.log.clone();
+        let end = log.len();
+        let from = from_offset.max(1);
+        let last = if limit == 0 {
+            end
+        } else {
+            end.min(from.saturating_add(limit) - 1)
+        };
+        let (tx, rx) = mpsc::channel(DEFAULT_READ_CHUNK);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut next = from;
+            while next <= last && !shutdown.is_cancelled() {
+                let chunk = (last - next + 1).min(DEFAULT_READ_CHUNK as u64) as usize;
+                let reader = log.clone();
+                let entries =
+                    match tokio::task::spawn_blocking(move || reader.read(next, chunk)).await {
+                        Ok(Ok(entries)) if !entries.is_empty() => entries,
+                        Ok(Ok(_)) => break,
+                        Ok(Err(e)) => {
+                            let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                            return;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                            return;
+                        }
+                    };
+                next += entries.len() as u64;
+                for entry in entries {
+                    if tx.send(Ok(entry)).await.is_err() {
+                        return; // reader gone
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReplyStream::new(rx)))
+    }
+}
+
+/// Serves the logging service on `listeners` until `shutdown` is cancelled, then drains and
+/// closes the audit log (everything queued is written and fsync'ed first).
+pub async fn serve(
+    listeners: Listeners,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let mut registry = Registry::with_prefix("sluice_logging");
+    let log = AuditLog::open(
+        &config.data_dir,
+        config.append_queue,
+        config.max_batch,
+        &mut registry,
+    )
+    .map_err(|e| ServeError::Other(format!("{e} (check --data-dir)")))?;
+    tracing::info!(path = %config.data_dir.display(), records = log.len(), "audit log open");
+    let pool = WorkerPool::new(config.pool.workers, config.pool.reply_queue, &mut registry);
+    let service = LoggingService {
+        log: log.clone(),
+        pool,
+        shutdown: shutdown.clone(),
+    };
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<LoggingServer<LoggingService>>()
+        .await;
+    let router = config.server.h2.server().add_service(health).add_service(
+        LoggingServer::new(service).max_decoding_message_size(config.server.h2.max_message_size),
+    );
+    let result = sluice_core::server::run(
+        listeners,
+        router,
+        sluice_core::metrics::Metrics::new(registry),
+        reporter,
+        shutdown,
+        config.server.grace_period,
+    )
+    .await;
+    // The router (and every clone of the log it held) is gone once `run` returns.
+    // Bounded: a stream task that outlived the grace period may still hold a handle.
+    let closed = tokio::task::spawn_blocking(move || log.close());
+    if tokio::time::timeout(std::time::Duration::from_secs(5), closed)
+        .await
+        .is_err()
+    {
+        tracing::warn!("audit writer still busy at exit; queued appends were never acknowledged");
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_id_from_w3c_or_b3() {
+        let mut txn = Transaction::default();
+        assert_eq!(trace_id(&txn), "");
+        txn.trace_context.insert(
+            "b3".into(),
+            "0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-1".into(),
+        );
+        assert_eq!(trace_id(&txn), "0af7651916cd43dd8448eb211c80319c");
+        txn.trace_context.insert(
+            "traceparent".into(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        );
+        assert_eq!(trace_id(&txn), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+}
