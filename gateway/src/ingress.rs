@@ -1,0 +1,319 @@
+//! The client-facing `mesh.v1.Gateway` service: validation, admission and outcomes.
+//!
+//! - **Submit** (unary): an in-flight limit (`max_inflight`) and the downstream queues are
+//!   checked without waiting; when either is full the call fails at once with
+//!   RESOURCE_EXHAUSTED and a `grpc-retry-pushback-ms` trailer. Unary calls are never parked.
+//! - **SubmitStream**: one task per stream reads the next Transaction only when the current
+//!   one has been admitted to every required queue (and fewer than `stream_inflight`
+//!   outcomes are pending). While it waits, the client's HTTP/2 window fills and its sends
+//!   block. Outcomes return in completion order through a bounded queue (`outcome_queue`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use sluice_core::CancellationToken;
+use sluice_proto::pb::gateway_server::Gateway;
+use sluice_proto::pb::{Outcome, Transaction};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::fanout::{Admission, Fanout, error_outcome};
+use crate::validate;
+
+/// Default most unary calls in flight at once.
+pub const DEFAULT_MAX_INFLIGHT: usize = 2048;
+/// Default most transactions per SubmitStream admitted and awaiting their outcome.
+pub const DEFAULT_STREAM_INFLIGHT: usize = 1024;
+/// Default outcomes per SubmitStream produced but not yet taken by the transport.
+pub const DEFAULT_OUTCOME_QUEUE: usize = 256;
+/// Default deadline for work whose client set none.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
+/// Default `grpc-retry-pushback-ms` sent with RESOURCE_EXHAUSTED.
+pub const DEFAULT_RETRY_PUSHBACK: Duration = Duration::from_millis(100);
+
+/// Ingress bounds.
+#[derive(Debug, Clone)]
+pub struct IngressLimits {
+    pub max_inflight: usize,
+    pub stream_inflight: usize,
+    pub outcome_queue: usize,
+    pub default_deadline: Duration,
+    pub retry_pushback: Duration,
+}
+
+impl Default for IngressLimits {
+    fn default() -> Self {
+        Self {
+            max_inflight: DEFAULT_MAX_INFLIGHT,
+            stream_inflight: DEFAULT_STREAM_INFLIGHT,
+            outcome_queue: DEFAULT_OUTCOME_QUEUE,
+            default_deadline: DEFAULT_DEADLINE,
+            retry_pushback: DEFAULT_RETRY_PUSHBACK,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+enum Api {
+    Unary,
+    Stream,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    api: Api,
+    /// `ok` or the gRPC code, e.g. `resource_exhausted`.
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiLabels {
+    api: Api,
+}
+
+#[derive(Clone)]
+struct IngressMetrics {
+    transactions: Family<ResultLabels, Counter>,
+    inflight: Family<ApiLabels, Gauge>,
+    latency: Family<ApiLabels, Histogram>,
+    admission_wait: Histogram,
+    streams: Gauge,
+}
+
+impl IngressMetrics {
+    fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            transactions: Family::default(),
+            inflight: Family::default(),
+            latency: Family::new_with_constructor(|| Histogram::new(sluice_core::metrics::latency_buckets())),
+            admission_wait: Histogram::new(sluice_core::metrics::latency_buckets()),
+            streams: Gauge::default(),
+        };
+        registry.register("transactions", "Transactions finished, by API and result", m.transactions.clone());
+        registry.register("inflight", "Transactions admitted and awaiting their outcome", m.inflight.clone());
+        registry.register("latency_seconds", "Time from admission to outcome", m.latency.clone());
+        registry.register(
+            "admission_wait_seconds",
+            "Time SubmitStream readers waited for downstream queue room (backpressure)",
+            m.admission_wait.clone(),
+        );
+        registry.register("submit_streams", "Open SubmitStream calls", m.streams.clone());
+        m
+    }
+
+    fn finish(&self, api: Api, result: &Result<Outcome, Status>, started: Instant) {
+        let result = match result {
+            Ok(o) => match &o.error {
+                None => "ok".to_string(),
+                Some(e) => code_label(tonic::Code::from_i32(e.code)),
+            },
+            Err(s) => code_label(s.code()),
+        };
+        self.latency.get_or_create(&ApiLabels { api: api.clone() }).observe(started.elapsed().as_secs_f64());
+        self.transactions.get_or_create(&ResultLabels { api, result }).inc();
+    }
+}
+
+fn code_label(code: tonic::Code) -> String {
+    let debug = format!("{code:?}");
+    let mut out = String::with_capacity(debug.len() + 4);
+    for (i, c) in debug.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+/// The `mesh.v1.Gateway` implementation.
+pub struct Ingress {
+    fanout: Fanout,
+    limits: IngressLimits,
+    unary_permits: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    metrics: IngressMetrics,
+}
+
+impl Ingress {
+    pub fn new(fanout: Fanout, limits: IngressLimits, registry: &mut Registry, shutdown: CancellationToken) -> Self {
+        Self {
+            fanout,
+            unary_permits: Arc::new(Semaphore::new(limits.max_inflight.max(1))),
+            limits,
+            shutdown,
+            metrics: IngressMetrics::new(registry),
+        }
+    }
+
+    fn exhausted(&self, message: impl Into<String>) -> Status {
+        let mut status = Status::resource_exhausted(message);
+        let pushback = self.limits.retry_pushback.as_millis().to_string();
+        if let Ok(value) = pushback.parse() {
+            status.metadata_mut().insert("grpc-retry-pushback-ms", value);
+        }
+        status
+    }
+
+    async fn submit_one(&self, txn: Transaction, deadline: Instant) -> Result<Outcome, Status> {
+        let _permit = self
+            .unary_permits
+            .try_acquire()
+            .map_err(|_| self.exhausted(format!("gateway at its in-flight limit ({})", self.limits.max_inflight)))?;
+        validate::transaction(&txn).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let dispatched = match self.fanout.dispatch(txn, deadline, Admission::Immediate).await {
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => return Err(self.exhausted(s.message())),
+            other => other?,
+        };
+        dispatched.outcome().await
+    }
+}
+
+/// The deadline of a call: its `grpc-timeout`, or the default.
+fn call_deadline<T>(request: &Request<T>, default: Duration) -> Instant {
+    let timeout = request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(sluice_core::deadline::parse_grpc_timeout)
+        .unwrap_or(default);
+    Instant::now() + timeout
+}
+
+#[tonic::async_trait]
+impl Gateway for Ingress {
+    type SubmitStreamStream = ReceiverStream<Result<Outcome, Status>>;
+
+    async fn submit(&self, request: Request<Transaction>) -> Result<Response<Outcome>, Status> {
+        let started = Instant::now();
+        let deadline = call_deadline(&request, self.limits.default_deadline);
+        let inflight = self.metrics.inflight.get_or_create(&ApiLabels { api: Api::Unary }).clone();
+        inflight.inc();
+        let result = self.submit_one(request.into_inner(), deadline).await;
+        inflight.dec();
+        self.metrics.finish(Api::Unary, &result, started);
+        result.map(Response::new)
+    }
+
+    async fn submit_stream(
+        &self,
+        request: Request<Streaming<Transaction>>,
+    ) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        let (tx, rx) = mpsc::channel(self.limits.outcome_queue.max(1));
+        let reader = StreamReader {
+            fanout: self.fanout.clone(),
+            limits: self.limits.clone(),
+            shutdown: self.shutdown.clone(),
+            metrics: self.metrics.clone(),
+        };
+        tokio::spawn(reader.run(request.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+struct StreamReader {
+    fanout: Fanout,
+    limits: IngressLimits,
+    shutdown: CancellationToken,
+    metrics: IngressMetrics,
+}
+
+impl StreamReader {
+    async fn run(self, mut inbound: Streaming<Transaction>, tx: mpsc::Sender<Result<Outcome, Status>>) {
+        self.metrics.streams.inc();
+        let inflight_gauge = self.metrics.inflight.get_or_create(&ApiLabels { api: Api::Stream }).clone();
+        let mut pending: FuturesUnordered<BoxFuture<'static, (Result<Outcome, Status>, Instant)>> =
+            FuturesUnordered::new();
+        let mut reading = true;
+        loop {
+            tokio::select! {
+                // Outcomes first: they free room for the next read.
+                biased;
+                Some((result, started)) = pending.next(), if !pending.is_empty() => {
+                    inflight_gauge.dec();
+                    self.metrics.finish(Api::Stream, &result, started);
+                    let outcome = result.unwrap_or_else(|s| error_outcome(String::new(), &s));
+                    if tx.send(Ok(outcome)).await.is_err() {
+                        break; // client gone
+                    }
+                }
+                _ = self.shutdown.cancelled(), if reading => reading = false,
+                message = inbound.message(), if reading && pending.len() < self.limits.stream_inflight => {
+                    match message {
+                        Ok(Some(txn)) => {
+                            let started = Instant::now();
+                            match self.admit(txn, started).await {
+                                Ok(fut) => {
+                                    inflight_gauge.inc();
+                                    pending.push(fut);
+                                }
+                                Err(outcome) => {
+                                    if tx.send(Ok(outcome)).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        Ok(None) => reading = false,
+                        Err(status) => {
+                            tracing::debug!(%status, "SubmitStream inbound error");
+                            reading = false;
+                        }
+                    }
+                }
+                else => break,
+            }
+        }
+        self.metrics.streams.dec();
+    }
+
+    /// Validates and admits one transaction, waiting for queue room. On failure, the error
+    /// Outcome to send back at once.
+    async fn admit(
+        &self,
+        txn: Transaction,
+        started: Instant,
+    ) -> Result<BoxFuture<'static, (Result<Outcome, Status>, Instant)>, Outcome> {
+        let fail = |id: String, status: Status| {
+            let result = Err(status);
+            self.metrics.finish(Api::Stream, &result, started);
+            error_outcome(id, &result.unwrap_err())
+        };
+        if let Err(e) = validate::transaction(&txn) {
+            return Err(fail(txn.id, Status::invalid_argument(e.to_string())));
+        }
+        let id = txn.id.clone();
+        let deadline = started + self.limits.default_deadline;
+        let dispatched = self.fanout.dispatch(txn, deadline, Admission::Wait).await;
+        self.metrics.admission_wait.observe(started.elapsed().as_secs_f64());
+        match dispatched {
+            Ok(d) => Ok(Box::pin(async move {
+                let id = d.id().to_string();
+                let result = d.outcome().await.or_else(|s| Ok(error_outcome(id, &s)));
+                (result, started)
+            })),
+            Err(status) => Err(fail(id, status)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_labels_are_snake_case() {
+        assert_eq!(code_label(tonic::Code::ResourceExhausted), "resource_exhausted");
+        assert_eq!(code_label(tonic::Code::Unavailable), "unavailable");
+    }
+}

@@ -1,0 +1,174 @@
+//! The Sluice gateway: `mesh.v1.Gateway` ingress ([`ingress`]) → fan-out of each transaction
+//! ([`fanout`]) → one long-lived stream client per downstream service ([`downstream`]).
+//! [`validate`] holds the ingress rules. See ARCHITECTURE.md for every bound on the path.
+
+pub mod downstream;
+pub mod fanout;
+pub mod ingress;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use prometheus_client::registry::Registry;
+use sluice_core::CancellationToken;
+use sluice_core::server::{CommonServerArgs, Listeners, ServeError};
+use sluice_proto::pb::gateway_server::GatewayServer;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::downstream::{Downstream, DownstreamConfig};
+use crate::fanout::Fanout;
+use crate::ingress::{Ingress, IngressLimits};
+
+/// Default gRPC address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Default admin (metrics, health) address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9101";
+/// Default risk service URL.
+pub const DEFAULT_RISK_URL: &str = "http://127.0.0.1:50052";
+/// Default notification service URL.
+pub const DEFAULT_NOTIFICATION_URL: &str = "http://127.0.0.1:50053";
+/// Default logging service URL.
+pub const DEFAULT_LOGGING_URL: &str = "http://127.0.0.1:50054";
+
+/// `sluice-gateway`: accepts transactions over gRPC (Submit, SubmitStream) and fans each one
+/// out to risk, notification and logging over long-lived bidirectional streams.
+///
+/// An outcome waits for the risk verdict and the audit ack (both required); notification is
+/// best effort (QUEUED, or SHED when its queue is full). Every flag can also be set through
+/// the environment variable shown.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "sluice-gateway", version)]
+pub struct Config {
+    /// gRPC listen address.
+    #[arg(long, env = "SLUICE_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Admin HTTP listen address (/metrics, /healthz).
+    #[arg(long, env = "SLUICE_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: SocketAddr,
+    /// Risk service URL (http://host:port).
+    #[arg(long, env = "SLUICE_RISK", default_value = DEFAULT_RISK_URL)]
+    pub risk: String,
+    /// Notification service URL (http://host:port).
+    #[arg(long, env = "SLUICE_NOTIFICATION", default_value = DEFAULT_NOTIFICATION_URL)]
+    pub notification: String,
+    /// Logging (audit) service URL (http://host:port).
+    #[arg(long, env = "SLUICE_LOGGING", default_value = DEFAULT_LOGGING_URL)]
+    pub logging: String,
+    /// Long-lived streams per downstream, all on one HTTP/2 connection.
+    #[arg(long, env = "SLUICE_STREAMS_PER_DOWNSTREAM", default_value_t = downstream::DEFAULT_STREAMS)]
+    pub streams_per_downstream: usize,
+    /// Capacity of each downstream's queue: transactions admitted and not yet taken by a
+    /// stream. Full risk/logging queues hold SubmitStream readers and refuse unary calls;
+    /// a full notification queue sheds notices.
+    #[arg(long, env = "SLUICE_DOWNSTREAM_QUEUE", default_value_t = downstream::DEFAULT_QUEUE)]
+    pub downstream_queue: usize,
+    /// Most requests one downstream stream may have sent and not had answered.
+    #[arg(long, env = "SLUICE_DOWNSTREAM_STREAM_INFLIGHT", default_value_t = downstream::DEFAULT_STREAM_INFLIGHT)]
+    pub downstream_stream_inflight: usize,
+    /// Most unary Submit calls in flight; beyond it, RESOURCE_EXHAUSTED with pushback.
+    #[arg(long, env = "SLUICE_MAX_INFLIGHT", default_value_t = ingress::DEFAULT_MAX_INFLIGHT)]
+    pub max_inflight: usize,
+    /// Most transactions per SubmitStream admitted and awaiting their outcome.
+    #[arg(long, env = "SLUICE_STREAM_INFLIGHT", default_value_t = ingress::DEFAULT_STREAM_INFLIGHT)]
+    pub stream_inflight: usize,
+    /// Outcomes per SubmitStream produced but not yet taken by the transport.
+    #[arg(long, env = "SLUICE_OUTCOME_QUEUE", default_value_t = ingress::DEFAULT_OUTCOME_QUEUE)]
+    pub outcome_queue: usize,
+    /// Deadline for transactions whose call carries no grpc-timeout (and for each
+    /// SubmitStream message), e.g. 5s.
+    #[arg(long, env = "SLUICE_DEFAULT_DEADLINE", default_value = "5s", value_parser = sluice_core::parse_duration)]
+    pub default_deadline: Duration,
+    /// `grpc-retry-pushback-ms` sent with RESOURCE_EXHAUSTED, e.g. 100ms.
+    #[arg(long, env = "SLUICE_RETRY_PUSHBACK", default_value = "100ms", value_parser = sluice_core::parse_duration)]
+    pub retry_pushback: Duration,
+    /// First reconnect delay of a broken downstream stream; doubles per failure (with jitter).
+    #[arg(long, env = "SLUICE_RECONNECT_BASE", default_value = "50ms", value_parser = sluice_core::parse_duration)]
+    pub reconnect_base: Duration,
+    /// Longest reconnect delay.
+    #[arg(long, env = "SLUICE_RECONNECT_MAX", default_value = "2s", value_parser = sluice_core::parse_duration)]
+    pub reconnect_max: Duration,
+    #[command(flatten)]
+    pub server: CommonServerArgs,
+}
+
+impl Config {
+    /// Defaults, as if no flag were given.
+    pub fn defaults() -> Self {
+        Self::parse_from(["sluice-gateway"])
+    }
+
+    fn downstream(&self) -> DownstreamConfig {
+        DownstreamConfig {
+            queue: self.downstream_queue,
+            streams: self.streams_per_downstream,
+            stream_inflight: self.downstream_stream_inflight,
+            backoff_base: self.reconnect_base,
+            backoff_max: self.reconnect_max,
+            max_message_size: self.server.h2.max_message_size,
+        }
+    }
+
+    fn limits(&self) -> IngressLimits {
+        IngressLimits {
+            max_inflight: self.max_inflight,
+            stream_inflight: self.stream_inflight,
+            outcome_queue: self.outcome_queue,
+            default_deadline: self.default_deadline,
+            retry_pushback: self.retry_pushback,
+        }
+    }
+
+    fn channel(&self, name: &str, url: &str) -> Result<Channel, ServeError> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| ServeError::Other(format!("--{name} {url:?} is not a valid URL ({e}); expected http://host:port")))?;
+        // Lazy: the gateway starts even when a downstream is not up yet; streams reconnect.
+        Ok(self.server.h2.endpoint(endpoint).connect_lazy())
+    }
+}
+
+/// Serves the gateway until `shutdown` is cancelled: stops accepting, lets in-flight
+/// transactions finish (within the grace period), then closes the downstream streams.
+pub async fn serve(listeners: Listeners, config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let mut registry = Registry::with_prefix("sluice_gateway");
+    let downstream_shutdown = CancellationToken::new();
+    let dc = config.downstream();
+    let (risk, risk_workers) =
+        Downstream::start(config.channel("risk", &config.risk)?, dc.clone(), &mut registry, downstream_shutdown.clone());
+    let (logging, logging_workers) = Downstream::start(
+        config.channel("logging", &config.logging)?,
+        dc.clone(),
+        &mut registry,
+        downstream_shutdown.clone(),
+    );
+    let (notification, notification_workers) = Downstream::start(
+        config.channel("notification", &config.notification)?,
+        dc,
+        &mut registry,
+        downstream_shutdown.clone(),
+    );
+    let fanout = Fanout { risk, logging, notification };
+    let ingress = Ingress::new(fanout, config.limits(), &mut registry, shutdown.clone());
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<GatewayServer<Ingress>>().await;
+    let router = config.server.h2.server().add_service(health).add_service(
+        GatewayServer::new(ingress).max_decoding_message_size(config.server.h2.max_message_size),
+    );
+    let result = sluice_core::server::run(
+        listeners,
+        router,
+        sluice_core::metrics::Metrics::new(registry),
+        reporter,
+        shutdown,
+        config.server.grace_period,
+    )
+    .await;
+    // Ingress has drained: half-close the downstream streams and collect their last replies.
+    downstream_shutdown.cancel();
+    sluice_core::shutdown::drain("downstream streams", config.server.grace_period.min(Duration::from_secs(5)), async {
+        tokio::join!(risk_workers.join(), logging_workers.join(), notification_workers.join());
+    })
+    .await;
+    result
+}

@@ -1,0 +1,12 @@
+use clap::Parser;
+use sluice_gateway::{Config, serve};
+
+fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    sluice_core::server::main_with(
+        "sluice-gateway",
+        config.listen,
+        Some(config.admin_listen),
+        |listeners, shutdown| serve(listeners, config, shutdown),
+    )
+}
