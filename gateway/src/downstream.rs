@@ -54,7 +54,10 @@ pub struct Outbound<T>(Pin<Box<dyn Stream<Item = T> + Send + 'static>>);
 
 impl<T> Stream for Outbound<T> {
     type Item = T;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
         self.0.as_mut().poll_next(cx)
     }
 }
@@ -139,15 +142,51 @@ impl Metrics {
             queue_wait: Histogram::new(sluice_core::metrics::latency_buckets()),
             roundtrip: Histogram::new(sluice_core::metrics::latency_buckets()),
         };
-        registry.register("downstream_queue_depth", "Requests queued for the downstream, not yet taken by a stream", m.queue_depth.clone());
-        registry.register("downstream_queue_capacity", "Capacity of the downstream queue (--downstream-queue)", m.queue_capacity.clone());
-        registry.register("downstream_live_streams", "Open streams to the downstream", m.live_streams.clone());
-        registry.register("downstream_inflight", "Requests sent on a stream and awaiting a reply", m.inflight.clone());
-        registry.register("downstream_reconnects", "Stream (re)open attempts that failed or streams that broke", m.reconnects.clone());
-        registry.register("downstream_broken_requests", "Requests failed UNAVAILABLE because their stream broke", m.broken_requests.clone());
-        registry.register("downstream_deadline_drops", "Requests dropped unsent because their deadline passed in the queue", m.deadline_drops.clone());
-        registry.register("downstream_queue_wait_seconds", "Time requests spent in the downstream queue", m.queue_wait.clone());
-        registry.register("downstream_roundtrip_seconds", "Time from send on the stream to the reply", m.roundtrip.clone());
+        registry.register(
+            "downstream_queue_depth",
+            "Requests queued for the downstream, not yet taken by a stream",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "downstream_queue_capacity",
+            "Capacity of the downstream queue (--downstream-queue)",
+            m.queue_capacity.clone(),
+        );
+        registry.register(
+            "downstream_live_streams",
+            "Open streams to the downstream",
+            m.live_streams.clone(),
+        );
+        registry.register(
+            "downstream_inflight",
+            "Requests sent on a stream and awaiting a reply",
+            m.inflight.clone(),
+        );
+        registry.register(
+            "downstream_reconnects",
+            "Stream (re)open attempts that failed or streams that broke",
+            m.reconnects.clone(),
+        );
+        registry.register(
+            "downstream_broken_requests",
+            "Requests failed UNAVAILABLE because their stream broke",
+            m.broken_requests.clone(),
+        );
+        registry.register(
+            "downstream_deadline_drops",
+            "Requests dropped unsent because their deadline passed in the queue",
+            m.deadline_drops.clone(),
+        );
+        registry.register(
+            "downstream_queue_wait_seconds",
+            "Time requests spent in the downstream queue",
+            m.queue_wait.clone(),
+        );
+        registry.register(
+            "downstream_roundtrip_seconds",
+            "Time from send on the stream to the reply",
+            m.roundtrip.clone(),
+        );
         m
     }
 }
@@ -194,7 +233,8 @@ impl<P: Protocol> Downstream<P> {
         registry: &mut Registry,
         shutdown: CancellationToken,
     ) -> (Self, Workers) {
-        let metrics = Metrics::new(registry.sub_registry_with_label(("downstream".into(), P::NAME.into())));
+        let metrics =
+            Metrics::new(registry.sub_registry_with_label(("downstream".into(), P::NAME.into())));
         metrics.queue_capacity.set(config.queue as i64);
         let (queue, rx) = mpsc::channel(config.queue.max(1));
         let shared = Arc::new(Shared {
@@ -206,7 +246,12 @@ impl<P: Protocol> Downstream<P> {
         });
         let mut workers = JoinSet::new();
         for index in 0..shared.config.streams.max(1) {
-            workers.spawn(run_stream(index, channel.clone(), shared.clone(), shutdown.clone()));
+            workers.spawn(run_stream(
+                index,
+                channel.clone(),
+                shared.clone(),
+                shutdown.clone(),
+            ));
         }
         (Self { queue, shared }, Workers(workers))
     }
@@ -223,13 +268,19 @@ impl<P: Protocol> Downstream<P> {
             .reserve()
             .await
             .map_err(|_| Status::unavailable(format!("{}: shutting down", P::NAME)))?;
-        Ok(QueueSlot { permit, metrics: &self.shared.metrics })
+        Ok(QueueSlot {
+            permit,
+            metrics: &self.shared.metrics,
+        })
     }
 
     /// Takes room in the queue if there is some now.
     pub fn try_reserve(&self) -> Result<QueueSlot<'_, P>, Status> {
         match self.queue.try_reserve() {
-            Ok(permit) => Ok(QueueSlot { permit, metrics: &self.shared.metrics }),
+            Ok(permit) => Ok(QueueSlot {
+                permit,
+                metrics: &self.shared.metrics,
+            }),
             Err(TrySendError::Full(())) => Err(Status::resource_exhausted(format!(
                 "{} queue full ({} requests)",
                 P::NAME,
@@ -255,7 +306,11 @@ pub struct QueueSlot<'a, P: Protocol> {
 
 impl<P: Protocol> QueueSlot<'_, P> {
     /// Queues `request`; its reply (or failure) arrives on the returned receiver.
-    pub fn send(self, request: P::Request, deadline: Instant) -> oneshot::Receiver<Result<P::Reply, Status>> {
+    pub fn send(
+        self,
+        request: P::Request,
+        deadline: Instant,
+    ) -> oneshot::Receiver<Result<P::Reply, Status>> {
         let (tx, rx) = oneshot::channel();
         self.send_with(request, deadline, Some(tx));
         rx
@@ -298,13 +353,21 @@ struct Backoff {
 
 impl Backoff {
     fn next(&mut self) -> Duration {
-        let ceiling = self.base.saturating_mul(1 << self.attempt.min(16)).min(self.max);
+        let ceiling = self
+            .base
+            .saturating_mul(1 << self.attempt.min(16))
+            .min(self.max);
         self.attempt += 1;
         ceiling.mul_f64(rand::rng().random_range(0.5..=1.0))
     }
 }
 
-async fn run_stream<P: Protocol>(index: usize, channel: Channel, shared: Arc<Shared<P>>, shutdown: CancellationToken) {
+async fn run_stream<P: Protocol>(
+    index: usize,
+    channel: Channel,
+    shared: Arc<Shared<P>>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Backoff {
         base: shared.config.backoff_base,
         max: shared.config.backoff_max,
@@ -318,7 +381,12 @@ async fn run_stream<P: Protocol>(index: usize, channel: Channel, shared: Arc<Sha
             waiting: HashMap::new(),
         }));
         let stop_sending = shutdown.child_token();
-        let outbound = outbound::<P>(shared.clone(), pending.clone(), inflight.clone(), stop_sending.clone());
+        let outbound = outbound::<P>(
+            shared.clone(),
+            pending.clone(),
+            inflight.clone(),
+            stop_sending.clone(),
+        );
         match P::open(channel.clone(), shared.config.max_message_size, outbound).await {
             Ok(mut replies) => {
                 shared.live.fetch_add(1, Ordering::Relaxed);
@@ -329,15 +397,26 @@ async fn run_stream<P: Protocol>(index: usize, channel: Channel, shared: Arc<Sha
                 loop {
                     match replies.message().await {
                         Ok(Some(reply)) => {
-                            let entry = pending.lock().expect("pending lock").waiting.remove(&P::correlation(&reply));
+                            let entry = pending
+                                .lock()
+                                .expect("pending lock")
+                                .waiting
+                                .remove(&P::correlation(&reply));
                             if let Some((tx, sent_at, _permit)) = entry {
                                 shared.metrics.inflight.dec();
-                                shared.metrics.roundtrip.observe(sent_at.elapsed().as_secs_f64());
+                                shared
+                                    .metrics
+                                    .roundtrip
+                                    .observe(sent_at.elapsed().as_secs_f64());
                                 answer::<P>(tx, Ok(reply));
                             }
                         }
                         Ok(None) => {
-                            tracing::info!(downstream = P::NAME, stream = index, "stream closed by the service");
+                            tracing::info!(
+                                downstream = P::NAME,
+                                stream = index,
+                                "stream closed by the service"
+                            );
                             break;
                         }
                         Err(status) => {
@@ -389,7 +468,13 @@ fn fail_pending<P: Protocol>(shared: &Shared<P>, pending: &Mutex<Pending<P>>) {
     for (_, (tx, _, _permit)) in waiting {
         shared.metrics.inflight.dec();
         shared.metrics.broken_requests.inc();
-        answer::<P>(tx, Err(Status::unavailable(format!("{} stream broke before replying", P::NAME))));
+        answer::<P>(
+            tx,
+            Err(Status::unavailable(format!(
+                "{} stream broke before replying",
+                P::NAME
+            ))),
+        );
     }
 }
 
@@ -399,7 +484,13 @@ async fn drain_queue<P: Protocol>(shared: &Shared<P>) {
     let mut rx = shared.rx.lock().await;
     while let Ok(envelope) = rx.try_recv() {
         shared.metrics.queue_depth.dec();
-        answer::<P>(envelope.reply, Err(Status::unavailable(format!("{} has no live stream", P::NAME))));
+        answer::<P>(
+            envelope.reply,
+            Err(Status::unavailable(format!(
+                "{} has no live stream",
+                P::NAME
+            ))),
+        );
     }
 }
 

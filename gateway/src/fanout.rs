@@ -15,8 +15,8 @@ use sluice_proto::pb::logging_client::LoggingClient;
 use sluice_proto::pb::notification_client::NotificationClient;
 use sluice_proto::pb::risk_client::RiskClient;
 use sluice_proto::pb::{
-    self, AppendAck, AppendRequest, NotificationStatus, NotifyAck, NotifyRequest, Outcome, RiskRequest, RiskVerdict,
-    Transaction,
+    self, AppendAck, AppendRequest, NotificationStatus, NotifyAck, NotifyRequest, Outcome,
+    RiskRequest, RiskVerdict, Transaction,
 };
 use tokio::sync::oneshot;
 use tonic::Status;
@@ -48,10 +48,14 @@ macro_rules! protocol {
                 max_message_size: usize,
                 outbound: Outbound<$req>,
             ) -> std::pin::Pin<
-                Box<dyn std::future::Future<Output = Result<tonic::Streaming<$reply>, Status>> + Send>,
+                Box<
+                    dyn std::future::Future<Output = Result<tonic::Streaming<$reply>, Status>>
+                        + Send,
+                >,
             > {
                 Box::pin(async move {
-                    let mut client = $client::new(channel).max_decoding_message_size(max_message_size);
+                    let mut client =
+                        $client::new(channel).max_decoding_message_size(max_message_size);
                     Ok(client.$method(outbound).await?.into_inner())
                 })
             }
@@ -59,9 +63,30 @@ macro_rules! protocol {
     };
 }
 
-protocol!(RiskProtocol, "risk", RiskRequest, RiskVerdict, RiskClient, assess);
-protocol!(LoggingProtocol, "logging", AppendRequest, AppendAck, LoggingClient, append);
-protocol!(NotificationProtocol, "notification", NotifyRequest, NotifyAck, NotificationClient, deliver);
+protocol!(
+    RiskProtocol,
+    "risk",
+    RiskRequest,
+    RiskVerdict,
+    RiskClient,
+    assess
+);
+protocol!(
+    LoggingProtocol,
+    "logging",
+    AppendRequest,
+    AppendAck,
+    LoggingClient,
+    append
+);
+protocol!(
+    NotificationProtocol,
+    "notification",
+    NotifyRequest,
+    NotifyAck,
+    NotificationClient,
+    deliver
+);
 
 /// How ingress waits for queue room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,19 +116,33 @@ pub struct Dispatched {
 
 impl Fanout {
     /// Admits `txn` (already validated) to the downstream queues.
-    pub async fn dispatch(&self, txn: Transaction, deadline: Instant, admission: Admission) -> Result<Dispatched, Status> {
-        for (live, name) in [(self.risk.is_live(), "risk"), (self.logging.is_live(), "logging")] {
+    pub async fn dispatch(
+        &self,
+        txn: Transaction,
+        deadline: Instant,
+        admission: Admission,
+    ) -> Result<Dispatched, Status> {
+        for (live, name) in [
+            (self.risk.is_live(), "risk"),
+            (self.logging.is_live(), "logging"),
+        ] {
             if !live {
-                return Err(Status::unavailable(format!("{name} has no live stream; retry later")));
+                return Err(Status::unavailable(format!(
+                    "{name} has no live stream; retry later"
+                )));
             }
         }
         let (risk_slot, audit_slot) = match admission {
             Admission::Immediate => (self.risk.try_reserve()?, self.logging.try_reserve()?),
             Admission::Wait => {
-                let both = async { Ok::<_, Status>((self.risk.reserve().await?, self.logging.reserve().await?)) };
+                let both = async {
+                    Ok::<_, Status>((self.risk.reserve().await?, self.logging.reserve().await?))
+                };
                 tokio::time::timeout_at(deadline.into(), both)
                     .await
-                    .map_err(|_| Status::deadline_exceeded("deadline passed waiting for queue room"))??
+                    .map_err(|_| {
+                        Status::deadline_exceeded("deadline passed waiting for queue room")
+                    })??
             }
         };
         let deadline_unix_ms = sluice_core::deadline::to_unix_ms(deadline);
@@ -113,7 +152,11 @@ impl Fanout {
             match self.notification.try_reserve() {
                 Ok(slot) => {
                     slot.send_and_forget(
-                        NotifyRequest { correlation_id: 0, transaction: Some(txn.clone()), deadline_unix_ms },
+                        NotifyRequest {
+                            correlation_id: 0,
+                            transaction: Some(txn.clone()),
+                            deadline_unix_ms,
+                        },
                         deadline,
                     );
                     NotificationStatus::Queued
@@ -123,25 +166,45 @@ impl Fanout {
         };
         let id = txn.id.clone();
         let risk = risk_slot.send(
-            RiskRequest { correlation_id: 0, transaction: Some(txn.clone()), deadline_unix_ms },
+            RiskRequest {
+                correlation_id: 0,
+                transaction: Some(txn.clone()),
+                deadline_unix_ms,
+            },
             deadline,
         );
         let audit = audit_slot.send(
-            AppendRequest { correlation_id: 0, transaction: Some(txn), deadline_unix_ms },
+            AppendRequest {
+                correlation_id: 0,
+                transaction: Some(txn),
+                deadline_unix_ms,
+            },
             deadline,
         );
-        Ok(Dispatched { id, deadline, risk, audit, notification })
+        Ok(Dispatched {
+            id,
+            deadline,
+            risk,
+            audit,
+            notification,
+        })
     }
 }
 
 fn reply_status(name: &str, error: Option<&pb::Error>) -> Result<(), Status> {
     match error {
         None => Ok(()),
-        Some(e) => Err(Status::new(tonic::Code::from_i32(e.code), format!("{name}: {}", e.message))),
+        Some(e) => Err(Status::new(
+            tonic::Code::from_i32(e.code),
+            format!("{name}: {}", e.message),
+        )),
     }
 }
 
-fn received<T>(name: &str, r: Result<Result<T, Status>, oneshot::error::RecvError>) -> Result<T, Status> {
+fn received<T>(
+    name: &str,
+    r: Result<Result<T, Status>, oneshot::error::RecvError>,
+) -> Result<T, Status> {
     r.map_err(|_| Status::unavailable(format!("{name} request dropped")))?
 }
 
@@ -156,7 +219,9 @@ impl Dispatched {
         let both = async { tokio::join!(self.risk, self.audit) };
         let (risk, audit) = tokio::time::timeout_at(self.deadline.into(), both)
             .await
-            .map_err(|_| Status::deadline_exceeded("deadline passed waiting for risk and logging"))?;
+            .map_err(|_| {
+                Status::deadline_exceeded("deadline passed waiting for risk and logging")
+            })?;
         let verdict = received("risk", risk)?;
         let ack = received("logging", audit)?;
         reply_status("logging", ack.error.as_ref())?;
@@ -177,7 +242,10 @@ impl Dispatched {
 pub fn error_outcome(id: String, status: &Status) -> Outcome {
     Outcome {
         id,
-        error: Some(pb::Error { code: status.code() as i32, message: status.message().to_string() }),
+        error: Some(pb::Error {
+            code: status.code() as i32,
+            message: status.message().to_string(),
+        }),
         ..Default::default()
     }
 }

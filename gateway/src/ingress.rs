@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -63,11 +63,10 @@ impl Default for IngressLimits {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-enum Api {
-    Unary,
-    Stream,
-}
+/// The `api` label: `unary` (Submit) or `stream` (SubmitStream).
+type Api = &'static str;
+const UNARY: Api = "unary";
+const STREAM: Api = "stream";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
@@ -95,19 +94,37 @@ impl IngressMetrics {
         let m = Self {
             transactions: Family::default(),
             inflight: Family::default(),
-            latency: Family::new_with_constructor(|| Histogram::new(sluice_core::metrics::latency_buckets())),
+            latency: Family::new_with_constructor(|| {
+                Histogram::new(sluice_core::metrics::latency_buckets())
+            }),
             admission_wait: Histogram::new(sluice_core::metrics::latency_buckets()),
             streams: Gauge::default(),
         };
-        registry.register("transactions", "Transactions finished, by API and result", m.transactions.clone());
-        registry.register("inflight", "Transactions admitted and awaiting their outcome", m.inflight.clone());
-        registry.register("latency_seconds", "Time from admission to outcome", m.latency.clone());
+        registry.register(
+            "transactions",
+            "Transactions finished, by API and result",
+            m.transactions.clone(),
+        );
+        registry.register(
+            "inflight",
+            "Transactions admitted and awaiting their outcome",
+            m.inflight.clone(),
+        );
+        registry.register(
+            "latency_seconds",
+            "Time from admission to outcome",
+            m.latency.clone(),
+        );
         registry.register(
             "admission_wait_seconds",
             "Time SubmitStream readers waited for downstream queue room (backpressure)",
             m.admission_wait.clone(),
         );
-        registry.register("submit_streams", "Open SubmitStream calls", m.streams.clone());
+        registry.register(
+            "submit_streams",
+            "Open SubmitStream calls",
+            m.streams.clone(),
+        );
         m
     }
 
@@ -119,8 +136,12 @@ impl IngressMetrics {
             },
             Err(s) => code_label(s.code()),
         };
-        self.latency.get_or_create(&ApiLabels { api: api.clone() }).observe(started.elapsed().as_secs_f64());
-        self.transactions.get_or_create(&ResultLabels { api, result }).inc();
+        self.latency
+            .get_or_create(&ApiLabels { api })
+            .observe(started.elapsed().as_secs_f64());
+        self.transactions
+            .get_or_create(&ResultLabels { api, result })
+            .inc();
     }
 }
 
@@ -146,7 +167,12 @@ pub struct Ingress {
 }
 
 impl Ingress {
-    pub fn new(fanout: Fanout, limits: IngressLimits, registry: &mut Registry, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        fanout: Fanout,
+        limits: IngressLimits,
+        registry: &mut Registry,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             fanout,
             unary_permits: Arc::new(Semaphore::new(limits.max_inflight.max(1))),
@@ -160,19 +186,29 @@ impl Ingress {
         let mut status = Status::resource_exhausted(message);
         let pushback = self.limits.retry_pushback.as_millis().to_string();
         if let Ok(value) = pushback.parse() {
-            status.metadata_mut().insert("grpc-retry-pushback-ms", value);
+            status
+                .metadata_mut()
+                .insert("grpc-retry-pushback-ms", value);
         }
         status
     }
 
     async fn submit_one(&self, txn: Transaction, deadline: Instant) -> Result<Outcome, Status> {
-        let _permit = self
-            .unary_permits
-            .try_acquire()
-            .map_err(|_| self.exhausted(format!("gateway at its in-flight limit ({})", self.limits.max_inflight)))?;
+        let _permit = self.unary_permits.try_acquire().map_err(|_| {
+            self.exhausted(format!(
+                "gateway at its in-flight limit ({})",
+                self.limits.max_inflight
+            ))
+        })?;
         validate::transaction(&txn).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let dispatched = match self.fanout.dispatch(txn, deadline, Admission::Immediate).await {
-            Err(s) if s.code() == tonic::Code::ResourceExhausted => return Err(self.exhausted(s.message())),
+        let dispatched = match self
+            .fanout
+            .dispatch(txn, deadline, Admission::Immediate)
+            .await
+        {
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                return Err(self.exhausted(s.message()));
+            }
             other => other?,
         };
         dispatched.outcome().await
@@ -197,11 +233,15 @@ impl Gateway for Ingress {
     async fn submit(&self, request: Request<Transaction>) -> Result<Response<Outcome>, Status> {
         let started = Instant::now();
         let deadline = call_deadline(&request, self.limits.default_deadline);
-        let inflight = self.metrics.inflight.get_or_create(&ApiLabels { api: Api::Unary }).clone();
+        let inflight = self
+            .metrics
+            .inflight
+            .get_or_create(&ApiLabels { api: UNARY })
+            .clone();
         inflight.inc();
         let result = self.submit_one(request.into_inner(), deadline).await;
         inflight.dec();
-        self.metrics.finish(Api::Unary, &result, started);
+        self.metrics.finish(UNARY, &result, started);
         result.map(Response::new)
     }
 
@@ -229,9 +269,17 @@ struct StreamReader {
 }
 
 impl StreamReader {
-    async fn run(self, mut inbound: Streaming<Transaction>, tx: mpsc::Sender<Result<Outcome, Status>>) {
+    async fn run(
+        self,
+        mut inbound: Streaming<Transaction>,
+        tx: mpsc::Sender<Result<Outcome, Status>>,
+    ) {
         self.metrics.streams.inc();
-        let inflight_gauge = self.metrics.inflight.get_or_create(&ApiLabels { api: Api::Stream }).clone();
+        let inflight_gauge = self
+            .metrics
+            .inflight
+            .get_or_create(&ApiLabels { api: STREAM })
+            .clone();
         let mut pending: FuturesUnordered<BoxFuture<'static, (Result<Outcome, Status>, Instant)>> =
             FuturesUnordered::new();
         let mut reading = true;
@@ -241,7 +289,7 @@ impl StreamReader {
                 biased;
                 Some((result, started)) = pending.next(), if !pending.is_empty() => {
                     inflight_gauge.dec();
-                    self.metrics.finish(Api::Stream, &result, started);
+                    self.metrics.finish(STREAM, &result, started);
                     let outcome = result.unwrap_or_else(|s| error_outcome(String::new(), &s));
                     if tx.send(Ok(outcome)).await.is_err() {
                         break; // client gone
@@ -286,7 +334,7 @@ impl StreamReader {
     ) -> Result<BoxFuture<'static, (Result<Outcome, Status>, Instant)>, Outcome> {
         let fail = |id: String, status: Status| {
             let result = Err(status);
-            self.metrics.finish(Api::Stream, &result, started);
+            self.metrics.finish(STREAM, &result, started);
             error_outcome(id, &result.unwrap_err())
         };
         if let Err(e) = validate::transaction(&txn) {
@@ -295,7 +343,9 @@ impl StreamReader {
         let id = txn.id.clone();
         let deadline = started + self.limits.default_deadline;
         let dispatched = self.fanout.dispatch(txn, deadline, Admission::Wait).await;
-        self.metrics.admission_wait.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .admission_wait
+            .observe(started.elapsed().as_secs_f64());
         match dispatched {
             Ok(d) => Ok(Box::pin(async move {
                 let id = d.id().to_string();
@@ -313,7 +363,10 @@ mod tests {
 
     #[test]
     fn code_labels_are_snake_case() {
-        assert_eq!(code_label(tonic::Code::ResourceExhausted), "resource_exhausted");
+        assert_eq!(
+            code_label(tonic::Code::ResourceExhausted),
+            "resource_exhausted"
+        );
         assert_eq!(code_label(tonic::Code::Unavailable), "unavailable");
     }
 }

@@ -121,8 +121,11 @@ impl Config {
     }
 
     fn channel(&self, name: &str, url: &str) -> Result<Channel, ServeError> {
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| ServeError::Other(format!("--{name} {url:?} is not a valid URL ({e}); expected http://host:port")))?;
+        let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| {
+            ServeError::Other(format!(
+                "--{name} {url:?} is not a valid URL ({e}); expected http://host:port"
+            ))
+        })?;
         // Lazy: the gateway starts even when a downstream is not up yet; streams reconnect.
         Ok(self.server.h2.endpoint(endpoint).connect_lazy())
     }
@@ -130,12 +133,20 @@ impl Config {
 
 /// Serves the gateway until `shutdown` is cancelled: stops accepting, lets in-flight
 /// transactions finish (within the grace period), then closes the downstream streams.
-pub async fn serve(listeners: Listeners, config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+pub async fn serve(
+    listeners: Listeners,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
     let mut registry = Registry::with_prefix("sluice_gateway");
     let downstream_shutdown = CancellationToken::new();
     let dc = config.downstream();
-    let (risk, risk_workers) =
-        Downstream::start(config.channel("risk", &config.risk)?, dc.clone(), &mut registry, downstream_shutdown.clone());
+    let (risk, risk_workers) = Downstream::start(
+        config.channel("risk", &config.risk)?,
+        dc.clone(),
+        &mut registry,
+        downstream_shutdown.clone(),
+    );
     let (logging, logging_workers) = Downstream::start(
         config.channel("logging", &config.logging)?,
         dc.clone(),
@@ -148,10 +159,18 @@ pub async fn serve(listeners: Listeners, config: Config, shutdown: CancellationT
         &mut registry,
         downstream_shutdown.clone(),
     );
-    let fanout = Fanout { risk, logging, notification };
-    let ingress = Ingress::new(fanout, config.limits(), &mut registry, shutdown.clone());
+    let fanout = Fanout {
+        risk,
+        logging,
+        notification,
+    };
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_serving::<GatewayServer<Ingress>>().await;
+    tokio::spawn(report_readiness(
+        fanout.clone(),
+        reporter.clone(),
+        shutdown.clone(),
+    ));
+    let ingress = Ingress::new(fanout, config.limits(), &mut registry, shutdown.clone());
     let router = config.server.h2.server().add_service(health).add_service(
         GatewayServer::new(ingress).max_decoding_message_size(config.server.h2.max_message_size),
     );
@@ -166,9 +185,57 @@ pub async fn serve(listeners: Listeners, config: Config, shutdown: CancellationT
     .await;
     // Ingress has drained: half-close the downstream streams and collect their last replies.
     downstream_shutdown.cancel();
-    sluice_core::shutdown::drain("downstream streams", config.server.grace_period.min(Duration::from_secs(5)), async {
-        tokio::join!(risk_workers.join(), logging_workers.join(), notification_workers.join());
-    })
+    sluice_core::shutdown::drain(
+        "downstream streams",
+        config.server.grace_period.min(Duration::from_secs(5)),
+        async {
+            tokio::join!(
+                risk_workers.join(),
+                logging_workers.join(),
+                notification_workers.join()
+            );
+        },
+    )
     .await;
     result
+}
+
+/// How often the gateway re-checks whether its required downstreams have live streams.
+const READINESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Keeps the gRPC health status of `mesh.v1.Gateway` at SERVING exactly while risk and
+/// logging (the required downstreams) each have a live stream. The overall status ("")
+/// stays SERVING while the process runs: it is alive even when it cannot take traffic.
+async fn report_readiness(
+    fanout: Fanout,
+    reporter: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let mut ready = None;
+    let mut tick = tokio::time::interval(READINESS_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        let now = fanout.risk.is_live() && fanout.logging.is_live();
+        if ready != Some(now) {
+            if now {
+                reporter.set_serving::<GatewayServer<Ingress>>().await;
+                tracing::info!("ready: risk and logging streams are live");
+            } else if ready.is_none() {
+                reporter.set_not_serving::<GatewayServer<Ingress>>().await;
+                tracing::info!("waiting for live risk and logging streams");
+            } else {
+                reporter.set_not_serving::<GatewayServer<Ingress>>().await;
+                tracing::warn!(
+                    risk = fanout.risk.is_live(),
+                    logging = fanout.logging.is_live(),
+                    "not ready: a required downstream has no live stream"
+                );
+            }
+            ready = Some(now);
+        }
+    }
+    reporter.set_not_serving::<GatewayServer<Ingress>>().await;
 }

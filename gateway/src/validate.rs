@@ -15,7 +15,11 @@ pub struct Invalid {
 }
 
 fn check(ok: bool, field: &'static str, rule: &'static str) -> Result<(), Invalid> {
-    if ok { Ok(()) } else { Err(Invalid { field, rule }) }
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid { field, rule })
+    }
 }
 
 fn chars_between(s: &str, min: usize, max: usize) -> bool {
@@ -27,11 +31,18 @@ fn chars_between(s: &str, min: usize, max: usize) -> bool {
 pub fn transaction(txn: &Transaction) -> Result<(), Invalid> {
     check(
         chars_between(&txn.id, 1, 64)
-            && txn.id.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b)),
+            && txn
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b)),
         "id",
         "must be 1-64 characters of [A-Za-z0-9._:-]",
     )?;
-    check(chars_between(&txn.account, 1, 64), "account", "must be 1-64 characters")?;
+    check(
+        chars_between(&txn.account, 1, 64),
+        "account",
+        "must be 1-64 characters",
+    )?;
     check(
         (1..=MAX_AMOUNT_MINOR).contains(&txn.amount_minor),
         "amount_minor",
@@ -42,7 +53,11 @@ pub fn transaction(txn: &Transaction) -> Result<(), Invalid> {
         "currency",
         "must be three upper-case letters (^[A-Z]{3}$)",
     )?;
-    check(chars_between(&txn.merchant, 1, 128), "merchant", "must be 1-128 characters")?;
+    check(
+        chars_between(&txn.merchant, 1, 128),
+        "merchant",
+        "must be 1-128 characters",
+    )?;
     Ok(())
 }
 
@@ -84,7 +99,10 @@ mod tests {
         assert_eq!(field_of(|t| t.account = "x".repeat(65)), Some("account"));
         assert_eq!(field_of(|t| t.amount_minor = 0), Some("amount_minor"));
         assert_eq!(field_of(|t| t.amount_minor = -5), Some("amount_minor"));
-        assert_eq!(field_of(|t| t.amount_minor = MAX_AMOUNT_MINOR + 1), Some("amount_minor"));
+        assert_eq!(
+            field_of(|t| t.amount_minor = MAX_AMOUNT_MINOR + 1),
+            Some("amount_minor")
+        );
         assert_eq!(field_of(|t| t.currency = "eur".into()), Some("currency"));
         assert_eq!(field_of(|t| t.currency = "EURO".into()), Some("currency"));
         assert_eq!(field_of(|t| t.merchant.clear()), Some("merchant"));
@@ -95,6 +113,11 @@ mod tests {
     fn message_names_the_field() {
         let mut t = valid();
         t.currency = "usd".into();
-        assert!(transaction(&t).unwrap_err().to_string().starts_with("currency: "));
+        assert!(
+            transaction(&t)
+                .unwrap_err()
+                .to_string()
+                .starts_with("currency: ")
+        );
     }
 }

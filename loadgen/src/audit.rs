@@ -1,0 +1,68 @@
+//! Checks acknowledged transactions against the audit log, through `Logging/Read`.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use serde::Serialize;
+use sluice_proto::pb::ReadRequest;
+use sluice_proto::pb::logging_client::LoggingClient;
+
+use crate::report::Acked;
+
+/// The result of comparing acknowledgements with the log.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AuditCheck {
+    pub acknowledged: usize,
+    pub records_in_log: usize,
+    /// Acknowledged ids absent from the log.
+    pub missing: Vec<String>,
+    /// Acknowledged ids logged at another offset than the one acknowledged.
+    pub wrong_offset: Vec<String>,
+    /// Ids stored more than once (should never happen).
+    pub duplicated: Vec<String>,
+}
+
+impl AuditCheck {
+    pub fn passed(&self) -> bool {
+        self.missing.is_empty() && self.wrong_offset.is_empty() && self.duplicated.is_empty()
+    }
+}
+
+/// Reads the whole audit log from `logging_url` and compares it with `acked`.
+pub async fn check(logging_url: &str, acked: &[Acked]) -> anyhow::Result<AuditCheck> {
+    let mut client = LoggingClient::connect(logging_url.to_string())
+        .await
+        .with_context(|| format!("cannot connect to the logging service at {logging_url}"))?;
+    let mut stream = client
+        .read(ReadRequest {
+            from_offset: 1,
+            limit: 0,
+        })
+        .await?
+        .into_inner();
+    let mut logged: HashMap<String, u64> = HashMap::new();
+    let mut duplicated = Vec::new();
+    let mut records = 0;
+    while let Some(entry) = stream.message().await? {
+        records += 1;
+        if logged.insert(entry.id.clone(), entry.offset).is_some() {
+            duplicated.push(entry.id);
+        }
+    }
+    let mut missing = Vec::new();
+    let mut wrong_offset = Vec::new();
+    for a in acked {
+        match logged.get(&a.id) {
+            None => missing.push(a.id.clone()),
+            Some(&offset) if offset != a.offset => wrong_offset.push(a.id.clone()),
+            Some(_) => {}
+        }
+    }
+    Ok(AuditCheck {
+        acknowledged: acked.len(),
+        records_in_log: records,
+        missing,
+        wrong_offset,
+        duplicated,
+    })
+}

@@ -1,0 +1,253 @@
+//! Command-line interface: `run`, `demo`, `verify`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::driver::{self, LoadSpec, Mode, Pacing};
+use crate::report::{Acked, Report};
+
+/// `sluice-loadgen`: drives the Sluice mesh and reports what it saw.
+///
+/// `demo` starts the whole mesh in this process on loopback and drives it: no Docker, no
+/// other processes. `run` drives a gateway that is already running. Every flag can also be
+/// set through the environment variable shown.
+#[derive(Debug, Parser)]
+#[command(name = "sluice-loadgen", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Drive a running gateway and print a report.
+    Run(RunArgs),
+    /// Start the whole mesh locally, drive it briefly, print the report, check the audit
+    /// log, shut down.
+    Demo(DemoArgs),
+    /// Check a report's acknowledged ids against the audit log (via Logging/Read).
+    Verify(VerifyArgs),
+}
+
+/// Load shape shared by `run` and `demo`.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// Which API to drive: unary Submit or SubmitStream.
+    #[arg(long, env = "SLUICE_LOAD_MODE", value_enum, default_value_t = Mode::Stream)]
+    pub mode: Mode,
+    /// Open loop: transactions per second on a fixed schedule (latency from the intended
+    /// send time). Default 1000 unless --concurrency is given.
+    #[arg(long, env = "SLUICE_LOAD_RATE", conflicts_with = "concurrency")]
+    pub rate: Option<f64>,
+    /// Closed loop: transactions outstanding at a time.
+    #[arg(long, env = "SLUICE_LOAD_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// How long to measure, e.g. 10s.
+    #[arg(long, env = "SLUICE_LOAD_DURATION", default_value = "10s", value_parser = sluice_core::parse_duration)]
+    pub duration: Duration,
+    /// Load sent before measuring starts (not counted), e.g. 1s.
+    #[arg(long, env = "SLUICE_LOAD_WARMUP", default_value = "0s", value_parser = sluice_core::parse_duration)]
+    pub warmup: Duration,
+    /// HTTP/2 connections to the gateway (stream mode: one SubmitStream each).
+    #[arg(long, env = "SLUICE_LOAD_CONNECTIONS", default_value_t = 2)]
+    pub connections: usize,
+    /// Share of deliberately invalid transactions (0..1).
+    #[arg(long, env = "SLUICE_LOAD_INVALID_RATIO", default_value_t = 0.0)]
+    pub invalid_ratio: f64,
+    /// Deadline of each transaction, e.g. 5s.
+    #[arg(long, env = "SLUICE_LOAD_TIMEOUT", default_value = "5s", value_parser = sluice_core::parse_duration)]
+    pub timeout: Duration,
+    /// Most transactions outstanding in open loop; beyond it sends wait (and the wait
+    /// counts in latency).
+    #[arg(long, env = "SLUICE_LOAD_MAX_OUTSTANDING", default_value_t = driver::DEFAULT_MAX_OUTSTANDING)]
+    pub max_outstanding: usize,
+    /// Stream mode: transactions buffered per stream before a send blocks.
+    #[arg(long, env = "SLUICE_LOAD_STREAM_BUFFER", default_value_t = driver::DEFAULT_STREAM_BUFFER)]
+    pub stream_buffer: usize,
+    /// Seed of the traffic generator.
+    #[arg(long, env = "SLUICE_LOAD_SEED", default_value_t = 1)]
+    pub seed: u64,
+    /// Prefix of transaction ids (default: a random one, so runs never collide).
+    #[arg(long, env = "SLUICE_LOAD_ID_PREFIX")]
+    pub id_prefix: Option<String>,
+    /// Write the report as JSON to this file, including every acknowledged id and offset.
+    #[arg(long, env = "SLUICE_LOAD_JSON")]
+    pub json: Option<PathBuf>,
+    /// Start sending at once instead of waiting for the gateway to report ready.
+    #[arg(long)]
+    pub no_wait_ready: bool,
+    /// No progress lines.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl LoadArgs {
+    fn validate(&self) -> anyhow::Result<()> {
+        if let Some(rate) = self.rate {
+            anyhow::ensure!(
+                rate.is_finite() && rate > 0.0,
+                "--rate must be a positive number of transactions per second"
+            );
+        }
+        if let Some(c) = self.concurrency {
+            anyhow::ensure!(c > 0, "--concurrency must be at least 1");
+        }
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.invalid_ratio),
+            "--invalid-ratio must be between 0 and 1"
+        );
+        anyhow::ensure!(self.connections > 0, "--connections must be at least 1");
+        anyhow::ensure!(!self.duration.is_zero(), "--duration must be more than 0");
+        Ok(())
+    }
+
+    fn spec(&self, target: String) -> anyhow::Result<LoadSpec> {
+        self.validate()?;
+        let pacing = match (self.rate, self.concurrency) {
+            (_, Some(concurrency)) => Pacing::Closed { concurrency },
+            (rate, None) => Pacing::Open {
+                rate: rate.unwrap_or(1000.0),
+            },
+        };
+        Ok(LoadSpec {
+            target,
+            mode: self.mode,
+            pacing,
+            duration: self.duration,
+            warmup: self.warmup,
+            connections: self.connections,
+            invalid_ratio: self.invalid_ratio,
+            max_outstanding: self.max_outstanding,
+            stream_buffer: self.stream_buffer,
+            timeout: self.timeout,
+            progress: !self.quiet,
+            seed: self.seed,
+            id_prefix: self.id_prefix.clone().unwrap_or_else(random_prefix),
+            wait_ready: !self.no_wait_ready,
+        })
+    }
+}
+
+fn random_prefix() -> String {
+    use rand::Rng;
+    let n: u64 = rand::rng().random();
+    format!("lg{:x}", n & 0xffff_ffff)
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Gateway URL.
+    #[arg(long, env = "SLUICE_TARGET", default_value = "http://127.0.0.1:50051")]
+    pub target: String,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the audit log goes (default: a temporary directory, removed afterwards).
+    #[arg(long, env = "SLUICE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Logging service URL.
+    #[arg(long, env = "SLUICE_LOGGING", default_value = "http://127.0.0.1:50054")]
+    pub logging: String,
+    /// A report written by `run --json`.
+    #[arg(long)]
+    pub report: PathBuf,
+}
+
+fn write_json(path: &std::path::Path, report: &Report) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(report)?;
+    std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!("report written to {}", path.display());
+    Ok(())
+}
+
+/// Runs a parsed command. `Ok(false)` means it ran but a check failed.
+pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
+    match cli.command {
+        Command::Run(args) => {
+            let spec = args.load.spec(args.target)?;
+            let report = driver::run(spec).await?;
+            print!("{}", report.text());
+            if let Some(path) = &args.load.json {
+                write_json(path, &report)?;
+            }
+            Ok(true)
+        }
+        Command::Demo(args) => demo(args).await,
+        Command::Verify(args) => {
+            #[derive(serde::Deserialize)]
+            struct Partial {
+                acked: Vec<Acked>,
+            }
+            let text = std::fs::read_to_string(&args.report)
+                .with_context(|| format!("cannot read {}", args.report.display()))?;
+            let partial: Partial = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not a report written by `run --json`",
+                    args.report.display()
+                )
+            })?;
+            let check = crate::audit::check(&args.logging, &partial.acked).await?;
+            println!("{}", serde_json::to_string_pretty(&check)?);
+            Ok(check.passed())
+        }
+    }
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
+    let mut load = args.load.clone();
+    if load.rate.is_none() && load.concurrency.is_none() {
+        load.rate = Some(2000.0);
+    }
+    eprintln!("starting risk, notification, logging and the gateway on loopback ...");
+    let mesh = crate::mesh::LocalMesh::start(args.data_dir.clone(), Duration::from_secs(5)).await?;
+    eprintln!(
+        "mesh up: gateway {} (metrics http://{}/metrics), audit log in {}",
+        mesh.gateway_url,
+        mesh.gateway_admin,
+        mesh.data_dir.display()
+    );
+    let spec = load.spec(mesh.gateway_url.clone())?;
+    eprintln!(
+        "driving {} ingress for {:?} ({}) ...",
+        format!("{:?}", spec.mode).to_lowercase(),
+        spec.duration,
+        match spec.pacing {
+            Pacing::Open { rate } => format!("open loop, {rate:.0}/s"),
+            Pacing::Closed { concurrency } => format!("closed loop, {concurrency} outstanding"),
+        }
+    );
+    let report = driver::run(spec).await;
+    let check = match &report {
+        Ok(r) => Some(crate::audit::check(&mesh.logging_url, &r.acked).await),
+        Err(_) => None,
+    };
+    eprintln!("shutting down ...");
+    mesh.stop().await?;
+    let report = report?;
+    println!();
+    print!("{}", report.text());
+    if let Some(path) = &load.json {
+        write_json(path, &report)?;
+    }
+    let check = check.expect("checked when the run succeeded")?;
+    println!(
+        "audit      {} acknowledged, {} records in the log, {} missing, {} at a wrong offset",
+        check.acknowledged,
+        check.records_in_log,
+        check.missing.len(),
+        check.wrong_offset.len()
+    );
+    Ok(check.passed() && report.ok > 0)
+}

@@ -1,0 +1,296 @@
+//! Recording results and reporting them: text for people, JSON for checks.
+//!
+//! Latency goes into an HDR histogram (microsecond resolution, up to an hour) — exact
+//! percentiles at a fixed memory cost, unlike a hand-rolled bucket list.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use sluice_proto::pb::{Decision, NotificationStatus, Outcome};
+
+/// One acknowledged transaction: its id and audit offset.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Acked {
+    pub id: String,
+    pub offset: u64,
+}
+
+/// Everything measured during a run.
+pub struct Recorder {
+    latency: Histogram<u64>,
+    pub ok: u64,
+    pub decisions: BTreeMap<String, u64>,
+    pub notifications: BTreeMap<String, u64>,
+    pub errors: BTreeMap<String, u64>,
+    pub acked: Vec<Acked>,
+    pub blocked: Duration,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self {
+            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("valid histogram bounds"),
+            ok: 0,
+            decisions: BTreeMap::new(),
+            notifications: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            acked: Vec::new(),
+            blocked: Duration::ZERO,
+        }
+    }
+}
+
+/// gRPC code name as used in reports, e.g. `UNAVAILABLE`.
+pub fn code_name(code: tonic::Code) -> String {
+    let debug = format!("{code:?}");
+    let mut out = String::new();
+    for (i, c) in debug.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+impl Recorder {
+    /// Records a finished transaction: an Outcome (which may carry a per-message error) or
+    /// a call status.
+    pub fn record(&mut self, result: Result<&Outcome, &tonic::Status>, latency: Duration) {
+        let _ = self.latency.record((latency.as_micros() as u64).max(1));
+        match result {
+            Ok(outcome) => match &outcome.error {
+                Some(e) => {
+                    *self
+                        .errors
+                        .entry(code_name(tonic::Code::from_i32(e.code)))
+                        .or_default() += 1
+                }
+                None => {
+                    self.ok += 1;
+                    let decision = Decision::try_from(outcome.decision).unwrap_or_default();
+                    *self
+                        .decisions
+                        .entry(decision.as_str_name().to_string())
+                        .or_default() += 1;
+                    let n = NotificationStatus::try_from(outcome.notification).unwrap_or_default();
+                    *self
+                        .notifications
+                        .entry(n.as_str_name().to_string())
+                        .or_default() += 1;
+                    self.acked.push(Acked {
+                        id: outcome.id.clone(),
+                        offset: outcome.audit_offset,
+                    });
+                }
+            },
+            Err(status) => *self.errors.entry(code_name(status.code())).or_default() += 1,
+        }
+    }
+
+    /// Transactions recorded.
+    pub fn count(&self) -> u64 {
+        self.latency.len()
+    }
+
+    /// The latency at `q` (0..1) so far.
+    pub fn quantile(&self, q: f64) -> Duration {
+        Duration::from_micros(self.latency.value_at_quantile(q))
+    }
+
+    /// Errors recorded so far.
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// The final report.
+    pub fn report(&self, run: RunInfo) -> Report {
+        let ms = |q: f64| self.latency.value_at_quantile(q) as f64 / 1000.0;
+        let secs = run.measured_seconds.max(1e-9);
+        Report {
+            mode: run.mode,
+            loop_kind: run.loop_kind,
+            target_rate: run.target_rate,
+            achieved_rate: self.count() as f64 / secs,
+            ok_rate: self.ok as f64 / secs,
+            measured_seconds: run.measured_seconds,
+            sent: run.sent,
+            completed: self.count(),
+            ok: self.ok,
+            decisions: self.decisions.clone(),
+            notifications: self.notifications.clone(),
+            errors: self.errors.clone(),
+            latency_ms: LatencyMs {
+                p50: ms(0.5),
+                p90: ms(0.9),
+                p99: ms(0.99),
+                p999: ms(0.999),
+                max: self.latency.max() as f64 / 1000.0,
+                mean: self.latency.mean() / 1000.0,
+            },
+            blocked_send_seconds: self.blocked.as_secs_f64(),
+            acked: self.acked.clone(),
+        }
+    }
+}
+
+/// Facts about the run that the recorder does not know.
+pub struct RunInfo {
+    pub mode: String,
+    pub loop_kind: String,
+    pub target_rate: Option<f64>,
+    pub measured_seconds: f64,
+    pub sent: u64,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyMs {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+/// The run's report; the JSON form (`--json`) has exactly these fields.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub mode: String,
+    /// `open` (fixed schedule, latency from intended send time) or `closed`.
+    pub loop_kind: String,
+    pub target_rate: Option<f64>,
+    /// Transactions finished per second of measured time (any result).
+    pub achieved_rate: f64,
+    /// Transactions finished OK per second of measured time.
+    pub ok_rate: f64,
+    pub measured_seconds: f64,
+    pub sent: u64,
+    pub completed: u64,
+    pub ok: u64,
+    pub decisions: BTreeMap<String, u64>,
+    pub notifications: BTreeMap<String, u64>,
+    /// Failures by gRPC code name.
+    pub errors: BTreeMap<String, u64>,
+    pub latency_ms: LatencyMs,
+    /// Stream mode: total time the generator's sends waited for the stream to take them.
+    pub blocked_send_seconds: f64,
+    /// Every acknowledged transaction with its audit offset.
+    pub acked: Vec<Acked>,
+}
+
+impl Report {
+    /// The human-readable summary.
+    pub fn text(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "mode {} ({} loop), {:.1} s measured",
+            self.mode, self.loop_kind, self.measured_seconds
+        );
+        match self.target_rate {
+            Some(target) => {
+                let _ = writeln!(
+                    s,
+                    "rate       target {target:.0}/s, achieved {:.0}/s ({:.1}%), ok {:.0}/s",
+                    self.achieved_rate,
+                    100.0 * self.achieved_rate / target.max(1e-9),
+                    self.ok_rate
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "rate       achieved {:.0}/s, ok {:.0}/s",
+                    self.achieved_rate, self.ok_rate
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "sent       {}  completed {}  ok {}",
+            self.sent, self.completed, self.ok
+        );
+        let join = |m: &BTreeMap<String, u64>| {
+            if m.is_empty() {
+                "-".to_string()
+            } else {
+                m.iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        let _ = writeln!(s, "decisions  {}", join(&self.decisions));
+        let _ = writeln!(s, "notify     {}", join(&self.notifications));
+        let _ = writeln!(s, "errors     {}", join(&self.errors));
+        let l = &self.latency_ms;
+        let _ = writeln!(
+            s,
+            "latency ms p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+            l.p50, l.p90, l.p99, l.p999, l.max
+        );
+        if self.mode == "stream" {
+            let _ = writeln!(
+                s,
+                "blocked    {:.2} s of sends waited for the stream",
+                self.blocked_send_seconds
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_outcomes_errors_and_percentiles() {
+        let mut r = Recorder::default();
+        for i in 1..=100u64 {
+            let o = Outcome {
+                id: format!("t{i}"),
+                decision: Decision::Approve as i32,
+                audit_offset: i,
+                ..Default::default()
+            };
+            r.record(Ok(&o), Duration::from_millis(i));
+        }
+        r.record(
+            Err(&tonic::Status::unavailable("down")),
+            Duration::from_millis(1),
+        );
+        let rep = r.report(RunInfo {
+            mode: "unary".into(),
+            loop_kind: "open".into(),
+            target_rate: Some(101.0),
+            measured_seconds: 1.0,
+            sent: 101,
+        });
+        assert_eq!(rep.ok, 100);
+        assert_eq!(rep.errors["UNAVAILABLE"], 1);
+        assert_eq!(rep.decisions["APPROVE"], 100);
+        assert!(
+            (rep.latency_ms.p50 - 50.0).abs() < 1.0,
+            "{}",
+            rep.latency_ms.p50
+        );
+        assert_eq!(rep.acked.len(), 100);
+        assert!(rep.text().contains("UNAVAILABLE 1"));
+    }
+
+    #[test]
+    fn code_names() {
+        assert_eq!(
+            code_name(tonic::Code::ResourceExhausted),
+            "RESOURCE_EXHAUSTED"
+        );
+        assert_eq!(code_name(tonic::Code::InvalidArgument), "INVALID_ARGUMENT");
+    }
+}
