@@ -1,0 +1,106 @@
+//! The load generator binary: `demo` end to end, and `run --json` + `verify`.
+
+use std::process::Command;
+
+use sluice_tests::{Mesh, bin_dir};
+
+fn loadgen(args: &[&str]) -> std::process::Output {
+    Command::new(bin_dir().join("sluice-loadgen"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run sluice-loadgen")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_the_mesh_and_checks_the_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = tokio::task::block_in_place(|| {
+        loadgen(&[
+            "demo",
+            "--duration",
+            "2s",
+            "--rate",
+            "300",
+            "--invalid-ratio",
+            "0.05",
+            "--json",
+            json.to_str().unwrap(),
+        ])
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("0 missing, 0 at a wrong offset"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("INVALID_ARGUMENT"),
+        "invalid share shows as errors: {stdout}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(report["ok"].as_u64().unwrap() > 0);
+    assert_eq!(
+        report["acked"].as_array().unwrap().len() as u64,
+        report["ok"].as_u64().unwrap()
+    );
+    for key in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(
+            report["latency_ms"][key].as_f64().is_some(),
+            "latency_ms.{key}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_reports_json_that_verify_checks_against_the_log() {
+    let mesh = Mesh::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    for mode in ["unary", "stream"] {
+        let out = tokio::task::block_in_place(|| {
+            loadgen(&[
+                "run",
+                "--target",
+                &mesh.gateway.url(),
+                "--mode",
+                mode,
+                "--rate",
+                "200",
+                "--duration",
+                "1s",
+                "-q",
+                "--json",
+                json.to_str().unwrap(),
+            ])
+        });
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert_eq!(report["mode"], mode);
+        assert!(report["ok"].as_u64().unwrap() >= 150, "{report}");
+        let verify = tokio::task::block_in_place(|| {
+            loadgen(&[
+                "verify",
+                "--logging",
+                &mesh.logging.url(),
+                "--report",
+                json.to_str().unwrap(),
+            ])
+        });
+        let text = String::from_utf8_lossy(&verify.stdout);
+        assert!(verify.status.success(), "verify failed: {text}");
+        assert!(text.contains("\"missing\": []"), "{text}");
+    }
+    let bad = tokio::task::block_in_place(|| loadgen(&["run", "--rate", "-3"]));
+    assert!(!bad.status.success());
+}

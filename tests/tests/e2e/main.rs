@@ -1,0 +1,7 @@
+//! End-to-end tests against the real binaries, one test executable (`mod` per topic).
+
+mod api;
+mod faults;
+mod loadgen;
+mod shutdown;
+mod stream;
