@@ -128,7 +128,7 @@ impl IngressMetrics {
         m
     }
 
-    fn finish(&self, api: Api, result: &Result<Outcome, Status>, started: Instant) {
+    fn finish(&self, api: Api, result: Result<&Outcome, &Status>, started: Instant) {
         let result = match result {
             Ok(o) => match &o.error {
                 None => "ok".to_string(),
@@ -241,7 +241,7 @@ impl Gateway for Ingress {
         inflight.inc();
         let result = self.submit_one(request.into_inner(), deadline).await;
         inflight.dec();
-        self.metrics.finish(UNARY, &result, started);
+        self.metrics.finish(UNARY, result.as_ref(), started);
         result.map(Response::new)
     }
 
@@ -289,7 +289,7 @@ impl StreamReader {
                 biased;
                 Some((result, started)) = pending.next(), if !pending.is_empty() => {
                     inflight_gauge.dec();
-                    self.metrics.finish(STREAM, &result, started);
+                    self.metrics.finish(STREAM, result.as_ref(), started);
                     let outcome = result.unwrap_or_else(|s| error_outcome(String::new(), &s));
                     if tx.send(Ok(outcome)).await.is_err() {
                         break; // client gone
@@ -333,9 +333,9 @@ impl StreamReader {
         started: Instant,
     ) -> Result<BoxFuture<'static, (Result<Outcome, Status>, Instant)>, Outcome> {
         let fail = |id: String, status: Status| {
-            let result = Err(status);
-            self.metrics.finish(STREAM, &result, started);
-            error_outcome(id, &result.unwrap_err())
+            let outcome = error_outcome(id, &status);
+            self.metrics.finish(STREAM, Ok(&outcome), started);
+            outcome
         };
         if let Err(e) = validate::transaction(&txn) {
             return Err(fail(txn.id, Status::invalid_argument(e.to_string())));
