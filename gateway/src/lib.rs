@@ -165,6 +165,8 @@ pub async fn serve(
         notification,
     };
     let (reporter, health) = tonic_health::server::health_reporter();
+    // Known (as NOT_SERVING) from the first moment, so health watchers never see NOT_FOUND.
+    reporter.set_not_serving::<GatewayServer<Ingress>>().await;
     tokio::spawn(report_readiness(
         fanout.clone(),
         reporter.clone(),

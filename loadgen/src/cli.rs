@@ -30,6 +30,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Check a report's acknowledged ids against the audit log (via Logging/Read).
     Verify(VerifyArgs),
+    /// Measure saturation throughput and latency at half load against the real binaries
+    /// (started from this executable's directory as separate processes).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Load shape shared by `run` and `demo`.
@@ -185,6 +188,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
             Ok(true)
         }
         Command::Demo(args) => demo(args).await,
+        Command::Bench(args) => crate::bench::bench(args).await.map(|()| true),
         Command::Verify(args) => {
             #[derive(serde::Deserialize)]
             struct Partial {

@@ -3,8 +3,10 @@
 //! the demo ([`mesh`]). The CLI in `main.rs` only parses flags and calls these.
 
 pub mod audit;
+pub mod bench;
 pub mod cli;
 pub mod driver;
 pub mod mesh;
+pub mod procs;
 pub mod report;
 pub mod traffic;

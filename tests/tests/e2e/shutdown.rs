@@ -4,14 +4,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sluice_tests::{Mesh, Proc, txn};
+use sluice_tests::{Mesh, Proc, ProcMesh, txn};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 /// The mesh's grace period (see `Mesh::start`) plus slack for a loaded machine.
 const EXIT_WITHIN: Duration = Duration::from_secs(5 + 3);
 
-async fn sigterm_under_load(pick: fn(&mut Mesh) -> &mut Proc) {
+async fn sigterm_under_load(pick: fn(&mut ProcMesh) -> &mut Proc) {
     let mut mesh = Mesh::start().await;
     let gw = mesh.gateway().await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -66,7 +66,7 @@ async fn sigterm_under_load(pick: fn(&mut Mesh) -> &mut Proc) {
     done_rx.wait_for(|n| *n >= 500).await.unwrap();
 
     let target = pick(&mut mesh);
-    target.sigterm();
+    target.sigterm().expect("sigterm");
     let name = target.name.clone();
     let status = tokio::task::block_in_place(|| target.wait_exit(EXIT_WITHIN));
     stop.store(true, Ordering::Relaxed);

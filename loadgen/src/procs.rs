@@ -1,0 +1,248 @@
+//! The mesh as separate processes: the real binaries, spawned from one directory on
+//! loopback ports chosen by the OS. Used by `sluice-loadgen bench` and by the end-to-end
+//! tests.
+//!
+//! Every server binary prints `<name> ready grpc=<addr> admin=<addr>` on stdout once it
+//! listens; [`Proc::spawn`] waits for that line, so nothing here sleeps to "give it time".
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// How long a binary may take to print its ready line.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Grace period given to every spawned server.
+pub const GRACE_PERIOD: &str = "5s";
+const ANY: &str = "127.0.0.1:0";
+
+/// The directory of the running executable: where cargo puts the sibling binaries.
+pub fn sibling_bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot locate this executable")?;
+    Ok(exe
+        .parent()
+        .context("executable has no directory")?
+        .to_path_buf())
+}
+
+/// A running binary, killed on drop. Its stderr goes to a log file.
+pub struct Proc {
+    pub name: String,
+    pub grpc: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    child: Child,
+    log: PathBuf,
+    _log_dir: tempfile::TempDir,
+}
+
+impl Proc {
+    /// Spawns `dir/bin` with `args` and waits for its ready line.
+    pub fn spawn(dir: &Path, bin: &str, args: &[String]) -> anyhow::Result<Proc> {
+        let log_dir = tempfile::tempdir()?;
+        let log = log_dir.path().join(format!("{bin}.log"));
+        let path = dir.join(bin);
+        let mut child = Command::new(&path)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot start {} (build it with `cargo build --bins`)",
+                    path.display()
+                )
+            })?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Keeps draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.contains(" ready grpc=") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let Ok(line) = rx.recv_timeout(STARTUP_TIMEOUT) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{bin} printed no ready line; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+        };
+        Ok(Proc {
+            name: bin.to_string(),
+            grpc: field("grpc=").context("no grpc address in the ready line")?,
+            admin: field("admin="),
+            child,
+            log,
+            _log_dir: log_dir,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM (through `kill(1)`: no unsafe code needed).
+    pub fn sigterm(&self) -> anyhow::Result<()> {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()?;
+        anyhow::ensure!(ok.success(), "kill -TERM {} failed", self.pid());
+        Ok(())
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The process's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<_> = log.lines().rev().take(40).collect();
+            eprintln!("---- last log lines of {} ----", self.name);
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// Extra flags per binary.
+#[derive(Debug, Default, Clone)]
+pub struct MeshOptions {
+    pub gateway: Vec<String>,
+    pub risk: Vec<String>,
+    pub notification: Vec<String>,
+    pub logging: Vec<String>,
+}
+
+/// The four server binaries, started in dependency order.
+pub struct ProcMesh {
+    pub risk: Proc,
+    pub notification: Proc,
+    pub logging: Proc,
+    pub gateway: Proc,
+    pub data_dir: tempfile::TempDir,
+    bin_dir: PathBuf,
+    options: MeshOptions,
+}
+
+impl ProcMesh {
+    /// Starts risk, notification, logging (audit log in a fresh temporary directory) and the
+    /// gateway from `bin_dir`. Does not wait for the gateway to be ready.
+    pub fn start(bin_dir: &Path, options: MeshOptions) -> anyhow::Result<ProcMesh> {
+        let data_dir = tempfile::tempdir()?;
+        let with = |extra: &[String]| {
+            let mut a = strings(&[
+                "--listen",
+                ANY,
+                "--admin-listen",
+                ANY,
+                "--grace-period",
+                GRACE_PERIOD,
+            ]);
+            a.extend(extra.iter().cloned());
+            a
+        };
+        let risk = Proc::spawn(bin_dir, "sluice-risk", &with(&options.risk))?;
+        let notification =
+            Proc::spawn(bin_dir, "sluice-notification", &with(&options.notification))?;
+        let mut logging_args = with(&options.logging);
+        logging_args.extend(strings(&[
+            "--data-dir",
+            data_dir.path().to_str().context("non-UTF-8 temp path")?,
+        ]));
+        let logging = Proc::spawn(bin_dir, "sluice-logging", &logging_args)?;
+        let mut gateway_args = with(&options.gateway);
+        gateway_args.extend(strings(&[
+            "--risk",
+            &risk.url(),
+            "--notification",
+            &notification.url(),
+            "--logging",
+            &logging.url(),
+        ]));
+        let gateway = Proc::spawn(bin_dir, "sluice-gateway", &gateway_args)?;
+        Ok(ProcMesh {
+            risk,
+            notification,
+            logging,
+            gateway,
+            data_dir,
+            bin_dir: bin_dir.to_path_buf(),
+            options,
+        })
+    }
+
+    /// Restarts logging on its previous address and data directory.
+    pub fn restart_logging(&mut self) -> anyhow::Result<()> {
+        let mut a = strings(&[
+            "--listen",
+            &self.logging.grpc.to_string(),
+            "--admin-listen",
+            ANY,
+            "--grace-period",
+            GRACE_PERIOD,
+        ]);
+        a.extend(self.options.logging.iter().cloned());
+        a.extend(strings(&[
+            "--data-dir",
+            self.data_dir
+                .path()
+                .to_str()
+                .context("non-UTF-8 temp path")?,
+        ]));
+        self.logging = Proc::spawn(&self.bin_dir, "sluice-logging", &a)?;
+        Ok(())
+    }
+}
