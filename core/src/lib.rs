@@ -8,11 +8,13 @@
 //! - [`metrics`]: the Prometheus registry plus process metrics.
 //! - [`worker_pool`]: serve a bidirectional stream with a bounded pool of workers that pulls
 //!   the next message only when a worker is free: the service side of backpressure.
+//! - [`control`]: `mesh.v1.Control` fault injection with an optional bearer token.
 //! - [`deadline`]: per-message deadlines carried as Unix milliseconds across hops.
 //! - [`server`]: binding, the ready line, and running a tonic router until shutdown.
 //! - [`telemetry`]: `tracing` setup from `RUST_LOG`.
 
 pub mod admin;
+pub mod control;
 pub mod deadline;
 pub mod h2;
 pub mod metrics;

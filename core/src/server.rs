@@ -147,9 +147,9 @@ impl Default for CommonServerArgs {
     }
 }
 
-/// Flags of a downstream service's worker pool.
+/// Flags every downstream service shares: its worker pool and its Control API.
 #[derive(Debug, Clone, clap::Args)]
-pub struct PoolArgs {
+pub struct ServiceArgs {
     /// Messages processed at once across all streams. When every worker is busy the service
     /// stops reading its inbound streams, which is what pushes back on the gateway.
     #[arg(long, env = "SLUICE_WORKERS", default_value_t = crate::worker_pool::DEFAULT_WORKERS)]
@@ -157,15 +157,9 @@ pub struct PoolArgs {
     /// Replies each stream may hold that the transport has not yet taken.
     #[arg(long, env = "SLUICE_REPLY_QUEUE", default_value_t = crate::worker_pool::DEFAULT_REPLY_QUEUE)]
     pub reply_queue: usize,
-}
-
-impl Default for PoolArgs {
-    fn default() -> Self {
-        Self {
-            workers: crate::worker_pool::DEFAULT_WORKERS,
-            reply_queue: crate::worker_pool::DEFAULT_REPLY_QUEUE,
-        }
-    }
+    /// Bearer token required by the Control (fault injection) API; unset = no token needed.
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 /// Runs a server binary's `main` body: logging, a multi-threaded runtime, the ready line on

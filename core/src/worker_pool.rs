@@ -1,19 +1,28 @@
 //! The service side of backpressure: a bounded worker pool that reads a stream's next
-//! message only when a worker is free.
+//! message only when a worker is free — plus the fault injection that lets a test or a demo
+//! make a service slow, flaky or stalled on purpose.
 //!
 //! A handler that spawned a task per message would keep reading while work piles up in
 //! memory; here a free worker permit comes first, the read second. When every worker is
 //! busy (or the reply queue is full because the peer is not reading replies) nothing reads
 //! the inbound stream, hyper stops releasing window, and the sender's writes stop: the
 //! pressure crosses the hop as HTTP/2 flow control.
+//!
+//! Every message is checked against its own deadline before work starts (and again after an
+//! injected delay): work whose deadline has passed is answered DEADLINE_EXCEEDED, not done.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tokio::sync::{Semaphore, mpsc};
+use rand::Rng;
+use sluice_proto::pb::Faults;
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -25,40 +34,76 @@ pub const DEFAULT_WORKERS: usize = 64;
 /// the transport). When full, workers wait, so a peer that stops reading replies stops
 /// the reading of its requests too.
 pub const DEFAULT_REPLY_QUEUE: usize = 128;
+/// Largest pool size `SetFaults` accepts.
+pub const MAX_WORKERS: usize = 10_000;
 
 /// The reply half of a stream served by a [`WorkerPool`].
 pub type ReplyStream<T> = ReceiverStream<Result<T, Status>>;
 
-/// A pool of `size` workers shared by every stream of one service.
+/// How the pool reads a message's deadline and builds an error reply for it.
+pub struct Messages<Req, Resp> {
+    /// Absolute deadline, Unix ms (0 = none).
+    pub deadline_unix_ms: fn(&Req) -> i64,
+    /// The reply that reports `status` for this request (correlation id kept).
+    pub reject: fn(&Req, Status) -> Resp,
+}
+
+impl<Req, Resp> Clone for Messages<Req, Resp> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<Req, Resp> Copy for Messages<Req, Resp> {}
+
+/// A pool of workers shared by every stream of one service, with its faults.
 #[derive(Clone)]
 pub struct WorkerPool {
     permits: Arc<Semaphore>,
-    size: usize,
+    /// Target size (what `GetFaults` reports); permits converge to it as work finishes.
+    size: Arc<AtomicUsize>,
+    configured: usize,
     reply_queue: usize,
+    faults: Arc<watch::Sender<Faults>>,
+    /// Serialises resizes so concurrent SetFaults calls cannot interleave their arithmetic.
+    resize: Arc<Mutex<()>>,
     metrics: PoolMetrics,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct PoolMetrics {
     busy: Gauge,
     capacity: Gauge,
     processed: Counter,
     streams: Gauge,
+    deadline_drops: Counter,
+    injected_errors: Counter,
+    stalled: Gauge,
+    work_seconds: Histogram,
 }
 
 impl WorkerPool {
     /// A pool of `size` workers whose streams each buffer at most `reply_queue` replies.
     /// Registers `worker_pool_*` metrics in `registry`.
     pub fn new(size: usize, reply_queue: usize, registry: &mut Registry) -> Self {
-        let metrics = PoolMetrics::default();
+        let size = size.clamp(1, MAX_WORKERS);
+        let metrics = PoolMetrics {
+            busy: Gauge::default(),
+            capacity: Gauge::default(),
+            processed: Counter::default(),
+            streams: Gauge::default(),
+            deadline_drops: Counter::default(),
+            injected_errors: Counter::default(),
+            stalled: Gauge::default(),
+            work_seconds: Histogram::new(crate::metrics::latency_buckets()),
+        };
         registry.register(
             "worker_pool_busy",
-            "Workers processing a message",
+            "Workers processing a message (in flight at this hop)",
             metrics.busy.clone(),
         );
         registry.register(
             "worker_pool_capacity",
-            "Workers in the pool (--workers)",
+            "Workers in the pool (--workers, or SetFaults)",
             metrics.capacity.clone(),
         );
         registry.register(
@@ -71,39 +116,114 @@ impl WorkerPool {
             "Inbound streams being served",
             metrics.streams.clone(),
         );
+        registry.register(
+            "deadline_drops",
+            "Messages dropped undone because their deadline had passed",
+            metrics.deadline_drops.clone(),
+        );
+        registry.register(
+            "injected_errors",
+            "Messages answered with an injected error (SetFaults error_rate)",
+            metrics.injected_errors.clone(),
+        );
+        registry.register(
+            "stalled",
+            "1 while the service is stalled (SetFaults stall): it reads nothing",
+            metrics.stalled.clone(),
+        );
+        registry.register(
+            "work_seconds",
+            "Time per message from worker start to reply queued",
+            metrics.work_seconds.clone(),
+        );
         metrics.capacity.set(size as i64);
+        let (faults, _) = watch::channel(Faults::default());
         Self {
-            permits: Arc::new(Semaphore::new(size.max(1))),
-            size: size.max(1),
+            permits: Arc::new(Semaphore::new(size)),
+            size: Arc::new(AtomicUsize::new(size)),
+            configured: size,
             reply_queue: reply_queue.max(1),
+            faults: Arc::new(faults),
+            resize: Arc::default(),
             metrics,
         }
     }
 
-    /// Workers in the pool.
+    /// Workers in the pool now.
     pub fn size(&self) -> usize {
-        self.size
+        self.size.load(Ordering::Relaxed)
     }
 
-    /// Serves one bidirectional stream: for each inbound message, once a worker is free,
-    /// runs `work` and queues its reply. Ends the reply stream (OK) when the peer
-    /// half-closes or `shutdown` is cancelled, after in-flight work has replied.
+    /// The faults in force, `workers` resolved to the pool's size.
+    pub fn faults(&self) -> Faults {
+        let mut f = self.faults.borrow().clone();
+        f.workers = self.size() as u32;
+        f
+    }
+
+    /// Replaces the faults in force (already validated). `workers = 0` restores the
+    /// configured size. Shrinking takes effect as busy workers finish.
+    pub fn set_faults(&self, faults: Faults) -> Faults {
+        let target = if faults.workers == 0 {
+            self.configured
+        } else {
+            faults.workers as usize
+        };
+        {
+            let _guard = self.resize.lock().expect("resize lock");
+            let current = self.size.swap(target, Ordering::Relaxed);
+            if target > current {
+                self.permits.add_permits(target - current);
+            } else if target < current {
+                let wanted = current - target;
+                let forgotten = self.permits.forget_permits(wanted);
+                if forgotten < wanted {
+                    let permits = self.permits.clone();
+                    tokio::spawn(async move {
+                        if let Ok(p) = permits
+                            .acquire_many_owned((wanted - forgotten) as u32)
+                            .await
+                        {
+                            p.forget();
+                        }
+                    });
+                }
+            }
+        }
+        self.metrics.capacity.set(target as i64);
+        self.metrics.stalled.set(faults.stall as i64);
+        if faults != Faults::default() {
+            tracing::warn!(?faults, "faults injected");
+        } else {
+            tracing::info!("faults cleared");
+        }
+        self.faults.send_replace(faults);
+        self.faults()
+    }
+
+    /// Serves one bidirectional stream: for each inbound message, once a worker is free
+    /// (and the service is not stalled), runs `work` and queues its reply. Ends the reply
+    /// stream (OK) when the peer half-closes or `shutdown` is cancelled, after in-flight
+    /// work has replied.
     pub fn serve<Req, Resp, F, Fut>(
         &self,
         mut inbound: Streaming<Req>,
         shutdown: CancellationToken,
+        messages: Messages<Req, Resp>,
         work: F,
     ) -> ReplyStream<Resp>
     where
-        Req: Send + 'static,
+        Req: Send + Sync + 'static,
         Resp: Send + 'static,
         F: Fn(Req) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Resp> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(self.reply_queue);
         let pool = self.clone();
+        let work = Arc::new(work);
         tokio::spawn(async move {
             pool.metrics.streams.inc();
+            let mut faults = pool.faults.subscribe();
             let mut in_flight = JoinSet::new();
             loop {
                 while in_flight.try_join_next().is_some() {}
@@ -115,6 +235,11 @@ impl WorkerPool {
                     },
                     _ = shutdown.cancelled() => break,
                 };
+                // A stalled service reads nothing at all.
+                tokio::select! {
+                    r = faults.wait_for(|f| !f.stall) => if r.is_err() { break },
+                    _ = shutdown.cancelled() => break,
+                }
                 let message = tokio::select! {
                     m = inbound.message() => m,
                     _ = shutdown.cancelled() => break,
@@ -127,12 +252,18 @@ impl WorkerPool {
                         break;
                     }
                 };
-                let tx = tx.clone();
-                let fut = work(request);
-                let metrics = pool.metrics.clone();
+                let (tx, work, metrics) = (tx.clone(), work.clone(), pool.metrics.clone());
+                let injected = pool.faults.borrow().clone();
                 metrics.busy.inc();
                 in_flight.spawn(async move {
-                    let reply = fut.await;
+                    let started = Instant::now();
+                    let reply = match apply_faults(&injected, &request, messages, &metrics).await {
+                        Ok(()) => work(request).await,
+                        Err(reply) => reply,
+                    };
+                    metrics
+                        .work_seconds
+                        .observe(started.elapsed().as_secs_f64());
                     // A closed reply queue means the peer is gone; the work is dropped.
                     let _ = tx.send(Ok(reply)).await;
                     metrics.processed.inc();
@@ -145,4 +276,46 @@ impl WorkerPool {
         });
         ReceiverStream::new(rx)
     }
+}
+
+/// Deadline check, injected delay and injected errors, in that order (and the deadline
+/// again after a delay). `Err` carries the reply to send instead of doing the work.
+async fn apply_faults<Req, Resp>(
+    faults: &Faults,
+    request: &Req,
+    messages: Messages<Req, Resp>,
+    metrics: &PoolMetrics,
+) -> Result<(), Resp> {
+    let expired = |request: &Req| {
+        if crate::deadline::expired((messages.deadline_unix_ms)(request)) {
+            metrics.deadline_drops.inc();
+            Err((messages.reject)(
+                request,
+                Status::deadline_exceeded("deadline passed before the work started"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    expired(request)?;
+    if faults.delay_ms > 0 || faults.jitter_ms > 0 {
+        let jitter = if faults.jitter_ms > 0 {
+            rand::rng().random_range(0..=faults.jitter_ms)
+        } else {
+            0
+        };
+        tokio::time::sleep(Duration::from_millis(
+            u64::from(faults.delay_ms) + u64::from(jitter),
+        ))
+        .await;
+        expired(request)?;
+    }
+    if faults.error_rate > 0.0 && rand::rng().random_bool(faults.error_rate.min(1.0)) {
+        metrics.injected_errors.inc();
+        return Err((messages.reject)(
+            request,
+            Status::unavailable("injected fault (SetFaults error_rate)"),
+        ));
+    }
+    Ok(())
 }

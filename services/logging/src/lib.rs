@@ -10,8 +10,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use prometheus_client::registry::Registry;
-use sluice_core::server::{CommonServerArgs, Listeners, PoolArgs, ServeError};
-use sluice_core::worker_pool::{ReplyStream, WorkerPool};
+use sluice_core::server::{CommonServerArgs, Listeners, ServeError, ServiceArgs};
+use sluice_core::worker_pool::{Messages, ReplyStream, WorkerPool};
 use sluice_core::{CancellationToken, deadline};
 use sluice_proto::pb::logging_server::{Logging, LoggingServer};
 use sluice_proto::pb::{self, AppendAck, AppendRequest, AuditEntry, ReadRequest, Transaction};
@@ -54,7 +54,7 @@ pub struct Config {
     #[arg(long, env = "SLUICE_MAX_BATCH", default_value_t = log::DEFAULT_MAX_BATCH)]
     pub max_batch: usize,
     #[command(flatten)]
-    pub pool: PoolArgs,
+    pub service: ServiceArgs,
     #[command(flatten)]
     pub server: CommonServerArgs,
 }
@@ -99,22 +99,16 @@ fn trace_id(txn: &Transaction) -> String {
 
 async fn append(log: AuditLog, request: AppendRequest) -> AppendAck {
     let correlation_id = request.correlation_id;
-    let reject = |code, message: &str| AppendAck {
+    let refuse = |code, message: &str| AppendAck {
         correlation_id,
         error: error(code, message),
         ..Default::default()
     };
-    if deadline::expired(request.deadline_unix_ms) {
-        return reject(
-            tonic::Code::DeadlineExceeded,
-            "deadline passed before the record was appended",
-        );
-    }
     let Some(txn) = request.transaction else {
-        return reject(tonic::Code::InvalidArgument, "transaction: missing");
+        return refuse(tonic::Code::InvalidArgument, "transaction: missing");
     };
     if txn.id.is_empty() || txn.id.len() > 64 {
-        return reject(
+        return refuse(
             tonic::Code::InvalidArgument,
             "transaction.id: must be 1-64 characters",
         );
@@ -136,10 +130,23 @@ async fn append(log: AuditLog, request: AppendRequest) -> AppendAck {
             duplicate: a.duplicate,
             error: None,
         },
-        Err(e @ AuditError::TooLarge(_)) => reject(tonic::Code::InvalidArgument, &e.to_string()),
-        Err(e) => reject(tonic::Code::Unavailable, &e.to_string()),
+        Err(e @ AuditError::TooLarge(_)) => refuse(tonic::Code::InvalidArgument, &e.to_string()),
+        Err(e) => refuse(tonic::Code::Unavailable, &e.to_string()),
     }
 }
+
+fn reject(request: &AppendRequest, status: Status) -> AppendAck {
+    AppendAck {
+        correlation_id: request.correlation_id,
+        error: error(status.code(), status.message()),
+        ..Default::default()
+    }
+}
+
+const MESSAGES: Messages<AppendRequest, AppendAck> = Messages {
+    deadline_unix_ms: |r| r.deadline_unix_ms,
+    reject,
+};
 
 #[tonic::async_trait]
 impl Logging for LoggingService {
@@ -154,6 +161,7 @@ impl Logging for LoggingService {
         Ok(Response::new(self.pool.serve(
             request.into_inner(),
             self.shutdown.clone(),
+            MESSAGES,
             move |req| append(log.clone(), req),
         )))
     }
@@ -219,7 +227,12 @@ pub async fn serve(
     )
     .map_err(|e| ServeError::Other(format!("{e} (check --data-dir)")))?;
     tracing::info!(path = %config.data_dir.display(), records = log.len(), "audit log open");
-    let pool = WorkerPool::new(config.pool.workers, config.pool.reply_queue, &mut registry);
+    let pool = WorkerPool::new(
+        config.service.workers,
+        config.service.reply_queue,
+        &mut registry,
+    );
+    let control = sluice_core::control::server(pool.clone(), config.service.admin_token.clone());
     let service = LoggingService {
         log: log.clone(),
         pool,
@@ -229,9 +242,16 @@ pub async fn serve(
     reporter
         .set_serving::<LoggingServer<LoggingService>>()
         .await;
-    let router = config.server.h2.server().add_service(health).add_service(
-        LoggingServer::new(service).max_decoding_message_size(config.server.h2.max_message_size),
-    );
+    let router = config
+        .server
+        .h2
+        .server()
+        .add_service(health)
+        .add_service(control)
+        .add_service(
+            LoggingServer::new(service)
+                .max_decoding_message_size(config.server.h2.max_message_size),
+        );
     let result = sluice_core::server::run(
         listeners,
         router,

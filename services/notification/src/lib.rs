@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use prometheus_client::registry::Registry;
-use sluice_core::server::{CommonServerArgs, Listeners, PoolArgs, ServeError};
-use sluice_core::worker_pool::{ReplyStream, WorkerPool};
-use sluice_core::{CancellationToken, deadline};
+use sluice_core::CancellationToken;
+use sluice_core::server::{CommonServerArgs, Listeners, ServeError, ServiceArgs};
+use sluice_core::worker_pool::{Messages, ReplyStream, WorkerPool};
 use sluice_proto::pb::notification_server::{Notification, NotificationServer};
 use sluice_proto::pb::{self, NotificationStatus, NotifyAck, NotifyRequest};
 use tonic::{Request, Response, Status, Streaming};
@@ -38,7 +38,7 @@ pub struct Config {
     #[arg(long, env = "SLUICE_LATENCY", default_value = "2ms", value_parser = sluice_core::parse_duration)]
     pub latency: Duration,
     #[command(flatten)]
-    pub pool: PoolArgs,
+    pub service: ServiceArgs,
     #[command(flatten)]
     pub server: CommonServerArgs,
 }
@@ -58,16 +58,6 @@ struct NotificationService {
 
 async fn deliver(request: NotifyRequest, latency: Duration) -> NotifyAck {
     let correlation_id = request.correlation_id;
-    if deadline::expired(request.deadline_unix_ms) {
-        return NotifyAck {
-            correlation_id,
-            status: NotificationStatus::Failed as i32,
-            error: Some(pb::Error {
-                code: tonic::Code::DeadlineExceeded as i32,
-                message: "deadline passed before the notice was delivered".into(),
-            }),
-        };
-    }
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -77,6 +67,22 @@ async fn deliver(request: NotifyRequest, latency: Duration) -> NotifyAck {
         error: None,
     }
 }
+
+fn reject(request: &NotifyRequest, status: Status) -> NotifyAck {
+    NotifyAck {
+        correlation_id: request.correlation_id,
+        status: NotificationStatus::Failed as i32,
+        error: Some(pb::Error {
+            code: status.code() as i32,
+            message: status.message().to_string(),
+        }),
+    }
+}
+
+const MESSAGES: Messages<NotifyRequest, NotifyAck> = Messages {
+    deadline_unix_ms: |r| r.deadline_unix_ms,
+    reject,
+};
 
 #[tonic::async_trait]
 impl Notification for NotificationService {
@@ -90,6 +96,7 @@ impl Notification for NotificationService {
         Ok(Response::new(self.pool.serve(
             request.into_inner(),
             self.shutdown.clone(),
+            MESSAGES,
             move |req| deliver(req, latency),
         )))
     }
@@ -102,7 +109,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let mut registry = Registry::with_prefix("sluice_notification");
-    let pool = WorkerPool::new(config.pool.workers, config.pool.reply_queue, &mut registry);
+    let pool = WorkerPool::new(
+        config.service.workers,
+        config.service.reply_queue,
+        &mut registry,
+    );
+    let control = sluice_core::control::server(pool.clone(), config.service.admin_token.clone());
     let service = NotificationService {
         latency: config.latency,
         pool,
@@ -112,10 +124,16 @@ pub async fn serve(
     reporter
         .set_serving::<NotificationServer<NotificationService>>()
         .await;
-    let router = config.server.h2.server().add_service(health).add_service(
-        NotificationServer::new(service)
-            .max_decoding_message_size(config.server.h2.max_message_size),
-    );
+    let router = config
+        .server
+        .h2
+        .server()
+        .add_service(health)
+        .add_service(control)
+        .add_service(
+            NotificationServer::new(service)
+                .max_decoding_message_size(config.server.h2.max_message_size),
+        );
     sluice_core::server::run(
         listeners,
         router,

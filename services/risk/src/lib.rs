@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use prometheus_client::registry::Registry;
-use sluice_core::server::{CommonServerArgs, Listeners, PoolArgs, ServeError};
+use sluice_core::CancellationToken;
+use sluice_core::server::{CommonServerArgs, Listeners, ServeError, ServiceArgs};
 use sluice_core::worker_pool::ReplyStream;
-use sluice_core::worker_pool::WorkerPool;
-use sluice_core::{CancellationToken, deadline};
+use sluice_core::worker_pool::{Messages, WorkerPool};
 use sluice_proto::pb::risk_server::{Risk, RiskServer};
 use sluice_proto::pb::{self, RiskRequest, RiskVerdict};
 use tonic::{Request, Response, Status, Streaming};
@@ -63,7 +63,7 @@ pub struct Config {
     #[arg(long, env = "SLUICE_COST_US", default_value_t = 0)]
     pub cost_us: u64,
     #[command(flatten)]
-    pub pool: PoolArgs,
+    pub service: ServiceArgs,
     #[command(flatten)]
     pub server: CommonServerArgs,
 }
@@ -93,25 +93,8 @@ struct Scorer {
 impl Scorer {
     async fn assess(self: Arc<Self>, request: RiskRequest) -> RiskVerdict {
         let correlation_id = request.correlation_id;
-        if deadline::expired(request.deadline_unix_ms) {
-            return RiskVerdict {
-                correlation_id,
-                error: Some(pb::Error {
-                    code: tonic::Code::DeadlineExceeded as i32,
-                    message: "deadline passed before risk assessed it".into(),
-                }),
-                ..Default::default()
-            };
-        }
         let Some(txn) = request.transaction else {
-            return RiskVerdict {
-                correlation_id,
-                error: Some(pb::Error {
-                    code: tonic::Code::InvalidArgument as i32,
-                    message: "transaction: missing".into(),
-                }),
-                ..Default::default()
-            };
+            return reject(&request, Status::invalid_argument("transaction: missing"));
         };
         if !self.cost.is_zero() {
             let cost = self.cost;
@@ -134,6 +117,22 @@ impl Scorer {
         }
     }
 }
+
+fn reject(request: &RiskRequest, status: Status) -> RiskVerdict {
+    RiskVerdict {
+        correlation_id: request.correlation_id,
+        error: Some(pb::Error {
+            code: status.code() as i32,
+            message: status.message().to_string(),
+        }),
+        ..Default::default()
+    }
+}
+
+const MESSAGES: Messages<RiskRequest, RiskVerdict> = Messages {
+    deadline_unix_ms: |r| r.deadline_unix_ms,
+    reject,
+};
 
 fn busy_work(cost: Duration) {
     let end = Instant::now() + cost;
@@ -160,6 +159,7 @@ impl Risk for RiskService {
         Ok(Response::new(self.pool.serve(
             request.into_inner(),
             self.shutdown.clone(),
+            MESSAGES,
             move |req| scorer.clone().assess(req),
         )))
     }
@@ -172,7 +172,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let mut registry = Registry::with_prefix("sluice_risk");
-    let pool = WorkerPool::new(config.pool.workers, config.pool.reply_queue, &mut registry);
+    let pool = WorkerPool::new(
+        config.service.workers,
+        config.service.reply_queue,
+        &mut registry,
+    );
     let scorer = Arc::new(Scorer {
         rules: config.rules(),
         velocity: Mutex::new(VelocityTracker::new(
@@ -182,6 +186,7 @@ pub async fn serve(
         )),
         cost: Duration::from_micros(config.cost_us),
     });
+    let control = sluice_core::control::server(pool.clone(), config.service.admin_token.clone());
     let service = RiskService {
         scorer,
         pool,
@@ -189,9 +194,15 @@ pub async fn serve(
     };
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<RiskServer<RiskService>>().await;
-    let router = config.server.h2.server().add_service(health).add_service(
-        RiskServer::new(service).max_decoding_message_size(config.server.h2.max_message_size),
-    );
+    let router = config
+        .server
+        .h2
+        .server()
+        .add_service(health)
+        .add_service(control)
+        .add_service(
+            RiskServer::new(service).max_decoding_message_size(config.server.h2.max_message_size),
+        );
     sluice_core::server::run(
         listeners,
         router,
