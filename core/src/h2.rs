@@ -14,7 +14,12 @@ use tonic::transport::{Endpoint, Server};
 /// Default per-stream receive window: bytes a peer may send on one stream before we read.
 pub const DEFAULT_STREAM_WINDOW: u32 = 256 * 1024;
 /// Default per-connection receive window: bytes a peer may send across all streams.
-pub const DEFAULT_CONNECTION_WINDOW: u32 = 1024 * 1024;
+///
+/// Also sizes h2's small-DATA-frame budget (h2 >= 0.4.16): every unread DATA frame under
+/// 256 bytes charges `256 - len` against `max(connection window / 2, 25,600)` bytes, and an
+/// exhausted budget is answered with GOAWAY ENHANCE_YOUR_CALM. 2 MiB gives a 1 MiB budget:
+/// room for about 4,000 unread tiny frames per connection (see ARCHITECTURE.md).
+pub const DEFAULT_CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
 /// Default cap on concurrent streams a peer may open on one connection.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
 /// Default largest message we decode; ours are well under 4 KiB.
@@ -84,16 +89,53 @@ impl H2Settings {
             .tcp_nodelay(true)
     }
 
-    /// `endpoint` with these settings applied (client side).
+    /// `endpoint` with these settings applied (client side; `max_concurrent_streams` is a
+    /// server setting and does not apply).
     pub fn endpoint(&self, endpoint: Endpoint) -> Endpoint {
+        self.with_windows(
+            self.stream_window,
+            self.connection_window,
+            self.adaptive_window,
+            endpoint,
+        )
+    }
+
+    /// `endpoint` with these keepalive settings but the given windows.
+    pub fn with_windows(
+        &self,
+        stream: u32,
+        connection: u32,
+        adaptive: bool,
+        endpoint: Endpoint,
+    ) -> Endpoint {
         endpoint
-            .initial_stream_window_size(self.stream_window)
-            .initial_connection_window_size(self.connection_window)
-            .http2_adaptive_window(self.adaptive_window)
+            .initial_stream_window_size(stream)
+            .initial_connection_window_size(connection)
+            .http2_adaptive_window(adaptive)
             .http2_keep_alive_interval(self.keepalive_interval)
             .keep_alive_timeout(self.keepalive_timeout)
             .keep_alive_while_idle(true)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2))
     }
+}
+
+/// The gateway's receive windows on its connections to the downstream services (they bound
+/// the bytes of replies a service may send before the gateway reads them).
+#[derive(Debug, Clone, Args)]
+pub struct DownstreamWindows {
+    /// Per-stream receive window on downstream connections, bytes.
+    #[arg(id = "downstream_stream_window", long = "downstream-h2-stream-window", env = "SLUICE_DOWNSTREAM_H2_STREAM_WINDOW", default_value_t = DEFAULT_STREAM_WINDOW)]
+    pub stream_window: u32,
+    /// Per-connection receive window on downstream connections, bytes.
+    #[arg(id = "downstream_connection_window", long = "downstream-h2-connection-window", env = "SLUICE_DOWNSTREAM_H2_CONNECTION_WINDOW", default_value_t = DEFAULT_CONNECTION_WINDOW)]
+    pub connection_window: u32,
+    /// Adaptive (BDP) windows on downstream connections; off by default.
+    #[arg(
+        id = "downstream_adaptive_window",
+        long = "downstream-h2-adaptive-window",
+        env = "SLUICE_DOWNSTREAM_H2_ADAPTIVE_WINDOW",
+        default_value_t = false
+    )]
+    pub adaptive_window: bool,
 }

@@ -156,7 +156,7 @@ impl WorkerPool {
 
     /// The faults in force, `workers` resolved to the pool's size.
     pub fn faults(&self) -> Faults {
-        let mut f = self.faults.borrow().clone();
+        let mut f = *self.faults.borrow();
         f.workers = self.size() as u32;
         f
     }
@@ -253,7 +253,7 @@ impl WorkerPool {
                     }
                 };
                 let (tx, work, metrics) = (tx.clone(), work.clone(), pool.metrics.clone());
-                let injected = pool.faults.borrow().clone();
+                let injected = *pool.faults.borrow();
                 metrics.busy.inc();
                 in_flight.spawn(async move {
                     let started = Instant::now();

@@ -127,6 +127,7 @@ struct Metrics {
     deadline_drops: Counter,
     queue_wait: Histogram,
     roundtrip: Histogram,
+    send_blocked: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -141,7 +142,13 @@ impl Metrics {
             deadline_drops: Counter::default(),
             queue_wait: Histogram::new(sluice_core::metrics::latency_buckets()),
             roundtrip: Histogram::new(sluice_core::metrics::latency_buckets()),
+            send_blocked: Counter::default(),
         };
+        registry.register(
+            "downstream_send_blocked_seconds",
+            "Seconds between a stream handing a message to HTTP/2 and being asked for the next: time spent waiting for window (transport backpressure), all streams",
+            m.send_blocked.clone(),
+        );
         registry.register(
             "downstream_queue_depth",
             "Requests queued for the downstream, not yet taken by a stream",
@@ -538,7 +545,9 @@ fn outbound<P: Protocol>(
                 p.waiting.insert(id, (envelope.reply, Instant::now(), permit));
             }
             shared.metrics.inflight.inc();
+            let handed = Instant::now();
             yield envelope.request;
+            shared.metrics.send_blocked.inc_by(handed.elapsed().as_secs_f64());
         }
     }))
 }

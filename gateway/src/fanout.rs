@@ -11,6 +11,11 @@
 
 use std::time::Instant;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
 use sluice_proto::pb::logging_client::LoggingClient;
 use sluice_proto::pb::notification_client::NotificationClient;
 use sluice_proto::pb::risk_client::RiskClient;
@@ -97,12 +102,20 @@ pub enum Admission {
     Immediate,
 }
 
+/// Why a notice was not queued.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShedLabels {
+    /// `queue_full` (load shedding) or `unavailable` (no live notification stream).
+    reason: &'static str,
+}
+
 /// The three downstreams.
 #[derive(Clone)]
 pub struct Fanout {
     pub risk: Downstream<RiskProtocol>,
     pub logging: Downstream<LoggingProtocol>,
     pub notification: Downstream<NotificationProtocol>,
+    shed: Family<ShedLabels, Counter>,
 }
 
 /// A transaction admitted to every queue, its replies still to come.
@@ -115,6 +128,30 @@ pub struct Dispatched {
 }
 
 impl Fanout {
+    pub fn new(
+        risk: Downstream<RiskProtocol>,
+        logging: Downstream<LoggingProtocol>,
+        notification: Downstream<NotificationProtocol>,
+        registry: &mut Registry,
+    ) -> Self {
+        let shed = Family::<ShedLabels, Counter>::default();
+        registry.register(
+            "notifications_shed",
+            "Notices not queued: reason=queue_full (best-effort shedding) or unavailable",
+            shed.clone(),
+        );
+        Self {
+            risk,
+            logging,
+            notification,
+            shed,
+        }
+    }
+
+    fn count_shed(&self, reason: &'static str) {
+        self.shed.get_or_create(&ShedLabels { reason }).inc();
+    }
+
     /// Admits `txn` (already validated) to the downstream queues.
     pub async fn dispatch(
         &self,
@@ -147,6 +184,7 @@ impl Fanout {
         };
         let deadline_unix_ms = sluice_core::deadline::to_unix_ms(deadline);
         let notification = if !self.notification.is_live() {
+            self.count_shed("unavailable");
             NotificationStatus::Failed
         } else {
             match self.notification.try_reserve() {
@@ -161,7 +199,10 @@ impl Fanout {
                     );
                     NotificationStatus::Queued
                 }
-                Err(_) => NotificationStatus::Shed,
+                Err(_) => {
+                    self.count_shed("queue_full");
+                    NotificationStatus::Shed
+                }
             }
         };
         let id = txn.id.clone();

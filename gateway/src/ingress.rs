@@ -80,12 +80,32 @@ struct ApiLabels {
     api: Api,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectLabels {
+    api: Api,
+    /// `inflight_limit`, `queue_full`, `unavailable`, `invalid_argument`, `deadline`.
+    reason: &'static str,
+}
+
+/// The rejection reason of a status returned at admission.
+fn reject_reason(status: &Status) -> &'static str {
+    match status.code() {
+        tonic::Code::ResourceExhausted => "queue_full",
+        tonic::Code::Unavailable => "unavailable",
+        tonic::Code::InvalidArgument => "invalid_argument",
+        tonic::Code::DeadlineExceeded => "deadline",
+        _ => "other",
+    }
+}
+
 #[derive(Clone)]
 struct IngressMetrics {
     transactions: Family<ResultLabels, Counter>,
     inflight: Family<ApiLabels, Gauge>,
     latency: Family<ApiLabels, Histogram>,
     admission_wait: Histogram,
+    blocked_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    rejected: Family<RejectLabels, Counter>,
     streams: Gauge,
 }
 
@@ -98,8 +118,20 @@ impl IngressMetrics {
                 Histogram::new(sluice_core::metrics::latency_buckets())
             }),
             admission_wait: Histogram::new(sluice_core::metrics::latency_buckets()),
+            blocked_seconds: Counter::default(),
+            rejected: Family::default(),
             streams: Gauge::default(),
         };
+        registry.register(
+            "admission_blocked_seconds",
+            "Seconds SubmitStream readers spent blocked waiting for downstream queue room, all streams",
+            m.blocked_seconds.clone(),
+        );
+        registry.register(
+            "rejected",
+            "Transactions refused at admission, by API and reason",
+            m.rejected.clone(),
+        );
         registry.register(
             "transactions",
             "Transactions finished, by API and result",
@@ -126,6 +158,12 @@ impl IngressMetrics {
             m.streams.clone(),
         );
         m
+    }
+
+    fn reject(&self, api: Api, reason: &'static str) {
+        self.rejected
+            .get_or_create(&RejectLabels { api, reason })
+            .inc();
     }
 
     fn finish(&self, api: Api, result: Result<&Outcome, &Status>, started: Instant) {
@@ -194,22 +232,31 @@ impl Ingress {
     }
 
     async fn submit_one(&self, txn: Transaction, deadline: Instant) -> Result<Outcome, Status> {
-        let _permit = self.unary_permits.try_acquire().map_err(|_| {
-            self.exhausted(format!(
+        let Ok(_permit) = self.unary_permits.try_acquire() else {
+            self.metrics.reject(UNARY, "inflight_limit");
+            return Err(self.exhausted(format!(
                 "gateway at its in-flight limit ({})",
                 self.limits.max_inflight
-            ))
-        })?;
-        validate::transaction(&txn).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            )));
+        };
+        if let Err(e) = validate::transaction(&txn) {
+            self.metrics.reject(UNARY, "invalid_argument");
+            return Err(Status::invalid_argument(e.to_string()));
+        }
         let dispatched = match self
             .fanout
             .dispatch(txn, deadline, Admission::Immediate)
             .await
         {
-            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
-                return Err(self.exhausted(s.message()));
+            Ok(d) => d,
+            Err(status) => {
+                self.metrics.reject(UNARY, reject_reason(&status));
+                return Err(if status.code() == tonic::Code::ResourceExhausted {
+                    self.exhausted(status.message())
+                } else {
+                    status
+                });
             }
-            other => other?,
         };
         dispatched.outcome().await
     }
@@ -250,7 +297,10 @@ impl Gateway for Ingress {
         request: Request<Streaming<Transaction>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
         let (tx, rx) = mpsc::channel(self.limits.outcome_queue.max(1));
+        // The call's grpc-timeout, if any, caps every message's deadline.
+        let deadline = call_deadline(&request, Duration::from_secs(365 * 24 * 3600));
         let reader = StreamReader {
+            deadline,
             fanout: self.fanout.clone(),
             limits: self.limits.clone(),
             shutdown: self.shutdown.clone(),
@@ -262,6 +312,8 @@ impl Gateway for Ingress {
 }
 
 struct StreamReader {
+    /// The stream's own deadline (from grpc-timeout), capping each message's.
+    deadline: Instant,
     fanout: Fanout,
     limits: IngressLimits,
     shutdown: CancellationToken,
@@ -333,6 +385,7 @@ impl StreamReader {
         started: Instant,
     ) -> Result<BoxFuture<'static, (Result<Outcome, Status>, Instant)>, Outcome> {
         let fail = |id: String, status: Status| {
+            self.metrics.reject(STREAM, reject_reason(&status));
             let outcome = error_outcome(id, &status);
             self.metrics.finish(STREAM, Ok(&outcome), started);
             outcome
@@ -341,11 +394,11 @@ impl StreamReader {
             return Err(fail(txn.id, Status::invalid_argument(e.to_string())));
         }
         let id = txn.id.clone();
-        let deadline = started + self.limits.default_deadline;
+        let deadline = self.deadline.min(started + self.limits.default_deadline);
         let dispatched = self.fanout.dispatch(txn, deadline, Admission::Wait).await;
-        self.metrics
-            .admission_wait
-            .observe(started.elapsed().as_secs_f64());
+        let waited = started.elapsed().as_secs_f64();
+        self.metrics.admission_wait.observe(waited);
+        self.metrics.blocked_seconds.inc_by(waited);
         match dispatched {
             Ok(d) => Ok(Box::pin(async move {
                 let id = d.id().to_string();

@@ -89,9 +89,19 @@ pub struct Config {
     /// Longest reconnect delay.
     #[arg(long, env = "SLUICE_RECONNECT_MAX", default_value = "2s", value_parser = sluice_core::parse_duration)]
     pub reconnect_max: Duration,
+    /// BENCHMARK COMPARISON ONLY: make the downstream queues and the per-stream ingress
+    /// limit effectively unbounded, to measure what the bounds buy. Memory then grows with
+    /// load whenever a downstream is slow. Never use it otherwise.
+    #[arg(long, env = "SLUICE_UNBOUNDED_FOR_COMPARISON", default_value_t = false)]
+    pub unbounded_for_comparison: bool,
+    #[command(flatten)]
+    pub downstream_windows: sluice_core::h2::DownstreamWindows,
     #[command(flatten)]
     pub server: CommonServerArgs,
 }
+
+/// What "unbounded" means for `--unbounded-for-comparison`: more than memory can hold.
+const UNBOUNDED: usize = 1 << 40;
 
 impl Config {
     /// Defaults, as if no flag were given.
@@ -101,7 +111,11 @@ impl Config {
 
     fn downstream(&self) -> DownstreamConfig {
         DownstreamConfig {
-            queue: self.downstream_queue,
+            queue: if self.unbounded_for_comparison {
+                UNBOUNDED
+            } else {
+                self.downstream_queue
+            },
             streams: self.streams_per_downstream,
             stream_inflight: self.downstream_stream_inflight,
             backoff_base: self.reconnect_base,
@@ -113,7 +127,11 @@ impl Config {
     fn limits(&self) -> IngressLimits {
         IngressLimits {
             max_inflight: self.max_inflight,
-            stream_inflight: self.stream_inflight,
+            stream_inflight: if self.unbounded_for_comparison {
+                UNBOUNDED
+            } else {
+                self.stream_inflight
+            },
             outcome_queue: self.outcome_queue,
             default_deadline: self.default_deadline,
             retry_pushback: self.retry_pushback,
@@ -127,7 +145,17 @@ impl Config {
             ))
         })?;
         // Lazy: the gateway starts even when a downstream is not up yet; streams reconnect.
-        Ok(self.server.h2.endpoint(endpoint).connect_lazy())
+        let w = &self.downstream_windows;
+        Ok(self
+            .server
+            .h2
+            .with_windows(
+                w.stream_window,
+                w.connection_window,
+                w.adaptive_window,
+                endpoint,
+            )
+            .connect_lazy())
     }
 }
 
@@ -159,11 +187,12 @@ pub async fn serve(
         &mut registry,
         downstream_shutdown.clone(),
     );
-    let fanout = Fanout {
-        risk,
-        logging,
-        notification,
-    };
+    let fanout = Fanout::new(risk, logging, notification, &mut registry);
+    if config.unbounded_for_comparison {
+        tracing::warn!(
+            "--unbounded-for-comparison: downstream queues and stream limits are unbounded; memory will grow under pressure"
+        );
+    }
     let (reporter, health) = tonic_health::server::health_reporter();
     // Known (as NOT_SERVING) from the first moment, so health watchers never see NOT_FOUND.
     reporter.set_not_serving::<GatewayServer<Ingress>>().await;
@@ -240,4 +269,13 @@ async fn report_readiness(
         }
     }
     reporter.set_not_serving::<GatewayServer<Ingress>>().await;
+}
+
+#[cfg(test)]
+mod cli_tests {
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        super::Config::command().debug_assert();
+    }
 }

@@ -69,6 +69,7 @@ fn spec(args: &BenchArgs, target: &str, mode: Mode, pacing: Pacing, run: usize) 
         id_prefix: format!("bench-{}-{:?}-{run}", std::process::id(), pacing)
             .replace([' ', '{', '}', ':', '.'], ""),
         wait_ready: true,
+        h2: Default::default(),
     }
 }
 

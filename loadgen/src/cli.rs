@@ -33,6 +33,9 @@ pub enum Command {
     /// Measure saturation throughput and latency at half load against the real binaries
     /// (started from this executable's directory as separate processes).
     Bench(crate::bench::BenchArgs),
+    /// Show or change the faults in force on a service (risk, notification or logging)
+    /// through its Control API; prints the faults now in force.
+    Fault(crate::fault::FaultArgs),
 }
 
 /// Load shape shared by `run` and `demo`.
@@ -79,6 +82,8 @@ pub struct LoadArgs {
     /// Write the report as JSON to this file, including every acknowledged id and offset.
     #[arg(long, env = "SLUICE_LOAD_JSON")]
     pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub h2: sluice_core::h2::H2Settings,
     /// Start sending at once instead of waiting for the gateway to report ready.
     #[arg(long)]
     pub no_wait_ready: bool,
@@ -130,6 +135,7 @@ impl LoadArgs {
             seed: self.seed,
             id_prefix: self.id_prefix.clone().unwrap_or_else(random_prefix),
             wait_ready: !self.no_wait_ready,
+            h2: self.h2.clone(),
         })
     }
 }
@@ -189,6 +195,11 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Demo(args) => demo(args).await,
         Command::Bench(args) => crate::bench::bench(args).await.map(|()| true),
+        Command::Fault(args) => {
+            let now = crate::fault::run(&args).await?;
+            println!("{} {}", args.target, crate::fault::describe(&now));
+            Ok(true)
+        }
         Command::Verify(args) => {
             #[derive(serde::Deserialize)]
             struct Partial {
@@ -254,4 +265,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         check.wrong_offset.len()
     );
     Ok(check.passed() && report.ok > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use hdrhistogram::Histogram;
 use sluice_proto::pb::gateway_client::GatewayClient;
 use sluice_proto::pb::{Outcome, Transaction};
 use tokio::sync::{Semaphore, mpsc};
@@ -24,7 +25,7 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::report::{Recorder, Report, RunInfo};
+use crate::report::{Recorder, Report, RunInfo, TimelinePoint};
 use crate::traffic::Traffic;
 
 /// Default most unary calls in flight in open loop.
@@ -71,6 +72,9 @@ pub struct LoadSpec {
     pub id_prefix: String,
     /// Wait for the gateway to report ready before sending.
     pub wait_ready: bool,
+    /// HTTP/2 settings of the generator's connections (its receive windows bound the
+    /// outcomes the gateway may send ahead of the generator reading them).
+    pub h2: sluice_core::h2::H2Settings,
 }
 
 /// How long [`wait_ready`] waits for the gateway to report `mesh.v1.Gateway` SERVING.
@@ -102,11 +106,15 @@ pub async fn wait_ready(channel: Channel) -> anyhow::Result<()> {
 }
 
 /// Connects `n` channels to the gateway, failing with a message that says what to do.
-pub async fn connect(target: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
-    let endpoint = Endpoint::from_shared(target.to_string())
-        .with_context(|| format!("--target {target:?} is not a URL; expected http://host:port"))?
-        .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true);
+pub async fn connect(
+    target: &str,
+    n: usize,
+    h2: &sluice_core::h2::H2Settings,
+) -> anyhow::Result<Vec<Channel>> {
+    let endpoint =
+        h2.endpoint(Endpoint::from_shared(target.to_string()).with_context(|| {
+            format!("--target {target:?} is not a URL; expected http://host:port")
+        })?);
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n.max(1) {
         let channel = endpoint
@@ -120,26 +128,84 @@ pub async fn connect(target: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
 
 struct Shared {
     recorder: Mutex<Recorder>,
+    interval: Mutex<Interval>,
+    timeline: Mutex<Vec<TimelinePoint>>,
     measure_from: Instant,
     sent: AtomicU64,
 }
 
+/// What happened during the current second of the timeline.
+struct Interval {
+    sent: u64,
+    done: u64,
+    ok: u64,
+    rejected: u64,
+    errors: u64,
+    blocked: Duration,
+    latency: Histogram<u64>,
+}
+
+impl Default for Interval {
+    fn default() -> Self {
+        Self {
+            sent: 0,
+            done: 0,
+            ok: 0,
+            rejected: 0,
+            errors: 0,
+            blocked: Duration::ZERO,
+            latency: Histogram::new_with_bounds(1, 3_600_000_000, 2)
+                .expect("valid histogram bounds"),
+        }
+    }
+}
+
 impl Shared {
+    fn timeline_points(&self) -> std::sync::MutexGuard<'_, Vec<TimelinePoint>> {
+        self.timeline.lock().expect("timeline lock")
+    }
+
     fn record(&self, intended: Instant, result: Result<&Outcome, &tonic::Status>) {
+        let latency = intended.elapsed();
+        {
+            let mut i = self.interval.lock().expect("interval lock");
+            i.done += 1;
+            let _ = i.latency.record((latency.as_micros() as u64).max(1));
+            let code = match result {
+                Ok(o) => o.error.as_ref().map(|e| tonic::Code::from_i32(e.code)),
+                Err(s) => Some(s.code()),
+            };
+            match code {
+                None => i.ok += 1,
+                Some(tonic::Code::ResourceExhausted) => i.rejected += 1,
+                Some(_) => i.errors += 1,
+            }
+        }
         if intended < self.measure_from {
             return; // warmup
         }
-        let latency = intended.elapsed();
         self.recorder
             .lock()
             .expect("recorder lock")
             .record(result, latency);
     }
+
+    fn sent_one(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        self.interval.lock().expect("interval lock").sent += 1;
+    }
+
+    fn blocked(&self, d: Duration) {
+        if !d.is_zero() {
+            self.interval.lock().expect("interval lock").blocked += d;
+            self.recorder.lock().expect("recorder lock").blocked += d;
+        }
+    }
 }
 
 /// Runs `spec` and returns its report.
 pub async fn run(spec: LoadSpec) -> anyhow::Result<Report> {
-    let channels = connect(&spec.target, spec.connections).await?;
+    let channels = connect(&spec.target, spec.connections, &spec.h2).await?;
     if spec.wait_ready {
         wait_ready(channels[0].clone()).await?;
     }
@@ -147,21 +213,29 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<Report> {
     let start = Instant::now();
     let shared = Arc::new(Shared {
         recorder: Mutex::new(Recorder::default()),
+        interval: Mutex::new(Interval::default()),
+        timeline: Mutex::default(),
         measure_from: start + spec.warmup,
         sent: AtomicU64::new(0),
     });
     let end = shared.measure_from + spec.duration;
-    let progress = spec
-        .progress
-        .then(|| tokio::spawn(progress_lines(shared.clone(), start)));
+    let offered_per_second = match spec.pacing {
+        Pacing::Open { rate } => Some(rate),
+        Pacing::Closed { .. } => None,
+    };
+    let timeline = tokio::spawn(timeline(
+        shared.clone(),
+        start,
+        offered_per_second,
+        spec.progress,
+    ));
     let traffic = Traffic::new(spec.id_prefix.clone(), spec.invalid_ratio, spec.seed);
     match spec.mode {
         Mode::Unary => drive_unary(&spec, clients, traffic, shared.clone(), start, end).await,
         Mode::Stream => drive_stream(&spec, clients, traffic, shared.clone(), start, end).await?,
     }
-    if let Some(p) = progress {
-        p.abort();
-    }
+    timeline.abort();
+    let timeline = std::mem::take(&mut *shared.timeline_points());
     let measured = end
         .min(Instant::now())
         .saturating_duration_since(shared.measure_from);
@@ -179,27 +253,45 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<Report> {
         target_rate,
         measured_seconds: measured.as_secs_f64(),
         sent: shared.sent.load(Ordering::Relaxed),
+        timeline,
     }))
 }
 
-async fn progress_lines(shared: Arc<Shared>, start: Instant) {
+/// Every second: closes the current interval into a timeline point, printing it when asked.
+async fn timeline(shared: Arc<Shared>, start: Instant, offered: Option<f64>, print: bool) {
     let mut tick = tokio::time::interval_at(
         (start + Duration::from_secs(1)).into(),
         Duration::from_secs(1),
     );
+    let mut last = start;
+    if print {
+        eprintln!("{}", TimelinePoint::HEADER);
+    }
     loop {
         tick.tick().await;
-        let r = shared.recorder.lock().expect("recorder lock");
-        eprintln!(
-            "[{:>4.0}s] sent {:>8}  done {:>8}  ok {:>8}  errors {:>6}  p50 {:>7.2} ms  p99 {:>7.2} ms",
-            start.elapsed().as_secs_f64(),
-            shared.sent.load(Ordering::Relaxed),
-            r.count(),
-            r.ok,
-            r.error_count(),
-            r.quantile(0.5).as_secs_f64() * 1000.0,
-            r.quantile(0.99).as_secs_f64() * 1000.0,
-        );
+        let now = Instant::now();
+        let span = now.duration_since(last).as_secs_f64().max(1e-9);
+        last = now;
+        let i = std::mem::take(&mut *shared.interval.lock().expect("interval lock"));
+        let point = TimelinePoint {
+            t: now.duration_since(start).as_secs_f64(),
+            offered: offered.unwrap_or(i.sent as f64 / span),
+            sent: i.sent as f64 / span,
+            done: i.done as f64 / span,
+            ok: i.ok as f64 / span,
+            rejected: i.rejected as f64 / span,
+            errors: i.errors as f64 / span,
+            blocked_pct: 100.0 * i.blocked.as_secs_f64() / span,
+            p99_ms: if i.latency.is_empty() {
+                0.0
+            } else {
+                i.latency.value_at_quantile(0.99) as f64 / 1000.0
+            },
+        };
+        if print {
+            eprintln!("{}", point.line());
+        }
+        shared.timeline_points().push(point);
     }
 }
 
@@ -228,8 +320,12 @@ impl Schedule {
         }
     }
 
-    /// Waits until the next send is due; returns its intended time and its slot.
-    async fn next(&mut self) -> Option<(Instant, tokio::sync::OwnedSemaphorePermit)> {
+    /// Waits until the next send is due; returns its intended time and its slot. In open
+    /// loop, time spent waiting for a slot past the due time counts as blocked.
+    async fn next(
+        &mut self,
+        shared: &Shared,
+    ) -> Option<(Instant, tokio::sync::OwnedSemaphorePermit)> {
         match self.pacing {
             Pacing::Open { rate } => {
                 let due = self.start + Duration::from_secs_f64(self.index as f64 / rate);
@@ -238,11 +334,13 @@ impl Schedule {
                 }
                 self.index += 1;
                 tokio::time::sleep_until(due.into()).await;
+                let waiting = Instant::now();
                 let slot =
                     tokio::time::timeout_at(self.end.into(), self.slots.clone().acquire_owned())
                         .await
                         .ok()?
                         .ok()?;
+                shared.blocked(waiting.elapsed());
                 Some((due, slot))
             }
             Pacing::Closed { .. } => {
@@ -269,14 +367,14 @@ async fn drive_unary(
     let mut schedule = Schedule::new(spec.pacing, start, end, spec.max_outstanding);
     let mut tasks = JoinSet::new();
     let mut n = 0usize;
-    while let Some((intended, slot)) = schedule.next().await {
+    while let Some((intended, slot)) = schedule.next(&shared).await {
         while tasks.try_join_next().is_some() {}
         let (txn, _) = traffic.next_transaction();
         let mut client = clients[n % clients.len()].clone();
         n += 1;
         let shared = shared.clone();
         let timeout = spec.timeout;
-        shared.sent.fetch_add(1, Ordering::Relaxed);
+        shared.sent_one();
         tasks.spawn(async move {
             let mut request = tonic::Request::new(txn);
             request.set_timeout(timeout);
@@ -344,8 +442,7 @@ async fn drive_stream(
     }
     let mut schedule = Schedule::new(spec.pacing, start, end, spec.max_outstanding);
     let mut n = 0usize;
-    let mut blocked = Duration::ZERO;
-    while let Some((intended, slot)) = schedule.next().await {
+    while let Some((intended, slot)) = schedule.next(&shared).await {
         let (txn, _) = traffic.next_transaction();
         let (tx, outstanding) = &senders[n % senders.len()];
         n += 1;
@@ -353,15 +450,20 @@ async fn drive_stream(
             .lock()
             .expect("outstanding lock")
             .insert(txn.id.clone(), (intended, slot));
-        let before = Instant::now();
         // Blocks while the stream's buffer is full: the gateway is pushing back.
-        if tx.send(txn).await.is_err() {
-            break;
+        match tx.try_send(txn) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(txn)) => {
+                let before = Instant::now();
+                if tx.send(txn).await.is_err() {
+                    break;
+                }
+                shared.blocked(before.elapsed());
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => break,
         }
-        blocked += before.elapsed();
-        shared.sent.fetch_add(1, Ordering::Relaxed);
+        shared.sent_one();
     }
-    shared.recorder.lock().expect("recorder lock").blocked = blocked;
     // Half-close every stream; the gateway returns the remaining outcomes, then ends OK.
     drop(senders);
     let drained = tokio::time::timeout(spec.timeout + Duration::from_secs(5), async {

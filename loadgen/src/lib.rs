@@ -6,6 +6,7 @@ pub mod audit;
 pub mod bench;
 pub mod cli;
 pub mod driver;
+pub mod fault;
 pub mod mesh;
 pub mod procs;
 pub mod report;

@@ -132,6 +132,7 @@ impl Recorder {
                 mean: self.latency.mean() / 1000.0,
             },
             blocked_send_seconds: self.blocked.as_secs_f64(),
+            timeline: run.timeline,
             acked: self.acked.clone(),
         }
     }
@@ -144,6 +145,50 @@ pub struct RunInfo {
     pub target_rate: Option<f64>,
     pub measured_seconds: f64,
     pub sent: u64,
+    pub timeline: Vec<TimelinePoint>,
+}
+
+/// One second of the run (rates per second; warmup included).
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelinePoint {
+    /// Seconds since the run started (end of this interval).
+    pub t: f64,
+    /// Transactions due per second by the schedule (closed loop: as sent).
+    pub offered: f64,
+    /// Transactions actually sent per second.
+    pub sent: f64,
+    /// Transactions finished per second (any result).
+    pub done: f64,
+    pub ok: f64,
+    /// RESOURCE_EXHAUSTED per second.
+    pub rejected: f64,
+    /// Other failures per second.
+    pub errors: f64,
+    /// Share of the interval the generator's sends were blocked (stream window full, or no
+    /// free outstanding slot).
+    pub blocked_pct: f64,
+    /// p99 latency of transactions finished in this interval, ms.
+    pub p99_ms: f64,
+}
+
+impl TimelinePoint {
+    pub const HEADER: &str =
+        "     t   offered      sent        ok  rejected    errors  blocked   p99 ms";
+
+    /// One row under [`TimelinePoint::HEADER`].
+    pub fn line(&self) -> String {
+        format!(
+            "{:>5.0}s {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>7.1}% {:>8.2}",
+            self.t,
+            self.offered,
+            self.sent,
+            self.ok,
+            self.rejected,
+            self.errors,
+            self.blocked_pct,
+            self.p99_ms
+        )
+    }
 }
 
 /// Latency percentiles in milliseconds.
@@ -177,8 +222,11 @@ pub struct Report {
     /// Failures by gRPC code name.
     pub errors: BTreeMap<String, u64>,
     pub latency_ms: LatencyMs,
-    /// Stream mode: total time the generator's sends waited for the stream to take them.
+    /// Total time the generator's sends were blocked: waiting for the stream to take them
+    /// (stream mode) or for a free outstanding slot (open loop).
     pub blocked_send_seconds: f64,
+    /// Per-second timeline of the whole run.
+    pub timeline: Vec<TimelinePoint>,
     /// Every acknowledged transaction with its audit offset.
     pub acked: Vec<Acked>,
 }
@@ -235,12 +283,16 @@ impl Report {
             "latency ms p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
             l.p50, l.p90, l.p99, l.p999, l.max
         );
-        if self.mode == "stream" {
-            let _ = writeln!(
-                s,
-                "blocked    {:.2} s of sends waited for the stream",
-                self.blocked_send_seconds
-            );
+        let _ = writeln!(
+            s,
+            "blocked    {:.2} s of sends waited (backpressure)",
+            self.blocked_send_seconds
+        );
+        if !self.timeline.is_empty() {
+            let _ = writeln!(s, "timeline (per second)\n{}", TimelinePoint::HEADER);
+            for p in &self.timeline {
+                let _ = writeln!(s, "{}", p.line());
+            }
         }
         s
     }
@@ -272,6 +324,7 @@ mod tests {
             target_rate: Some(101.0),
             measured_seconds: 1.0,
             sent: 101,
+            timeline: Vec::new(),
         });
         assert_eq!(rep.ok, 100);
         assert_eq!(rep.errors["UNAVAILABLE"], 1);

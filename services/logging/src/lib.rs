@@ -293,3 +293,12 @@ mod tests {
         assert_eq!(trace_id(&txn), "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 }
+
+#[cfg(test)]
+mod cli_tests {
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        super::Config::command().debug_assert();
+    }
+}

@@ -144,3 +144,12 @@ pub async fn serve(
     )
     .await
 }
+
+#[cfg(test)]
+mod cli_tests {
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        super::Config::command().debug_assert();
+    }
+}
