@@ -162,7 +162,7 @@ mod tests {
             ..args()
         };
         assert_eq!(
-            a.apply(current.clone()),
+            a.apply(current),
             Faults {
                 delay_ms: 5,
                 stall: false,
