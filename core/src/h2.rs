@@ -12,7 +12,11 @@ use clap::Args;
 use tonic::transport::{Endpoint, Server};
 
 /// Default per-stream receive window: bytes a peer may send on one stream before we read.
-pub const DEFAULT_STREAM_WINDOW: u32 = 256 * 1024;
+///
+/// 64 KiB keeps a stalled stream of tiny messages inside h2's small-frame budget: at worst
+/// (a ~30-byte message per DATA frame) 64 KiB of unread frames charges ~490 KB, under the
+/// 1 MiB budget that the default connection window gives.
+pub const DEFAULT_STREAM_WINDOW: u32 = 64 * 1024;
 /// Default per-connection receive window: bytes a peer may send across all streams.
 ///
 /// Also sizes h2's small-DATA-frame budget (h2 >= 0.4.16): every unread DATA frame under

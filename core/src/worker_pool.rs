@@ -240,8 +240,11 @@ impl WorkerPool {
                     r = faults.wait_for(|f| !f.stall) => if r.is_err() { break },
                     _ = shutdown.cancelled() => break,
                 }
+                // Stalled while waiting counts too: put the permit back and wait again
+                // (`message()` keeps its decode state in `inbound`, so it is cancel-safe).
                 let message = tokio::select! {
                     m = inbound.message() => m,
+                    r = faults.wait_for(|f| f.stall) => if r.is_err() { break } else { continue },
                     _ = shutdown.cancelled() => break,
                 };
                 let request = match message {

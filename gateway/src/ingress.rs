@@ -262,14 +262,19 @@ impl Ingress {
     }
 }
 
-/// The deadline of a call: its `grpc-timeout`, or the default.
+/// Headroom taken off a client's `grpc-timeout`. tonic's server enforces the same timeout
+/// from the moment the request arrives and answers CANCELLED when it fires; finishing a
+/// little earlier lets the gateway answer DEADLINE_EXCEEDED, as gRPC specifies.
+const DEADLINE_HEADROOM: Duration = Duration::from_millis(10);
+
+/// The deadline of a call: its `grpc-timeout` (less [`DEADLINE_HEADROOM`]), or the default.
 fn call_deadline<T>(request: &Request<T>, default: Duration) -> Instant {
     let timeout = request
         .metadata()
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(sluice_core::deadline::parse_grpc_timeout)
-        .unwrap_or(default);
+        .map_or(default, |t| t.saturating_sub(DEADLINE_HEADROOM));
     Instant::now() + timeout
 }
 

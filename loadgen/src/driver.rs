@@ -142,6 +142,8 @@ struct Interval {
     rejected: u64,
     errors: u64,
     blocked: Duration,
+    /// Set while a send is blocked; the timeline splits a long block across seconds.
+    blocked_since: Option<Instant>,
     latency: Histogram<u64>,
 }
 
@@ -154,6 +156,7 @@ impl Default for Interval {
             rejected: 0,
             errors: 0,
             blocked: Duration::ZERO,
+            blocked_since: None,
             latency: Histogram::new_with_bounds(1, 3_600_000_000, 2)
                 .expect("valid histogram bounds"),
         }
@@ -195,11 +198,23 @@ impl Shared {
         self.interval.lock().expect("interval lock").sent += 1;
     }
 
-    fn blocked(&self, d: Duration) {
-        if !d.is_zero() {
-            self.interval.lock().expect("interval lock").blocked += d;
-            self.recorder.lock().expect("recorder lock").blocked += d;
+    /// A send starts waiting (for stream room or an outstanding slot).
+    fn block_start(&self) -> Instant {
+        let now = Instant::now();
+        self.interval.lock().expect("interval lock").blocked_since = Some(now);
+        now
+    }
+
+    /// The send that started waiting at `since` goes out.
+    fn block_end(&self, since: Instant) {
+        let now = Instant::now();
+        {
+            let mut i = self.interval.lock().expect("interval lock");
+            if let Some(from) = i.blocked_since.take() {
+                i.blocked += now.duration_since(from);
+            }
         }
+        self.recorder.lock().expect("recorder lock").blocked += now.duration_since(since);
     }
 }
 
@@ -272,7 +287,16 @@ async fn timeline(shared: Arc<Shared>, start: Instant, offered: Option<f64>, pri
         let now = Instant::now();
         let span = now.duration_since(last).as_secs_f64().max(1e-9);
         last = now;
-        let i = std::mem::take(&mut *shared.interval.lock().expect("interval lock"));
+        let i = {
+            let mut current = shared.interval.lock().expect("interval lock");
+            let mut closed = std::mem::take(&mut *current);
+            // A block still going on: this second's share closes here, the rest carries on.
+            if let Some(from) = closed.blocked_since.take() {
+                closed.blocked += now.duration_since(from);
+                current.blocked_since = Some(now);
+            }
+            closed
+        };
         let point = TimelinePoint {
             t: now.duration_since(start).as_secs_f64(),
             offered: offered.unwrap_or(i.sent as f64 / span),
@@ -334,13 +358,19 @@ impl Schedule {
                 }
                 self.index += 1;
                 tokio::time::sleep_until(due.into()).await;
-                let waiting = Instant::now();
-                let slot =
-                    tokio::time::timeout_at(self.end.into(), self.slots.clone().acquire_owned())
-                        .await
-                        .ok()?
-                        .ok()?;
-                shared.blocked(waiting.elapsed());
+                let slot = match self.slots.clone().try_acquire_owned() {
+                    Ok(slot) => slot,
+                    Err(_) => {
+                        let waiting = shared.block_start();
+                        let slot = tokio::time::timeout_at(
+                            self.end.into(),
+                            self.slots.clone().acquire_owned(),
+                        )
+                        .await;
+                        shared.block_end(waiting);
+                        slot.ok()?.ok()?
+                    }
+                };
                 Some((due, slot))
             }
             Pacing::Closed { .. } => {
@@ -454,11 +484,12 @@ async fn drive_stream(
         match tx.try_send(txn) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(txn)) => {
-                let before = Instant::now();
-                if tx.send(txn).await.is_err() {
+                let waiting = shared.block_start();
+                let sent = tx.send(txn).await;
+                shared.block_end(waiting);
+                if sent.is_err() {
                     break;
                 }
-                shared.blocked(before.elapsed());
             }
             Err(mpsc::error::TrySendError::Closed(_)) => break,
         }

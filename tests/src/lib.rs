@@ -165,3 +165,56 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     s.read_to_string(&mut buf).await.ok()?;
     Some(buf)
 }
+
+/// Replaces the faults in force on the service at `url` (no token).
+pub async fn set_faults(url: &str, faults: sluice_proto::pb::Faults) -> sluice_proto::pb::Faults {
+    let mut control = sluice_proto::pb::control_client::ControlClient::connect(url.to_string())
+        .await
+        .expect("connect to Control");
+    control
+        .set_faults(faults)
+        .await
+        .expect("SetFaults")
+        .into_inner()
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `within`: waiting on a
+/// condition someone else makes true (a metric, a count), not a fixed sleep.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `sluice-loadgen` with `args` and `--json`, returning its exit status and report.
+pub async fn loadgen_json(args: &[&str]) -> (std::process::Output, serde_json::Value) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("report.json");
+    let out = tokio::process::Command::new(bin_dir().join("sluice-loadgen"))
+        .args(args)
+        .args(["--json", json.to_str().expect("utf-8 path"), "-q"])
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .expect("run sluice-loadgen");
+    assert!(
+        out.status.success(),
+        "loadgen failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = serde_json::from_slice(&std::fs::read(&json).expect("report written"))
+        .expect("report is JSON");
+    (out, report)
+}

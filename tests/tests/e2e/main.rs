@@ -1,6 +1,8 @@
 //! End-to-end tests against the real binaries, one test executable (`mod` per topic).
 
 mod api;
+mod backpressure;
+mod control;
 mod faults;
 mod loadgen;
 mod shutdown;
