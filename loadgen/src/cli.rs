@@ -36,6 +36,9 @@ pub enum Command {
     /// Show or change the faults in force on a service (risk, notification or logging)
     /// through its Control API; prints the faults now in force.
     Fault(crate::fault::FaultArgs),
+    /// The backpressure benchmark: stall logging at 50% load and overload the mesh 10x, with
+    /// the default bounds and with the gateway's bounds removed, against the real binaries.
+    Pressure(crate::pressure::PressureArgs),
 }
 
 /// Load shape shared by `run` and `demo`.
@@ -136,6 +139,7 @@ impl LoadArgs {
             id_prefix: self.id_prefix.clone().unwrap_or_else(random_prefix),
             wait_ready: !self.no_wait_ready,
             h2: self.h2.clone(),
+            tick: Duration::from_secs(1),
         })
     }
 }
@@ -195,6 +199,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Demo(args) => demo(args).await,
         Command::Bench(args) => crate::bench::bench(args).await.map(|()| true),
+        Command::Pressure(args) => crate::pressure::pressure(args).await.map(|()| true),
         Command::Fault(args) => {
             let now = crate::fault::run(&args).await?;
             println!("{} {}", args.target, crate::fault::describe(&now));

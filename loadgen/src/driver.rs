@@ -75,6 +75,8 @@ pub struct LoadSpec {
     /// HTTP/2 settings of the generator's connections (its receive windows bound the
     /// outcomes the gateway may send ahead of the generator reading them).
     pub h2: sluice_core::h2::H2Settings,
+    /// Length of one timeline interval (1 s for people; finer for benchmarks).
+    pub tick: Duration,
 }
 
 /// How long [`wait_ready`] waits for the gateway to report `mesh.v1.Gateway` SERVING.
@@ -220,12 +222,24 @@ impl Shared {
 
 /// Runs `spec` and returns its report.
 pub async fn run(spec: LoadSpec) -> anyhow::Result<Report> {
+    run_with(spec, None).await
+}
+
+/// Runs `spec`, telling `started` the instant its timeline starts (timeline `t` counts from
+/// there), and returns its report.
+pub async fn run_with(spec: LoadSpec, started: Option<tokio::sync::oneshot::Sender<Instant>>) -> anyhow::Result<Report> {
     let channels = connect(&spec.target, spec.connections, &spec.h2).await?;
     if spec.wait_ready {
         wait_ready(channels[0].clone()).await?;
     }
-    let clients: Vec<_> = channels.into_iter().map(GatewayClient::new).collect();
+    let clients: Vec<_> = channels
+        .into_iter()
+        .map(|c| GatewayClient::new(c).max_decoding_message_size(spec.h2.max_message_size))
+        .collect();
     let start = Instant::now();
+    if let Some(started) = started {
+        let _ = started.send(start);
+    }
     let shared = Arc::new(Shared {
         recorder: Mutex::new(Recorder::default()),
         interval: Mutex::new(Interval::default()),
@@ -241,6 +255,7 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<Report> {
     let timeline = tokio::spawn(timeline(
         shared.clone(),
         start,
+        spec.tick,
         offered_per_second,
         spec.progress,
     ));
@@ -272,12 +287,9 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<Report> {
     }))
 }
 
-/// Every second: closes the current interval into a timeline point, printing it when asked.
-async fn timeline(shared: Arc<Shared>, start: Instant, offered: Option<f64>, print: bool) {
-    let mut tick = tokio::time::interval_at(
-        (start + Duration::from_secs(1)).into(),
-        Duration::from_secs(1),
-    );
+/// Every `every`: closes the current interval into a timeline point, printing it when asked.
+async fn timeline(shared: Arc<Shared>, start: Instant, every: Duration, offered: Option<f64>, print: bool) {
+    let mut tick = tokio::time::interval_at((start + every).into(), every);
     let mut last = start;
     if print {
         eprintln!("{}", TimelinePoint::HEADER);
@@ -353,7 +365,9 @@ impl Schedule {
         match self.pacing {
             Pacing::Open { rate } => {
                 let due = self.start + Duration::from_secs_f64(self.index as f64 / rate);
-                if due >= self.end {
+                // A generator that fell behind stops at the end too: what it could not send
+                // shows as sent < offered, not as a run that overstays its duration.
+                if due >= self.end || Instant::now() >= self.end {
                     return None;
                 }
                 self.index += 1;

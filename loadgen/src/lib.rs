@@ -8,6 +8,7 @@ pub mod cli;
 pub mod driver;
 pub mod fault;
 pub mod mesh;
+pub mod pressure;
 pub mod procs;
 pub mod report;
 pub mod traffic;
