@@ -11,15 +11,19 @@
 //! - [`control`]: `mesh.v1.Control` fault injection with an optional bearer token.
 //! - [`deadline`]: per-message deadlines carried as Unix milliseconds across hops.
 //! - [`server`]: binding, the ready line, and running a tonic router until shutdown.
-//! - [`telemetry`]: `tracing` setup from `RUST_LOG`.
+//! - [`spans`]: the tracer, gRPC span attributes, failure marking.
+//! - [`telemetry`]: logs (`RUST_LOG`) and OTLP span export with a bounded, counted queue.
+//! - [`propagation`]: W3C + B3 trace context in gRPC metadata and per-message maps.
 
 pub mod admin;
 pub mod control;
 pub mod deadline;
 pub mod h2;
 pub mod metrics;
+pub mod propagation;
 pub mod server;
 pub mod shutdown;
+pub mod spans;
 pub mod telemetry;
 pub mod worker_pool;
 

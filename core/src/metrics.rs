@@ -30,6 +30,11 @@ impl Metrics {
             "Resident set size of this process",
             resident_memory.clone(),
         );
+        registry.register(
+            "otlp_spans_dropped",
+            "Spans not exported: reason=queue_full (export queue full), export_failed (backend down or slow)",
+            crate::telemetry::dropped_spans().clone(),
+        );
         Self {
             registry: Arc::new(registry),
             resident_memory,

@@ -136,15 +136,8 @@ pub struct CommonServerArgs {
     pub grace_period: Duration,
     #[command(flatten)]
     pub h2: crate::h2::H2Settings,
-}
-
-impl Default for CommonServerArgs {
-    fn default() -> Self {
-        Self {
-            grace_period: crate::shutdown::DEFAULT_GRACE_PERIOD,
-            h2: Default::default(),
-        }
-    }
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::TelemetryArgs,
 }
 
 /// Flags every downstream service shares: its worker pool and its Control API.
@@ -162,12 +155,14 @@ pub struct ServiceArgs {
     pub admin_token: Option<String>,
 }
 
-/// Runs a server binary's `main` body: logging, a multi-threaded runtime, the ready line on
-/// stdout, shutdown on SIGINT/SIGTERM, and the exit code (0 clean, 1 failure).
+/// Runs a server binary's `main` body: logging, a multi-threaded runtime, span export, the
+/// ready line on stdout, shutdown on SIGINT/SIGTERM, span flush, and the exit code (0 clean,
+/// 1 failure, 64 bad configuration).
 pub fn main_with<F, Fut>(
     name: &'static str,
     grpc: SocketAddr,
     admin: Option<SocketAddr>,
+    telemetry: &crate::telemetry::TelemetryArgs,
     serve: F,
 ) -> std::process::ExitCode
 where
@@ -183,11 +178,21 @@ where
         }
     };
     let result = runtime.block_on(async move {
-        let listeners = Listeners::bind(grpc, admin).await?;
-        println!("{}", listeners.ready_line(name));
-        tracing::info!(grpc = %listeners.grpc_addr(), admin = ?listeners.admin_addr(), "{name} serving");
-        let shutdown = crate::shutdown::token_from(crate::shutdown::signal());
-        serve(listeners, shutdown).await
+        let tracing = match crate::telemetry::init_tracing(name, telemetry) {
+            Ok(t) => t,
+            Err(e) => return Err(Exit::Config(e)),
+        };
+        let served = async {
+            let listeners = Listeners::bind(grpc, admin).await?;
+            println!("{}", listeners.ready_line(name));
+            tracing::info!(grpc = %listeners.grpc_addr(), admin = ?listeners.admin_addr(), "{name} serving");
+            let shutdown = crate::shutdown::token_from(crate::shutdown::signal());
+            serve(listeners, shutdown).await
+        }
+        .await;
+        // Flush spans while the runtime (which the exporter needs) still runs.
+        let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+        served.map_err(Exit::Serve)
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
@@ -195,9 +200,18 @@ where
             tracing::info!("{name} stopped");
             std::process::ExitCode::SUCCESS
         }
-        Err(e) => {
+        Err(Exit::Config(e)) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::from(64)
+        }
+        Err(Exit::Serve(e)) => {
             eprintln!("{name}: {e}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+enum Exit {
+    Config(String),
+    Serve(ServeError),
 }

@@ -1,18 +1,366 @@
-//! `tracing` setup: human-readable logs on stderr, filtered by `RUST_LOG` (default `info`).
+//! Logs and traces.
+//!
+//! **Logs**: `tracing`, human-readable on stderr, filtered by `RUST_LOG` (default `info`);
 //! stdout stays free for the ready line and reports.
+//!
+//! **Traces**: OpenTelemetry spans exported over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! (or `--otlp-endpoint`) is set. Honours `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+//! `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` (default: parent-based, ratio 1).
+//!
+//! A tracing backend that is down or slow must never slow or break the mesh, so spans go
+//! through [`BoundedExport`]: a bounded queue (`--otlp-queue`) drained by one thread. A full
+//! queue drops the span (counted in `otlp_spans_dropped_total`, reason `queue_full`); a
+//! failed export drops its batch (reason `export_failed`); the first failure is logged once,
+//! clearly, and again only after exports recover and fail anew. The SDK's own
+//! `BatchSpanProcessor` is bounded too but keeps its drop count private, hence this
+//! processor.
 
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use opentelemetry::Context;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{
+    Sampler, SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor,
+};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber with `RUST_LOG`, defaulting to `info`.
+/// Default capacity of the span export queue.
+pub const DEFAULT_OTLP_QUEUE: usize = 4096;
+/// Most spans per export call.
+pub const MAX_EXPORT_BATCH: usize = 512;
+/// Default longest time a span waits in the queue before its batch is exported.
+pub const DEFAULT_OTLP_FLUSH: Duration = Duration::from_millis(500);
+/// Longest one export may take before it counts as failed.
+pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Installs the global log subscriber with `RUST_LOG`, defaulting to `info`.
 pub fn init_logging() {
     init_logging_with_default("info");
 }
 
-/// Installs the global subscriber with `RUST_LOG`, defaulting to `default`.
+/// Installs the global log subscriber with `RUST_LOG`, defaulting to `default`.
 pub fn init_logging_with_default(default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Trace export flags every binary shares.
+#[derive(Debug, Clone, Args, Default)]
+pub struct TelemetryArgs {
+    /// OTLP/gRPC endpoint to export spans to, e.g. http://127.0.0.1:4317. Unset: no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Spans waiting for export; when full, new spans are dropped (and counted).
+    #[arg(long, env = "SLUICE_OTLP_QUEUE", default_value_t = DEFAULT_OTLP_QUEUE)]
+    pub otlp_queue: usize,
+    /// Longest a finished span waits before it is exported, e.g. 500ms.
+    #[arg(long, env = "SLUICE_OTLP_FLUSH", default_value = "500ms", value_parser = crate::parse_duration)]
+    pub otlp_flush: Duration,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DropLabels {
+    reason: &'static str,
+}
+
+/// Spans dropped instead of exported, process-wide (registered by [`crate::metrics::Metrics`]).
+pub(crate) fn dropped_spans() -> &'static Family<DropLabels, Counter> {
+    static DROPPED: OnceLock<Family<DropLabels, Counter>> = OnceLock::new();
+    DROPPED.get_or_init(Family::default)
+}
+
+fn count_dropped(reason: &'static str, n: usize) {
+    dropped_spans()
+        .get_or_create(&DropLabels { reason })
+        .inc_by(n as u64);
+}
+
+/// The installed tracer provider; flush it before exit with [`Telemetry::shutdown`].
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Flushes queued spans and stops exporting. Blocking: call from `spawn_blocking` or
+    /// after the runtime's work is done, while the runtime still exists.
+    pub fn shutdown(self) {
+                if let Some(p) = self.provider
+            && let Err(e) = p.shutdown()
+        {
+            tracing::debug!(error = %e, "span export shutdown");
+        }
+    }
+}
+
+/// The sampler from `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` (default:
+/// `parentbased_traceidratio` with ratio 1, i.e. sample roots, follow parents).
+pub fn sampler_from_env(name: Option<&str>, arg: Option<&str>) -> Result<Sampler, String> {
+    let ratio = match arg {
+        None => 1.0,
+        Some(a) => a
+            .parse::<f64>()
+            .ok()
+            .filter(|r| (0.0..=1.0).contains(r))
+            .ok_or_else(|| {
+                format!("OTEL_TRACES_SAMPLER_ARG={a:?}: expected a ratio between 0 and 1")
+            })?,
+    };
+    Ok(match name.unwrap_or("parentbased_traceidratio") {
+        "always_on" => Sampler::AlwaysOn,
+        "always_off" => Sampler::AlwaysOff,
+        "traceidratio" => Sampler::TraceIdRatioBased(ratio),
+        "parentbased_always_on" => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        "parentbased_traceidratio" => {
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
+        }
+        other => {
+            return Err(format!(
+                "OTEL_TRACES_SAMPLER={other:?}: expected always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio"
+            ));
+        }
+    })
+}
+
+/// Installs the W3C + B3 propagator and, when an endpoint is configured, the OTLP exporter
+/// (call inside the tokio runtime). `default_service` names the service unless
+/// `OTEL_SERVICE_NAME` does.
+pub fn init_tracing(default_service: &str, args: &TelemetryArgs) -> Result<Telemetry, String> {
+    crate::propagation::install();
+    let Some(endpoint) = args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) else {
+        return Ok(Telemetry { provider: None });
+    };
+    // A schemeless endpoint would be taken as https.
+    let endpoint = if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    };
+    let sampler = sampler_from_env(
+        std::env::var("OTEL_TRACES_SAMPLER").ok().as_deref(),
+        std::env::var("OTEL_TRACES_SAMPLER_ARG").ok().as_deref(),
+    )?;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint.clone())
+        .with_timeout(EXPORT_TIMEOUT)
+        .build()
+        .map_err(|e| format!("OTLP exporter for {endpoint}: {e}"))?;
+    let mut resource = Resource::builder();
+    if std::env::var("OTEL_SERVICE_NAME").map_or(true, |s| s.is_empty()) {
+        resource = resource.with_service_name(default_service.to_string());
+    }
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(BoundedExport::new(
+            exporter,
+            args.otlp_queue,
+            args.otlp_flush,
+            endpoint.clone(),
+        ))
+        .with_sampler(sampler)
+        .with_resource(resource.build())
+        .build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    tracing::info!(%endpoint, queue = args.otlp_queue, "exporting spans over OTLP/gRPC");
+    Ok(Telemetry {
+        provider: Some(provider),
+    })
+}
+
+enum Msg {
+    Span(Box<SpanData>),
+    Flush(SyncSender<()>),
+}
+
+/// A span processor with a bounded, counted queue and one export thread.
+#[derive(Debug)]
+pub struct BoundedExport {
+    queue: SyncSender<Msg>,
+    resource: std::sync::Arc<std::sync::Mutex<Option<Resource>>>,
+    shut: AtomicBool,
+}
+
+impl BoundedExport {
+    /// Spans queue up to `capacity`; a batch is exported when it reaches
+    /// [`MAX_EXPORT_BATCH`] or its oldest span has waited `flush`.
+    pub fn new<E: SpanExporter + 'static>(
+        exporter: E,
+        capacity: usize,
+        flush: Duration,
+        endpoint: String,
+    ) -> Self {
+        let (queue, rx) = sync_channel(capacity.max(1));
+        let resource = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let res = resource.clone();
+        std::thread::Builder::new()
+            .name("otlp-export".into())
+            .spawn(move || export_loop(exporter, rx, flush, endpoint, runtime, res))
+            .expect("spawn the export thread");
+        Self {
+            queue,
+            resource,
+            shut: AtomicBool::new(false),
+        }
+    }
+}
+
+fn export_loop<E: SpanExporter>(
+    mut exporter: E,
+    rx: Receiver<Msg>,
+    flush: Duration,
+    endpoint: String,
+    runtime: Option<tokio::runtime::Handle>,
+    resource: std::sync::Arc<std::sync::Mutex<Option<Resource>>>,
+) {
+    let mut batch: Vec<SpanData> = Vec::with_capacity(MAX_EXPORT_BATCH);
+    let mut failing = false;
+    let mut resource_set = false;
+    let mut export = |batch: &mut Vec<SpanData>, exporter: &mut E| {
+                if !resource_set && let Some(r) = resource.lock().expect("resource lock").as_ref() {
+            exporter.set_resource(r);
+            resource_set = true;
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let n = batch.len();
+        let spans = std::mem::take(batch);
+        let call = async { tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(spans)).await };
+        let result = match &runtime {
+            Some(rt) => rt.block_on(call),
+            None => return count_dropped("export_failed", n),
+        };
+        match result {
+            Ok(Ok(())) => {
+                if failing {
+                    tracing::info!(%endpoint, "span export recovered");
+                    failing = false;
+                }
+            }
+            Ok(Err(e)) => {
+                count_dropped("export_failed", n);
+                if !failing {
+                    tracing::warn!(%endpoint, error = %e, "span export failing; spans are dropped (see otlp_spans_dropped_total) until it recovers");
+                    failing = true;
+                }
+            }
+            Err(_) => {
+                count_dropped("export_failed", n);
+                if !failing {
+                    tracing::warn!(%endpoint, "span export timed out; spans are dropped (see otlp_spans_dropped_total) until it recovers");
+                    failing = true;
+                }
+            }
+        }
+    };
+    let mut oldest: Option<Instant> = None;
+    loop {
+        let wait = oldest.map_or(flush, |t| flush.saturating_sub(t.elapsed()));
+        match rx.recv_timeout(wait) {
+            Ok(Msg::Span(span)) => {
+                oldest.get_or_insert_with(Instant::now);
+                batch.push(*span);
+                if batch.len() >= MAX_EXPORT_BATCH {
+                    export(&mut batch, &mut exporter);
+                    oldest = None;
+                }
+            }
+            Ok(Msg::Flush(done)) => {
+                while let Ok(Msg::Span(span)) = rx.try_recv() {
+                    batch.push(*span);
+                }
+                export(&mut batch, &mut exporter);
+                oldest = None;
+                let _ = done.send(());
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                export(&mut batch, &mut exporter);
+                oldest = None;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                export(&mut batch, &mut exporter);
+                let _ = exporter.shutdown();
+                return;
+            }
+        }
+    }
+}
+
+impl SpanProcessor for BoundedExport {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        match self.queue.try_send(Msg::Span(Box::new(span))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => count_dropped("queue_full", 1),
+            Err(TrySendError::Disconnected(_)) => count_dropped("shut_down", 1),
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        let (done, wait) = sync_channel(1);
+        self.queue
+            .send(Msg::Flush(done))
+            .map_err(|_| OTelSdkError::AlreadyShutdown)?;
+        wait.recv_timeout(EXPORT_TIMEOUT + Duration::from_secs(1))
+            .map_err(|_| OTelSdkError::Timeout(EXPORT_TIMEOUT))
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        if self.shut.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        // Exports everything queued; the thread ends once the provider drops this processor.
+        self.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        *self.resource.lock().expect("resource lock") = Some(resource.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampler_from_env_vars() {
+        assert!(matches!(
+            sampler_from_env(None, None),
+            Ok(Sampler::ParentBased(_))
+        ));
+        assert!(matches!(
+            sampler_from_env(Some("always_off"), None),
+            Ok(Sampler::AlwaysOff)
+        ));
+        assert!(
+            matches!(sampler_from_env(Some("traceidratio"), Some("0.25")), Ok(Sampler::TraceIdRatioBased(r)) if r == 0.25)
+        );
+        assert!(
+            sampler_from_env(Some("traceidratio"), Some("2"))
+                .unwrap_err()
+                .contains("OTEL_TRACES_SAMPLER_ARG")
+        );
+        assert!(
+            sampler_from_env(Some("sometimes"), None)
+                .unwrap_err()
+                .contains("OTEL_TRACES_SAMPLER")
+        );
+    }
 }

@@ -11,11 +11,14 @@
 //! Every message is checked against its own deadline before work starts (and again after an
 //! injected delay): work whose deadline has passed is answered DEADLINE_EXCEEDED, not done.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use opentelemetry::trace::{FutureExt as _, Link, Span as _, SpanKind, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -26,7 +29,9 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Status, Streaming};
+use tonic::{Request, Status, Streaming};
+
+use crate::spans;
 
 /// Default number of workers: messages processed at once across all streams.
 pub const DEFAULT_WORKERS: usize = 64;
@@ -40,12 +45,21 @@ pub const MAX_WORKERS: usize = 10_000;
 /// The reply half of a stream served by a [`WorkerPool`].
 pub type ReplyStream<T> = ReceiverStream<Result<T, Status>>;
 
-/// How the pool reads a message's deadline and builds an error reply for it.
+/// What the pool needs to know about one service's messages.
 pub struct Messages<Req, Resp> {
+    /// The gRPC service and method, for span names and attributes.
+    pub service: &'static str,
+    pub method: &'static str,
     /// Absolute deadline, Unix ms (0 = none).
     pub deadline_unix_ms: fn(&Req) -> i64,
     /// The reply that reports `status` for this request (correlation id kept).
     pub reject: fn(&Req, Status) -> Resp,
+    /// The message's own trace context (each message belongs to its own trace).
+    pub trace_context: fn(&Req) -> Option<&HashMap<String, String>>,
+    /// When the sender handed the message to the stream, Unix µs (0 = unknown).
+    pub sent_unix_micros: fn(&Req) -> i64,
+    /// The error a reply reports, if any: gRPC code and message.
+    pub reply_error: fn(&Resp) -> Option<(i32, &str)>,
 }
 
 impl<Req, Resp> Clone for Messages<Req, Resp> {
@@ -207,7 +221,7 @@ impl WorkerPool {
     /// work has replied.
     pub fn serve<Req, Resp, F, Fut>(
         &self,
-        mut inbound: Streaming<Req>,
+        request: Request<Streaming<Req>>,
         shutdown: CancellationToken,
         messages: Messages<Req, Resp>,
         work: F,
@@ -221,6 +235,21 @@ impl WorkerPool {
         let (tx, rx) = mpsc::channel(self.reply_queue);
         let pool = self.clone();
         let work = Arc::new(work);
+        // The long-lived stream's own span: message spans link to it, never under it.
+        let tracer = spans::tracer();
+        let mut attributes = spans::rpc(messages.service, messages.method);
+        attributes.push(KeyValue::new("sluice.stream", true));
+        let stream_span = tracer
+            .span_builder(format!("{}/{} stream", messages.service, messages.method))
+            .with_kind(SpanKind::Server)
+            .with_attributes(attributes)
+            .start_with_context(
+                &tracer,
+                &crate::propagation::extract_metadata(request.metadata()),
+            );
+        let stream_link = stream_span.span_context().clone();
+        let stream_cx = Context::new().with_span(stream_span);
+        let mut inbound = request.into_inner();
         tokio::spawn(async move {
             pool.metrics.streams.inc();
             let mut faults = pool.faults.subscribe();
@@ -257,13 +286,26 @@ impl WorkerPool {
                 };
                 let (tx, work, metrics) = (tx.clone(), work.clone(), pool.metrics.clone());
                 let injected = *pool.faults.borrow();
+                let cx = message_span(&request, messages, &stream_link);
                 metrics.busy.inc();
                 in_flight.spawn(async move {
                     let started = Instant::now();
-                    let reply = match apply_faults(&injected, &request, messages, &metrics).await {
-                        Ok(()) => work(request).await,
-                        Err(reply) => reply,
-                    };
+                    let reply =
+                        match apply_faults(&injected, &request, messages, &metrics, &cx).await {
+                            Ok(()) => {
+                                let tracer = spans::tracer();
+                                let work_cx = cx.with_span(tracer.start_with_context("work", &cx));
+                                let reply = work(request).with_context(work_cx.clone()).await;
+                                work_cx.span().end();
+                                reply
+                            }
+                            Err(reply) => reply,
+                        };
+                    match (messages.reply_error)(&reply) {
+                        Some((code, message)) => spans::fail(&cx, "error", code, message),
+                        None => spans::ok(&cx),
+                    }
+                    cx.span().end();
                     metrics
                         .work_seconds
                         .observe(started.elapsed().as_secs_f64());
@@ -276,9 +318,47 @@ impl WorkerPool {
             }
             while in_flight.join_next().await.is_some() {}
             pool.metrics.streams.dec();
+            stream_cx.span().end();
         });
         ReceiverStream::new(rx)
     }
+}
+
+/// The span of one message: a CONSUMER "process" span whose parent is the message's own
+/// trace context, linked to the stream's span, with a "queue wait" child covering the time
+/// from the sender's hand-off to now.
+fn message_span<Req, Resp>(
+    request: &Req,
+    messages: Messages<Req, Resp>,
+    stream: &opentelemetry::trace::SpanContext,
+) -> Context {
+    let tracer = spans::tracer();
+    let carried = (messages.trace_context)(request);
+    let parent = carried
+        .map(crate::propagation::extract_map)
+        .unwrap_or_default();
+    let mut attributes = spans::rpc(messages.service, messages.method);
+    if let Some(map) = carried {
+        attributes.push(KeyValue::new(
+            "sluice.propagation.received",
+            spans::received_formats(map.keys()),
+        ));
+    }
+    let span = tracer
+        .span_builder(format!("{}/{} process", messages.service, messages.method))
+        .with_kind(SpanKind::Consumer)
+        .with_links(vec![Link::with_context(stream.clone())])
+        .with_attributes(attributes)
+        .start_with_context(&tracer, &parent);
+    let cx = parent.with_span(span);
+    if let Some(sent) = spans::from_unix_micros((messages.sent_unix_micros)(request)) {
+        let mut wait = tracer
+            .span_builder("queue wait")
+            .with_start_time(sent)
+            .start_with_context(&tracer, &cx);
+        opentelemetry::trace::Span::end(&mut wait);
+    }
+    cx
 }
 
 /// Deadline check, injected delay and injected errors, in that order (and the deadline
@@ -288,10 +368,12 @@ async fn apply_faults<Req, Resp>(
     request: &Req,
     messages: Messages<Req, Resp>,
     metrics: &PoolMetrics,
+    cx: &Context,
 ) -> Result<(), Resp> {
     let expired = |request: &Req| {
         if crate::deadline::expired((messages.deadline_unix_ms)(request)) {
             metrics.deadline_drops.inc();
+            cx.span().add_event("deadline_drop", vec![]);
             Err((messages.reject)(
                 request,
                 Status::deadline_exceeded("deadline passed before the work started"),
@@ -315,6 +397,7 @@ async fn apply_faults<Req, Resp>(
     }
     if faults.error_rate > 0.0 && rand::rng().random_bool(faults.error_rate.min(1.0)) {
         metrics.injected_errors.inc();
+        cx.span().add_event("injected_error", vec![]);
         return Err((messages.reject)(
             request,
             Status::unavailable("injected fault (SetFaults error_rate)"),

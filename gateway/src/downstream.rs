@@ -23,12 +23,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry::{Context, KeyValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use rand::Rng;
 use sluice_core::CancellationToken;
+use sluice_core::spans;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -71,6 +74,10 @@ pub trait Protocol: Send + Sync + 'static {
     const NAME: &'static str;
     fn set_correlation(request: &mut Self::Request, id: u64);
     fn correlation(reply: &Self::Reply) -> u64;
+    /// Stamps when the message was handed to the stream (Unix µs).
+    fn set_sent(request: &mut Self::Request, unix_micros: i64);
+    /// The error a reply reports, if any: gRPC code and message.
+    fn reply_error(reply: &Self::Reply) -> Option<(i32, &str)>;
     /// Opens the bidirectional stream with `outbound` as its request body.
     fn open(
         channel: Channel,
@@ -90,6 +97,8 @@ pub struct Envelope<P: Protocol> {
     /// `None` for fire-and-forget (best-effort) requests.
     pub reply: Option<ReplyTx<P>>,
     pub enqueued_at: Instant,
+    /// The hop's span: records the queue wait, ends when the reply (or failure) arrives.
+    pub trace: Context,
 }
 
 /// Bounds and timings of one downstream.
@@ -317,31 +326,67 @@ impl<P: Protocol> QueueSlot<'_, P> {
         self,
         request: P::Request,
         deadline: Instant,
+        trace: Context,
     ) -> oneshot::Receiver<Result<P::Reply, Status>> {
         let (tx, rx) = oneshot::channel();
-        self.send_with(request, deadline, Some(tx));
+        self.send_with(request, deadline, Some(tx), trace);
         rx
     }
 
     /// Queues `request` without waiting for its reply.
-    pub fn send_and_forget(self, request: P::Request, deadline: Instant) {
-        self.send_with(request, deadline, None);
+    pub fn send_and_forget(self, request: P::Request, deadline: Instant, trace: Context) {
+        self.send_with(request, deadline, None, trace);
     }
 
-    fn send_with(self, request: P::Request, deadline: Instant, reply: Option<ReplyTx<P>>) {
+    fn send_with(
+        self,
+        request: P::Request,
+        deadline: Instant,
+        reply: Option<ReplyTx<P>>,
+        trace: Context,
+    ) {
         self.metrics.queue_depth.inc();
         self.permit.send(Envelope {
             request,
             deadline,
             reply,
             enqueued_at: Instant::now(),
+            trace,
         });
     }
 }
 
 struct Pending<P: Protocol> {
     closed: bool,
-    waiting: HashMap<u64, (Option<ReplyTx<P>>, Instant, OwnedSemaphorePermit)>,
+    waiting: HashMap<u64, Waiting<P>>,
+}
+
+/// A request sent on a stream, awaiting its reply.
+struct Waiting<P: Protocol> {
+    reply: Option<ReplyTx<P>>,
+    sent_at: Instant,
+    trace: Context,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Ends a hop span: OK, or failed with the reply's error.
+fn end_hop(trace: &Context, error: Option<(i32, &str)>, event: &'static str) {
+    match error {
+        Some((code, message)) => spans::fail(trace, event, code, message),
+        None => spans::ok(trace),
+    }
+    trace.span().end();
+}
+
+/// Answers a request that failed before (or instead of) a reply, ending its span.
+fn refuse<P: Protocol>(
+    reply: Option<ReplyTx<P>>,
+    trace: &Context,
+    event: &'static str,
+    status: Status,
+) {
+    end_hop(trace, Some((status.code() as i32, status.message())), event);
+    answer::<P>(reply, Err(status));
 }
 
 fn answer<P: Protocol>(reply: Option<ReplyTx<P>>, result: Result<P::Reply, Status>) {
@@ -409,13 +454,14 @@ async fn run_stream<P: Protocol>(
                                 .expect("pending lock")
                                 .waiting
                                 .remove(&P::correlation(&reply));
-                            if let Some((tx, sent_at, _permit)) = entry {
+                            if let Some(w) = entry {
                                 shared.metrics.inflight.dec();
                                 shared
                                     .metrics
                                     .roundtrip
-                                    .observe(sent_at.elapsed().as_secs_f64());
-                                answer::<P>(tx, Ok(reply));
+                                    .observe(w.sent_at.elapsed().as_secs_f64());
+                                end_hop(&w.trace, P::reply_error(&reply), "error");
+                                answer::<P>(w.reply, Ok(reply));
                             }
                         }
                         Ok(None) => {
@@ -472,16 +518,11 @@ fn fail_pending<P: Protocol>(shared: &Shared<P>, pending: &Mutex<Pending<P>>) {
         p.closed = true;
         std::mem::take(&mut p.waiting)
     };
-    for (_, (tx, _, _permit)) in waiting {
+    for (_, w) in waiting {
         shared.metrics.inflight.dec();
         shared.metrics.broken_requests.inc();
-        answer::<P>(
-            tx,
-            Err(Status::unavailable(format!(
-                "{} stream broke before replying",
-                P::NAME
-            ))),
-        );
+        let status = Status::unavailable(format!("{} stream broke before replying", P::NAME));
+        refuse::<P>(w.reply, &w.trace, "stream_broke", status);
     }
 }
 
@@ -491,13 +532,8 @@ async fn drain_queue<P: Protocol>(shared: &Shared<P>) {
     let mut rx = shared.rx.lock().await;
     while let Ok(envelope) = rx.try_recv() {
         shared.metrics.queue_depth.dec();
-        answer::<P>(
-            envelope.reply,
-            Err(Status::unavailable(format!(
-                "{} has no live stream",
-                P::NAME
-            ))),
-        );
+        let status = Status::unavailable(format!("{} has no live stream", P::NAME));
+        refuse::<P>(envelope.reply, &envelope.trace, "unavailable", status);
     }
 }
 
@@ -527,22 +563,31 @@ fn outbound<P: Protocol>(
             };
             let Some(mut envelope) = envelope else { break };
             shared.metrics.queue_depth.dec();
-            shared.metrics.queue_wait.observe(envelope.enqueued_at.elapsed().as_secs_f64());
+            let queued = envelope.enqueued_at.elapsed();
+            shared.metrics.queue_wait.observe(queued.as_secs_f64());
+            envelope.trace.span().set_attribute(KeyValue::new("sluice.queue_wait_ms", queued.as_secs_f64() * 1000.0));
             if envelope.deadline <= Instant::now() {
                 shared.metrics.deadline_drops.inc();
-                answer::<P>(envelope.reply, Err(Status::deadline_exceeded(format!("deadline passed while queued for {}", P::NAME))));
+                let status = Status::deadline_exceeded(format!("deadline passed while queued for {}", P::NAME));
+                refuse::<P>(envelope.reply, &envelope.trace, "deadline_drop", status);
                 continue;
             }
             let id = shared.next_correlation.fetch_add(1, Ordering::Relaxed);
             P::set_correlation(&mut envelope.request, id);
+            P::set_sent(&mut envelope.request, spans::now_unix_micros());
+            envelope.trace.span().add_event("sent", vec![]);
             {
                 let mut p = pending.lock().expect("pending lock");
                 if p.closed {
                     drop(p);
-                    answer::<P>(envelope.reply, Err(Status::unavailable(format!("{} stream broke", P::NAME))));
+                    let status = Status::unavailable(format!("{} stream broke", P::NAME));
+                    refuse::<P>(envelope.reply, &envelope.trace, "stream_broke", status);
                     break;
                 }
-                p.waiting.insert(id, (envelope.reply, Instant::now(), permit));
+                p.waiting.insert(
+                    id,
+                    Waiting { reply: envelope.reply, sent_at: Instant::now(), trace: envelope.trace, _slot: permit },
+                );
             }
             shared.metrics.inflight.inc();
             let handed = Instant::now();

@@ -16,6 +16,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
+use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
+use sluice_core::spans;
 use sluice_proto::pb::logging_client::LoggingClient;
 use sluice_proto::pb::notification_client::NotificationClient;
 use sluice_proto::pb::risk_client::RiskClient;
@@ -47,6 +50,12 @@ macro_rules! protocol {
             }
             fn correlation(reply: &$reply) -> u64 {
                 reply.correlation_id
+            }
+            fn set_sent(request: &mut $req, unix_micros: i64) {
+                request.sent_unix_micros = unix_micros;
+            }
+            fn reply_error(reply: &$reply) -> Option<(i32, &str)> {
+                reply.error.as_ref().map(|e| (e.code, e.message.as_str()))
             }
             fn open(
                 channel: Channel,
@@ -92,6 +101,25 @@ protocol!(
     NotificationClient,
     deliver
 );
+
+/// A hop span (PRODUCER `<service>/<method> send`) under the ingress span in `parent`.
+fn hop(parent: &Context, service: &'static str, method: &'static str) -> Context {
+    let tracer = spans::tracer();
+    let span = tracer
+        .span_builder(format!("{service}/{method} send"))
+        .with_kind(SpanKind::Producer)
+        .with_attributes(spans::rpc(service, method))
+        .start_with_context(&tracer, parent);
+    parent.with_span(span)
+}
+
+/// `txn` with its trace context replaced by the hop's (every format, nothing stale).
+fn carrying(txn: &Transaction, hop: &Context) -> Transaction {
+    let mut t = txn.clone();
+    t.trace_context.clear();
+    sluice_core::propagation::inject_map(hop, &mut t.trace_context);
+    t
+}
 
 /// How ingress waits for queue room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +186,7 @@ impl Fanout {
         txn: Transaction,
         deadline: Instant,
         admission: Admission,
+        parent: &Context,
     ) -> Result<Dispatched, Status> {
         for (live, name) in [
             (self.risk.is_live(), "risk"),
@@ -169,59 +198,98 @@ impl Fanout {
                 )));
             }
         }
-        let (risk_slot, audit_slot) = match admission {
-            Admission::Immediate => (self.risk.try_reserve()?, self.logging.try_reserve()?),
+        // One PRODUCER span per hop, covering the wait for queue room, the time in the
+        // queue (and so for HTTP/2 window), the send and the reply.
+        let risk_hop = hop(parent, "mesh.v1.Risk", "Assess");
+        let audit_hop = hop(parent, "mesh.v1.Logging", "Append");
+        let waiting = Instant::now();
+        let slots = match admission {
+            Admission::Immediate => self
+                .risk
+                .try_reserve()
+                .and_then(|r| Ok((r, self.logging.try_reserve()?))),
             Admission::Wait => {
                 let both = async {
                     Ok::<_, Status>((self.risk.reserve().await?, self.logging.reserve().await?))
                 };
                 tokio::time::timeout_at(deadline.into(), both)
                     .await
-                    .map_err(|_| {
-                        Status::deadline_exceeded("deadline passed waiting for queue room")
-                    })??
+                    .unwrap_or_else(|_| {
+                        Err(Status::deadline_exceeded(
+                            "deadline passed waiting for queue room",
+                        ))
+                    })
+            }
+        };
+        let waited_ms = waiting.elapsed().as_secs_f64() * 1000.0;
+        for cx in [&risk_hop, &audit_hop] {
+            cx.span()
+                .set_attribute(KeyValue::new("sluice.admission_wait_ms", waited_ms));
+        }
+        let (risk_slot, audit_slot) = match slots {
+            Ok(slots) => slots,
+            Err(status) => {
+                let event = if status.code() == tonic::Code::ResourceExhausted {
+                    "rejected"
+                } else {
+                    "not_admitted"
+                };
+                for cx in [&risk_hop, &audit_hop] {
+                    spans::fail(cx, event, status.code() as i32, status.message());
+                    cx.span().end();
+                }
+                return Err(status);
             }
         };
         let deadline_unix_ms = sluice_core::deadline::to_unix_ms(deadline);
+        let notify_hop = hop(parent, "mesh.v1.Notification", "Deliver");
         let notification = if !self.notification.is_live() {
             self.count_shed("unavailable");
+            spans::fail(
+                &notify_hop,
+                "shed",
+                tonic::Code::Unavailable as i32,
+                "notification has no live stream",
+            );
+            notify_hop.span().end();
             NotificationStatus::Failed
         } else {
             match self.notification.try_reserve() {
                 Ok(slot) => {
-                    slot.send_and_forget(
-                        NotifyRequest {
-                            correlation_id: 0,
-                            transaction: Some(txn.clone()),
-                            deadline_unix_ms,
-                        },
-                        deadline,
-                    );
+                    let request = NotifyRequest {
+                        transaction: Some(carrying(&txn, &notify_hop)),
+                        deadline_unix_ms,
+                        ..Default::default()
+                    };
+                    slot.send_and_forget(request, deadline, notify_hop);
                     NotificationStatus::Queued
                 }
                 Err(_) => {
                     self.count_shed("queue_full");
+                    spans::fail(
+                        &notify_hop,
+                        "shed",
+                        tonic::Code::ResourceExhausted as i32,
+                        "notification queue full",
+                    );
+                    notify_hop.span().end();
                     NotificationStatus::Shed
                 }
             }
         };
         let id = txn.id.clone();
-        let risk = risk_slot.send(
-            RiskRequest {
-                correlation_id: 0,
-                transaction: Some(txn.clone()),
-                deadline_unix_ms,
-            },
-            deadline,
-        );
-        let audit = audit_slot.send(
-            AppendRequest {
-                correlation_id: 0,
-                transaction: Some(txn),
-                deadline_unix_ms,
-            },
-            deadline,
-        );
+        let risk_request = RiskRequest {
+            transaction: Some(carrying(&txn, &risk_hop)),
+            deadline_unix_ms,
+            ..Default::default()
+        };
+        let risk = risk_slot.send(risk_request, deadline, risk_hop);
+        let audit_request = AppendRequest {
+            transaction: Some(carrying(&txn, &audit_hop)),
+            deadline_unix_ms,
+            ..Default::default()
+        };
+        let audit = audit_slot.send(audit_request, deadline, audit_hop);
         Ok(Dispatched {
             id,
             deadline,

@@ -14,13 +14,15 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
+use opentelemetry::trace::{Link, SpanKind, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use sluice_core::CancellationToken;
+use sluice_core::{CancellationToken, propagation, spans};
 use sluice_proto::pb::gateway_server::Gateway;
 use sluice_proto::pb::{Outcome, Transaction};
 use tokio::sync::{Semaphore, mpsc};
@@ -231,7 +233,12 @@ impl Ingress {
         status
     }
 
-    async fn submit_one(&self, txn: Transaction, deadline: Instant) -> Result<Outcome, Status> {
+    async fn submit_one(
+        &self,
+        txn: Transaction,
+        deadline: Instant,
+        cx: &Context,
+    ) -> Result<Outcome, Status> {
         let Ok(_permit) = self.unary_permits.try_acquire() else {
             self.metrics.reject(UNARY, "inflight_limit");
             return Err(self.exhausted(format!(
@@ -245,7 +252,7 @@ impl Ingress {
         }
         let dispatched = match self
             .fanout
-            .dispatch(txn, deadline, Admission::Immediate)
+            .dispatch(txn, deadline, Admission::Immediate, cx)
             .await
         {
             Ok(d) => d,
@@ -291,7 +298,22 @@ impl Gateway for Ingress {
             .get_or_create(&ApiLabels { api: UNARY })
             .clone();
         inflight.inc();
-        let result = self.submit_one(request.into_inner(), deadline).await;
+        // The client's context from metadata, else from the message's own carrier.
+        let mut parent = propagation::extract_metadata(request.metadata());
+        if !propagation::has_span(&parent) {
+            parent = propagation::extract_map(&request.get_ref().trace_context);
+        }
+        let formats = trace_keys(request.metadata());
+        let cx = ingress_span(
+            &parent,
+            "Submit",
+            SpanKind::Server,
+            &request.get_ref().id,
+            formats,
+            None,
+        );
+        let result = self.submit_one(request.into_inner(), deadline, &cx).await;
+        end_ingress(&cx, result.as_ref());
         inflight.dec();
         self.metrics.finish(UNARY, result.as_ref(), started);
         result.map(Response::new)
@@ -304,8 +326,20 @@ impl Gateway for Ingress {
         let (tx, rx) = mpsc::channel(self.limits.outcome_queue.max(1));
         // The call's grpc-timeout, if any, caps every message's deadline.
         let deadline = call_deadline(&request, Duration::from_secs(365 * 24 * 3600));
+        // The stream's own span; each message gets a span in its own trace, linked to it.
+        let parent = propagation::extract_metadata(request.metadata());
+        let stream_cx = ingress_span(
+            &parent,
+            "SubmitStream",
+            SpanKind::Server,
+            "",
+            trace_keys(request.metadata()),
+            None,
+        );
         let reader = StreamReader {
             deadline,
+            parent,
+            stream_cx,
             fanout: self.fanout.clone(),
             limits: self.limits.clone(),
             shutdown: self.shutdown.clone(),
@@ -319,6 +353,10 @@ impl Gateway for Ingress {
 struct StreamReader {
     /// The stream's own deadline (from grpc-timeout), capping each message's.
     deadline: Instant,
+    /// The stream's metadata context: parent of messages that carry none of their own.
+    parent: Context,
+    /// The stream's span (messages link to it).
+    stream_cx: Context,
     fanout: Fanout,
     limits: IngressLimits,
     shutdown: CancellationToken,
@@ -380,6 +418,8 @@ impl StreamReader {
             }
         }
         self.metrics.streams.dec();
+        spans::ok(&self.stream_cx);
+        self.stream_cx.span().end();
     }
 
     /// Validates and admits one transaction, waiting for queue room. On failure, the error
@@ -389,9 +429,27 @@ impl StreamReader {
         txn: Transaction,
         started: Instant,
     ) -> Result<BoxFuture<'static, (Result<Outcome, Status>, Instant)>, Outcome> {
+        // The message's own context, else the stream's metadata context.
+        let own = propagation::extract_map(&txn.trace_context);
+        let parent = if propagation::has_span(&own) {
+            own
+        } else {
+            self.parent.clone()
+        };
+        let link = self.stream_cx.span().span_context().clone();
+        let formats = spans::received_formats(txn.trace_context.keys());
+        let cx = ingress_span(
+            &parent,
+            "SubmitStream",
+            SpanKind::Consumer,
+            &txn.id,
+            formats,
+            Some(link),
+        );
         let fail = |id: String, status: Status| {
             self.metrics.reject(STREAM, reject_reason(&status));
             let outcome = error_outcome(id, &status);
+            end_ingress(&cx, Ok(&outcome));
             self.metrics.finish(STREAM, Ok(&outcome), started);
             outcome
         };
@@ -400,19 +458,92 @@ impl StreamReader {
         }
         let id = txn.id.clone();
         let deadline = self.deadline.min(started + self.limits.default_deadline);
-        let dispatched = self.fanout.dispatch(txn, deadline, Admission::Wait).await;
+        let dispatched = self
+            .fanout
+            .dispatch(txn, deadline, Admission::Wait, &cx)
+            .await;
         let waited = started.elapsed().as_secs_f64();
         self.metrics.admission_wait.observe(waited);
         self.metrics.blocked_seconds.inc_by(waited);
+        cx.span()
+            .set_attribute(KeyValue::new("sluice.admission_wait_ms", waited * 1000.0));
         match dispatched {
             Ok(d) => Ok(Box::pin(async move {
                 let id = d.id().to_string();
                 let result = d.outcome().await.or_else(|s| Ok(error_outcome(id, &s)));
+                end_ingress(&cx, result.as_ref());
                 (result, started)
             })),
             Err(status) => Err(fail(id, status)),
         }
     }
+}
+
+/// The gateway's span for a unary call (SERVER), a stream (SERVER, `id` empty) or one stream
+/// message (CONSUMER, linked to the stream's span).
+fn ingress_span(
+    parent: &Context,
+    method: &'static str,
+    kind: SpanKind,
+    id: &str,
+    received: String,
+    link: Option<opentelemetry::trace::SpanContext>,
+) -> Context {
+    let tracer = spans::tracer();
+    let name = match kind {
+        SpanKind::Consumer => format!("mesh.v1.Gateway/{method} process"),
+        _ => format!("mesh.v1.Gateway/{method}"),
+    };
+    let mut attributes = spans::rpc("mesh.v1.Gateway", method);
+    if !id.is_empty() {
+        attributes.push(KeyValue::new("sluice.transaction.id", id.to_string()));
+    }
+    if !received.is_empty() {
+        attributes.push(KeyValue::new("sluice.propagation.received", received));
+    }
+    let mut builder = tracer
+        .span_builder(name)
+        .with_kind(kind)
+        .with_attributes(attributes);
+    if let Some(link) = link {
+        builder = builder.with_links(vec![Link::with_context(link)]);
+    }
+    parent.with_span(builder.start_with_context(&tracer, parent))
+}
+
+/// Ends an ingress span with the transaction's result (an error Outcome counts as failed).
+fn end_ingress(cx: &Context, result: Result<&Outcome, &Status>) {
+    let error = match result {
+        Ok(o) => o.error.as_ref().map(|e| (e.code, e.message.as_str())),
+        Err(s) => Some((s.code() as i32, s.message())),
+    };
+    match error {
+        Some((code, message)) => {
+            let event = match tonic::Code::from_i32(code) {
+                tonic::Code::ResourceExhausted => "rejected",
+                tonic::Code::DeadlineExceeded => "deadline_exceeded",
+                tonic::Code::InvalidArgument => "invalid_argument",
+                _ => "error",
+            };
+            spans::fail(cx, event, code, message);
+        }
+        None => spans::ok(cx),
+    }
+    cx.span().end();
+}
+
+/// The trace-context headers present in call metadata, sorted, comma-joined.
+fn trace_keys(metadata: &tonic::metadata::MetadataMap) -> String {
+    let mut keys: Vec<&str> = metadata
+        .keys()
+        .filter_map(|k| match k {
+            tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+            tonic::metadata::KeyRef::Binary(_) => None,
+        })
+        .filter(|k| matches!(*k, "traceparent" | "tracestate" | "b3") || k.starts_with("x-b3-"))
+        .collect();
+    keys.sort_unstable();
+    keys.join(",")
 }
 
 #[cfg(test)]

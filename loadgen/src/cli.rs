@@ -19,6 +19,8 @@ use crate::report::{Acked, Report};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    #[command(flatten)]
+    pub telemetry: sluice_core::telemetry::TelemetryArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -16,8 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::Context as _;
 use hdrhistogram::Histogram;
+use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
+use sluice_core::{propagation, spans};
 use sluice_proto::pb::gateway_client::GatewayClient;
 use sluice_proto::pb::{Outcome, Transaction};
 use tokio::sync::{Semaphore, mpsc};
@@ -227,7 +230,10 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<Report> {
 
 /// Runs `spec`, telling `started` the instant its timeline starts (timeline `t` counts from
 /// there), and returns its report.
-pub async fn run_with(spec: LoadSpec, started: Option<tokio::sync::oneshot::Sender<Instant>>) -> anyhow::Result<Report> {
+pub async fn run_with(
+    spec: LoadSpec,
+    started: Option<tokio::sync::oneshot::Sender<Instant>>,
+) -> anyhow::Result<Report> {
     let channels = connect(&spec.target, spec.connections, &spec.h2).await?;
     if spec.wait_ready {
         wait_ready(channels[0].clone()).await?;
@@ -288,7 +294,13 @@ pub async fn run_with(spec: LoadSpec, started: Option<tokio::sync::oneshot::Send
 }
 
 /// Every `every`: closes the current interval into a timeline point, printing it when asked.
-async fn timeline(shared: Arc<Shared>, start: Instant, every: Duration, offered: Option<f64>, print: bool) {
+async fn timeline(
+    shared: Arc<Shared>,
+    start: Instant,
+    every: Duration,
+    offered: Option<f64>,
+    print: bool,
+) {
     let mut tick = tokio::time::interval_at((start + every).into(), every);
     let mut last = start;
     if print {
@@ -420,11 +432,19 @@ async fn drive_unary(
         let timeout = spec.timeout;
         shared.sent_one();
         tasks.spawn(async move {
+            let (txn, cx) = traced(txn, "Submit");
             let mut request = tonic::Request::new(txn);
             request.set_timeout(timeout);
+            propagation::inject_metadata(&cx, request.metadata_mut());
             match client.submit(request).await {
-                Ok(response) => shared.record(intended, Ok(response.get_ref())),
-                Err(status) => shared.record(intended, Err(&status)),
+                Ok(response) => {
+                    end_client_span(&cx, Ok(response.get_ref()));
+                    shared.record(intended, Ok(response.get_ref()));
+                }
+                Err(status) => {
+                    end_client_span(&cx, Err(&status));
+                    shared.record(intended, Err(&status));
+                }
             }
             drop(slot);
         });
@@ -432,8 +452,37 @@ async fn drive_unary(
     while tasks.join_next().await.is_some() {}
 }
 
-/// Outstanding stream sends: id → (intended time, slot).
-type Outstanding = Arc<Mutex<HashMap<String, (Instant, tokio::sync::OwnedSemaphorePermit)>>>;
+/// Outstanding stream sends: id → (intended time, slot, client span).
+type Outstanding =
+    Arc<Mutex<HashMap<String, (Instant, tokio::sync::OwnedSemaphorePermit, Context)>>>;
+
+/// Starts the transaction's root CLIENT span and writes its context into the transaction's
+/// own carrier (W3C and B3), so every hop continues this trace.
+fn traced(mut txn: Transaction, method: &'static str) -> (Transaction, Context) {
+    let tracer = spans::tracer();
+    let mut attributes = spans::rpc("mesh.v1.Gateway", method);
+    attributes.push(KeyValue::new("sluice.transaction.id", txn.id.clone()));
+    let span = tracer
+        .span_builder(format!("mesh.v1.Gateway/{method}"))
+        .with_kind(SpanKind::Client)
+        .with_attributes(attributes)
+        .start_with_context(&tracer, &Context::new());
+    let cx = Context::new().with_span(span);
+    propagation::inject_map(&cx, &mut txn.trace_context);
+    (txn, cx)
+}
+
+fn end_client_span(cx: &Context, result: Result<&Outcome, &tonic::Status>) {
+    let error = match result {
+        Ok(o) => o.error.as_ref().map(|e| (e.code, e.message.as_str())),
+        Err(s) => Some((s.code() as i32, s.message())),
+    };
+    match error {
+        Some((code, message)) => spans::fail(cx, "error", code, message),
+        None => spans::ok(cx),
+    }
+    cx.span().end();
+}
 
 async fn drive_stream(
     spec: &LoadSpec,
@@ -463,7 +512,8 @@ async fn drive_stream(
                             .lock()
                             .expect("outstanding lock")
                             .remove(&outcome.id);
-                        if let Some((intended, _slot)) = entry {
+                        if let Some((intended, _slot, cx)) = entry {
+                            end_client_span(&cx, Ok(&outcome));
                             shared.record(intended, Ok(&outcome));
                         }
                     }
@@ -475,7 +525,8 @@ async fn drive_stream(
                             .expect("outstanding lock")
                             .drain()
                             .collect();
-                        for (_, (intended, _slot)) in lost {
+                        for (_, (intended, _slot, cx)) in lost {
+                            end_client_span(&cx, Err(&status));
                             shared.record(intended, Err(&status));
                         }
                         break;
@@ -487,13 +538,13 @@ async fn drive_stream(
     let mut schedule = Schedule::new(spec.pacing, start, end, spec.max_outstanding);
     let mut n = 0usize;
     while let Some((intended, slot)) = schedule.next(&shared).await {
-        let (txn, _) = traffic.next_transaction();
+        let (txn, cx) = traced(traffic.next_transaction().0, "SubmitStream");
         let (tx, outstanding) = &senders[n % senders.len()];
         n += 1;
         outstanding
             .lock()
             .expect("outstanding lock")
-            .insert(txn.id.clone(), (intended, slot));
+            .insert(txn.id.clone(), (intended, slot, cx));
         // Blocks while the stream's buffer is full: the gateway is pushing back.
         match tx.try_send(txn) {
             Ok(()) => {}

@@ -7,7 +7,17 @@ use sluice_loadgen::cli::{Cli, execute};
 async fn main() -> ExitCode {
     sluice_core::telemetry::init_logging_with_default("warn");
     let cli = Cli::parse();
-    match execute(cli).await {
+    let tracing = match sluice_core::telemetry::init_tracing("sluice-loadgen", &cli.telemetry) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sluice-loadgen: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let result = execute(cli).await;
+    // Flush the client spans while the runtime still runs.
+    let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!("sluice-loadgen: a check failed (see above)");

@@ -76,7 +76,14 @@ struct Figures {
     overload_errors: String,
 }
 
-fn spec(target: &str, pacing: Pacing, duration: Duration, tick: Duration, max_outstanding: usize, prefix: String) -> LoadSpec {
+fn spec(
+    target: &str,
+    pacing: Pacing,
+    duration: Duration,
+    tick: Duration,
+    max_outstanding: usize,
+    prefix: String,
+) -> LoadSpec {
     LoadSpec {
         target: target.to_string(),
         mode: Mode::Stream,
@@ -100,10 +107,15 @@ fn spec(target: &str, pacing: Pacing, duration: Duration, tick: Duration, max_ou
 async fn scrape(admin: std::net::SocketAddr, name: &str) -> Option<f64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).await.ok()?;
-    body.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+    body.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 const RSS: &str = "sluice_gateway_process_resident_memory_bytes";
@@ -111,11 +123,19 @@ const HELD: &str = "sluice_gateway_inflight{api=\"stream\"}";
 
 async fn set_stall(url: &str, stall: bool) -> anyhow::Result<()> {
     let mut c = crate::fault::control(url).await?;
-    c.set_faults(Faults { stall, ..Default::default() }).await?;
+    c.set_faults(Faults {
+        stall,
+        ..Default::default()
+    })
+    .await?;
     Ok(())
 }
 
-fn mesh(dir: &std::path::Path, unbounded: bool, deadline: Option<&str>) -> anyhow::Result<ProcMesh> {
+fn mesh(
+    dir: &std::path::Path,
+    unbounded: bool,
+    deadline: Option<&str>,
+) -> anyhow::Result<ProcMesh> {
     let mut gateway = Vec::new();
     if let Some(d) = deadline {
         gateway.extend(["--default-deadline".to_string(), d.to_string()]);
@@ -123,18 +143,37 @@ fn mesh(dir: &std::path::Path, unbounded: bool, deadline: Option<&str>) -> anyho
     if unbounded {
         gateway.push("--unbounded-for-comparison".into());
     }
-    ProcMesh::start(dir, MeshOptions { gateway, ..Default::default() })
+    ProcMesh::start(
+        dir,
+        MeshOptions {
+            gateway,
+            ..Default::default()
+        },
+    )
 }
 
 /// Phase 1: stall logging at half of saturation.
-async fn stall_phase(dir: &std::path::Path, v: &Variant, sat: f64, args: &PressureArgs, f: &mut Figures) -> anyhow::Result<()> {
+async fn stall_phase(
+    dir: &std::path::Path,
+    v: &Variant,
+    sat: f64,
+    args: &PressureArgs,
+    f: &mut Figures,
+) -> anyhow::Result<()> {
     let mesh = mesh(dir, v.unbounded, Some(STALL_DEADLINE))?;
     let admin = mesh.gateway.admin.expect("admin bound");
     let rate = sat / 2.0;
     let duration = LEAD_IN + args.stall_for + RECOVERY_WINDOW;
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let load = tokio::spawn(driver::run_with(
-        spec(&mesh.gateway.url(), Pacing::Open { rate }, duration, SAMPLE_EVERY, 5_000_000, format!("stall-{}", v.name)),
+        spec(
+            &mesh.gateway.url(),
+            Pacing::Open { rate },
+            duration,
+            SAMPLE_EVERY,
+            5_000_000,
+            format!("stall-{}", v.name),
+        ),
         Some(started_tx),
     ));
     let start = started_rx.await?;
@@ -162,19 +201,42 @@ async fn stall_phase(dir: &std::path::Path, v: &Variant, sat: f64, args: &Pressu
     // Throughput is back when OK completions reach 90% of the offered rate; the backlog is
     // drained when the generator, which kept its schedule through the stall, is no longer
     // blocked catching up.
-    let after: Vec<_> = report.timeline.iter().filter(|p| p.t > unstall_at).collect();
-    f.recovery = after.iter().find(|p| p.ok >= 0.9 * rate).map(|p| p.t - unstall_at);
-    f.drained = after.iter().find(|p| p.blocked_pct < 10.0 && p.ok <= 1.1 * rate).map(|p| p.t - unstall_at);
+    let after: Vec<_> = report
+        .timeline
+        .iter()
+        .filter(|p| p.t > unstall_at)
+        .collect();
+    f.recovery = after
+        .iter()
+        .find(|p| p.ok >= 0.9 * rate)
+        .map(|p| p.t - unstall_at);
+    f.drained = after
+        .iter()
+        .find(|p| p.blocked_pct < 10.0 && p.ok <= 1.1 * rate)
+        .map(|p| p.t - unstall_at);
     Ok(())
 }
 
 /// Phase 2: offer `factor` × saturation.
-async fn overload_phase(dir: &std::path::Path, v: &Variant, sat: f64, args: &PressureArgs, f: &mut Figures) -> anyhow::Result<()> {
+async fn overload_phase(
+    dir: &std::path::Path,
+    v: &Variant,
+    sat: f64,
+    args: &PressureArgs,
+    f: &mut Figures,
+) -> anyhow::Result<()> {
     let mesh = mesh(dir, v.unbounded, None)?;
     let admin = mesh.gateway.admin.expect("admin bound");
     let rate = sat * args.overload_factor;
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    let mut s = spec(&mesh.gateway.url(), Pacing::Open { rate }, args.overload_for, Duration::from_secs(1), 5_000_000, format!("over-{}", v.name));
+    let mut s = spec(
+        &mesh.gateway.url(),
+        Pacing::Open { rate },
+        args.overload_for,
+        Duration::from_secs(1),
+        5_000_000,
+        format!("over-{}", v.name),
+    );
     s.timeout = OVERLOAD_TIMEOUT;
     let load = tokio::spawn(driver::run_with(s, Some(started_tx)));
     let start = started_rx.await?;
@@ -186,7 +248,11 @@ async fn overload_phase(dir: &std::path::Path, v: &Variant, sat: f64, args: &Pre
         tokio::time::sleep(SAMPLE_EVERY).await;
     }
     let report: Report = load.await??;
-    let during: Vec<_> = report.timeline.iter().filter(|p| p.t <= args.overload_for.as_secs_f64() + 0.01).collect();
+    let during: Vec<_> = report
+        .timeline
+        .iter()
+        .filter(|p| p.t <= args.overload_for.as_secs_f64() + 0.01)
+        .collect();
     let n = during.len().max(1) as f64;
     f.overload_sent_rate = during.iter().map(|p| p.sent).sum::<f64>() / n;
     f.overload_goodput = during.iter().map(|p| p.ok).sum::<f64>() / n;
@@ -194,14 +260,26 @@ async fn overload_phase(dir: &std::path::Path, v: &Variant, sat: f64, args: &Pre
     f.overload_errors = if report.errors.is_empty() {
         "none".into()
     } else {
-        report.errors.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+        report
+            .errors
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     Ok(())
 }
 
 async fn measure_saturation(dir: &std::path::Path) -> anyhow::Result<f64> {
     let mesh = mesh(dir, false, None)?;
-    let mut s = spec(&mesh.gateway.url(), Pacing::Closed { concurrency: 4000 }, Duration::from_secs(8), Duration::from_secs(1), 4000, "sat".into());
+    let mut s = spec(
+        &mesh.gateway.url(),
+        Pacing::Closed { concurrency: 4000 },
+        Duration::from_secs(8),
+        Duration::from_secs(1),
+        4000,
+        "sat".into(),
+    );
     s.warmup = Duration::from_secs(2);
     Ok(driver::run(s).await?.ok_rate)
 }
@@ -210,7 +288,10 @@ async fn measure_saturation(dir: &std::path::Path) -> anyhow::Result<f64> {
 fn message_bytes() -> f64 {
     let mut t = Traffic::new("stall-bounded-1234567", 0.0, 7);
     let n = 1000;
-    (0..n).map(|_| t.next_transaction().0.encoded_len() + 16).sum::<usize>() as f64 / n as f64
+    (0..n)
+        .map(|_| t.next_transaction().0.encoded_len() + 16)
+        .sum::<usize>() as f64
+        / n as f64
 }
 
 /// Runs the benchmark and prints its table.
@@ -226,16 +307,28 @@ pub async fn pressure(args: PressureArgs) -> anyhow::Result<()> {
             measure_saturation(&dir).await?
         }
     };
-    let mut variants = vec![Variant { name: "bounded", unbounded: false }];
+    let mut variants = vec![Variant {
+        name: "bounded",
+        unbounded: false,
+    }];
     if !args.bounded_only {
-        variants.push(Variant { name: "unbounded", unbounded: true });
+        variants.push(Variant {
+            name: "unbounded",
+            unbounded: true,
+        });
     }
     let mut figures = Vec::new();
     for v in &variants {
         let mut f = Figures::default();
-        eprintln!("{}: stalling logging at 50% load for {:?} ...", v.name, args.stall_for);
+        eprintln!(
+            "{}: stalling logging at 50% load for {:?} ...",
+            v.name, args.stall_for
+        );
         stall_phase(&dir, v, sat, &args, &mut f).await?;
-        eprintln!("{}: {}x overload for {:?} ...", v.name, args.overload_factor, args.overload_for);
+        eprintln!(
+            "{}: {}x overload for {:?} ...",
+            v.name, args.overload_factor, args.overload_for
+        );
         overload_phase(&dir, v, sat, &args, &mut f).await?;
         figures.push(f);
     }
@@ -248,33 +341,95 @@ pub async fn pressure(args: PressureArgs) -> anyhow::Result<()> {
     let windows = (CONNECTIONS as f64 + 1.0) * f64::from(d.server.h2.connection_window);
     let bytes_bound = held_bound * msg + windows;
 
-    let col = |get: &dyn Fn(&Figures) -> String| figures.iter().map(get).map(|s| format!("{s:>26}")).collect::<String>();
+    let col = |get: &dyn Fn(&Figures) -> String| {
+        figures
+            .iter()
+            .map(get)
+            .map(|s| format!("{s:>26}"))
+            .collect::<String>()
+    };
     let secs = |v: Option<f64>| v.map_or("never".to_string(), |s| format!("{s:.1} s"));
     println!("\nbackpressure benchmark: release binaries on loopback, saturation {sat:.0} tx/s");
-    println!("{:<44}{}", "", variants.iter().map(|v| format!("{:>26}", v.name)).collect::<String>());
-    println!("stall logging for {:?} at 50% load ({:.0} tx/s)", args.stall_for, sat / 2.0);
-    println!("{:<44}{}", "  client sends block after (during the stall)", col(&|f| secs(f.time_to_block)));
-    println!("{:<44}{}", format!("  held client→logging, max (bound {held_bound:.0})"), col(&|f| format!("{:.0} tx", f.held_max)));
     println!(
         "{:<44}{}",
-        format!("  gateway memory growth (bound {:.1} MiB)", bytes_bound / MIB),
+        "",
+        variants
+            .iter()
+            .map(|v| format!("{:>26}", v.name))
+            .collect::<String>()
+    );
+    println!(
+        "stall logging for {:?} at 50% load ({:.0} tx/s)",
+        args.stall_for,
+        sat / 2.0
+    );
+    println!(
+        "{:<44}{}",
+        "  client sends block after (during the stall)",
+        col(&|f| secs(f.time_to_block))
+    );
+    println!(
+        "{:<44}{}",
+        format!("  held client→logging, max (bound {held_bound:.0})"),
+        col(&|f| format!("{:.0} tx", f.held_max))
+    );
+    println!(
+        "{:<44}{}",
+        format!(
+            "  gateway memory growth (bound {:.1} MiB)",
+            bytes_bound / MIB
+        ),
         col(&|f| format!("{:+.1} MiB", f.stall_growth / MIB))
     );
-    println!("{:<44}{}", "  throughput back after unstall", col(&|f| secs(f.recovery)));
-    println!("{:<44}{}", "  backlog drained after unstall", col(&|f| secs(f.drained)));
-    println!("{}x overload ({:.0} tx/s offered) for {:?}", args.overload_factor, sat * args.overload_factor, args.overload_for);
-    println!("{:<44}{}", "  sent by the generator", col(&|f| format!("{:.0} tx/s", f.overload_sent_rate)));
+    println!(
+        "{:<44}{}",
+        "  throughput back after unstall",
+        col(&|f| secs(f.recovery))
+    );
+    println!(
+        "{:<44}{}",
+        "  backlog drained after unstall",
+        col(&|f| secs(f.drained))
+    );
+    println!(
+        "{}x overload ({:.0} tx/s offered) for {:?}",
+        args.overload_factor,
+        sat * args.overload_factor,
+        args.overload_for
+    );
+    println!(
+        "{:<44}{}",
+        "  sent by the generator",
+        col(&|f| format!("{:.0} tx/s", f.overload_sent_rate))
+    );
     println!(
         "{:<44}{}",
         "  goodput (share of saturation)",
-        col(&|f| format!("{:.0} tx/s ({:.0}%)", f.overload_goodput, 100.0 * f.overload_goodput / sat))
+        col(&|f| format!(
+            "{:.0} tx/s ({:.0}%)",
+            f.overload_goodput,
+            100.0 * f.overload_goodput / sat
+        ))
     );
-    println!("{:<44}{}", "  gateway peak memory growth", col(&|f| format!("{:+.1} MiB", f.overload_peak_growth / MIB)));
+    println!(
+        "{:<44}{}",
+        "  gateway peak memory growth",
+        col(&|f| format!("{:+.1} MiB", f.overload_peak_growth / MIB))
+    );
     println!("{:<44}{}", "  errors", col(&|f| f.overload_errors.clone()));
     println!(
         "\nheld bound = min(downstream queue {} + {} streams x {} in flight, {} client streams x {} admitted); bytes bound = held x {msg:.0} B + {} HTTP/2 connection windows of {} KiB",
-        d.downstream_queue, d.streams_per_downstream, d.downstream_stream_inflight, CONNECTIONS, d.stream_inflight, CONNECTIONS + 1, d.server.h2.connection_window / 1024
+        d.downstream_queue,
+        d.streams_per_downstream,
+        d.downstream_stream_inflight,
+        CONNECTIONS,
+        d.stream_inflight,
+        CONNECTIONS + 1,
+        d.server.h2.connection_window / 1024
     );
-    println!("reproduce: cargo run --release -p sluice-loadgen -- pressure --stall-for {:?} --overload-for {:?}", args.stall_for, args.overload_for);
+    println!(
+        "reproduce: cargo run --release -p sluice-loadgen -- pressure --stall-for {:?} --overload-for {:?}",
+        args.stall_for, args.overload_for
+    );
     Ok(())
 }

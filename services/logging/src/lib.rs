@@ -79,22 +79,17 @@ fn error(code: tonic::Code, message: impl Into<String>) -> Option<pb::Error> {
     })
 }
 
-/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), or of B3.
+/// The trace id the transaction's own trace context carries (W3C or B3, through the
+/// propagators), or empty when it carries none.
 fn trace_id(txn: &Transaction) -> String {
-    let ctx = &txn.trace_context;
-    let from_traceparent = ctx
-        .get("traceparent")
-        .and_then(|tp| tp.split('-').nth(1).map(str::to_string));
-    let from_b3 = || {
-        ctx.get("x-b3-traceid").cloned().or_else(|| {
-            ctx.get("b3")
-                .and_then(|b3| b3.split('-').next().map(str::to_string))
-        })
-    };
-    from_traceparent
-        .or_else(from_b3)
-        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-        .unwrap_or_default()
+    use opentelemetry::trace::TraceContextExt;
+    let cx = sluice_core::propagation::extract_map(&txn.trace_context);
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        sc.trace_id().to_string()
+    } else {
+        String::new()
+    }
 }
 
 async fn append(log: AuditLog, request: AppendRequest) -> AppendAck {
@@ -144,8 +139,13 @@ fn reject(request: &AppendRequest, status: Status) -> AppendAck {
 }
 
 const MESSAGES: Messages<AppendRequest, AppendAck> = Messages {
+    service: "mesh.v1.Logging",
+    method: "Append",
     deadline_unix_ms: |r| r.deadline_unix_ms,
     reject,
+    trace_context: |r| r.transaction.as_ref().map(|t| &t.trace_context),
+    sent_unix_micros: |r| r.sent_unix_micros,
+    reply_error: |r| r.error.as_ref().map(|e| (e.code, e.message.as_str())),
 };
 
 #[tonic::async_trait]
@@ -159,7 +159,7 @@ impl Logging for LoggingService {
     ) -> Result<Response<Self::AppendStream>, Status> {
         let log = self.log.clone();
         Ok(Response::new(self.pool.serve(
-            request.into_inner(),
+            request,
             self.shutdown.clone(),
             MESSAGES,
             move |req| append(log.clone(), req),
@@ -279,6 +279,7 @@ mod tests {
 
     #[test]
     fn trace_id_from_w3c_or_b3() {
+        sluice_core::propagation::install();
         let mut txn = Transaction::default();
         assert_eq!(trace_id(&txn), "");
         txn.trace_context.insert(

@@ -80,8 +80,13 @@ fn reject(request: &NotifyRequest, status: Status) -> NotifyAck {
 }
 
 const MESSAGES: Messages<NotifyRequest, NotifyAck> = Messages {
+    service: "mesh.v1.Notification",
+    method: "Deliver",
     deadline_unix_ms: |r| r.deadline_unix_ms,
     reject,
+    trace_context: |r| r.transaction.as_ref().map(|t| &t.trace_context),
+    sent_unix_micros: |r| r.sent_unix_micros,
+    reply_error: |r| r.error.as_ref().map(|e| (e.code, e.message.as_str())),
 };
 
 #[tonic::async_trait]
@@ -94,7 +99,7 @@ impl Notification for NotificationService {
     ) -> Result<Response<Self::DeliverStream>, Status> {
         let latency = self.latency;
         Ok(Response::new(self.pool.serve(
-            request.into_inner(),
+            request,
             self.shutdown.clone(),
             MESSAGES,
             move |req| deliver(req, latency),

@@ -130,8 +130,13 @@ fn reject(request: &RiskRequest, status: Status) -> RiskVerdict {
 }
 
 const MESSAGES: Messages<RiskRequest, RiskVerdict> = Messages {
+    service: "mesh.v1.Risk",
+    method: "Assess",
     deadline_unix_ms: |r| r.deadline_unix_ms,
     reject,
+    trace_context: |r| r.transaction.as_ref().map(|t| &t.trace_context),
+    sent_unix_micros: |r| r.sent_unix_micros,
+    reply_error: |r| r.error.as_ref().map(|e| (e.code, e.message.as_str())),
 };
 
 fn busy_work(cost: Duration) {
@@ -157,7 +162,7 @@ impl Risk for RiskService {
     ) -> Result<Response<Self::AssessStream>, Status> {
         let scorer = self.scorer.clone();
         Ok(Response::new(self.pool.serve(
-            request.into_inner(),
+            request,
             self.shutdown.clone(),
             MESSAGES,
             move |req| scorer.clone().assess(req),
