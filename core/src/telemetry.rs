@@ -96,7 +96,7 @@ impl Telemetry {
     /// Flushes queued spans and stops exporting. Blocking: call from `spawn_blocking` or
     /// after the runtime's work is done, while the runtime still exists.
     pub fn shutdown(self) {
-                if let Some(p) = self.provider
+        if let Some(p) = self.provider
             && let Err(e) = p.shutdown()
         {
             tracing::debug!(error = %e, "span export shutdown");
@@ -229,7 +229,7 @@ fn export_loop<E: SpanExporter>(
     let mut failing = false;
     let mut resource_set = false;
     let mut export = |batch: &mut Vec<SpanData>, exporter: &mut E| {
-                if !resource_set && let Some(r) = resource.lock().expect("resource lock").as_ref() {
+        if !resource_set && let Some(r) = resource.lock().expect("resource lock").as_ref() {
             exporter.set_resource(r);
             resource_set = true;
         }

@@ -41,6 +41,16 @@ pub struct Proc {
 impl Proc {
     /// Spawns `dir/bin` with `args` and waits for its ready line.
     pub fn spawn(dir: &Path, bin: &str, args: &[String]) -> anyhow::Result<Proc> {
+        Self::spawn_with_env(dir, bin, args, &[])
+    }
+
+    /// [`Proc::spawn`] with extra environment variables.
+    pub fn spawn_with_env(
+        dir: &Path,
+        bin: &str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> anyhow::Result<Proc> {
         let log_dir = tempfile::tempdir()?;
         let log = log_dir.path().join(format!("{bin}.log"));
         let path = dir.join(bin);
@@ -51,6 +61,7 @@ impl Proc {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env("NO_COLOR", "1")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?)
@@ -164,6 +175,8 @@ pub struct MeshOptions {
     pub risk: Vec<String>,
     pub notification: Vec<String>,
     pub logging: Vec<String>,
+    /// Environment for every binary (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub env: Vec<(String, String)>,
 }
 
 /// The four server binaries, started in dependency order.
@@ -194,15 +207,20 @@ impl ProcMesh {
             a.extend(extra.iter().cloned());
             a
         };
-        let risk = Proc::spawn(bin_dir, "sluice-risk", &with(&options.risk))?;
-        let notification =
-            Proc::spawn(bin_dir, "sluice-notification", &with(&options.notification))?;
+        let risk =
+            Proc::spawn_with_env(bin_dir, "sluice-risk", &with(&options.risk), &options.env)?;
+        let notification = Proc::spawn_with_env(
+            bin_dir,
+            "sluice-notification",
+            &with(&options.notification),
+            &options.env,
+        )?;
         let mut logging_args = with(&options.logging);
         logging_args.extend(strings(&[
             "--data-dir",
             data_dir.path().to_str().context("non-UTF-8 temp path")?,
         ]));
-        let logging = Proc::spawn(bin_dir, "sluice-logging", &logging_args)?;
+        let logging = Proc::spawn_with_env(bin_dir, "sluice-logging", &logging_args, &options.env)?;
         let mut gateway_args = with(&options.gateway);
         gateway_args.extend(strings(&[
             "--risk",
@@ -212,7 +230,7 @@ impl ProcMesh {
             "--logging",
             &logging.url(),
         ]));
-        let gateway = Proc::spawn(bin_dir, "sluice-gateway", &gateway_args)?;
+        let gateway = Proc::spawn_with_env(bin_dir, "sluice-gateway", &gateway_args, &options.env)?;
         Ok(ProcMesh {
             risk,
             notification,
@@ -242,7 +260,8 @@ impl ProcMesh {
                 .to_str()
                 .context("non-UTF-8 temp path")?,
         ]));
-        self.logging = Proc::spawn(&self.bin_dir, "sluice-logging", &a)?;
+        self.logging =
+            Proc::spawn_with_env(&self.bin_dir, "sluice-logging", &a, &self.options.env)?;
         Ok(())
     }
 }

@@ -218,3 +218,161 @@ pub async fn loadgen_json(args: &[&str]) -> (std::process::Output, serde_json::V
         .expect("report is JSON");
     (out, report)
 }
+
+/// A span as the in-test OTLP receiver collected it.
+#[derive(Debug, Clone)]
+pub struct CollectedSpan {
+    pub service: String,
+    pub name: String,
+    pub trace_id: String,
+    pub span_id: String,
+    /// Empty for a root span.
+    pub parent_span_id: String,
+    pub trace_state: String,
+    /// OTLP span kind: 2 server, 3 client, 4 producer, 5 consumer.
+    pub kind: i32,
+    pub attributes: std::collections::HashMap<String, String>,
+    /// (trace id, span id) of each link.
+    pub links: Vec<(String, String)>,
+    /// OTLP status code: 0 unset, 1 ok, 2 error.
+    pub status: i32,
+    pub events: Vec<String>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn any_value(v: &opentelemetry_proto::tonic::common::v1::AnyValue) -> String {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    match &v.value {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+type Collected = std::sync::Arc<std::sync::Mutex<Vec<CollectedSpan>>>;
+
+struct Receiver(Collected);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for Receiver
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let mut out = Vec::new();
+        for rs in request.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| r.attributes.iter())
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref().map(any_value))
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    out.push(CollectedSpan {
+                        service: service.clone(),
+                        name: s.name,
+                        trace_id: hex(&s.trace_id),
+                        span_id: hex(&s.span_id),
+                        parent_span_id: hex(&s.parent_span_id),
+                        trace_state: s.trace_state,
+                        kind: s.kind,
+                        attributes: s
+                            .attributes
+                            .iter()
+                            .map(|kv| {
+                                (
+                                    kv.key.clone(),
+                                    kv.value.as_ref().map(any_value).unwrap_or_default(),
+                                )
+                            })
+                            .collect(),
+                        links: s
+                            .links
+                            .iter()
+                            .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
+                            .collect(),
+                        status: s.status.map_or(0, |st| st.code),
+                        events: s.events.into_iter().map(|e| e.name).collect(),
+                    });
+                }
+            }
+        }
+        self.0.lock().unwrap().extend(out);
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+/// An OTLP/gRPC trace receiver on an ephemeral port, inside the test process.
+pub struct OtlpReceiver {
+    pub addr: SocketAddr,
+    spans: Collected,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl OtlpReceiver {
+    pub async fn start() -> OtlpReceiver {
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let addr = listener.local_addr().unwrap();
+        let spans: Collected = Default::default();
+        let service = TraceServiceServer::new(Receiver(spans.clone()));
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        });
+        OtlpReceiver {
+            addr,
+            spans,
+            _server: server,
+        }
+    }
+
+    /// Environment that points a binary at this receiver, flushing spans quickly.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                format!("http://{}", self.addr),
+            ),
+            ("SLUICE_OTLP_FLUSH".into(), "100ms".into()),
+        ]
+    }
+
+    pub fn spans(&self) -> Vec<CollectedSpan> {
+        self.spans.lock().unwrap().clone()
+    }
+
+    /// Waits until the spans collected so far satisfy `done`.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        done: impl Fn(&[CollectedSpan]) -> bool,
+    ) -> Vec<CollectedSpan> {
+        eventually(what, Duration::from_secs(30), || {
+            let spans = self.spans();
+            let ready = done(&spans);
+            async move { ready.then_some(spans) }
+        })
+        .await
+    }
+}

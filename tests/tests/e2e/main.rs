@@ -7,3 +7,4 @@ mod faults;
 mod loadgen;
 mod shutdown;
 mod stream;
+mod tracing;
