@@ -41,6 +41,43 @@ pub enum Command {
     /// The backpressure benchmark: stall logging at 50% load and overload the mesh 10x, with
     /// the default bounds and with the gateway's bounds removed, against the real binaries.
     Pressure(crate::pressure::PressureArgs),
+    /// Exit 0 when an admin endpoint answers 200 (container healthchecks: the images have
+    /// no shell or curl).
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The URL to probe, e.g. http://127.0.0.1:9101/healthz.
+    #[arg(default_value = "http://127.0.0.1:9101/healthz")]
+    pub url: String,
+    /// Give up after this long, e.g. 2s.
+    #[arg(long, default_value = "2s", value_parser = sluice_core::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// GETs `url` (plain HTTP/1.1) and reports whether it answered 200.
+async fn probe(url: &str, timeout: Duration) -> anyhow::Result<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url
+        .strip_prefix("http://")
+        .context("health URL must start with http://")?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let check = async {
+        let mut s = tokio::net::TcpStream::connect(host).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await?;
+        Ok::<_, std::io::Error>(head.starts_with(b"HTTP/1.1 200"))
+    };
+    Ok(tokio::time::timeout(timeout, check)
+        .await
+        .map_or(false, |r| r.unwrap_or(false)))
 }
 
 /// Load shape shared by `run` and `demo`.
@@ -201,6 +238,15 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Demo(args) => demo(args).await,
         Command::Bench(args) => crate::bench::bench(args).await.map(|()| true),
+        Command::Health(args) => {
+            let healthy = probe(&args.url, args.timeout).await?;
+            println!(
+                "{} {}",
+                args.url,
+                if healthy { "healthy" } else { "unhealthy" }
+            );
+            Ok(healthy)
+        }
         Command::Pressure(args) => crate::pressure::pressure(args).await.map(|()| true),
         Command::Fault(args) => {
             let now = crate::fault::run(&args).await?;
