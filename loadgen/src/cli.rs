@@ -77,7 +77,7 @@ async fn probe(url: &str, timeout: Duration) -> anyhow::Result<bool> {
     };
     Ok(tokio::time::timeout(timeout, check)
         .await
-        .map_or(false, |r| r.unwrap_or(false)))
+        .is_ok_and(|r| r.unwrap_or(false)))
 }
 
 /// Load shape shared by `run` and `demo`.
