@@ -72,6 +72,9 @@ pub trait Protocol: Send + Sync + 'static {
     type Reply: Send + 'static;
     /// Label used in logs and metrics (`risk`, `logging`, `notification`).
     const NAME: &'static str;
+    /// The gRPC service and method, for spans.
+    const SERVICE: &'static str;
+    const METHOD: &'static str;
     fn set_correlation(request: &mut Self::Request, id: u64);
     fn correlation(reply: &Self::Reply) -> u64;
     /// Stamps when the message was handed to the stream (Unix µs).
@@ -83,6 +86,7 @@ pub trait Protocol: Send + Sync + 'static {
         channel: Channel,
         max_message_size: usize,
         outbound: Outbound<Self::Request>,
+        stream: &Context,
     ) -> OpenFuture<Self::Reply>;
 }
 
@@ -361,6 +365,15 @@ struct Pending<P: Protocol> {
     waiting: HashMap<u64, Waiting<P>>,
 }
 
+/// Ends a span when dropped.
+struct EndSpan(Context);
+
+impl Drop for EndSpan {
+    fn drop(&mut self) {
+        self.0.span().end();
+    }
+}
+
 /// A request sent on a stream, awaiting its reply.
 struct Waiting<P: Protocol> {
     reply: Option<ReplyTx<P>>,
@@ -439,7 +452,35 @@ async fn run_stream<P: Protocol>(
             inflight.clone(),
             stop_sending.clone(),
         );
-        match P::open(channel.clone(), shared.config.max_message_size, outbound).await {
+        // The long-lived stream's own CLIENT span (a trace of its own); message spans are
+        // never its children.
+        let stream_cx = {
+            use opentelemetry::trace::{SpanKind, Tracer};
+            let tracer = spans::tracer();
+            let span = tracer
+                .span_builder(format!("{}/{} stream", P::SERVICE, P::METHOD))
+                .with_kind(SpanKind::Client)
+                .with_attributes(spans::rpc(P::SERVICE, P::METHOD))
+                .start_with_context(&tracer, &Context::new());
+            Context::new().with_span(span)
+        };
+        let opened = P::open(
+            channel.clone(),
+            shared.config.max_message_size,
+            outbound,
+            &stream_cx,
+        )
+        .await;
+        if let Err(status) = &opened {
+            spans::fail(
+                &stream_cx,
+                "open_failed",
+                status.code() as i32,
+                status.message(),
+            );
+        }
+        let _end_stream_span = EndSpan(stream_cx);
+        match opened {
             Ok(mut replies) => {
                 shared.live.fetch_add(1, Ordering::Relaxed);
                 shared.metrics.live_streams.inc();

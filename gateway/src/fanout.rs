@@ -40,11 +40,13 @@ pub struct LoggingProtocol;
 pub struct NotificationProtocol;
 
 macro_rules! protocol {
-    ($proto:ty, $name:literal, $req:ty, $reply:ty, $client:ident, $method:ident) => {
+    ($proto:ty, $name:literal, $service:literal, $rpc:literal, $req:ty, $reply:ty, $client:ident, $method:ident) => {
         impl Protocol for $proto {
             type Request = $req;
             type Reply = $reply;
             const NAME: &'static str = $name;
+            const SERVICE: &'static str = $service;
+            const METHOD: &'static str = $rpc;
             fn set_correlation(request: &mut $req, id: u64) {
                 request.correlation_id = id;
             }
@@ -61,16 +63,20 @@ macro_rules! protocol {
                 channel: Channel,
                 max_message_size: usize,
                 outbound: Outbound<$req>,
+                stream: &Context,
             ) -> std::pin::Pin<
                 Box<
                     dyn std::future::Future<Output = Result<tonic::Streaming<$reply>, Status>>
                         + Send,
                 >,
             > {
+                // The stream's own context rides in its metadata, sent once at open.
+                let mut request = tonic::Request::new(outbound);
+                sluice_core::propagation::inject_metadata(stream, request.metadata_mut());
                 Box::pin(async move {
                     let mut client =
                         $client::new(channel).max_decoding_message_size(max_message_size);
-                    Ok(client.$method(outbound).await?.into_inner())
+                    Ok(client.$method(request).await?.into_inner())
                 })
             }
         }
@@ -80,6 +86,8 @@ macro_rules! protocol {
 protocol!(
     RiskProtocol,
     "risk",
+    "mesh.v1.Risk",
+    "Assess",
     RiskRequest,
     RiskVerdict,
     RiskClient,
@@ -88,6 +96,8 @@ protocol!(
 protocol!(
     LoggingProtocol,
     "logging",
+    "mesh.v1.Logging",
+    "Append",
     AppendRequest,
     AppendAck,
     LoggingClient,
@@ -96,6 +106,8 @@ protocol!(
 protocol!(
     NotificationProtocol,
     "notification",
+    "mesh.v1.Notification",
+    "Deliver",
     NotifyRequest,
     NotifyAck,
     NotificationClient,

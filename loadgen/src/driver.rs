@@ -496,8 +496,18 @@ async fn drive_stream(
     let mut receivers = JoinSet::new();
     for mut client in clients {
         let (tx, rx) = mpsc::channel::<Transaction>(spec.stream_buffer.max(1));
+        // The stream's own span, in its metadata; each message carries its own trace.
+        let tracer = spans::tracer();
+        let stream_span = tracer
+            .span_builder("mesh.v1.Gateway/SubmitStream stream")
+            .with_kind(SpanKind::Client)
+            .with_attributes(spans::rpc("mesh.v1.Gateway", "SubmitStream"))
+            .start_with_context(&tracer, &Context::new());
+        let stream_cx = Context::new().with_span(stream_span);
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        propagation::inject_metadata(&stream_cx, request.metadata_mut());
         let mut responses = client
-            .submit_stream(ReceiverStream::new(rx))
+            .submit_stream(request)
             .await
             .context("cannot open SubmitStream")?
             .into_inner();
@@ -517,8 +527,18 @@ async fn drive_stream(
                             shared.record(intended, Ok(&outcome));
                         }
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        stream_cx.span().end();
+                        break;
+                    }
                     Err(status) => {
+                        spans::fail(
+                            &stream_cx,
+                            "stream_broke",
+                            status.code() as i32,
+                            status.message(),
+                        );
+                        stream_cx.span().end();
                         // The stream broke: everything outstanding on it failed with it.
                         let lost: Vec<_> = outstanding
                             .lock()

@@ -171,6 +171,22 @@ async fn every_transaction_is_one_trace_across_all_five_binaries() {
                 },
             )
             .await;
+        // Stream spans end with their streams: wait for both connections' to arrive too.
+        let spans = if mode == "stream" {
+            receiver
+                .wait_until("both SubmitStream spans", |s| {
+                    s.iter()
+                        .filter(|x| {
+                            x.service == "sluice-gateway"
+                                && x.name == "mesh.v1.Gateway/SubmitStream"
+                        })
+                        .count()
+                        >= 2
+                })
+                .await
+        } else {
+            spans
+        };
         let audit: HashMap<String, String> = mesh
             .audit_entries()
             .await
@@ -210,6 +226,20 @@ async fn every_transaction_is_one_trace_across_all_five_binaries() {
                     msg.links.len(),
                     1,
                     "stream message linked to the stream span"
+                );
+                // The stream's own context travelled in its metadata, once, at open.
+                let stream = spans
+                    .iter()
+                    .find(|s| s.span_id == msg.links[0].1)
+                    .expect("the linked stream span");
+                assert_eq!(stream.name, "mesh.v1.Gateway/SubmitStream");
+                let opener = spans
+                    .iter()
+                    .find(|s| s.span_id == stream.parent_span_id)
+                    .expect("the client's stream span");
+                assert_eq!(
+                    (opener.service.as_str(), opener.kind),
+                    ("sluice-loadgen", CLIENT)
                 );
             } else {
                 assert_eq!(one(&trace, "sluice-gateway", ingress_name).kind, SERVER);
