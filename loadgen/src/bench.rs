@@ -66,8 +66,7 @@ fn spec(args: &BenchArgs, target: &str, mode: Mode, pacing: Pacing, run: usize) 
         timeout: Duration::from_secs(5),
         progress: false,
         seed: run as u64 + 1,
-        id_prefix: format!("bench-{}-{:?}-{run}", std::process::id(), pacing)
-            .replace([' ', '{', '}', ':', '.'], ""),
+        id_prefix: format!("bench-{}-{run}", std::process::id()),
         wait_ready: true,
         h2: Default::default(),
         tick: Duration::from_secs(1),

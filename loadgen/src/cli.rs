@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::driver::{self, LoadSpec, Mode, Pacing};
 use crate::report::{Acked, Report};
+use crate::schedule::{ArrivalKind, Arrivals};
 
 /// `sluice-loadgen`: drives the Sluice mesh and reports what it saw.
 ///
@@ -90,6 +91,20 @@ pub struct LoadArgs {
     /// send time). Default 1000 unless --concurrency is given.
     #[arg(long, env = "SLUICE_LOAD_RATE", conflicts_with = "concurrency")]
     pub rate: Option<f64>,
+    /// Open loop: how arrivals are spaced: constant (evenly) or poisson (random gaps with the
+    /// same mean).
+    #[arg(long, env = "SLUICE_LOAD_ARRIVALS", value_enum, default_value_t = ArrivalKind::Constant)]
+    pub arrivals: ArrivalKind,
+    /// Open loop in steps: RATE@DURATION,... e.g. 1000@5s,5000@5s (the run lasts their sum).
+    #[arg(long, env = "SLUICE_LOAD_STEPS", conflicts_with_all = ["rate", "concurrency", "ramp", "schedule_file"])]
+    pub steps: Option<String>,
+    /// Open loop ramps: FROM-TO@DURATION,... e.g. 100-5000@20s (the run lasts their sum).
+    #[arg(long, env = "SLUICE_LOAD_RAMP", conflicts_with_all = ["rate", "concurrency", "schedule_file"])]
+    pub ramp: Option<String>,
+    /// Open loop from a schedule file (TOML: `arrivals`, `[[segment]]` with `rate` or
+    /// `from`/`to`, and `duration`).
+    #[arg(long, env = "SLUICE_LOAD_SCHEDULE_FILE", conflicts_with_all = ["rate", "concurrency"])]
+    pub schedule_file: Option<PathBuf>,
     /// Closed loop: transactions outstanding at a time.
     #[arg(long, env = "SLUICE_LOAD_CONCURRENCY")]
     pub concurrency: Option<usize>,
@@ -156,18 +171,43 @@ impl LoadArgs {
 
     fn spec(&self, target: String) -> anyhow::Result<LoadSpec> {
         self.validate()?;
-        let pacing = match (self.rate, self.concurrency) {
-            (_, Some(concurrency)) => Pacing::Closed { concurrency },
-            (rate, None) => Pacing::Open {
-                rate: rate.unwrap_or(1000.0),
-            },
+        let shaped = |segments| Arrivals {
+            kind: self.arrivals,
+            segments,
+        };
+        let profile = match (&self.steps, &self.ramp, &self.schedule_file) {
+            (Some(steps), _, _) => Some(shaped(crate::schedule::parse_steps(steps)?)),
+            (None, Some(ramp), _) => Some(shaped(crate::schedule::parse_ramp(ramp)?)),
+            (None, None, Some(file)) => Some(crate::schedule::load_file(file)?),
+            _ => None,
+        };
+        let (pacing, duration, warmup) = match (profile, self.rate, self.concurrency) {
+            // A profile sets its own length; warmup does not apply.
+            (Some(p), _, _) => (
+                Pacing::Shaped(std::sync::Arc::new(p.clone())),
+                p.total(),
+                Duration::ZERO,
+            ),
+            (None, _, Some(concurrency)) => {
+                (Pacing::Closed { concurrency }, self.duration, self.warmup)
+            }
+            (None, rate, None) => {
+                let rate = rate.unwrap_or(1000.0);
+                let pacing = match self.arrivals {
+                    ArrivalKind::Constant => Pacing::Open { rate },
+                    ArrivalKind::Poisson => Pacing::Shaped(std::sync::Arc::new(
+                        Arrivals::constant(ArrivalKind::Poisson, rate, self.warmup + self.duration),
+                    )),
+                };
+                (pacing, self.duration, self.warmup)
+            }
         };
         Ok(LoadSpec {
             target,
             mode: self.mode,
             pacing,
-            duration: self.duration,
-            warmup: self.warmup,
+            duration,
+            warmup,
             connections: self.connections,
             invalid_ratio: self.invalid_ratio,
             max_outstanding: self.max_outstanding,
@@ -291,8 +331,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         "driving {} ingress for {:?} ({}) ...",
         format!("{:?}", spec.mode).to_lowercase(),
         spec.duration,
-        match spec.pacing {
+        match &spec.pacing {
             Pacing::Open { rate } => format!("open loop, {rate:.0}/s"),
+            Pacing::Shaped(a) => format!(
+                "open loop, {:?} arrivals over {} segment(s)",
+                a.kind,
+                a.segments.len()
+            ),
             Pacing::Closed { concurrency } => format!("closed loop, {concurrency} outstanding"),
         }
     );

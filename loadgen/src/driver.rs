@@ -29,7 +29,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::report::{Recorder, Report, RunInfo, TimelinePoint};
+use crate::schedule::{ArrivalKind, Arrivals};
 use crate::traffic::Traffic;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
 
 /// Default most unary calls in flight in open loop.
 pub const DEFAULT_MAX_OUTSTANDING: usize = 20_000;
@@ -46,13 +49,34 @@ pub enum Mode {
 }
 
 /// How sends are paced.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Pacing {
     /// Fixed schedule at `rate` transactions per second.
     Open { rate: f64 },
+    /// Open loop over a rate profile (steps, ramps; constant or Poisson arrivals). The run
+    /// lasts the profile's length.
+    Shaped(Arc<Arrivals>),
     /// `concurrency` transactions outstanding at a time.
     Closed { concurrency: usize },
 }
+
+impl Pacing {
+    /// The open-loop arrival profile over `duration`, if open loop.
+    fn arrivals(&self, duration: Duration) -> Option<Arc<Arrivals>> {
+        match self {
+            Pacing::Open { rate } => Some(Arc::new(Arrivals::constant(
+                ArrivalKind::Constant,
+                *rate,
+                duration,
+            ))),
+            Pacing::Shaped(a) => Some(a.clone()),
+            Pacing::Closed { .. } => None,
+        }
+    }
+}
+
+/// A send this much later than its due time counts as late (the generator fell behind).
+pub const LATE: Duration = Duration::from_millis(5);
 
 /// One load run.
 #[derive(Debug, Clone)]
@@ -137,6 +161,8 @@ struct Shared {
     timeline: Mutex<Vec<TimelinePoint>>,
     measure_from: Instant,
     sent: AtomicU64,
+    /// Sends that went out more than [`LATE`] after their due time.
+    late: AtomicU64,
 }
 
 /// What happened during the current second of the timeline.
@@ -252,17 +278,15 @@ pub async fn run_with(
         timeline: Mutex::default(),
         measure_from: start + spec.warmup,
         sent: AtomicU64::new(0),
+        late: AtomicU64::new(0),
     });
     let end = shared.measure_from + spec.duration;
-    let offered_per_second = match spec.pacing {
-        Pacing::Open { rate } => Some(rate),
-        Pacing::Closed { .. } => None,
-    };
+    let profile = spec.pacing.arrivals(end.duration_since(start));
     let timeline = tokio::spawn(timeline(
         shared.clone(),
         start,
         spec.tick,
-        offered_per_second,
+        profile.clone(),
         spec.progress,
     ));
     let traffic = Traffic::new(spec.id_prefix.clone(), spec.invalid_ratio, spec.seed);
@@ -276,10 +300,18 @@ pub async fn run_with(
         .min(Instant::now())
         .saturating_duration_since(shared.measure_from);
     let recorder = shared.recorder.lock().expect("recorder lock");
-    let (loop_kind, target_rate) = match spec.pacing {
-        Pacing::Open { rate } => ("open", Some(rate)),
-        Pacing::Closed { .. } => ("closed", None),
+    let (loop_kind, target_rate) = match &profile {
+        Some(p) => (
+            "open",
+            Some(p.expected(p.total().as_secs_f64()) / p.total().as_secs_f64().max(1e-9)),
+        ),
+        None => ("closed", None),
     };
+    // What the schedule asked for up to when the run stopped sending.
+    let scheduled = profile.as_ref().map(|p| {
+        p.expected(end.min(Instant::now()).duration_since(start).as_secs_f64())
+            .round() as u64
+    });
     Ok(recorder.report(RunInfo {
         mode: match spec.mode {
             Mode::Unary => "unary".into(),
@@ -290,6 +322,8 @@ pub async fn run_with(
         measured_seconds: measured.as_secs_f64(),
         sent: shared.sent.load(Ordering::Relaxed),
         timeline,
+        scheduled,
+        late: shared.late.load(Ordering::Relaxed),
     }))
 }
 
@@ -298,7 +332,7 @@ async fn timeline(
     shared: Arc<Shared>,
     start: Instant,
     every: Duration,
-    offered: Option<f64>,
+    offered: Option<Arc<Arrivals>>,
     print: bool,
 ) {
     let mut tick = tokio::time::interval_at((start + every).into(), every);
@@ -323,7 +357,11 @@ async fn timeline(
         };
         let point = TimelinePoint {
             t: now.duration_since(start).as_secs_f64(),
-            offered: offered.unwrap_or(i.sent as f64 / span),
+            offered: offered.as_ref().map_or(i.sent as f64 / span, |a| {
+                (a.expected(now.duration_since(start).as_secs_f64())
+                    - a.expected(now.duration_since(start).as_secs_f64() - span))
+                    / span
+            }),
             sent: i.sent as f64 / span,
             done: i.done as f64 / span,
             ok: i.ok as f64 / span,
@@ -346,24 +384,26 @@ async fn timeline(
 /// The send schedule: yields each transaction's intended send time, or `None` when the
 /// run is over. Open loop waits for the due time; closed loop for a free slot.
 struct Schedule {
-    pacing: Pacing,
+    /// Open loop: the profile and the offset (s) of the last arrival; closed loop: `None`.
+    arrivals: Option<(Arc<Arrivals>, f64, SmallRng)>,
     start: Instant,
     end: Instant,
-    index: u64,
     slots: Arc<Semaphore>,
 }
 
 impl Schedule {
-    fn new(pacing: Pacing, start: Instant, end: Instant, open_bound: usize) -> Self {
+    fn new(pacing: &Pacing, start: Instant, end: Instant, open_bound: usize, seed: u64) -> Self {
         let slots = match pacing {
-            Pacing::Open { .. } => open_bound,
-            Pacing::Closed { concurrency } => concurrency,
+            Pacing::Closed { concurrency } => *concurrency,
+            _ => open_bound,
         };
+        let arrivals = pacing
+            .arrivals(end.duration_since(start))
+            .map(|a| (a, -1.0, SmallRng::seed_from_u64(seed ^ 0x5eed)));
         Self {
-            pacing,
+            arrivals,
             start,
             end,
-            index: 0,
             slots: Arc::new(Semaphore::new(slots.max(1))),
         }
     }
@@ -374,16 +414,25 @@ impl Schedule {
         &mut self,
         shared: &Shared,
     ) -> Option<(Instant, tokio::sync::OwnedSemaphorePermit)> {
-        match self.pacing {
-            Pacing::Open { rate } => {
-                let due = self.start + Duration::from_secs_f64(self.index as f64 / rate);
+        match &mut self.arrivals {
+            Some((arrivals, t, rng)) => {
+                // The first arrival is at 0.
+                let next = if *t < 0.0 {
+                    0.0
+                } else {
+                    arrivals.next_after(*t, rng)?
+                };
+                *t = next;
+                let due = self.start + Duration::from_secs_f64(next);
                 // A generator that fell behind stops at the end too: what it could not send
-                // shows as sent < offered, not as a run that overstays its duration.
+                // shows as sent < scheduled, not as a run that overstays its duration.
                 if due >= self.end || Instant::now() >= self.end {
                     return None;
                 }
-                self.index += 1;
                 tokio::time::sleep_until(due.into()).await;
+                if due.elapsed() > LATE {
+                    shared.late.fetch_add(1, Ordering::Relaxed);
+                }
                 let slot = match self.slots.clone().try_acquire_owned() {
                     Ok(slot) => slot,
                     Err(_) => {
@@ -399,7 +448,7 @@ impl Schedule {
                 };
                 Some((due, slot))
             }
-            Pacing::Closed { .. } => {
+            None => {
                 let slot =
                     tokio::time::timeout_at(self.end.into(), self.slots.clone().acquire_owned())
                         .await
@@ -420,7 +469,7 @@ async fn drive_unary(
     start: Instant,
     end: Instant,
 ) {
-    let mut schedule = Schedule::new(spec.pacing, start, end, spec.max_outstanding);
+    let mut schedule = Schedule::new(&spec.pacing, start, end, spec.max_outstanding, spec.seed);
     let mut tasks = JoinSet::new();
     let mut n = 0usize;
     while let Some((intended, slot)) = schedule.next(&shared).await {
@@ -555,7 +604,7 @@ async fn drive_stream(
             }
         });
     }
-    let mut schedule = Schedule::new(spec.pacing, start, end, spec.max_outstanding);
+    let mut schedule = Schedule::new(&spec.pacing, start, end, spec.max_outstanding, spec.seed);
     let mut n = 0usize;
     while let Some((intended, slot)) = schedule.next(&shared).await {
         let (txn, cx) = traced(traffic.next_transaction().0, "SubmitStream");

@@ -11,4 +11,5 @@ pub mod mesh;
 pub mod pressure;
 pub mod procs;
 pub mod report;
+pub mod schedule;
 pub mod traffic;

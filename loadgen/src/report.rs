@@ -132,6 +132,8 @@ impl Recorder {
                 mean: self.latency.mean() / 1000.0,
             },
             blocked_send_seconds: self.blocked.as_secs_f64(),
+            scheduled: run.scheduled,
+            late_sends: run.late,
             timeline: run.timeline,
             acked: self.acked.clone(),
         }
@@ -146,6 +148,10 @@ pub struct RunInfo {
     pub measured_seconds: f64,
     pub sent: u64,
     pub timeline: Vec<TimelinePoint>,
+    /// Open loop: sends the schedule asked for while the run was sending.
+    pub scheduled: Option<u64>,
+    /// Sends that went out more than 5 ms after their due time.
+    pub late: u64,
 }
 
 /// One second of the run (rates per second; warmup included).
@@ -225,6 +231,10 @@ pub struct Report {
     /// Total time the generator's sends were blocked: waiting for the stream to take them
     /// (stream mode) or for a free outstanding slot (open loop).
     pub blocked_send_seconds: f64,
+    /// Open loop: sends the schedule asked for (compare with `sent`).
+    pub scheduled: Option<u64>,
+    /// Sends more than 5 ms after their due time: the generator (or backpressure) fell behind.
+    pub late_sends: u64,
     /// Per-second timeline of the whole run.
     pub timeline: Vec<TimelinePoint>,
     /// Every acknowledged transaction with its audit offset.
@@ -232,6 +242,32 @@ pub struct Report {
 }
 
 impl Report {
+    /// When the generator did not keep its schedule: by how much, and why.
+    pub fn generator_verdict(&self) -> Option<String> {
+        let scheduled = self.scheduled?;
+        let short = scheduled.saturating_sub(self.sent);
+        let late_share = self.late_sends as f64 / self.sent.max(1) as f64;
+        if short as f64 <= 0.01 * scheduled as f64 && late_share <= 0.01 {
+            return None;
+        }
+        let blocked_share = self.blocked_send_seconds / self.measured_seconds.max(1e-9);
+        let why = if blocked_share > 0.1 {
+            format!(
+                "sends were blocked {:.0}% of the time: the system under test pushed back (its latency above includes the wait)",
+                100.0 * blocked_share
+            )
+        } else {
+            "the generator itself could not go faster (CPU): use a release build, more --connections, or several generators".to_string()
+        };
+        Some(format!(
+            "fell behind: sent {} of {} scheduled ({:.1}%), {:.1}% of sends more than 5 ms late; {why}",
+            self.sent,
+            scheduled,
+            100.0 * self.sent as f64 / scheduled.max(1) as f64,
+            100.0 * late_share
+        ))
+    }
+
     /// The human-readable summary.
     pub fn text(&self) -> String {
         use std::fmt::Write;
@@ -288,6 +324,9 @@ impl Report {
             "blocked    {:.2} s of sends waited (backpressure)",
             self.blocked_send_seconds
         );
+        if let Some(verdict) = self.generator_verdict() {
+            let _ = writeln!(s, "generator  {verdict}");
+        }
         if !self.timeline.is_empty() {
             let _ = writeln!(s, "timeline (per second)\n{}", TimelinePoint::HEADER);
             for p in &self.timeline {
@@ -325,6 +364,8 @@ mod tests {
             measured_seconds: 1.0,
             sent: 101,
             timeline: Vec::new(),
+            scheduled: Some(101),
+            late: 0,
         });
         assert_eq!(rep.ok, 100);
         assert_eq!(rep.errors["UNAVAILABLE"], 1);
