@@ -120,7 +120,7 @@ impl Arrivals {
         let mut start = 0.0;
         for s in &self.segments {
             let end = start + s.duration.as_secs_f64();
-            if end > t && (s.from >= MIN_RATE || s.to >= MIN_RATE) && t < end {
+            if end > t && (s.from >= MIN_RATE || s.to >= MIN_RATE) {
                 // Inside or before a segment that has arrivals: advance in small steps.
                 return Some(t.max(start) + (end - start) / 1000.0);
             }
