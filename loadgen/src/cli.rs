@@ -45,6 +45,9 @@ pub enum Command {
     /// Exit 0 when an admin endpoint answers 200 (container healthchecks: the images have
     /// no shell or curl).
     Health(HealthArgs),
+    /// Run a scenario file: phases of load, faults at given times, expectations checked at
+    /// the end (exit 2 when one fails). Starts the real binaries on loopback.
+    Scenario(crate::scenario::ScenarioArgs),
 }
 
 #[derive(Debug, Args)]
@@ -278,6 +281,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Demo(args) => demo(args).await,
         Command::Bench(args) => crate::bench::bench(args).await.map(|()| true),
+        Command::Scenario(args) => crate::scenario::run(args).await,
         Command::Health(args) => {
             let healthy = probe(&args.url, args.timeout).await?;
             println!(

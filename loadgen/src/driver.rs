@@ -163,6 +163,8 @@ struct Shared {
     sent: AtomicU64,
     /// Sends that went out more than [`LATE`] after their due time.
     late: AtomicU64,
+    /// Open loop: arrivals the schedule produced before the run's end.
+    scheduled: AtomicU64,
 }
 
 /// What happened during the current second of the timeline.
@@ -279,6 +281,7 @@ pub async fn run_with(
         measure_from: start + spec.warmup,
         sent: AtomicU64::new(0),
         late: AtomicU64::new(0),
+        scheduled: AtomicU64::new(0),
     });
     let end = shared.measure_from + spec.duration;
     let profile = spec.pacing.arrivals(end.duration_since(start));
@@ -307,11 +310,9 @@ pub async fn run_with(
         ),
         None => ("closed", None),
     };
-    // What the schedule asked for up to when the run stopped sending.
-    let scheduled = profile.as_ref().map(|p| {
-        p.expected(end.min(Instant::now()).duration_since(start).as_secs_f64())
-            .round() as u64
-    });
+    let scheduled = profile
+        .as_ref()
+        .map(|_| shared.scheduled.load(Ordering::Relaxed));
     Ok(recorder.report(RunInfo {
         mode: match spec.mode {
             Mode::Unary => "unary".into(),
@@ -424,9 +425,19 @@ impl Schedule {
                 };
                 *t = next;
                 let due = self.start + Duration::from_secs_f64(next);
+                if due >= self.end {
+                    return None;
+                }
+                shared.scheduled.fetch_add(1, Ordering::Relaxed);
                 // A generator that fell behind stops at the end too: what it could not send
                 // shows as sent < scheduled, not as a run that overstays its duration.
-                if due >= self.end || Instant::now() >= self.end {
+                if Instant::now() >= self.end {
+                    let horizon = self.end.duration_since(self.start).as_secs_f64();
+                    let mut at = next;
+                    while let Some(n) = arrivals.next_after(at, rng).filter(|n| *n < horizon) {
+                        shared.scheduled.fetch_add(1, Ordering::Relaxed);
+                        at = n;
+                    }
                     return None;
                 }
                 tokio::time::sleep_until(due.into()).await;

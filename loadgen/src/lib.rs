@@ -11,5 +11,6 @@ pub mod mesh;
 pub mod pressure;
 pub mod procs;
 pub mod report;
+pub mod scenario;
 pub mod schedule;
 pub mod traffic;

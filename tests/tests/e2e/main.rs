@@ -5,6 +5,7 @@ mod backpressure;
 mod control;
 mod faults;
 mod loadgen;
+mod loadgen_features;
 mod shutdown;
 mod stream;
 mod tracing;

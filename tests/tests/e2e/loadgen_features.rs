@@ -1,0 +1,190 @@
+//! The load generator's schedules and scenarios, against the real binaries.
+
+use std::path::Path;
+use std::process::Output;
+
+use sluice_tests::{Mesh, bin_dir, loadgen_json};
+
+async fn loadgen(args: &[&str]) -> Output {
+    tokio::process::Command::new(bin_dir().join("sluice-loadgen"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("run sluice-loadgen")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_keeps_its_schedule_within_one_percent() {
+    let mesh = Mesh::start().await;
+    for arrivals in ["constant", "poisson"] {
+        let (_, r) = loadgen_json(&[
+            "run",
+            "--target",
+            &mesh.gateway.url(),
+            "--mode",
+            "stream",
+            "--rate",
+            "400",
+            "--duration",
+            "4s",
+            "--arrivals",
+            arrivals,
+        ])
+        .await;
+        let (scheduled, sent) = (
+            r["scheduled"].as_f64().unwrap(),
+            r["sent"].as_f64().unwrap(),
+        );
+        assert!(
+            (sent - scheduled).abs() <= 0.01 * scheduled,
+            "{arrivals}: sent {sent} of {scheduled}"
+        );
+        let target = if arrivals == "constant" {
+            400.0
+        } else {
+            scheduled / 4.0
+        };
+        let achieved = r["achieved_rate"].as_f64().unwrap();
+        assert!(
+            (achieved - target).abs() <= 0.01 * target,
+            "{arrivals}: achieved {achieved}/s, target {target}/s"
+        );
+        assert!(r["errors"].as_object().unwrap().is_empty());
+    }
+    // Steps: the run lasts their sum and the schedule follows them.
+    let (_, r) = loadgen_json(&[
+        "run",
+        "--target",
+        &mesh.gateway.url(),
+        "--steps",
+        "100@2s,400@2s",
+    ])
+    .await;
+    let scheduled = r["scheduled"].as_f64().unwrap();
+    assert!((scheduled - 1000.0).abs() <= 10.0, "{scheduled}");
+    assert!((r["sent"].as_f64().unwrap() - scheduled).abs() <= 10.0);
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenarios_pass_fail_and_show_coordinated_omission() {
+    let dir = tempfile::tempdir().unwrap();
+    let bins = bin_dir().to_str().unwrap().to_string();
+    // A 200 ms stall of logging in the middle of each phase. Open loop measures from the
+    // intended send time, so every transaction due during the stall shows it; closed loop
+    // with one outstanding sends nothing during the stall, so only one sample shows it.
+    let co = write(
+        dir.path(),
+        "co.toml",
+        r#"
+name = "coordinated-omission"
+[[phase]]
+name = "open"
+rate = 300
+duration = "4s"
+faults = [{ at = "2s", service = "logging", stall = true }, { at = "2200ms", service = "logging", clear = true }]
+[[phase]]
+name = "closed"
+concurrency = 1
+duration = "4s"
+faults = [{ at = "2s", service = "logging", stall = true }, { at = "2200ms", service = "logging", clear = true }]
+[[expect]]
+phase = "open"
+p99_ms_above = 120.0
+[[expect]]
+phase = "closed"
+p99_ms_below = 100.0
+[[expect]]
+no_missing_audit_records = true
+"#,
+    );
+    let out = loadgen(&["scenario", &co, "--bin-dir", &bins]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("all 3 expectation(s) met"),
+        "{}",
+        text(&out)
+    );
+
+    let failing = write(
+        dir.path(),
+        "fail.toml",
+        r#"
+name = "impossible"
+[[phase]]
+name = "quick"
+rate = 100
+duration = "1s"
+[[expect]]
+phase = "quick"
+p99_ms_below = 0.001
+[[expect]]
+phase = "quick"
+ok_rate_above = 50.0
+"#,
+    );
+    let out = loadgen(&["scenario", &failing, "--bin-dir", &bins]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("FAIL  quick: p99 below 0.001 ms"), "{t}");
+    assert!(t.contains("PASS  quick: OK rate above 50/s"), "{t}");
+    assert!(t.contains("1 expectation(s) FAILED"), "{t}");
+
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        "name = \"x\"\n[[phase]]\nname = \"p\"\nrate = 1\n",
+    );
+    let out = loadgen(&["scenario", &bad, "--check"]).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("`duration` is required"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_scenarios_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    let stems: Vec<_> = names
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_str().unwrap().to_string())
+        .collect();
+    for want in [
+        "stall-logging",
+        "slow-risk",
+        "notification-outage",
+        "overload-10x",
+        "recovery",
+    ] {
+        assert!(
+            stems.iter().any(|s| s == want),
+            "scenarios/{want}.toml missing"
+        );
+    }
+    for p in names {
+        let out = loadgen(&["scenario", "--check", p.to_str().unwrap()]).await;
+        assert!(out.status.success(), "{}: {}", p.display(), text(&out));
+    }
+}
