@@ -70,6 +70,7 @@ fn spec(args: &BenchArgs, target: &str, mode: Mode, pacing: Pacing, run: usize) 
         wait_ready: true,
         h2: Default::default(),
         tick: Duration::from_secs(1),
+        metrics: None,
     }
 }
 

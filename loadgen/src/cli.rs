@@ -142,6 +142,10 @@ pub struct LoadArgs {
     /// Write the report as JSON to this file, including every acknowledged id and offset.
     #[arg(long, env = "SLUICE_LOAD_JSON")]
     pub json: Option<PathBuf>,
+    /// The gateway's metrics URL (e.g. http://127.0.0.1:9101/metrics): show its queue depths
+    /// in the live view and the timeline.
+    #[arg(long, env = "SLUICE_LOAD_METRICS")]
+    pub metrics: Option<String>,
     #[command(flatten)]
     pub h2: sluice_core::h2::H2Settings,
     /// Start sending at once instead of waiting for the gateway to report ready.
@@ -222,6 +226,11 @@ impl LoadArgs {
             wait_ready: !self.no_wait_ready,
             h2: self.h2.clone(),
             tick: Duration::from_secs(1),
+            metrics: self
+                .metrics
+                .as_deref()
+                .map(crate::scrape::admin_addr)
+                .transpose()?,
         })
     }
 }
@@ -330,7 +339,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         mesh.gateway_admin,
         mesh.data_dir.display()
     );
-    let spec = load.spec(mesh.gateway_url.clone())?;
+    let mut spec = load.spec(mesh.gateway_url.clone())?;
+    spec.metrics = spec.metrics.or(Some(mesh.gateway_admin));
     eprintln!(
         "driving {} ingress for {:?} ({}) ...",
         format!("{:?}", spec.mode).to_lowercase(),

@@ -104,6 +104,8 @@ pub struct LoadSpec {
     pub h2: sluice_core::h2::H2Settings,
     /// Length of one timeline interval (1 s for people; finer for benchmarks).
     pub tick: Duration,
+    /// The gateway's admin address, to show its queue depths in the timeline.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// How long [`wait_ready`] waits for the gateway to report `mesh.v1.Gateway` SERVING.
@@ -291,6 +293,7 @@ pub async fn run_with(
         spec.tick,
         profile.clone(),
         spec.progress,
+        spec.metrics,
     ));
     let traffic = Traffic::new(spec.id_prefix.clone(), spec.invalid_ratio, spec.seed);
     match spec.mode {
@@ -335,10 +338,12 @@ async fn timeline(
     every: Duration,
     offered: Option<Arc<Arrivals>>,
     print: bool,
+    metrics: Option<std::net::SocketAddr>,
 ) {
+    let mut live = LiveView::new();
     let mut tick = tokio::time::interval_at((start + every).into(), every);
     let mut last = start;
-    if print {
+    if print && !live.tty {
         eprintln!("{}", TimelinePoint::HEADER);
     }
     loop {
@@ -369,14 +374,31 @@ async fn timeline(
             rejected: i.rejected as f64 / span,
             errors: i.errors as f64 / span,
             blocked_pct: 100.0 * i.blocked.as_secs_f64() / span,
+            p50_ms: if i.latency.is_empty() {
+                0.0
+            } else {
+                i.latency.value_at_quantile(0.5) as f64 / 1000.0
+            },
             p99_ms: if i.latency.is_empty() {
                 0.0
             } else {
                 i.latency.value_at_quantile(0.99) as f64 / 1000.0
             },
+            queues: match metrics {
+                Some(addr) => crate::scrape::samples(addr).await.map(|m| {
+                    ["risk", "logging", "notification"].map(|d| {
+                        m.get(&format!(
+                            "sluice_gateway_downstream_queue_depth{{downstream=\"{d}\"}}"
+                        ))
+                        .copied()
+                        .unwrap_or(0.0)
+                    })
+                }),
+                None => None,
+            },
         };
         if print {
-            eprintln!("{}", point.line());
+            live.show(&point);
         }
         shared.timeline_points().push(point);
     }
@@ -650,4 +672,54 @@ async fn drive_stream(
         tracing::warn!("some outcomes never arrived before the drain timeout");
     }
     Ok(())
+}
+
+/// Progress on stderr: on a terminal, a block redrawn in place (the latest second, and a
+/// sparkline of OK/s over the last minute); otherwise one plain line per interval.
+struct LiveView {
+    tty: bool,
+    drawn: bool,
+    ok_history: std::collections::VecDeque<f64>,
+}
+
+impl LiveView {
+    const HISTORY: usize = 60;
+
+    fn new() -> Self {
+        use std::io::IsTerminal;
+        Self {
+            tty: std::io::stderr().is_terminal(),
+            drawn: false,
+            ok_history: Default::default(),
+        }
+    }
+
+    fn show(&mut self, p: &TimelinePoint) {
+        if !self.tty {
+            eprintln!("{}", p.line());
+            return;
+        }
+        if self.ok_history.len() == Self::HISTORY {
+            self.ok_history.pop_front();
+        }
+        self.ok_history.push_back(p.ok);
+        let max = self.ok_history.iter().copied().fold(1.0, f64::max);
+        const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+        let spark: String = self
+            .ok_history
+            .iter()
+            .map(|v| BARS[((v / max) * 7.0).round() as usize])
+            .collect();
+        if self.drawn {
+            // Up three lines, clear to the end of the screen.
+            eprint!("\x1b[3F\x1b[J");
+        }
+        eprintln!("{}", TimelinePoint::HEADER);
+        eprintln!("{}", p.line());
+        eprintln!(
+            "ok/s (last {}s, max {max:.0}) {spark}",
+            self.ok_history.len()
+        );
+        self.drawn = true;
+    }
 }

@@ -13,4 +13,5 @@ pub mod procs;
 pub mod report;
 pub mod scenario;
 pub mod schedule;
+pub mod scrape;
 pub mod traffic;

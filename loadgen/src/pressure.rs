@@ -101,21 +101,8 @@ fn spec(
         wait_ready: true,
         h2: Default::default(),
         tick,
+        metrics: None,
     }
-}
-
-async fn scrape(admin: std::net::SocketAddr, name: &str) -> Option<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.ok()?;
-    body.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 const RSS: &str = "sluice_gateway_process_resident_memory_bytes";
@@ -178,14 +165,14 @@ async fn stall_phase(
     ));
     let start = started_rx.await?;
     tokio::time::sleep_until((start + LEAD_IN).into()).await;
-    let baseline = scrape(admin, RSS).await.unwrap_or(0.0);
+    let baseline = crate::scrape::metric(admin, RSS).await.unwrap_or(0.0);
     set_stall(&mesh.logging.url(), true).await?;
     let stall_at = start.elapsed().as_secs_f64();
     let stall_end = Instant::now() + args.stall_for;
     let (mut held, mut rss) = (0f64, baseline);
     while Instant::now() < stall_end {
-        held = held.max(scrape(admin, HELD).await.unwrap_or(0.0));
-        rss = rss.max(scrape(admin, RSS).await.unwrap_or(0.0));
+        held = held.max(crate::scrape::metric(admin, HELD).await.unwrap_or(0.0));
+        rss = rss.max(crate::scrape::metric(admin, RSS).await.unwrap_or(0.0));
         tokio::time::sleep(SAMPLE_EVERY).await;
     }
     set_stall(&mesh.logging.url(), false).await?;
@@ -240,11 +227,11 @@ async fn overload_phase(
     s.timeout = OVERLOAD_TIMEOUT;
     let load = tokio::spawn(driver::run_with(s, Some(started_tx)));
     let start = started_rx.await?;
-    let baseline = scrape(admin, RSS).await.unwrap_or(0.0);
+    let baseline = crate::scrape::metric(admin, RSS).await.unwrap_or(0.0);
     let mut peak = baseline;
     let end = start + args.overload_for;
     while Instant::now() < end {
-        peak = peak.max(scrape(admin, RSS).await.unwrap_or(0.0));
+        peak = peak.max(crate::scrape::metric(admin, RSS).await.unwrap_or(0.0));
         tokio::time::sleep(SAMPLE_EVERY).await;
     }
     let report: Report = load.await??;

@@ -173,18 +173,26 @@ pub struct TimelinePoint {
     /// Share of the interval the generator's sends were blocked (stream window full, or no
     /// free outstanding slot).
     pub blocked_pct: f64,
+    /// p50 latency of transactions finished in this interval, ms.
+    pub p50_ms: f64,
     /// p99 latency of transactions finished in this interval, ms.
     pub p99_ms: f64,
+    /// With `--metrics`: the gateway's downstream queue depths (risk, logging,
+    /// notification) at the end of the interval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queues: Option<[f64; 3]>,
 }
 
 impl TimelinePoint {
-    pub const HEADER: &str =
-        "     t   offered      sent        ok  rejected    errors  blocked   p99 ms";
+    pub const HEADER: &str = "     t   offered      sent        ok  rejected    errors  blocked   p50 ms   p99 ms   queues risk/log/ntf";
 
     /// One row under [`TimelinePoint::HEADER`].
     pub fn line(&self) -> String {
+        let queues = self.queues.map_or(String::new(), |q| {
+            format!("   {:>5.0}/{:>5.0}/{:>5.0}", q[0], q[1], q[2])
+        });
         format!(
-            "{:>5.0}s {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>7.1}% {:>8.2}",
+            "{:>5.0}s {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>7.1}% {:>8.2} {:>8.2}{queues}",
             self.t,
             self.offered,
             self.sent,
@@ -192,6 +200,7 @@ impl TimelinePoint {
             self.rejected,
             self.errors,
             self.blocked_pct,
+            self.p50_ms,
             self.p99_ms
         )
     }

@@ -259,20 +259,6 @@ struct PhaseResult {
     peak_rss: f64,
 }
 
-async fn scrape(admin: std::net::SocketAddr, name: &str) -> Option<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.ok()?;
-    body.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 async fn apply(mesh: &ProcMesh, action: &FaultAction) -> anyhow::Result<Faults> {
     let url = match action.service.as_str() {
         "risk" => mesh.risk.url(),
@@ -375,6 +361,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
             wait_ready: false,
             h2: Default::default(),
             tick: Duration::from_secs(1),
+            metrics: None,
         };
         plans.push((phase.name.clone(), offset, length, spec));
         offset += length;
@@ -408,7 +395,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
             .iter()
             .rposition(|(_, at, _, _)| elapsed >= *at)
             .unwrap_or(0);
-        let rss = scrape(admin, "sluice_gateway_process_resident_memory_bytes")
+        let rss = crate::scrape::metric(admin, "sluice_gateway_process_resident_memory_bytes")
             .await
             .unwrap_or(0.0);
         peaks[current] = peaks[current].max(rss);
