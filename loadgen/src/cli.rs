@@ -142,6 +142,9 @@ pub struct LoadArgs {
     /// Write the report as JSON to this file, including every acknowledged id and offset.
     #[arg(long, env = "SLUICE_LOAD_JSON")]
     pub json: Option<PathBuf>,
+    /// Write a self-contained HTML report (inline SVG charts) to this file.
+    #[arg(long, env = "SLUICE_LOAD_HTML")]
+    pub html: Option<PathBuf>,
     /// The gateway's metrics URL (e.g. http://127.0.0.1:9101/metrics): show its queue depths
     /// in the live view and the timeline.
     #[arg(long, env = "SLUICE_LOAD_METRICS")]
@@ -269,6 +272,19 @@ pub struct VerifyArgs {
     pub report: PathBuf,
 }
 
+/// Writes the HTML report.
+pub fn write_html(
+    path: &std::path::Path,
+    title: &str,
+    report: &Report,
+    marks: &[crate::html::Mark],
+) -> anyhow::Result<()> {
+    let page = crate::html::render(title, report, &report.timeline, marks);
+    std::fs::write(path, page).with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!("HTML report written to {}", path.display());
+    Ok(())
+}
+
 fn write_json(path: &std::path::Path, report: &Report) -> anyhow::Result<()> {
     let json = serde_json::to_vec_pretty(report)?;
     std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
@@ -285,6 +301,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
             print!("{}", report.text());
             if let Some(path) = &args.load.json {
                 write_json(path, &report)?;
+            }
+            if let Some(path) = &args.load.html {
+                write_html(path, "sluice-loadgen run", &report, &[])?;
             }
             Ok(true)
         }
@@ -367,6 +386,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     print!("{}", report.text());
     if let Some(path) = &load.json {
         write_json(path, &report)?;
+    }
+    if let Some(path) = &load.html {
+        write_html(path, "sluice-loadgen demo", &report, &[])?;
     }
     let check = check.expect("checked when the run succeeded")?;
     println!(

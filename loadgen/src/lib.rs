@@ -7,6 +7,7 @@ pub mod bench;
 pub mod cli;
 pub mod driver;
 pub mod fault;
+pub mod html;
 pub mod mesh;
 pub mod pressure;
 pub mod procs;

@@ -133,6 +133,13 @@ impl Recorder {
             },
             blocked_send_seconds: self.blocked.as_secs_f64(),
             scheduled: run.scheduled,
+            percentiles: PERCENTILES
+                .iter()
+                .map(|&q| Percentile {
+                    quantile: q,
+                    ms: self.latency.value_at_quantile(q) as f64 / 1000.0,
+                })
+                .collect(),
             late_sends: run.late,
             timeline: run.timeline,
             acked: self.acked.clone(),
@@ -206,6 +213,18 @@ impl TimelinePoint {
     }
 }
 
+/// Quantiles reported in `percentiles`.
+pub const PERCENTILES: [f64; 10] = [
+    0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99999,
+];
+
+/// One point of the latency distribution.
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentile {
+    pub quantile: f64,
+    pub ms: f64,
+}
+
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct LatencyMs {
@@ -246,6 +265,8 @@ pub struct Report {
     pub late_sends: u64,
     /// Per-second timeline of the whole run.
     pub timeline: Vec<TimelinePoint>,
+    /// The latency distribution at fixed quantiles (50 % … 99.999 %).
+    pub percentiles: Vec<Percentile>,
     /// Every acknowledged transaction with its audit offset.
     pub acked: Vec<Acked>,
 }

@@ -54,6 +54,10 @@ pub struct ScenarioArgs {
     /// Write every phase's report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write a self-contained HTML report: the whole run's timeline with every fault switch
+    /// and phase start marked, and each phase's latency distribution.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -378,11 +382,30 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
             })
         })
         .collect();
+    let mut marks: Vec<crate::html::Mark> = plans
+        .iter()
+        .map(|(name, at, _, _)| crate::html::Mark {
+            t: at.as_secs_f64(),
+            label: format!("phase {name}"),
+        })
+        .collect();
     let mut pending = actions.into_iter().peekable();
     let mut peaks = vec![0f64; plans.len()];
     while loads.iter().any(|l| !l.is_finished()) || pending.peek().is_some() {
         while let Some((_, action)) = pending.next_if(|(at, _)| started.elapsed() >= *at) {
             let now = apply(&mesh, &action).await?;
+            marks.push(crate::html::Mark {
+                t: started.elapsed().as_secs_f64(),
+                label: format!(
+                    "{} {}",
+                    action.service,
+                    if action.clear {
+                        "clear".to_string()
+                    } else {
+                        crate::fault::describe(&now)
+                    }
+                ),
+            });
             println!(
                 "  [{:>5.1}s] {} faults: {}",
                 started.elapsed().as_secs_f64(),
@@ -456,6 +479,33 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
             serde_json::json!({ "scenario": scenario.name, "phases": phases, "audit": audit });
         std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.html {
+        // One timeline for the whole run: each phase's points shifted to its start.
+        let mut timeline = Vec::new();
+        let mut summary = String::new();
+        for (name, at, _, _) in &plans {
+            let r = &results[name].report;
+            timeline.extend(r.timeline.iter().cloned().map(|mut p| {
+                p.t += at.as_secs_f64();
+                p
+            }));
+            summary.push_str(&format!("phase {name}\n{}\n", r.text()));
+        }
+        timeline.sort_by(|a, b| a.t.total_cmp(&b.t));
+        let dists: Vec<(&str, &[crate::report::Percentile])> = plans
+            .iter()
+            .map(|(name, _, _, _)| (name.as_str(), results[name].report.percentiles.as_slice()))
+            .collect();
+        let page = crate::html::render_many(
+            &format!("scenario {}", scenario.name),
+            &summary,
+            &dists,
+            &timeline,
+            &marks,
+        );
+        std::fs::write(path, page).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("HTML report written to {}", path.display());
     }
     if failed > 0 {
         println!("scenario {}: {failed} expectation(s) FAILED", scenario.name);

@@ -188,3 +188,113 @@ async fn shipped_scenarios_are_valid() {
         assert!(out.status.success(), "{}: {}", p.display(), text(&out));
     }
 }
+
+/// Counts the pixels of a PNG that are clearly colored (not white, grey or black): the
+/// chart lines.
+fn colored_pixels(png_path: &Path) -> usize {
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(png_path).unwrap(),
+    ));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let channels = info.color_type.samples();
+    buf[..info.buffer_size()]
+        .chunks(channels)
+        .filter(|px| {
+            let (r, g, b) = (px[0] as i32, px[1] as i32, px[2] as i32);
+            (r - g).abs().max((g - b).abs()).max((r - b).abs()) > 60
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_html_report_renders_its_charts_in_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let bins = bin_dir().to_str().unwrap().to_string();
+    let file = write(
+        dir.path(),
+        "html.toml",
+        r#"
+name = "html"
+[[phase]]
+name = "before"
+rate = 200
+duration = "2s"
+[[phase]]
+name = "slow"
+rate = 200
+duration = "2s"
+faults = [{ at = "0s", service = "risk", delay_ms = 30 }]
+"#,
+    );
+    let html = dir.path().join("report.html");
+    let out = loadgen(&[
+        "scenario",
+        &file,
+        "--bin-dir",
+        &bins,
+        "--html",
+        html.to_str().unwrap(),
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let page = std::fs::read_to_string(&html).unwrap();
+    for id in ["throughput", "latency", "percentiles"] {
+        assert!(
+            page.contains(&format!("<svg id=\"{id}\"")),
+            "chart {id} missing"
+        );
+    }
+    assert!(
+        page.matches("class=\"series\"").count() >= 8,
+        "every series drawn"
+    );
+    assert!(
+        page.contains("class=\"mark\"") && page.contains("risk delay_ms=30"),
+        "fault switch marked"
+    );
+    assert!(
+        !page.contains("src=\"http"),
+        "self-contained: nothing loaded from the network"
+    );
+
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find(|c| {
+            std::process::Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        eprintln!(
+            "SKIPPED: rendering check (no chromium; Debian's `chromium` package provides it)"
+        );
+        return;
+    };
+    let png = dir.path().join("report.png");
+    let shot = tokio::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=960,1000",
+        ])
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        png.exists(),
+        "chromium wrote no screenshot: {}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    let colored = colored_pixels(&png);
+    assert!(
+        colored > 2000,
+        "the charts did not render: only {colored} colored pixels"
+    );
+}
