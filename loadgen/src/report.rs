@@ -111,6 +111,7 @@ impl Recorder {
         let ms = |q: f64| self.latency.value_at_quantile(q) as f64 / 1000.0;
         let secs = run.measured_seconds.max(1e-9);
         Report {
+            schema_version: REPORT_SCHEMA_VERSION,
             mode: run.mode,
             loop_kind: run.loop_kind,
             target_rate: run.target_rate,
@@ -213,6 +214,9 @@ impl TimelinePoint {
     }
 }
 
+/// The JSON report's schema version.
+pub const REPORT_SCHEMA_VERSION: u32 = 1;
+
 /// Quantiles reported in `percentiles`.
 pub const PERCENTILES: [f64; 10] = [
     0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99999,
@@ -239,6 +243,8 @@ pub struct LatencyMs {
 /// The run's report; the JSON form (`--json`) has exactly these fields.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// Version of this schema (docs/report-schema.md); bumped on any incompatible change.
+    pub schema_version: u32,
     pub mode: String,
     /// `open` (fixed schedule, latency from intended send time) or `closed`.
     pub loop_kind: String,

@@ -298,3 +298,92 @@ faults = [{ at = "0s", service = "risk", delay_ms = 30 }]
         "the charts did not render: only {colored} colored pixels"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_report_follows_its_documented_schema() {
+    let mesh = Mesh::start().await;
+    let admin = format!("http://{}/metrics", mesh.gateway.admin.unwrap());
+    let (_, r) = loadgen_json(&[
+        "run",
+        "--target",
+        &mesh.gateway.url(),
+        "--rate",
+        "100",
+        "--duration",
+        "2s",
+        "--metrics",
+        &admin,
+    ])
+    .await;
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/report-schema.md"),
+    )
+    .unwrap();
+    let fields: [(&str, fn(&serde_json::Value) -> bool); 20] = [
+        ("schema_version", |v| v.as_u64() == Some(1)),
+        ("mode", |v| v.is_string()),
+        ("loop_kind", |v| v.is_string()),
+        ("target_rate", |v| v.is_number() || v.is_null()),
+        ("achieved_rate", |v| v.is_number()),
+        ("ok_rate", |v| v.is_number()),
+        ("measured_seconds", |v| v.is_number()),
+        ("sent", |v| v.is_u64()),
+        ("completed", |v| v.is_u64()),
+        ("ok", |v| v.is_u64()),
+        ("decisions", |v| v.is_object()),
+        ("notifications", |v| v.is_object()),
+        ("errors", |v| v.is_object()),
+        ("latency_ms", |v| {
+            ["p50", "p90", "p99", "p999", "max", "mean"]
+                .iter()
+                .all(|k| v[k].is_number())
+        }),
+        ("blocked_send_seconds", |v| v.is_number()),
+        ("scheduled", |v| v.is_u64() || v.is_null()),
+        ("late_sends", |v| v.is_u64()),
+        ("timeline", |v| {
+            v.as_array().is_some_and(|a| {
+                !a.is_empty()
+                    && a.iter().all(|p| {
+                        [
+                            "t",
+                            "offered",
+                            "sent",
+                            "done",
+                            "ok",
+                            "rejected",
+                            "errors",
+                            "blocked_pct",
+                            "p50_ms",
+                            "p99_ms",
+                        ]
+                        .iter()
+                        .all(|k| p[k].is_number())
+                            && p["queues"].as_array().is_some_and(|q| q.len() == 3)
+                    })
+            })
+        }),
+        ("percentiles", |v| {
+            v.as_array().is_some_and(|a| {
+                a.len() == 10
+                    && a.iter()
+                        .all(|p| p["quantile"].is_number() && p["ms"].is_number())
+            })
+        }),
+        ("acked", |v| {
+            v.as_array().is_some_and(|a| {
+                a.iter()
+                    .all(|x| x["id"].is_string() && x["offset"].is_u64())
+            })
+        }),
+    ];
+    let keys: Vec<&String> = r.as_object().unwrap().keys().collect();
+    assert_eq!(keys.len(), fields.len(), "unexpected fields: {keys:?}");
+    for (name, valid) in fields {
+        assert!(valid(&r[name]), "{name} has the wrong shape: {}", r[name]);
+        assert!(
+            doc.contains(&format!("`{name}`")),
+            "{name} is not documented in docs/report-schema.md"
+        );
+    }
+}
