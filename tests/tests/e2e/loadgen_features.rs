@@ -319,7 +319,8 @@ async fn the_json_report_follows_its_documented_schema() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/report-schema.md"),
     )
     .unwrap();
-    let fields: [(&str, fn(&serde_json::Value) -> bool); 20] = [
+    type Check = fn(&serde_json::Value) -> bool;
+    let fields: [(&str, Check); 20] = [
         ("schema_version", |v| v.as_u64() == Some(1)),
         ("mode", |v| v.is_string()),
         ("loop_kind", |v| v.is_string()),
