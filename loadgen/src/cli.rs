@@ -48,6 +48,9 @@ pub enum Command {
     /// Run a scenario file: phases of load, faults at given times, expectations checked at
     /// the end (exit 2 when one fails). Starts the real binaries on loopback.
     Scenario(crate::scenario::ScenarioArgs),
+    /// A trivial gateway that answers at once: for measuring the generator's own ceiling
+    /// (and comparing with h2load).
+    Sink(crate::sink::SinkArgs),
 }
 
 #[derive(Debug, Args)]
@@ -310,6 +313,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
         Command::Demo(args) => demo(args).await,
         Command::Bench(args) => crate::bench::bench(args).await.map(|()| true),
         Command::Scenario(args) => crate::scenario::run(args).await,
+        Command::Sink(args) => crate::sink::run(args).await.map(|()| true),
         Command::Health(args) => {
             let healthy = probe(&args.url, args.timeout).await?;
             println!(

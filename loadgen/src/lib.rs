@@ -15,4 +15,5 @@ pub mod report;
 pub mod scenario;
 pub mod schedule;
 pub mod scrape;
+pub mod sink;
 pub mod traffic;
