@@ -215,3 +215,48 @@ enum Exit {
     Config(String),
     Serve(ServeError),
 }
+
+/// Serves one downstream service: gRPC health (`service` SERVING), the Control API over
+/// `pool` (guarded by `admin_token`), `service` itself, and the admin endpoints, until
+/// `shutdown`; then drains within the grace period. The one place the three services'
+/// servers are put together.
+pub async fn run_service<S>(
+    listeners: Listeners,
+    common: &CommonServerArgs,
+    admin_token: Option<String>,
+    pool: crate::worker_pool::WorkerPool,
+    registry: prometheus_client::registry::Registry,
+    service: S,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError>
+where
+    S: tower_service::Service<
+            axum::http::Request<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Response: axum::response::IntoResponse,
+    S::Future: Send + 'static,
+{
+    let control = crate::control::server(pool, admin_token);
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<S>().await;
+    let router = common
+        .h2
+        .server()
+        .add_service(health)
+        .add_service(control)
+        .add_service(service);
+    run(
+        listeners,
+        router,
+        crate::metrics::Metrics::new(registry),
+        reporter,
+        shutdown,
+        common.grace_period,
+    )
+    .await
+}

@@ -119,33 +119,21 @@ pub async fn serve(
         config.service.reply_queue,
         &mut registry,
     );
-    let control = sluice_core::control::server(pool.clone(), config.service.admin_token.clone());
     let service = NotificationService {
         latency: config.latency,
-        pool,
+        pool: pool.clone(),
         shutdown: shutdown.clone(),
     };
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_serving::<NotificationServer<NotificationService>>()
-        .await;
-    let router = config
-        .server
-        .h2
-        .server()
-        .add_service(health)
-        .add_service(control)
-        .add_service(
-            NotificationServer::new(service)
-                .max_decoding_message_size(config.server.h2.max_message_size),
-        );
-    sluice_core::server::run(
+    let service = NotificationServer::new(service)
+        .max_decoding_message_size(config.server.h2.max_message_size);
+    sluice_core::server::run_service(
         listeners,
-        router,
-        sluice_core::metrics::Metrics::new(registry),
-        reporter,
+        &config.server,
+        config.service.admin_token.clone(),
+        pool,
+        registry,
+        service,
         shutdown,
-        config.server.grace_period,
     )
     .await
 }
