@@ -39,6 +39,8 @@ pub const DEFAULT_OTLP_QUEUE: usize = 4096;
 pub const MAX_EXPORT_BATCH: usize = 512;
 /// Default longest time a span waits in the queue before its batch is exported.
 pub const DEFAULT_OTLP_FLUSH: Duration = Duration::from_millis(500);
+/// Capacity of a flush's acknowledgement channel: the export thread answers exactly once.
+const FLUSH_ACK: usize = 1;
 /// Longest one export may take before it counts as failed.
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -314,7 +316,7 @@ impl SpanProcessor for BoundedExport {
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        let (done, wait) = sync_channel(1);
+        let (done, wait) = sync_channel(FLUSH_ACK);
         self.queue
             .send(Msg::Flush(done))
             .map_err(|_| OTelSdkError::AlreadyShutdown)?;
