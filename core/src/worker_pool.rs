@@ -405,3 +405,21 @@ async fn apply_faults<Req, Resp>(
     }
     Ok(())
 }
+
+/// The [`Messages`] of a downstream stream whose requests carry `transaction`,
+/// `deadline_unix_ms` and `sent_unix_micros` and whose replies carry `error` (every mesh.v1
+/// downstream RPC): one definition instead of one copy per service.
+#[macro_export]
+macro_rules! downstream_messages {
+    ($service:literal, $method:literal, $req:ty, $reply:ty, $reject:expr) => {
+        $crate::worker_pool::Messages::<$req, $reply> {
+            service: $service,
+            method: $method,
+            deadline_unix_ms: |r| r.deadline_unix_ms,
+            reject: $reject,
+            trace_context: |r| r.transaction.as_ref().map(|t| &t.trace_context),
+            sent_unix_micros: |r| r.sent_unix_micros,
+            reply_error: |r| r.error.as_ref().map(|e| (e.code, e.message.as_str())),
+        }
+    };
+}

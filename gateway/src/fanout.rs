@@ -363,10 +363,7 @@ impl Dispatched {
 pub fn error_outcome(id: String, status: &Status) -> Outcome {
     Outcome {
         id,
-        error: Some(pb::Error {
-            code: status.code() as i32,
-            message: status.message().to_string(),
-        }),
+        error: Some(pb::Error::from_status(status)),
         ..Default::default()
     }
 }

@@ -7,3 +7,13 @@
 pub mod pb {
     tonic::include_proto!("mesh.v1");
 }
+
+impl pb::Error {
+    /// The per-message error that reports `status` (gRPC code number and message).
+    pub fn from_status(status: &tonic::Status) -> Self {
+        Self {
+            code: status.code() as i32,
+            message: status.message().to_string(),
+        }
+    }
+}

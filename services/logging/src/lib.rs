@@ -133,20 +133,18 @@ async fn append(log: AuditLog, request: AppendRequest) -> AppendAck {
 fn reject(request: &AppendRequest, status: Status) -> AppendAck {
     AppendAck {
         correlation_id: request.correlation_id,
-        error: error(status.code(), status.message()),
+        error: Some(pb::Error::from_status(&status)),
         ..Default::default()
     }
 }
 
-const MESSAGES: Messages<AppendRequest, AppendAck> = Messages {
-    service: "mesh.v1.Logging",
-    method: "Append",
-    deadline_unix_ms: |r| r.deadline_unix_ms,
-    reject,
-    trace_context: |r| r.transaction.as_ref().map(|t| &t.trace_context),
-    sent_unix_micros: |r| r.sent_unix_micros,
-    reply_error: |r| r.error.as_ref().map(|e| (e.code, e.message.as_str())),
-};
+const MESSAGES: Messages<AppendRequest, AppendAck> = sluice_core::downstream_messages!(
+    "mesh.v1.Logging",
+    "Append",
+    AppendRequest,
+    AppendAck,
+    reject
+);
 
 #[tonic::async_trait]
 impl Logging for LoggingService {

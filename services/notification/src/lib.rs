@@ -72,22 +72,17 @@ fn reject(request: &NotifyRequest, status: Status) -> NotifyAck {
     NotifyAck {
         correlation_id: request.correlation_id,
         status: NotificationStatus::Failed as i32,
-        error: Some(pb::Error {
-            code: status.code() as i32,
-            message: status.message().to_string(),
-        }),
+        error: Some(pb::Error::from_status(&status)),
     }
 }
 
-const MESSAGES: Messages<NotifyRequest, NotifyAck> = Messages {
-    service: "mesh.v1.Notification",
-    method: "Deliver",
-    deadline_unix_ms: |r| r.deadline_unix_ms,
-    reject,
-    trace_context: |r| r.transaction.as_ref().map(|t| &t.trace_context),
-    sent_unix_micros: |r| r.sent_unix_micros,
-    reply_error: |r| r.error.as_ref().map(|e| (e.code, e.message.as_str())),
-};
+const MESSAGES: Messages<NotifyRequest, NotifyAck> = sluice_core::downstream_messages!(
+    "mesh.v1.Notification",
+    "Deliver",
+    NotifyRequest,
+    NotifyAck,
+    reject
+);
 
 #[tonic::async_trait]
 impl Notification for NotificationService {

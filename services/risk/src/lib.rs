@@ -121,23 +121,13 @@ impl Scorer {
 fn reject(request: &RiskRequest, status: Status) -> RiskVerdict {
     RiskVerdict {
         correlation_id: request.correlation_id,
-        error: Some(pb::Error {
-            code: status.code() as i32,
-            message: status.message().to_string(),
-        }),
+        error: Some(pb::Error::from_status(&status)),
         ..Default::default()
     }
 }
 
-const MESSAGES: Messages<RiskRequest, RiskVerdict> = Messages {
-    service: "mesh.v1.Risk",
-    method: "Assess",
-    deadline_unix_ms: |r| r.deadline_unix_ms,
-    reject,
-    trace_context: |r| r.transaction.as_ref().map(|t| &t.trace_context),
-    sent_unix_micros: |r| r.sent_unix_micros,
-    reply_error: |r| r.error.as_ref().map(|e| (e.code, e.message.as_str())),
-};
+const MESSAGES: Messages<RiskRequest, RiskVerdict> =
+    sluice_core::downstream_messages!("mesh.v1.Risk", "Assess", RiskRequest, RiskVerdict, reject);
 
 fn busy_work(cost: Duration) {
     let end = Instant::now() + cost;
