@@ -8,6 +8,7 @@
 //! - [`metrics`]: the Prometheus registry plus process metrics.
 //! - [`worker_pool`]: serve a bidirectional stream with a bounded pool of workers that pulls
 //!   the next message only when a worker is free: the service side of backpressure.
+//! - [`auth`]: the mesh token (bearer, constant-time) on data-path RPCs.
 //! - [`control`]: `mesh.v1.Control` fault injection with an optional bearer token.
 //! - [`deadline`]: per-message deadlines carried as Unix milliseconds across hops.
 //! - [`server`]: binding, the ready line, and running a tonic router until shutdown.
@@ -16,6 +17,7 @@
 //! - [`propagation`]: W3C + B3 trace context in gRPC metadata and per-message maps.
 
 pub mod admin;
+pub mod auth;
 pub mod control;
 pub mod deadline;
 pub mod h2;

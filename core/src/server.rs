@@ -31,7 +31,14 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("{0}")]
     Other(String),
+    /// Stored data is damaged and serving could lose or misreport it: exit code 65
+    /// (EX_DATAERR), so supervisors and operators can tell it from a crash.
+    #[error("{0}")]
+    DataDamaged(String),
 }
+
+/// Exit code for [`ServeError::DataDamaged`] (sysexits' EX_DATAERR).
+pub const EXIT_DATA_DAMAGED: u8 = 65;
 
 /// The bound sockets of one server.
 pub struct Listeners {
@@ -157,7 +164,7 @@ pub struct ServiceArgs {
 
 /// Runs a server binary's `main` body: logging, a multi-threaded runtime, span export, the
 /// ready line on stdout, shutdown on SIGINT/SIGTERM, span flush, and the exit code (0 clean,
-/// 1 failure, 64 bad configuration).
+/// 1 failure, 64 bad configuration, 65 damaged data).
 pub fn main_with<F, Fut>(
     name: &'static str,
     grpc: SocketAddr,
@@ -203,6 +210,10 @@ where
         Err(Exit::Config(e)) => {
             eprintln!("{name}: {e}");
             std::process::ExitCode::from(64)
+        }
+        Err(Exit::Serve(e @ ServeError::DataDamaged(_))) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::from(EXIT_DATA_DAMAGED)
         }
         Err(Exit::Serve(e)) => {
             eprintln!("{name}: {e}");

@@ -81,12 +81,14 @@ pub trait Protocol: Send + Sync + 'static {
     fn set_sent(request: &mut Self::Request, unix_micros: i64);
     /// The error a reply reports, if any: gRPC code and message.
     fn reply_error(reply: &Self::Reply) -> Option<(i32, &str)>;
-    /// Opens the bidirectional stream with `outbound` as its request body.
+    /// Opens the bidirectional stream with `outbound` as its request body, presenting
+    /// `auth` (the mesh token's `authorization` value) when given.
     fn open(
         channel: Channel,
         max_message_size: usize,
         outbound: Outbound<Self::Request>,
         stream: &Context,
+        auth: Option<&tonic::metadata::AsciiMetadataValue>,
     ) -> OpenFuture<Self::Reply>;
 }
 
@@ -114,6 +116,8 @@ pub struct DownstreamConfig {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub max_message_size: usize,
+    /// `authorization` sent when each stream opens (the mesh token), if any.
+    pub auth: Option<tonic::metadata::AsciiMetadataValue>,
 }
 
 impl Default for DownstreamConfig {
@@ -125,6 +129,7 @@ impl Default for DownstreamConfig {
             backoff_base: DEFAULT_BACKOFF_BASE,
             backoff_max: DEFAULT_BACKOFF_MAX,
             max_message_size: sluice_core::h2::DEFAULT_MAX_MESSAGE_SIZE,
+            auth: None,
         }
     }
 }
@@ -469,6 +474,7 @@ async fn run_stream<P: Protocol>(
             shared.config.max_message_size,
             outbound,
             &stream_cx,
+            shared.config.auth.as_ref(),
         )
         .await;
         if let Err(status) = &opened {

@@ -64,6 +64,7 @@ macro_rules! protocol {
                 max_message_size: usize,
                 outbound: Outbound<$req>,
                 stream: &Context,
+                auth: Option<&tonic::metadata::AsciiMetadataValue>,
             ) -> std::pin::Pin<
                 Box<
                     dyn std::future::Future<Output = Result<tonic::Streaming<$reply>, Status>>
@@ -73,6 +74,7 @@ macro_rules! protocol {
                 // The stream's own context rides in its metadata, sent once at open.
                 let mut request = tonic::Request::new(outbound);
                 sluice_core::propagation::inject_metadata(stream, request.metadata_mut());
+                sluice_core::auth::insert(request.metadata_mut(), auth);
                 Box::pin(async move {
                     let mut client =
                         $client::new(channel).max_decoding_message_size(max_message_size);
@@ -312,13 +314,20 @@ impl Fanout {
     }
 }
 
+/// A downstream's per-message error as the client's status. Errors about the client's own
+/// transaction (INVALID_ARGUMENT, ALREADY_EXISTS) name the field and pass through as they
+/// are; the rest say which service failed.
 fn reply_status(name: &str, error: Option<&pb::Error>) -> Result<(), Status> {
     match error {
         None => Ok(()),
-        Some(e) => Err(Status::new(
-            tonic::Code::from_i32(e.code),
-            format!("{name}: {}", e.message),
-        )),
+        Some(e) => {
+            let code = tonic::Code::from_i32(e.code);
+            let message = match code {
+                tonic::Code::InvalidArgument | tonic::Code::AlreadyExists => e.message.clone(),
+                _ => format!("{name}: {}", e.message),
+            };
+            Err(Status::new(code, message))
+        }
     }
 }
 
@@ -354,6 +363,7 @@ impl Dispatched {
             reasons: verdict.reasons,
             notification: self.notification as i32,
             audit_offset: ack.offset,
+            replayed: ack.duplicate,
             error: None,
         })
     }

@@ -30,7 +30,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::fanout::{Admission, Fanout, error_outcome};
-use crate::validate;
+use sluice_proto::validate;
 
 /// Default most unary calls in flight at once.
 pub const DEFAULT_MAX_INFLIGHT: usize = 2048;

@@ -1,11 +1,10 @@
 //! The Sluice gateway: `mesh.v1.Gateway` ingress ([`ingress`]) → fan-out of each transaction
 //! ([`fanout`]) → one long-lived stream client per downstream service ([`downstream`]).
-//! [`validate`] holds the ingress rules. See ARCHITECTURE.md for every bound on the path.
+//! `sluice_proto::validate` holds the ingress rules. See ARCHITECTURE.md for every bound on the path.
 
 pub mod downstream;
 pub mod fanout;
 pub mod ingress;
-pub mod validate;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -56,6 +55,11 @@ pub struct Config {
     /// Logging (audit) service URL (http://host:port).
     #[arg(long, env = "SLUICE_LOGGING", default_value = DEFAULT_LOGGING_URL)]
     pub logging: String,
+    /// Token presented to the downstream services when streams open (`authorization:
+    /// Bearer`); the logging service requires it for Append when started with the same
+    /// flag. Unset = none sent.
+    #[arg(long, env = "SLUICE_MESH_TOKEN", hide_env_values = true)]
+    pub mesh_token: Option<String>,
     /// Long-lived streams per downstream, all on one HTTP/2 connection.
     #[arg(long, env = "SLUICE_STREAMS_PER_DOWNSTREAM", default_value_t = downstream::DEFAULT_STREAMS)]
     pub streams_per_downstream: usize,
@@ -109,8 +113,10 @@ impl Config {
         Self::parse_from(["sluice-gateway"])
     }
 
-    fn downstream(&self) -> DownstreamConfig {
-        DownstreamConfig {
+    fn downstream(&self) -> Result<DownstreamConfig, ServeError> {
+        let auth = sluice_core::auth::bearer(self.mesh_token.as_deref())
+            .map_err(|e| ServeError::Other(format!("--mesh-token: {e}")))?;
+        Ok(DownstreamConfig {
             queue: if self.unbounded_for_comparison {
                 UNBOUNDED
             } else {
@@ -121,7 +127,8 @@ impl Config {
             backoff_base: self.reconnect_base,
             backoff_max: self.reconnect_max,
             max_message_size: self.server.h2.max_message_size,
-        }
+            auth,
+        })
     }
 
     fn limits(&self) -> IngressLimits {
@@ -168,7 +175,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let mut registry = Registry::with_prefix("sluice_gateway");
     let downstream_shutdown = CancellationToken::new();
-    let dc = config.downstream();
+    let dc = config.downstream()?;
     let (risk, risk_workers) = Downstream::start(
         config.channel("risk", &config.risk)?,
         dc.clone(),

@@ -30,16 +30,26 @@ impl AuditCheck {
 
 /// Reads the whole audit log from `logging_url` and compares it with `acked`.
 pub async fn check(logging_url: &str, acked: &[Acked]) -> anyhow::Result<AuditCheck> {
+    check_with_token(logging_url, None, acked).await
+}
+
+/// [`check`], presenting `mesh_token` (the logging service's --mesh-token) when given.
+pub async fn check_with_token(
+    logging_url: &str,
+    mesh_token: Option<&str>,
+    acked: &[Acked],
+) -> anyhow::Result<AuditCheck> {
+    let auth =
+        sluice_core::auth::bearer(mesh_token).map_err(|e| anyhow::anyhow!("--mesh-token: {e}"))?;
     let mut client = LoggingClient::connect(logging_url.to_string())
         .await
         .with_context(|| format!("cannot connect to the logging service at {logging_url}"))?;
-    let mut stream = client
-        .read(ReadRequest {
-            from_offset: 1,
-            limit: 0,
-        })
-        .await?
-        .into_inner();
+    let mut request = tonic::Request::new(ReadRequest {
+        from_offset: 1,
+        limit: 0,
+    });
+    sluice_core::auth::insert(request.metadata_mut(), auth.as_ref());
+    let mut stream = client.read(request).await?.into_inner();
     let mut logged: HashMap<String, u64> = HashMap::new();
     let mut duplicated = Vec::new();
     let mut records = 0;

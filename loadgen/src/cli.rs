@@ -273,6 +273,9 @@ pub struct VerifyArgs {
     /// A report written by `run --json`.
     #[arg(long)]
     pub report: PathBuf,
+    /// The mesh token, when the logging service requires one for Read (its --mesh-token).
+    #[arg(long, env = "SLUICE_MESH_TOKEN", hide_env_values = true)]
+    pub mesh_token: Option<String>,
 }
 
 /// Writes the HTML report.
@@ -342,7 +345,12 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
                     args.report.display()
                 )
             })?;
-            let check = crate::audit::check(&args.logging, &partial.acked).await?;
+            let check = crate::audit::check_with_token(
+                &args.logging,
+                args.mesh_token.as_deref(),
+                &partial.acked,
+            )
+            .await?;
             println!("{}", serde_json::to_string_pretty(&check)?);
             Ok(check.passed())
         }

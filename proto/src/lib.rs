@@ -1,6 +1,10 @@
 //! Generated `mesh.v1` messages and tonic clients/servers.
 //!
 //! Everything generated lives under [`pb`]; the rest of the workspace imports from there.
+//! [`validate`] holds the rules a `Transaction` must satisfy, shared by every side that
+//! accepts one.
+
+pub mod validate;
 
 /// Generated code for package `mesh.v1`.
 #[allow(clippy::all, unreachable_pub, missing_docs)]

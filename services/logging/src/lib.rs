@@ -3,13 +3,16 @@
 //! append acknowledged only after fsync) and `mesh.v1.Logging/Read` (stored records, in
 //! offset order).
 
+pub mod frame;
 pub mod log;
+pub mod recovery;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
 use prometheus_client::registry::Registry;
+use sluice_core::auth::RequireBearer;
 use sluice_core::server::{CommonServerArgs, Listeners, ServeError, ServiceArgs};
 use sluice_core::worker_pool::{Messages, ReplyStream, WorkerPool};
 use sluice_core::{CancellationToken, deadline};
@@ -32,12 +35,21 @@ pub const DEFAULT_READ_CHUNK: usize = 256;
 /// `sluice-logging`: the durable audit log of the Sluice mesh.
 ///
 /// Appends are written to `<data-dir>/audit.log` and acknowledged only after fsync; many
-/// appends share one fsync (group commit). Appending an id already in the log writes nothing
-/// and returns the original offset. On start the log recovers its index and cuts a torn tail.
-/// Every flag can also be set through the environment variable shown.
+/// appends share one fsync (group commit). Appending an id already in the log with the same
+/// payload writes nothing and returns the original offset; with a different payload it is
+/// refused (ALREADY_EXISTS). On start the log rebuilds its index and cuts a torn tail (the
+/// last write, never acknowledged); any other damage stops the start with exit code 65 —
+/// see `check` and `repair`. Every flag can also be set through the environment variable
+/// shown.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "sluice-logging", version)]
+#[command(
+    name = "sluice-logging",
+    version,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// gRPC listen address.
     #[arg(long, env = "SLUICE_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
@@ -53,10 +65,113 @@ pub struct Config {
     /// Most records written and fsync'ed together (group commit).
     #[arg(long, env = "SLUICE_MAX_BATCH", default_value_t = log::DEFAULT_MAX_BATCH)]
     pub max_batch: usize,
+    /// Token that Append and Read require (`authorization: Bearer <token>`); the gateway
+    /// and `sluice-loadgen verify` send theirs with the same flag. Unset = no check.
+    #[arg(long, env = "SLUICE_MESH_TOKEN", hide_env_values = true)]
+    pub mesh_token: Option<String>,
     #[command(flatten)]
     pub service: ServiceArgs,
     #[command(flatten)]
     pub server: CommonServerArgs,
+}
+
+/// Operator commands on a data directory, run instead of the server.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Scans the audit log and reports what it finds; changes nothing. Exit code 0 when the
+    /// log would open (clean, or only a torn tail, which a start cuts), 65 when it is damaged.
+    Check {
+        /// Directory holding the audit log.
+        #[arg(long, env = "SLUICE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+    /// Moves every damaged region (and a torn tail) to a quarantine file beside the log
+    /// (`audit.log.quarantine.<start>-<end>`) and rewrites the log without it: valid records
+    /// keep their offsets, quarantined offsets are never handed out again. Stop the service
+    /// first.
+    Repair {
+        /// Directory holding the audit log.
+        #[arg(long, env = "SLUICE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+}
+
+/// Runs `check` or `repair`, printing a report on stdout; returns the exit code.
+pub fn run_command(command: &Command) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let (dir, repairing) = match command {
+        Command::Check { data_dir } => (data_dir, false),
+        Command::Repair { data_dir } => (data_dir, true),
+    };
+    let path = dir.join(log::LOG_FILE);
+    let scanned = if repairing {
+        recovery::repair(dir).map(|r| (r.before, Some(r.quarantined)))
+    } else {
+        recovery::check(dir).map(|s| (s, None))
+    };
+    let (scan, quarantined) = match scanned {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sluice-logging: cannot read {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}: {} bytes", path.display(), scan.len);
+    println!(
+        "records: {} (offsets 1-{}{})",
+        scan.records,
+        scan.next_offset - 1,
+        if scan.gap_offsets > 0 {
+            format!(", {} quarantined earlier", scan.gap_offsets)
+        } else {
+            String::new()
+        }
+    );
+    for d in &scan.damage {
+        let lost = if d.lost_through >= d.lost_from {
+            format!("offsets {}-{}", d.lost_from, d.lost_through)
+        } else {
+            "no offset".to_string()
+        };
+        println!(
+            "DAMAGED bytes {}-{} ({} bytes, {}; first frame: {}); valid records follow",
+            d.start,
+            d.end,
+            d.end - d.start,
+            lost,
+            d.reason
+        );
+    }
+    if let Some(t) = &scan.torn_tail {
+        println!(
+            "torn tail: bytes {}-{} ({} bytes: {}), the last write, never acknowledged",
+            t.start, scan.len, t.len, t.reason
+        );
+    }
+    match quarantined {
+        Some(files) if files.is_empty() => println!("nothing to repair"),
+        Some(files) => {
+            for f in &files {
+                println!("quarantined: {}", f.display());
+            }
+            println!(
+                "repaired: the log now holds {} records; the next record gets offset {}",
+                scan.records, scan.next_offset
+            );
+        }
+        None if !scan.damage.is_empty() => {
+            println!(
+                "verdict: DAMAGED — the service will not start; run `sluice-logging repair --data-dir {}`",
+                dir.display()
+            );
+            return ExitCode::from(sluice_core::server::EXIT_DATA_DAMAGED);
+        }
+        None if scan.torn_tail.is_some() => {
+            println!("verdict: OK — the torn tail is cut on the next start")
+        }
+        None => println!("verdict: OK"),
+    }
+    ExitCode::SUCCESS
 }
 
 impl Config {
@@ -102,11 +217,9 @@ async fn append(log: AuditLog, request: AppendRequest) -> AppendAck {
     let Some(txn) = request.transaction else {
         return refuse(tonic::Code::InvalidArgument, "transaction: missing");
     };
-    if txn.id.is_empty() || txn.id.len() > 64 {
-        return refuse(
-            tonic::Code::InvalidArgument,
-            "transaction.id: must be 1-64 characters",
-        );
+    // The gateway's own rules: a peer that skips the gateway stores nothing it would refuse.
+    if let Err(invalid) = sluice_proto::validate::transaction(&txn) {
+        return refuse(tonic::Code::InvalidArgument, &invalid.to_string());
     }
     let record = AuditEntry {
         offset: 0,
@@ -117,6 +230,7 @@ async fn append(log: AuditLog, request: AppendRequest) -> AppendAck {
         currency: txn.currency,
         merchant: txn.merchant,
         appended_unix_ms: deadline::now_unix_ms(),
+        ..Default::default()
     };
     match log.append(record).await {
         Ok(a) => AppendAck {
@@ -126,6 +240,7 @@ async fn append(log: AuditLog, request: AppendRequest) -> AppendAck {
             error: None,
         },
         Err(e @ AuditError::TooLarge(_)) => refuse(tonic::Code::InvalidArgument, &e.to_string()),
+        Err(e @ AuditError::Conflict) => refuse(tonic::Code::AlreadyExists, &e.to_string()),
         Err(e) => refuse(tonic::Code::Unavailable, &e.to_string()),
     }
 }
@@ -170,7 +285,7 @@ impl Logging for LoggingService {
     ) -> Result<Response<Self::ReadStream>, Status> {
         let ReadRequest { from_offset, limit } = request.into_inner();
         let log = self.log.clone();
-        let end = log.len();
+        let end = log.last_offset();
         let from = from_offset.max(1);
         let last = if limit == 0 {
             end
@@ -197,7 +312,8 @@ impl Logging for LoggingService {
                             return;
                         }
                     };
-                next += entries.len() as u64;
+                // Quarantined offsets are skipped, so count from the last offset read.
+                next = entries.last().map_or(last, |e| e.offset) + 1;
                 for entry in entries {
                     if tx.send(Ok(entry)).await.is_err() {
                         return; // reader gone
@@ -223,7 +339,10 @@ pub async fn serve(
         config.max_batch,
         &mut registry,
     )
-    .map_err(|e| ServeError::Other(format!("{e} (check --data-dir)")))?;
+    .map_err(|e| match e {
+        AuditError::Damaged { .. } => ServeError::DataDamaged(e.to_string()),
+        e => ServeError::Other(format!("{e} (check --data-dir)")),
+    })?;
     tracing::info!(path = %config.data_dir.display(), records = log.len(), "audit log open");
     let pool = WorkerPool::new(
         config.service.workers,
@@ -235,8 +354,10 @@ pub async fn serve(
         pool: pool.clone(),
         shutdown: shutdown.clone(),
     };
-    let service =
-        LoggingServer::new(service).max_decoding_message_size(config.server.h2.max_message_size);
+    let service = tonic::service::interceptor::InterceptedService::new(
+        LoggingServer::new(service).max_decoding_message_size(config.server.h2.max_message_size),
+        RequireBearer::new(config.mesh_token.clone(), "--mesh-token"),
+    );
     let result = sluice_core::server::run_service(
         listeners,
         &config.server,

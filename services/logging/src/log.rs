@@ -2,14 +2,11 @@
 //!
 //! # On disk
 //!
-//! One file, `audit.log`, under the data directory. Each record is
-//!
-//! ```text
-//! u32 LE payload length | u32 LE CRC-32 of payload | payload (protobuf mesh.v1.AuditEntry)
-//! ```
-//!
-//! Offsets start at 1 and increase by 1; a record's offset is also stored in its payload, so
-//! recovery can check the sequence.
+//! One file, `audit.log`, under the data directory: a sequence of frames
+//! ([`crate::frame`]: length, CRC-32, protobuf `AuditEntry`). Offsets start at 1 and
+//! increase by 1; each record stores its own offset, so recovery can check the sequence.
+//! A gap marker (written only by `sluice-logging repair`) stands for offsets whose records
+//! were quarantined. Each record also stores a SHA-256 digest of its payload.
 //!
 //! # Writing: group commit
 //!
@@ -21,21 +18,25 @@
 //!
 //! # Idempotency
 //!
-//! The writer keeps an index from transaction id to offset. A repeated id writes nothing
-//! and gets the original offset — acknowledged only once that original is durable (when it
-//! sits in the same batch, after the batch's fsync). The index lives in memory and grows with
-//! the log (about 100 bytes per record); it is rebuilt from the file on start.
+//! The writer keeps an index from transaction id to offset and payload digest. The same id
+//! with the same payload is a replay: nothing is written, and the reply carries the original
+//! offset — sent only once that original is durable (when it sits in the same batch, after
+//! the batch's fsync). The same id with a different payload is refused
+//! ([`AuditError::Conflict`]) and nothing is written. The index lives in memory and grows
+//! with the log (about 130 bytes per record); it is rebuilt from the file on start.
 //!
 //! # Recovery
 //!
-//! On open the file is read from the start. The first record that is short, fails its CRC,
-//! does not decode, or breaks the offset sequence marks a torn tail: the file is truncated
-//! there and fsync'ed. Only acknowledged records are guaranteed, and an acknowledged record
-//! was fully fsync'ed, so everything cut was never acknowledged.
+//! On open the file is scanned ([`crate::recovery`]). A torn tail (damage that runs to the
+//! end of the file: the last write, never acknowledged) is cut. Damage followed by valid
+//! records refuses the open with [`AuditError::Damaged`]: those records were acknowledged,
+//! and no automatic step may drop them or reuse their offsets. Before serving, the file is
+//! `fdatasync`'ed (records written but not synced before a crash become durable before any
+//! reply can mention them) and the directory is fsync'ed (a new file's entry survives).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -44,20 +45,20 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use prost::Message;
 use sluice_proto::pb::AuditEntry;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::frame::{self, Decoded, PayloadDigest};
+use crate::recovery::{self, Scan};
+
+pub use crate::frame::MAX_RECORD_BYTES;
+pub use crate::recovery::LOG_FILE;
 
 /// Default capacity of the append queue: appends waiting for the writer thread. When full,
 /// appending workers wait, the worker pool fills, and the service stops reading its streams.
 pub const DEFAULT_APPEND_QUEUE: usize = 4096;
 /// Default most records written and fsync'ed together.
 pub const DEFAULT_MAX_BATCH: usize = 1024;
-/// The file name under the data directory.
-pub const LOG_FILE: &str = "audit.log";
-/// Records larger than this are refused (and, on recovery, mark a torn tail).
-pub const MAX_RECORD_BYTES: u32 = 64 * 1024;
-const HEADER_BYTES: u64 = 8;
 
 /// Audit log failures.
 #[derive(Debug, thiserror::Error)]
@@ -68,19 +69,34 @@ pub enum AuditError {
     Closed,
     #[error("audit log failed earlier and refuses writes until restarted: {0}")]
     Poisoned(String),
-    #[error("record too large: {0} bytes (max {MAX_RECORD_BYTES})")]
-    TooLarge(usize),
+    #[error(transparent)]
+    TooLarge(#[from] frame::TooLarge),
+    /// The id is in the log with a different payload.
+    #[error("id: already used for a different transaction")]
+    Conflict,
+    /// Damage followed by valid records: the log will not open.
+    #[error(
+        "{path}: damaged at byte {position} (record offset {offset}: {reason}; {regions} damaged region(s) in all); nothing was changed. See them with `sluice-logging check --data-dir {dir}`, quarantine them with `sluice-logging repair --data-dir {dir}`"
+    )]
+    Damaged {
+        path: PathBuf,
+        dir: PathBuf,
+        position: u64,
+        offset: u64,
+        reason: &'static str,
+        regions: usize,
+    },
 }
 
 /// What an append returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
     pub offset: u64,
-    /// True when the id was already in the log and nothing was written.
+    /// True when the id was already in the log with the same payload and nothing was written.
     pub duplicate: bool,
 }
 
-/// Fields of one record; the log assigns `offset`.
+/// Fields of one record; the log assigns `offset` and `payload_digest`.
 pub type NewRecord = AuditEntry;
 
 struct AppendJob {
@@ -88,17 +104,23 @@ struct AppendJob {
     reply: oneshot::Sender<Result<Appended, AuditError>>,
 }
 
-/// Committed-record positions, shared with readers.
+/// Where each offset's record sits in the file, shared with readers.
 #[derive(Default)]
 struct ReadIndex {
-    /// File position of the record with offset `i + 1`.
+    /// File position of the record with offset `i + 1`; [`GAP`] for a quarantined offset.
     positions: Vec<u64>,
+    /// Records in the log (gap offsets not counted).
+    records: u64,
 }
+
+/// Position of an offset whose record `repair` quarantined.
+const GAP: u64 = u64::MAX;
 
 #[derive(Clone)]
 struct LogMetrics {
     appended: Counter,
     duplicates: Counter,
+    conflicts: Counter,
     records: Gauge,
     batch_size: Histogram,
     fsync_seconds: Histogram,
@@ -111,6 +133,7 @@ impl LogMetrics {
         let m = Self {
             appended: Counter::default(),
             duplicates: Counter::default(),
+            conflicts: Counter::default(),
             records: Gauge::default(),
             batch_size: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
                 1.0, 2.0, 12,
@@ -126,8 +149,13 @@ impl LogMetrics {
         );
         registry.register(
             "audit_duplicates",
-            "Appends of an id already logged (nothing written)",
+            "Replays: appends of an id already logged with the same payload (nothing written)",
             m.duplicates.clone(),
+        );
+        registry.register(
+            "audit_conflicts",
+            "Appends refused because their id is logged with a different payload",
+            m.conflicts.clone(),
         );
         registry.register("audit_records", "Records in the log", m.records.clone());
         registry.register(
@@ -166,8 +194,9 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Opens (creating if needed) the log under `dir`, recovering its index and cutting a
-    /// torn tail, and starts the writer thread.
+    /// Opens (creating if needed) the log under `dir`: scans it, cuts a torn tail, refuses
+    /// damage ([`AuditError::Damaged`]), makes everything on disk durable, and starts the
+    /// writer thread.
     pub fn open(
         dir: &Path,
         append_queue: usize,
@@ -187,32 +216,48 @@ impl AuditLog {
             .truncate(false)
             .open(&path)
             .map_err(io_err)?;
-        let recovered = recover(&mut file).map_err(io_err)?;
-        if recovered.cut_bytes > 0 {
+        let (scan, by_id, index) = recover(&mut file).map_err(io_err)?;
+        if let Some(first) = scan.damage.first() {
+            return Err(AuditError::Damaged {
+                path,
+                dir: dir.to_path_buf(),
+                position: first.start,
+                offset: first.lost_from,
+                reason: first.reason,
+                regions: scan.damage.len(),
+            });
+        }
+        if let Some(tail) = &scan.torn_tail {
+            file.set_len(tail.start).map_err(io_err)?;
             tracing::warn!(
                 path = %path.display(),
-                kept = recovered.positions.len(),
-                cut_bytes = recovered.cut_bytes,
-                "cut a torn tail off the audit log (records never acknowledged)"
+                records = scan.records,
+                cut_bytes = tail.len,
+                at = tail.start,
+                reason = tail.reason,
+                "cut a torn tail off the audit log (the last write; never acknowledged)"
             );
         }
-        // The directory entry must be durable too, or a fresh log could vanish on crash.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
+        // Whatever reached the file before a crash becomes durable before any reply can
+        // mention it; the directory entry too, or a fresh log could vanish.
+        file.sync_all().map_err(io_err)?;
+        recovery::sync_dir(dir).map_err(|source| AuditError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let end = scan.valid_end();
+        file.seek(SeekFrom::Start(end)).map_err(io_err)?;
         let metrics = LogMetrics::new(registry);
-        metrics.records.set(recovered.positions.len() as i64);
+        metrics.records.set(index.records as i64);
         metrics.queue_capacity.set(append_queue as i64);
-        let index = Arc::new(RwLock::new(ReadIndex {
-            positions: recovered.positions,
-        }));
+        let index = Arc::new(RwLock::new(index));
         let (jobs, rx) = mpsc::channel(append_queue.max(1));
         let writer = Writer {
             path: path.clone(),
             file,
-            end: recovered.end,
-            next_offset: recovered.next_offset,
-            by_id: recovered.by_id,
+            end,
+            next_offset: scan.next_offset,
+            by_id,
             index: index.clone(),
             max_batch: max_batch.max(1),
             metrics: metrics.clone(),
@@ -231,7 +276,8 @@ impl AuditLog {
         })
     }
 
-    /// Appends `record` (its `offset` is ignored) and resolves once it is durable.
+    /// Appends `record` (its `offset` and `payload_digest` are set here) and resolves once
+    /// it is durable.
     pub async fn append(&self, record: NewRecord) -> Result<Appended, AuditError> {
         let (reply, done) = oneshot::channel();
         self.metrics
@@ -244,9 +290,9 @@ impl AuditLog {
         done.await.map_err(|_| AuditError::Closed)?
     }
 
-    /// Committed records in the log.
+    /// Committed records in the log (quarantined offsets not counted).
     pub fn len(&self) -> u64 {
-        self.index.read().expect("index lock").positions.len() as u64
+        self.index.read().expect("index lock").records
     }
 
     /// True when the log holds no record.
@@ -254,19 +300,23 @@ impl AuditLog {
         self.len() == 0
     }
 
-    /// Reads up to `limit` committed records starting at offset `from` (1-based).
+    /// The highest offset handed out (0 for an empty log).
+    pub fn last_offset(&self) -> u64 {
+        self.index.read().expect("index lock").positions.len() as u64
+    }
+
+    /// Reads up to `limit` committed records with offsets from `from` (1-based) on, skipping
+    /// quarantined offsets.
     pub fn read(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, AuditError> {
         let from = from.max(1);
-        let start = {
+        let (start, count) = {
             let index = self.index.read().expect("index lock");
-            match index.positions.get((from - 1) as usize) {
-                Some(&pos) => pos,
-                None => return Ok(Vec::new()),
-            }
-        };
-        let count = {
-            let index = self.index.read().expect("index lock");
-            (index.positions.len() as u64 - (from - 1)).min(limit as u64) as usize
+            let rest = index.positions.get((from - 1) as usize..).unwrap_or(&[]);
+            let Some(&start) = rest.iter().find(|&&p| p != GAP) else {
+                return Ok(Vec::new());
+            };
+            let count = rest.iter().filter(|&&p| p != GAP).take(limit).count();
+            (start, count)
         };
         let io_err = |source| AuditError::Io {
             path: self.path.clone(),
@@ -276,10 +326,11 @@ impl AuditLog {
         file.seek(SeekFrom::Start(start)).map_err(io_err)?;
         let mut reader = BufReader::new(file);
         let mut out = Vec::with_capacity(count);
-        for _ in 0..count {
-            match read_record(&mut reader).map_err(io_err)? {
-                Some((entry, _)) => out.push(entry),
-                None => break,
+        let mut frame = Vec::new();
+        while out.len() < count {
+            let entry = read_frame(&mut reader, &mut frame).map_err(io_err)?;
+            if !frame::is_gap(&entry) {
+                out.push(entry);
             }
         }
         Ok(out)
@@ -296,108 +347,46 @@ impl AuditLog {
     }
 }
 
-struct Recovered {
-    positions: Vec<u64>,
-    by_id: HashMap<String, u64>,
-    next_offset: u64,
-    end: u64,
-    cut_bytes: u64,
+/// Reads the committed frame at the reader's position (the index says one is there).
+fn read_frame(reader: &mut impl io::Read, buf: &mut Vec<u8>) -> io::Result<AuditEntry> {
+    buf.resize(frame::HEADER_BYTES, 0);
+    reader.read_exact(buf)?;
+    let len = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
+    buf.resize(frame::HEADER_BYTES + len.min(MAX_RECORD_BYTES) as usize, 0);
+    reader.read_exact(&mut buf[frame::HEADER_BYTES..])?;
+    match frame::decode(buf) {
+        Decoded::Frame { entry, .. } => Ok(entry),
+        Decoded::Bad(reason) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("committed record unreadable: {reason}"),
+        )),
+        Decoded::End => Err(io::ErrorKind::UnexpectedEof.into()),
+    }
 }
 
-fn recover(file: &mut File) -> io::Result<Recovered> {
+type IdIndex = HashMap<String, (u64, PayloadDigest)>;
+
+/// Scans `file`, building the id index and the read index.
+fn recover(file: &mut File) -> io::Result<(Scan, IdIndex, ReadIndex)> {
     let len = file.metadata()?.len();
     file.seek(SeekFrom::Start(0))?;
-    let mut reader = BufReader::with_capacity(1 << 20, &mut *file);
-    let mut positions = Vec::new();
     let mut by_id = HashMap::new();
-    let mut pos = 0u64;
-    loop {
-        let record = match read_record(&mut reader) {
-            Ok(Some(r)) => r,
-            Ok(None) => break,
-            // A short or corrupt record is a torn tail.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
-                ) =>
-            {
-                break;
-            }
-            Err(e) => return Err(e),
-        };
-        let (entry, size) = record;
-        if entry.offset != positions.len() as u64 + 1 {
-            break;
+    let mut index = ReadIndex::default();
+    let scan = recovery::scan(BufReader::new(&mut *file), len, |entry, pos| {
+        // Offsets lost to damage (refused below) or quarantined map to GAP.
+        index.positions.resize(
+            (entry.offset - 1).max(index.positions.len() as u64) as usize,
+            GAP,
+        );
+        if frame::is_gap(entry) {
+            index.positions.resize(entry.gap_through as usize, GAP);
+        } else {
+            index.positions.push(pos);
+            index.records += 1;
+            by_id.insert(entry.id.clone(), (entry.offset, frame::digest_of(entry)));
         }
-        positions.push(pos);
-        by_id.insert(entry.id, entry.offset);
-        pos += size;
-    }
-    drop(reader);
-    let cut_bytes = len - pos;
-    if cut_bytes > 0 {
-        file.set_len(pos)?;
-        file.sync_all()?;
-    }
-    file.seek(SeekFrom::Start(pos))?;
-    Ok(Recovered {
-        next_offset: positions.len() as u64 + 1,
-        positions,
-        by_id,
-        end: pos,
-        cut_bytes,
-    })
-}
-
-/// Reads one record; `Ok(None)` at a clean end of file.
-fn read_record(reader: &mut impl Read) -> io::Result<Option<(AuditEntry, u64)>> {
-    let mut header = [0u8; HEADER_BYTES as usize];
-    let mut got = 0;
-    while got < header.len() {
-        let n = reader.read(&mut header[got..])?;
-        if n == 0 {
-            return if got == 0 {
-                Ok(None)
-            } else {
-                Err(io::ErrorKind::UnexpectedEof.into())
-            };
-        }
-        got += n;
-    }
-    let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
-    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-    if len > MAX_RECORD_BYTES {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "record length out of range",
-        ));
-    }
-    let mut payload = vec![0u8; len as usize];
-    reader.read_exact(&mut payload)?;
-    if crc32fast::hash(&payload) != crc {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "record CRC mismatch",
-        ));
-    }
-    let entry = AuditEntry::decode(payload.as_slice())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    Ok(Some((entry, HEADER_BYTES + len as u64)))
-}
-
-fn encode_record(entry: &AuditEntry, out: &mut Vec<u8>) -> Result<(), AuditError> {
-    let len = entry.encoded_len();
-    if len > MAX_RECORD_BYTES as usize {
-        return Err(AuditError::TooLarge(len));
-    }
-    let start = out.len();
-    out.extend_from_slice(&[0u8; HEADER_BYTES as usize]);
-    entry.encode(out).expect("Vec has room");
-    let crc = crc32fast::hash(&out[start + HEADER_BYTES as usize..]);
-    out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    Ok(())
+    })?;
+    Ok((scan, by_id, index))
 }
 
 struct Writer {
@@ -406,7 +395,7 @@ struct Writer {
     /// File length of committed data.
     end: u64,
     next_offset: u64,
-    by_id: HashMap<String, u64>,
+    by_id: IdIndex,
     index: Arc<RwLock<ReadIndex>>,
     max_batch: usize,
     metrics: LogMetrics,
@@ -446,28 +435,37 @@ impl Writer {
         let mut new_positions = Vec::new();
         let mut new_ids = Vec::new();
         for job in batch.iter_mut() {
-            if let Some(&offset) = self.by_id.get(&job.record.id) {
-                results.push(Ok(Appended {
-                    offset,
-                    duplicate: true,
-                }));
+            let r = &mut job.record;
+            let digest =
+                frame::payload_digest(&r.account, r.amount_minor, &r.currency, &r.merchant);
+            if let Some(&(offset, logged)) = self.by_id.get(&r.id) {
+                results.push(if logged == digest {
+                    Ok(Appended {
+                        offset,
+                        duplicate: true,
+                    })
+                } else {
+                    Err(AuditError::Conflict)
+                });
                 continue;
             }
             let offset = self.next_offset;
-            job.record.offset = offset;
+            r.offset = offset;
+            r.gap_through = 0;
+            r.payload_digest = digest.to_vec();
             let pos = self.end + buf.len() as u64;
-            match encode_record(&job.record, buf) {
+            match frame::encode(r, buf) {
                 Ok(()) => {
                     self.next_offset += 1;
-                    self.by_id.insert(job.record.id.clone(), offset);
-                    new_ids.push(job.record.id.clone());
+                    self.by_id.insert(r.id.clone(), (offset, digest));
+                    new_ids.push(r.id.clone());
                     new_positions.push(pos);
                     results.push(Ok(Appended {
                         offset,
                         duplicate: false,
                     }));
                 }
-                Err(e) => results.push(Err(e)),
+                Err(e) => results.push(Err(e.into())),
             }
         }
         if !buf.is_empty() {
@@ -501,20 +499,22 @@ impl Writer {
             self.end += buf.len() as u64;
             let mut index = self.index.write().expect("index lock");
             index.positions.extend_from_slice(&new_positions);
-            self.metrics.records.set(index.positions.len() as i64);
+            index.records += new_positions.len() as u64;
+            self.metrics.records.set(index.records as i64);
         }
         self.metrics
             .fsync_seconds
             .observe(started.elapsed().as_secs_f64());
         self.metrics.batch_size.observe(batch.len() as f64);
         for (job, result) in batch.drain(..).zip(results) {
-            if let Ok(a) = &result {
-                let counter = if a.duplicate {
-                    &self.metrics.duplicates
-                } else {
-                    &self.metrics.appended
-                };
-                counter.inc();
+            let counter = match &result {
+                Ok(a) if a.duplicate => Some(&self.metrics.duplicates),
+                Ok(_) => Some(&self.metrics.appended),
+                Err(AuditError::Conflict) => Some(&self.metrics.conflicts),
+                Err(_) => None,
+            };
+            if let Some(c) = counter {
+                c.inc();
             }
             let _ = job.reply.send(result);
         }
@@ -647,7 +647,7 @@ mod tests {
         let path = dir.path().join(LOG_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 1;
-        bytes[last] ^= 0xff; // flip a byte of the third record's payload
+        bytes[last] ^= 0xff; // flip a byte of the third (last) record's payload
         std::fs::write(&path, &bytes).unwrap();
         let log = open(dir.path());
         assert_eq!(log.len(), 2);
@@ -658,5 +658,135 @@ mod tests {
                 duplicate: false
             }
         );
+    }
+
+    async fn write_log(dir: &Path, n: usize) -> u64 {
+        let log = open(dir);
+        for i in 0..n {
+            log.append(record(&format!("t{i}"))).await.unwrap();
+        }
+        log.close();
+        std::fs::metadata(dir.join(LOG_FILE)).unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn mid_file_damage_refuses_to_open_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = write_log(dir.path(), 6000).await;
+        let path = dir.path().join(LOG_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x20;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = AuditLog::open(dir.path(), 64, 16, &mut Registry::default())
+            .err()
+            .expect("a damaged log must not open");
+        let AuditError::Damaged {
+            position, offset, ..
+        } = &err
+        else {
+            panic!("expected Damaged, got {err}");
+        };
+        assert!(*position <= middle as u64 && *offset > 2900 && *offset < 3100);
+        let line = err.to_string();
+        assert!(line.contains(&path.display().to_string()) && !line.contains('\n'));
+        assert!(
+            line.contains(&format!("byte {position}"))
+                && line.contains(&format!("offset {offset}"))
+        );
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            len,
+            "file untouched"
+        );
+    }
+
+    #[tokio::test]
+    async fn repair_then_open_keeps_every_valid_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path(), 100).await;
+        let path = dir.path().join(LOG_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[4096..4096 + 300].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        let repaired = crate::recovery::repair(dir.path()).unwrap();
+        let d = &repaired.before.damage[0];
+        let lost = d.lost_from..=d.lost_through;
+        assert!(!lost.is_empty());
+        let log = open(dir.path());
+        assert_eq!(log.len(), 100 - lost.clone().count() as u64);
+        assert_eq!(log.last_offset(), 100);
+        let all = log.read(1, 1000).unwrap();
+        assert_eq!(all.len() as u64, log.len());
+        for e in &all {
+            assert!(!lost.contains(&e.offset));
+            assert_eq!(e.id, format!("t{}", e.offset - 1), "offset kept");
+        }
+        // Reading from inside the gap starts at the next record.
+        assert_eq!(
+            log.read(*lost.start(), 1).unwrap()[0].offset,
+            lost.end() + 1
+        );
+        // A lost id can be appended again, at a new offset; a kept one is a replay.
+        let again = log
+            .append(record(&format!("t{}", lost.start() - 1)))
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            Appended {
+                offset: 101,
+                duplicate: false
+            }
+        );
+        assert_eq!(
+            log.append(record("t0")).await.unwrap(),
+            Appended {
+                offset: 1,
+                duplicate: true
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn same_id_other_payload_conflicts_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        let alice = record("x");
+        let mut mallory = record("x");
+        mallory.account = "mallory".into();
+        mallory.amount_minor = 999_999_999_999;
+        assert_eq!(log.append(alice.clone()).await.unwrap().offset, 1);
+        assert!(matches!(
+            log.append(mallory.clone()).await,
+            Err(AuditError::Conflict)
+        ));
+        assert_eq!(
+            log.append(alice.clone()).await.unwrap(),
+            Appended {
+                offset: 1,
+                duplicate: true
+            }
+        );
+        assert_eq!(log.len(), 1);
+        // In one batch, too.
+        let (a, b) = tokio::join!(
+            log.append(record("y")),
+            log.append({
+                let mut r = record("y");
+                r.merchant = "other".into();
+                r
+            })
+        );
+        assert!(a.is_ok() != b.is_ok());
+        log.close();
+        // And after a restart, from the digests on disk.
+        let log = open(dir.path());
+        assert!(matches!(
+            log.append(mallory).await,
+            Err(AuditError::Conflict)
+        ));
+        assert_eq!(log.append(alice).await.unwrap().offset, 1);
+        assert_eq!(log.read(1, 1).unwrap()[0].payload_digest.len(), 32);
     }
 }

@@ -106,7 +106,7 @@ impl Scorer {
             .velocity
             .lock()
             .expect("velocity lock poisoned")
-            .record(&txn.account, Instant::now());
+            .record(&txn.account, &txn.id, Instant::now());
         let a = self.rules.assess(&txn.merchant, txn.amount_minor, recent);
         RiskVerdict {
             correlation_id,

@@ -107,14 +107,28 @@ impl RiskRules {
     }
 }
 
-/// Recent transaction times per account, bounded in accounts and in entries per account.
+/// Recent transactions per account (time and id hash), bounded in accounts and in entries
+/// per account.
+///
+/// A replay — the same id again, as a client retrying after a lost reply sends it — is not
+/// counted twice: its id is still among the account's entries while it matters. (Entries
+/// beyond `limit + 1` are dropped, but then the account is over the limit either way.)
 #[derive(Debug)]
 pub struct VelocityTracker {
     window: Duration,
     max_accounts: usize,
     /// At most `limit + 1` entries per account are kept: enough to tell "over the limit".
     keep_per_account: usize,
-    recent: HashMap<String, VecDeque<Instant>>,
+    recent: HashMap<String, VecDeque<(Instant, u64)>>,
+}
+
+/// A stable 64-bit hash of a transaction id (SipHash with fixed keys; ids within one
+/// account's few entries do not collide in practice).
+fn id_hash(id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
 }
 
 impl VelocityTracker {
@@ -127,9 +141,10 @@ impl VelocityTracker {
         }
     }
 
-    /// Records a transaction for `account` at `now` and returns how many fall within the
-    /// window, this one included (capped at limit + 1).
-    pub fn record(&mut self, account: &str, now: Instant) -> usize {
+    /// Records transaction `id` for `account` at `now` (unless that id is already recorded
+    /// for the account) and returns how many fall within the window, this one included
+    /// (capped at limit + 1).
+    pub fn record(&mut self, account: &str, id: &str, now: Instant) -> usize {
         if !self.recent.contains_key(account) && self.recent.len() >= self.max_accounts {
             self.sweep(now);
             if self.recent.len() >= self.max_accounts {
@@ -140,11 +155,15 @@ impl VelocityTracker {
         let times = self.recent.entry(account.to_string()).or_default();
         while times
             .front()
-            .is_some_and(|t| now.duration_since(*t) >= window)
+            .is_some_and(|(t, _)| now.duration_since(*t) >= window)
         {
             times.pop_front();
         }
-        times.push_back(now);
+        let id = id_hash(id);
+        if times.iter().any(|&(_, seen)| seen == id) {
+            return times.len();
+        }
+        times.push_back((now, id));
         if times.len() > self.keep_per_account {
             times.pop_front();
         }
@@ -161,7 +180,7 @@ impl VelocityTracker {
         self.recent.retain(|_, times| {
             times
                 .back()
-                .is_some_and(|t| now.duration_since(*t) < window)
+                .is_some_and(|(t, _)| now.duration_since(*t) < window)
         });
     }
 }
@@ -214,30 +233,47 @@ mod tests {
         let mut t = VelocityTracker::new(Duration::from_secs(60), 20, 10);
         let t0 = Instant::now();
         for i in 0..21 {
-            assert_eq!(t.record("a", t0 + Duration::from_millis(i)), i as usize + 1);
+            assert_eq!(
+                t.record("a", &format!("t{i}"), t0 + Duration::from_millis(i)),
+                i as usize + 1
+            );
         }
         assert_eq!(
-            t.record("a", t0 + Duration::from_secs(1)),
+            t.record("a", "t21", t0 + Duration::from_secs(1)),
             21,
             "capped at limit + 1"
         );
         assert_eq!(
-            t.record("a", t0 + Duration::from_secs(120)),
+            t.record("a", "t22", t0 + Duration::from_secs(120)),
             1,
             "old entries expire"
         );
     }
 
     #[test]
+    fn a_replayed_id_is_not_counted_again() {
+        let mut t = VelocityTracker::new(Duration::from_secs(60), 20, 10);
+        let t0 = Instant::now();
+        for i in 0..20 {
+            t.record("a", &format!("t{i}"), t0);
+        }
+        for _ in 0..5 {
+            assert_eq!(t.record("a", "t3", t0), 20, "replays stay at 20");
+        }
+        assert_eq!(t.record("b", "t3", t0), 1, "ids are per account");
+        assert_eq!(t.record("a", "t20", t0), 21);
+    }
+
+    #[test]
     fn tracker_is_bounded_in_accounts() {
         let mut t = VelocityTracker::new(Duration::from_secs(60), 20, 2);
         let t0 = Instant::now();
-        t.record("a", t0);
-        t.record("b", t0);
-        assert_eq!(t.record("c", t0), 1);
+        t.record("a", "1", t0);
+        t.record("b", "2", t0);
+        assert_eq!(t.record("c", "3", t0), 1);
         assert_eq!(t.accounts(), 2);
         // Once a's and b's entries expire, the sweep makes room.
-        t.record("c", t0 + Duration::from_secs(61));
+        t.record("c", "4", t0 + Duration::from_secs(61));
         assert_eq!(t.accounts(), 1);
     }
 }

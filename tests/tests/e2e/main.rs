@@ -1,6 +1,7 @@
 //! End-to-end tests against the real binaries, one test executable (`mod` per topic).
 
 mod api;
+mod audit;
 mod backpressure;
 mod control;
 mod faults;

@@ -1,7 +1,9 @@
-//! Ingress validation: pure, unit-tested. Each failure names the field, so the client can
-//! fix the message without guessing.
+//! The rules a `Transaction` must satisfy, checked by the gateway at ingress and again by
+//! the logging service before anything is written (a peer that skips the gateway must not
+//! be able to store what the gateway would refuse). Pure and unit-tested; each failure
+//! names the field, so the client can fix the message without guessing.
 
-use sluice_proto::pb::Transaction;
+use crate::pb::Transaction;
 
 /// Largest accepted `amount_minor`.
 pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000;
@@ -27,6 +29,12 @@ fn chars_between(s: &str, min: usize, max: usize) -> bool {
     (min..=max).contains(&n)
 }
 
+/// NUL, ESC, newlines and the rest of Unicode's control characters would corrupt log lines
+/// and terminals that print the field.
+fn no_controls(s: &str) -> bool {
+    !s.chars().any(char::is_control)
+}
+
 /// Checks every ingress rule; the first failing field is reported.
 pub fn transaction(txn: &Transaction) -> Result<(), Invalid> {
     check(
@@ -44,6 +52,11 @@ pub fn transaction(txn: &Transaction) -> Result<(), Invalid> {
         "must be 1-64 characters",
     )?;
     check(
+        no_controls(&txn.account),
+        "account",
+        "must not contain control characters",
+    )?;
+    check(
         (1..=MAX_AMOUNT_MINOR).contains(&txn.amount_minor),
         "amount_minor",
         "must be between 1 and 1000000000000",
@@ -57,6 +70,11 @@ pub fn transaction(txn: &Transaction) -> Result<(), Invalid> {
         chars_between(&txn.merchant, 1, 128),
         "merchant",
         "must be 1-128 characters",
+    )?;
+    check(
+        no_controls(&txn.merchant),
+        "merchant",
+        "must not contain control characters",
     )?;
     Ok(())
 }
@@ -107,6 +125,19 @@ mod tests {
         assert_eq!(field_of(|t| t.currency = "EURO".into()), Some("currency"));
         assert_eq!(field_of(|t| t.merchant.clear()), Some("merchant"));
         assert_eq!(field_of(|t| t.merchant = "m".repeat(129)), Some("merchant"));
+    }
+
+    #[test]
+    fn refuses_control_characters() {
+        for c in ['\0', '\x1b', '\n', '\r', '\u{7f}', '\u{85}'] {
+            assert_eq!(field_of(|t| t.id = format!("a{c}b")), Some("id"), "{c:?}");
+            assert_eq!(field_of(|t| t.account = format!("a{c}b")), Some("account"));
+            assert_eq!(
+                field_of(|t| t.merchant = format!("a{c}b")),
+                Some("merchant")
+            );
+        }
+        assert_eq!(field_of(|t| t.merchant = "café – ünïcode".into()), None);
     }
 
     #[test]
