@@ -35,3 +35,14 @@ pub use tokio_util::sync::CancellationToken;
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 250ms, 5s, 2m)"))
 }
+
+/// The status that ends a stream whose next message could not be read. tonic reports a
+/// message over `max_decoding_message_size` as OUT_OF_RANGE; gRPC specifies
+/// RESOURCE_EXHAUSTED for it, which is what clients (and their retry policies) expect.
+pub fn inbound_error(status: tonic::Status) -> tonic::Status {
+    if status.code() == tonic::Code::OutOfRange {
+        tonic::Status::resource_exhausted(status.message().to_string())
+    } else {
+        status
+    }
+}

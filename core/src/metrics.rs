@@ -9,6 +9,26 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+/// Holds one unit of a gauge (in flight, busy, open streams) and gives it back on drop, on
+/// every path: completion, error, a cancelled future, a panic. `inc(); work.await; dec()`
+/// leaks the count when the future is dropped mid-await.
+#[must_use = "the gauge is decremented when the guard drops"]
+pub struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    /// Increments `gauge` until the guard drops.
+    pub fn hold(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Histogram buckets for latencies in seconds: 100 µs to ~13 s.
 pub fn latency_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 18)
@@ -58,4 +78,22 @@ pub fn resident_memory_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gauge_guard_gives_back_on_drop_even_when_cancelled() {
+        let g: Gauge = Gauge::default();
+        let held = GaugeGuard::hold(&g);
+        assert_eq!(g.get(), 1);
+        let fut = async move {
+            let _inner = held;
+            std::future::pending::<()>().await
+        };
+        drop(fut);
+        assert_eq!(g.get(), 0);
+    }
 }

@@ -13,10 +13,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt as _;
 use opentelemetry::trace::{FutureExt as _, Link, Span as _, SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use prometheus_client::metrics::counter::Counter;
@@ -31,6 +33,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status, Streaming};
 
+use crate::metrics::GaugeGuard;
 use crate::spans;
 
 /// Default number of workers: messages processed at once across all streams.
@@ -93,6 +96,7 @@ struct PoolMetrics {
     injected_errors: Counter,
     stalled: Gauge,
     work_seconds: Histogram,
+    panics: Counter,
 }
 
 impl WorkerPool {
@@ -109,7 +113,13 @@ impl WorkerPool {
             injected_errors: Counter::default(),
             stalled: Gauge::default(),
             work_seconds: Histogram::new(crate::metrics::latency_buckets()),
+            panics: Counter::default(),
         };
+        registry.register(
+            "worker_pool_panics",
+            "Messages whose work panicked (answered INTERNAL; the stream goes on)",
+            metrics.panics.clone(),
+        );
         registry.register(
             "worker_pool_busy",
             "Workers processing a message (in flight at this hop)",
@@ -216,9 +226,10 @@ impl WorkerPool {
     }
 
     /// Serves one bidirectional stream: for each inbound message, once a worker is free
-    /// (and the service is not stalled), runs `work` and queues its reply. Ends the reply
-    /// stream (OK) when the peer half-closes or `shutdown` is cancelled, after in-flight
-    /// work has replied.
+    /// (and the service is not stalled), runs `work` and queues its reply. After in-flight
+    /// work has replied, ends the reply stream: OK when the peer half-closed, with the
+    /// decode error when a message did not decode, UNAVAILABLE when `shutdown` was
+    /// cancelled. Work that panics is answered INTERNAL; the stream goes on.
     pub fn serve<Req, Resp, F, Fut>(
         &self,
         request: Request<Streaming<Req>>,
@@ -251,53 +262,66 @@ impl WorkerPool {
         let stream_cx = Context::new().with_span(stream_span);
         let mut inbound = request.into_inner();
         tokio::spawn(async move {
-            pool.metrics.streams.inc();
+            let _open = GaugeGuard::hold(&pool.metrics.streams);
             let mut faults = pool.faults.subscribe();
             let mut in_flight = JoinSet::new();
-            loop {
+            let shutting_down = || Some(Status::unavailable("shutting down"));
+            let end: Option<Status> = loop {
                 while in_flight.try_join_next().is_some() {}
                 // A free worker first, the read second: this ordering is the backpressure.
                 let permit = tokio::select! {
                     p = pool.permits.clone().acquire_owned() => match p {
                         Ok(p) => p,
-                        Err(_) => break,
+                        Err(_) => break shutting_down(),
                     },
-                    _ = shutdown.cancelled() => break,
+                    _ = shutdown.cancelled() => break shutting_down(),
                 };
                 // A stalled service reads nothing at all.
                 tokio::select! {
-                    r = faults.wait_for(|f| !f.stall) => if r.is_err() { break },
-                    _ = shutdown.cancelled() => break,
+                    r = faults.wait_for(|f| !f.stall) => if r.is_err() { break shutting_down() },
+                    _ = shutdown.cancelled() => break shutting_down(),
                 }
                 // Stalled while waiting counts too: put the permit back and wait again
                 // (`message()` keeps its decode state in `inbound`, so it is cancel-safe).
                 let message = tokio::select! {
                     m = inbound.message() => m,
-                    r = faults.wait_for(|f| f.stall) => if r.is_err() { break } else { continue },
-                    _ = shutdown.cancelled() => break,
+                    r = faults.wait_for(|f| f.stall) => if r.is_err() { break shutting_down() } else { continue },
+                    _ = shutdown.cancelled() => break shutting_down(),
                 };
                 let request = match message {
                     Ok(Some(request)) => request,
-                    Ok(None) => break,
+                    Ok(None) => break None,
                     Err(status) => {
-                        tracing::debug!(%status, "inbound stream ended with an error");
-                        break;
+                        tracing::debug!(%status, "inbound message did not decode; ending the stream");
+                        break Some(crate::inbound_error(status));
                     }
                 };
                 let (tx, work, metrics) = (tx.clone(), work.clone(), pool.metrics.clone());
                 let injected = *pool.faults.borrow();
                 let cx = message_span(&request, messages, &stream_link);
-                metrics.busy.inc();
+                let busy = GaugeGuard::hold(&metrics.busy);
                 in_flight.spawn(async move {
                     let started = Instant::now();
+                    // Built before the work takes the request: a panic must still be answered.
+                    let if_panicked = (messages.reject)(
+                        &request,
+                        Status::internal("the service failed processing this message"),
+                    );
                     let reply =
                         match apply_faults(&injected, &request, messages, &metrics, &cx).await {
                             Ok(()) => {
                                 let tracer = spans::tracer();
                                 let work_cx = cx.with_span(tracer.start_with_context("work", &cx));
-                                let reply = work(request).with_context(work_cx.clone()).await;
+                                let done = AssertUnwindSafe(async { work(request).await })
+                                    .catch_unwind()
+                                    .with_context(work_cx.clone())
+                                    .await;
                                 work_cx.span().end();
-                                reply
+                                done.unwrap_or_else(|_| {
+                                    metrics.panics.inc();
+                                    tracing::error!("work panicked; answered INTERNAL");
+                                    if_panicked
+                                })
                             }
                             Err(reply) => reply,
                         };
@@ -312,12 +336,14 @@ impl WorkerPool {
                     // A closed reply queue means the peer is gone; the work is dropped.
                     let _ = tx.send(Ok(reply)).await;
                     metrics.processed.inc();
-                    metrics.busy.dec();
+                    drop(busy);
                     drop(permit);
                 });
-            }
+            };
             while in_flight.join_next().await.is_some() {}
-            pool.metrics.streams.dec();
+            if let Some(status) = end {
+                let _ = tx.send(Err(status)).await;
+            }
             stream_cx.span().end();
         });
         ReceiverStream::new(rx)
@@ -422,4 +448,98 @@ macro_rules! downstream_messages {
             reply_error: |r| r.error.as_ref().map(|e| (e.code, e.message.as_str())),
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use prost::Message;
+    use sluice_proto::pb::{self, RiskRequest, RiskVerdict};
+    use tonic::codec::Codec;
+
+    fn reject(r: &RiskRequest, status: Status) -> RiskVerdict {
+        RiskVerdict {
+            correlation_id: r.correlation_id,
+            error: Some(pb::Error::from_status(&status)),
+            ..Default::default()
+        }
+    }
+
+    const MESSAGES: Messages<RiskRequest, RiskVerdict> =
+        crate::downstream_messages!("mesh.v1.Risk", "Assess", RiskRequest, RiskVerdict, reject);
+
+    /// An inbound stream, as a peer would send it, from raw gRPC message payloads.
+    fn inbound(payloads: &[Vec<u8>]) -> Request<Streaming<RiskRequest>> {
+        let mut body = Vec::new();
+        for p in payloads {
+            body.push(0);
+            body.extend_from_slice(&(p.len() as u32).to_be_bytes());
+            body.extend_from_slice(p);
+        }
+        let decoder = tonic_prost::ProstCodec::<RiskVerdict, RiskRequest>::default().decoder();
+        let body = http_body_util::Full::new(tonic::codegen::Bytes::from(body));
+        Request::new(Streaming::new_request(decoder, body, None, Some(64 * 1024)))
+    }
+
+    fn request(id: u64) -> Vec<u8> {
+        RiskRequest {
+            correlation_id: id,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    async fn replies(
+        pool: &WorkerPool,
+        payloads: &[Vec<u8>],
+    ) -> (Vec<RiskVerdict>, Option<Status>) {
+        let mut stream = pool.serve(
+            inbound(payloads),
+            CancellationToken::new(),
+            MESSAGES,
+            |r: RiskRequest| async move {
+                assert_ne!(r.correlation_id, 2, "work for message 2 panics");
+                RiskVerdict {
+                    correlation_id: r.correlation_id,
+                    ..Default::default()
+                }
+            },
+        );
+        let mut out = Vec::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(v) => out.push(v),
+                Err(status) => return (out, Some(status)),
+            }
+        }
+        out.sort_by_key(|v| v.correlation_id);
+        (out, None)
+    }
+
+    #[tokio::test]
+    async fn a_panicking_work_item_is_answered_internal_and_counted() {
+        let pool = WorkerPool::new(4, 16, &mut Registry::default());
+        let (got, end) = replies(&pool, &[request(1), request(2), request(3)]).await;
+        assert!(end.is_none(), "the stream goes on and ends OK: {end:?}");
+        assert_eq!(got.len(), 3);
+        assert!(got[0].error.is_none() && got[2].error.is_none());
+        let e = got[1].error.as_ref().expect("message 2 failed");
+        assert_eq!(e.code, tonic::Code::Internal as i32);
+        assert_eq!(pool.metrics.panics.get(), 1);
+        assert_eq!(pool.metrics.busy.get(), 0, "busy gauge given back");
+        assert_eq!(pool.permits.available_permits(), 4, "permit given back");
+        assert_eq!(pool.metrics.streams.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_message_that_does_not_decode_ends_the_stream_with_its_error() {
+        let pool = WorkerPool::new(4, 16, &mut Registry::default());
+        let (got, end) = replies(&pool, &[request(1), vec![0xff, 0xff, 0xff]]).await;
+        assert_eq!(got.len(), 1, "everything read before it is answered");
+        assert_eq!(end.expect("not OK").code(), tonic::Code::Internal);
+        let (got, end) = replies(&pool, &[request(1), vec![0; 70_000]]).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(end.expect("not OK").code(), tonic::Code::ResourceExhausted);
+    }
 }

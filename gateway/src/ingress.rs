@@ -22,6 +22,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use sluice_core::metrics::GaugeGuard;
 use sluice_core::{CancellationToken, propagation, spans};
 use sluice_proto::pb::gateway_server::Gateway;
 use sluice_proto::pb::{Outcome, Transaction};
@@ -292,12 +293,6 @@ impl Gateway for Ingress {
     async fn submit(&self, request: Request<Transaction>) -> Result<Response<Outcome>, Status> {
         let started = Instant::now();
         let deadline = call_deadline(&request, self.limits.default_deadline);
-        let inflight = self
-            .metrics
-            .inflight
-            .get_or_create(&ApiLabels { api: UNARY })
-            .clone();
-        inflight.inc();
         // The client's context from metadata, else from the message's own carrier.
         let mut parent = propagation::extract_metadata(request.metadata());
         if !propagation::has_span(&parent) {
@@ -312,10 +307,12 @@ impl Gateway for Ingress {
             formats,
             None,
         );
+        // Held across the await: a client that cancels still gets counted and its span
+        // ended, and the in-flight gauge comes back.
+        let mut tracked = Tracked::new(&self.metrics, UNARY, started, cx.clone());
+        tracked.admitted();
         let result = self.submit_one(request.into_inner(), deadline, &cx).await;
-        end_ingress(&cx, result.as_ref());
-        inflight.dec();
-        self.metrics.finish(UNARY, result.as_ref(), started);
+        tracked.finish(result.as_ref());
         result.map(Response::new)
     }
 
@@ -363,62 +360,92 @@ struct StreamReader {
     metrics: IngressMetrics,
 }
 
+/// How long a SubmitStream that is shut down keeps reading (without processing) to count
+/// the messages it will never answer, for the UNAVAILABLE status that ends it.
+const UNREAD_COUNT_WINDOW: Duration = Duration::from_millis(100);
+
+/// Why a SubmitStream stopped reading.
+enum Stop {
+    /// Still reading.
+    Reading,
+    /// The client half-closed: end OK once everything admitted is answered.
+    HalfClosed,
+    /// A message could not be decoded (malformed, over the size limit): end with its status.
+    Broken(Status),
+    /// The gateway is shutting down: end UNAVAILABLE, saying how many were not read.
+    ShuttingDown,
+}
+
 impl StreamReader {
     async fn run(
         self,
         mut inbound: Streaming<Transaction>,
         tx: mpsc::Sender<Result<Outcome, Status>>,
     ) {
-        self.metrics.streams.inc();
-        let inflight_gauge = self
-            .metrics
-            .inflight
-            .get_or_create(&ApiLabels { api: STREAM })
-            .clone();
-        let mut pending: FuturesUnordered<BoxFuture<'static, (Result<Outcome, Status>, Instant)>> =
-            FuturesUnordered::new();
-        let mut reading = true;
+        let _open = GaugeGuard::hold(&self.metrics.streams);
+        let mut pending: FuturesUnordered<BoxFuture<'static, Outcome>> = FuturesUnordered::new();
+        let mut stop = Stop::Reading;
+        let mut client_gone = false;
         loop {
+            let reading = matches!(stop, Stop::Reading);
             tokio::select! {
                 // Outcomes first: they free room for the next read.
                 biased;
-                Some((result, started)) = pending.next(), if !pending.is_empty() => {
-                    inflight_gauge.dec();
-                    self.metrics.finish(STREAM, result.as_ref(), started);
-                    let outcome = result.unwrap_or_else(|s| error_outcome(String::new(), &s));
+                Some(outcome) = pending.next(), if !pending.is_empty() => {
                     if tx.send(Ok(outcome)).await.is_err() {
-                        break; // client gone
+                        client_gone = true;
+                        break; // client gone; dropping `pending` counts the rest cancelled
                     }
                 }
-                _ = self.shutdown.cancelled(), if reading => reading = false,
+                _ = self.shutdown.cancelled(), if reading => stop = Stop::ShuttingDown,
                 message = inbound.message(), if reading && pending.len() < self.limits.stream_inflight => {
                     match message {
                         Ok(Some(txn)) => {
                             let started = Instant::now();
                             match self.admit(txn, started).await {
-                                Ok(fut) => {
-                                    inflight_gauge.inc();
-                                    pending.push(fut);
-                                }
+                                Ok(fut) => pending.push(fut),
                                 Err(outcome) => {
                                     if tx.send(Ok(outcome)).await.is_err() {
+                                        client_gone = true;
                                         break;
                                     }
                                 }
                             }
                         }
-                        Ok(None) => reading = false,
+                        Ok(None) => stop = Stop::HalfClosed,
                         Err(status) => {
-                            tracing::debug!(%status, "SubmitStream inbound error");
-                            reading = false;
+                            tracing::debug!(%status, "SubmitStream message did not decode; ending the stream");
+                            stop = Stop::Broken(sluice_core::inbound_error(status));
                         }
                     }
                 }
                 else => break,
             }
         }
-        self.metrics.streams.dec();
-        spans::ok(&self.stream_cx);
+        drop(pending);
+        let end = match stop {
+            _ if client_gone => None,
+            Stop::Reading | Stop::HalfClosed => None,
+            Stop::Broken(status) => Some(status),
+            Stop::ShuttingDown => {
+                let unread = count_unread(&mut inbound).await;
+                Some(Status::unavailable(format!(
+                    "shutting down: {unread} messages not read"
+                )))
+            }
+        };
+        match &end {
+            None => spans::ok(&self.stream_cx),
+            Some(status) => spans::fail(
+                &self.stream_cx,
+                "stream_ended",
+                status.code() as i32,
+                status.message(),
+            ),
+        }
+        if let Some(status) = end {
+            let _ = tx.send(Err(status)).await;
+        }
         self.stream_cx.span().end();
     }
 
@@ -428,7 +455,7 @@ impl StreamReader {
         &self,
         txn: Transaction,
         started: Instant,
-    ) -> Result<BoxFuture<'static, (Result<Outcome, Status>, Instant)>, Outcome> {
+    ) -> Result<BoxFuture<'static, Outcome>, Outcome> {
         // The message's own context, else the stream's metadata context.
         let own = propagation::extract_map(&txn.trace_context);
         let parent = if propagation::has_span(&own) {
@@ -446,15 +473,19 @@ impl StreamReader {
             formats,
             Some(link),
         );
-        let fail = |id: String, status: Status| {
+        let mut tracked = Tracked::new(&self.metrics, STREAM, started, cx.clone());
+        let fail = |tracked: Tracked, id: String, status: Status| {
             self.metrics.reject(STREAM, reject_reason(&status));
             let outcome = error_outcome(id, &status);
-            end_ingress(&cx, Ok(&outcome));
-            self.metrics.finish(STREAM, Ok(&outcome), started);
+            tracked.finish(Ok(&outcome));
             outcome
         };
         if let Err(e) = validate::transaction(&txn) {
-            return Err(fail(txn.id, Status::invalid_argument(e.to_string())));
+            return Err(fail(
+                tracked,
+                txn.id,
+                Status::invalid_argument(e.to_string()),
+            ));
         }
         let id = txn.id.clone();
         let deadline = self.deadline.min(started + self.limits.default_deadline);
@@ -468,13 +499,79 @@ impl StreamReader {
         cx.span()
             .set_attribute(KeyValue::new("sluice.admission_wait_ms", waited * 1000.0));
         match dispatched {
-            Ok(d) => Ok(Box::pin(async move {
-                let id = d.id().to_string();
-                let result = d.outcome().await.or_else(|s| Ok(error_outcome(id, &s)));
-                end_ingress(&cx, result.as_ref());
-                (result, started)
-            })),
-            Err(status) => Err(fail(id, status)),
+            Ok(d) => {
+                tracked.admitted();
+                Ok(Box::pin(async move {
+                    let id = d.id().to_string();
+                    let outcome = d.outcome().await.unwrap_or_else(|s| error_outcome(id, &s));
+                    tracked.finish(Ok(&outcome));
+                    outcome
+                }))
+            }
+            Err(status) => Err(fail(tracked, id, status)),
+        }
+    }
+}
+
+/// Reads (and drops) what a shut-down stream's client has already sent, for at most
+/// [`UNREAD_COUNT_WINDOW`], and returns how many messages that was.
+async fn count_unread(inbound: &mut Streaming<Transaction>) -> usize {
+    let until = tokio::time::Instant::now() + UNREAD_COUNT_WINDOW;
+    let mut unread = 0;
+    while let Ok(Ok(Some(_))) = tokio::time::timeout_at(until, inbound.message()).await {
+        unread += 1;
+    }
+    unread
+}
+
+/// One transaction's accounting from arrival to outcome: the in-flight gauge (once
+/// admitted), the `transactions` and `latency_seconds` metrics, and the ingress span.
+/// [`Tracked::finish`] records the result; dropped unfinished — the client cancelled, its
+/// stream broke, a task panicked — it records CANCELLED. No path leaks the gauge, misses
+/// the count or leaves the span open.
+struct Tracked {
+    api: Api,
+    started: Instant,
+    cx: Context,
+    metrics: IngressMetrics,
+    inflight: Option<GaugeGuard>,
+    finished: bool,
+}
+
+impl Tracked {
+    fn new(metrics: &IngressMetrics, api: Api, started: Instant, cx: Context) -> Self {
+        Self {
+            api,
+            started,
+            cx,
+            metrics: metrics.clone(),
+            inflight: None,
+            finished: false,
+        }
+    }
+
+    /// Counts the transaction in `inflight` until it finishes.
+    fn admitted(&mut self) {
+        let gauge = self
+            .metrics
+            .inflight
+            .get_or_create(&ApiLabels { api: self.api });
+        self.inflight = Some(GaugeGuard::hold(&gauge));
+    }
+
+    fn finish(mut self, result: Result<&Outcome, &Status>) {
+        self.finished = true;
+        end_ingress(&self.cx, result);
+        self.metrics.finish(self.api, result, self.started);
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if !self.finished {
+            let status = Status::cancelled("cancelled before its outcome");
+            end_ingress(&self.cx, Err(&status));
+            self.metrics.finish(self.api, Err(&status), self.started);
         }
     }
 }

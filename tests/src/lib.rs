@@ -376,3 +376,76 @@ impl OtlpReceiver {
         .await
     }
 }
+
+/// A SubmitStream whose messages are sent as raw bytes (malformed or oversized on purpose):
+/// returns the outcomes received and the status the stream ended with (`None` for OK).
+pub async fn submit_stream_raw(
+    channel: Channel,
+    messages: Vec<Vec<u8>>,
+) -> (Vec<sluice_proto::pb::Outcome>, Option<tonic::Status>) {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("gateway ready");
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/mesh.v1.Gateway/SubmitStream");
+    let response = grpc
+        .streaming(
+            tonic::Request::new(tokio_stream::iter(messages)),
+            path,
+            RawCodec,
+        )
+        .await;
+    let mut stream = match response {
+        Ok(r) => r.into_inner(),
+        Err(status) => return (Vec::new(), Some(status)),
+    };
+    let mut outcomes = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(o)) => outcomes.push(o),
+            Ok(None) => return (outcomes, None),
+            Err(status) => return (outcomes, Some(status)),
+        }
+    }
+}
+
+/// Encodes the bytes it is given as they are; decodes `Outcome`s.
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = sluice_proto::pb::Outcome;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = sluice_proto::pb::Outcome;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<sluice_proto::pb::Outcome>, tonic::Status> {
+        prost::Message::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}

@@ -9,4 +9,5 @@ mod loadgen;
 mod loadgen_features;
 mod shutdown;
 mod stream;
+mod stream_errors;
 mod tracing;
