@@ -154,9 +154,15 @@ pub struct ServiceArgs {
     /// stops reading its inbound streams, which is what pushes back on the gateway.
     #[arg(long, env = "SLUICE_WORKERS", default_value_t = crate::worker_pool::DEFAULT_WORKERS)]
     pub workers: usize,
-    /// Replies each stream may hold that the transport has not yet taken.
+    /// Replies each stream may hold that the transport has not yet taken. A stream reads
+    /// its next message only with room here, so a peer that stops reading replies stops
+    /// being read, holding no worker.
     #[arg(long, env = "SLUICE_REPLY_QUEUE", default_value_t = crate::worker_pool::DEFAULT_REPLY_QUEUE)]
     pub reply_queue: usize,
+    /// Most workers one inbound stream may hold at once, so no one stream (a rogue peer's)
+    /// can take the whole pool.
+    #[arg(long, env = "SLUICE_STREAM_WORKERS", default_value_t = crate::worker_pool::DEFAULT_STREAM_WORKERS)]
+    pub stream_workers: usize,
     /// Bearer token required by the Control (fault injection) API; unset = no token needed.
     #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,

@@ -42,6 +42,10 @@ pub const DEFAULT_WORKERS: usize = 64;
 /// the transport). When full, workers wait, so a peer that stops reading replies stops
 /// the reading of its requests too.
 pub const DEFAULT_REPLY_QUEUE: usize = 128;
+/// Default most workers one stream may hold at once. The gateway opens two streams per
+/// service, so half the default pool each lets it use the whole pool while one rogue
+/// stream can never take more than half.
+pub const DEFAULT_STREAM_WORKERS: usize = 32;
 /// Largest pool size `SetFaults` accepts.
 pub const MAX_WORKERS: usize = 10_000;
 
@@ -80,6 +84,8 @@ pub struct WorkerPool {
     size: Arc<AtomicUsize>,
     configured: usize,
     reply_queue: usize,
+    /// Most workers one stream may hold ([`DEFAULT_STREAM_WORKERS`]).
+    stream_workers: usize,
     faults: Arc<watch::Sender<Faults>>,
     /// Serialises resizes so concurrent SetFaults calls cannot interleave their arithmetic.
     resize: Arc<Mutex<()>>,
@@ -167,10 +173,18 @@ impl WorkerPool {
             size: Arc::new(AtomicUsize::new(size)),
             configured: size,
             reply_queue: reply_queue.max(1),
+            stream_workers: DEFAULT_STREAM_WORKERS,
             faults: Arc::new(faults),
             resize: Arc::default(),
             metrics,
         }
+    }
+
+    /// Caps the workers one stream may hold at once (at least 1), so no single stream —
+    /// a rogue peer's, say — can take the whole pool.
+    pub fn with_stream_workers(mut self, stream_workers: usize) -> Self {
+        self.stream_workers = stream_workers.max(1);
+        self
     }
 
     /// Workers in the pool now.
@@ -266,9 +280,27 @@ impl WorkerPool {
             let mut faults = pool.faults.subscribe();
             let mut in_flight = JoinSet::new();
             let shutting_down = || Some(Status::unavailable("shutting down"));
+            let stream_permits = Arc::new(Semaphore::new(pool.stream_workers));
             let end: Option<Status> = loop {
                 while in_flight.try_join_next().is_some() {}
-                // A free worker first, the read second: this ordering is the backpressure.
+                // Room for the reply first: a peer that stops reading replies stops here,
+                // holding no worker, instead of parking workers on a full reply queue.
+                let reply_slot = tokio::select! {
+                    r = tx.clone().reserve_owned() => match r {
+                        Ok(slot) => slot,
+                        Err(_) => break None, // the peer is gone
+                    },
+                    _ = shutdown.cancelled() => break shutting_down(),
+                };
+                // Then this stream's share of the pool, then a free worker, and only then
+                // the read: this ordering is the backpressure.
+                let stream_permit = tokio::select! {
+                    p = stream_permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break shutting_down(),
+                    },
+                    _ = shutdown.cancelled() => break shutting_down(),
+                };
                 let permit = tokio::select! {
                     p = pool.permits.clone().acquire_owned() => match p {
                         Ok(p) => p,
@@ -296,7 +328,7 @@ impl WorkerPool {
                         break Some(crate::inbound_error(status));
                     }
                 };
-                let (tx, work, metrics) = (tx.clone(), work.clone(), pool.metrics.clone());
+                let (work, metrics) = (work.clone(), pool.metrics.clone());
                 let injected = *pool.faults.borrow();
                 let cx = message_span(&request, messages, &stream_link);
                 let busy = GaugeGuard::hold(&metrics.busy);
@@ -333,11 +365,12 @@ impl WorkerPool {
                     metrics
                         .work_seconds
                         .observe(started.elapsed().as_secs_f64());
-                    // A closed reply queue means the peer is gone; the work is dropped.
-                    let _ = tx.send(Ok(reply)).await;
+                    // Never waits: the slot was reserved before the read.
+                    reply_slot.send(Ok(reply));
                     metrics.processed.inc();
                     drop(busy);
                     drop(permit);
+                    drop(stream_permit);
                 });
             };
             while in_flight.join_next().await.is_some() {}
@@ -530,6 +563,61 @@ mod tests {
         assert_eq!(pool.metrics.busy.get(), 0, "busy gauge given back");
         assert_eq!(pool.permits.available_permits(), 4, "permit given back");
         assert_eq!(pool.metrics.streams.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_reads_no_replies_holds_no_worker() {
+        let pool = WorkerPool::new(8, 4, &mut Registry::default());
+        let many: Vec<_> = (10..60).map(request).collect();
+        // Replies never taken: the reply queue fills, and then nothing more is read.
+        let stream = pool.serve(
+            inbound(&many),
+            CancellationToken::new(),
+            MESSAGES,
+            |r: RiskRequest| async move {
+                RiskVerdict {
+                    correlation_id: r.correlation_id,
+                    ..Default::default()
+                }
+            },
+        );
+        let queued = stream.into_inner();
+        while queued.len() < 4 {
+            tokio::task::yield_now().await;
+        }
+        while pool.metrics.busy.get() > 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pool.permits.available_permits(), 8, "every worker free");
+        assert_eq!(
+            pool.metrics.processed.get(),
+            4,
+            "read no further than the reply room"
+        );
+    }
+
+    #[tokio::test]
+    async fn one_stream_holds_at_most_its_share_of_workers() {
+        let pool = WorkerPool::new(8, 64, &mut Registry::default()).with_stream_workers(3);
+        let many: Vec<_> = (10..30).map(request).collect();
+        let _replies = pool.serve(
+            inbound(&many),
+            CancellationToken::new(),
+            MESSAGES,
+            |_: RiskRequest| std::future::pending::<RiskVerdict>(),
+        );
+        while pool.metrics.busy.get() < 3 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..1000 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pool.metrics.busy.get(), 3);
+        assert_eq!(
+            pool.permits.available_permits(),
+            5,
+            "the rest stay free for others"
+        );
     }
 
     #[tokio::test]

@@ -105,6 +105,8 @@ pub struct Envelope<P: Protocol> {
     pub enqueued_at: Instant,
     /// The hop's span: records the queue wait, ends when the reply (or failure) arrives.
     pub trace: Context,
+    /// A waiting admission's share of the queue, given back when the envelope leaves it.
+    _share: Option<OwnedSemaphorePermit>,
 }
 
 /// Bounds and timings of one downstream.
@@ -118,7 +120,14 @@ pub struct DownstreamConfig {
     pub max_message_size: usize,
     /// `authorization` sent when each stream opens (the mesh token), if any.
     pub auth: Option<tonic::metadata::AsciiMetadataValue>,
+    /// Queue slots that waiting admissions ([`Downstream::reserve`], SubmitStream) may never
+    /// take, so an immediate one ([`Downstream::try_reserve`], unary Submit) finds room
+    /// however many streams wait: every freed slot would otherwise go to a waiting reader.
+    pub immediate_reserved: usize,
 }
+
+/// Default queue slots kept for immediate (unary) admissions.
+pub const DEFAULT_IMMEDIATE_RESERVED: usize = 256;
 
 impl Default for DownstreamConfig {
     fn default() -> Self {
@@ -130,6 +139,7 @@ impl Default for DownstreamConfig {
             backoff_max: DEFAULT_BACKOFF_MAX,
             max_message_size: sluice_core::h2::DEFAULT_MAX_MESSAGE_SIZE,
             auth: None,
+            immediate_reserved: DEFAULT_IMMEDIATE_RESERVED,
         }
     }
 }
@@ -218,6 +228,8 @@ impl Metrics {
 
 struct Shared<P: Protocol> {
     rx: tokio::sync::Mutex<mpsc::Receiver<Envelope<P>>>,
+    /// The part of the queue waiting admissions may use: capacity − `immediate_reserved`.
+    waiting_share: Arc<Semaphore>,
     live: AtomicUsize,
     next_correlation: AtomicU64,
     config: DownstreamConfig,
@@ -262,8 +274,14 @@ impl<P: Protocol> Downstream<P> {
             Metrics::new(registry.sub_registry_with_label(("downstream".into(), P::NAME.into())));
         metrics.queue_capacity.set(config.queue as i64);
         let (queue, rx) = mpsc::channel(config.queue.max(1));
+        let queue_len = config.queue.max(1);
+        let waiting_share = queue_len
+            .saturating_sub(config.immediate_reserved)
+            .max(1)
+            .min(Semaphore::MAX_PERMITS);
         let shared = Arc::new(Shared {
             rx: tokio::sync::Mutex::new(rx),
+            waiting_share: Arc::new(Semaphore::new(waiting_share)),
             live: AtomicUsize::new(0),
             next_correlation: AtomicU64::new(1),
             config,
@@ -286,8 +304,15 @@ impl<P: Protocol> Downstream<P> {
         self.shared.live.load(Ordering::Relaxed) > 0
     }
 
-    /// Waits for room in the queue.
+    /// Waits for room in the queue, within the share waiting admissions may use.
     pub async fn reserve(&self) -> Result<QueueSlot<'_, P>, Status> {
+        let share = self
+            .shared
+            .waiting_share
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable(format!("{}: shutting down", P::NAME)))?;
         let permit = self
             .queue
             .reserve()
@@ -295,15 +320,17 @@ impl<P: Protocol> Downstream<P> {
             .map_err(|_| Status::unavailable(format!("{}: shutting down", P::NAME)))?;
         Ok(QueueSlot {
             permit,
+            share: Some(share),
             metrics: &self.shared.metrics,
         })
     }
 
-    /// Takes room in the queue if there is some now.
+    /// Takes room in the queue if there is some now (the reserved slots included).
     pub fn try_reserve(&self) -> Result<QueueSlot<'_, P>, Status> {
         match self.queue.try_reserve() {
             Ok(permit) => Ok(QueueSlot {
                 permit,
+                share: None,
                 metrics: &self.shared.metrics,
             }),
             Err(TrySendError::Full(())) => Err(Status::resource_exhausted(format!(
@@ -326,6 +353,7 @@ impl<P: Protocol> Downstream<P> {
 /// Room for one request in a downstream queue.
 pub struct QueueSlot<'a, P: Protocol> {
     permit: mpsc::Permit<'a, Envelope<P>>,
+    share: Option<OwnedSemaphorePermit>,
     metrics: &'a Metrics,
 }
 
@@ -361,6 +389,7 @@ impl<P: Protocol> QueueSlot<'_, P> {
             reply,
             enqueued_at: Instant::now(),
             trace,
+            _share: self.share,
         });
     }
 }

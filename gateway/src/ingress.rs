@@ -26,7 +26,7 @@ use sluice_core::metrics::GaugeGuard;
 use sluice_core::{CancellationToken, propagation, spans};
 use sluice_proto::pb::gateway_server::Gateway;
 use sluice_proto::pb::{Outcome, Transaction};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -37,6 +37,10 @@ use sluice_proto::validate;
 pub const DEFAULT_MAX_INFLIGHT: usize = 2048;
 /// Default most transactions per SubmitStream admitted and awaiting their outcome.
 pub const DEFAULT_STREAM_INFLIGHT: usize = 1024;
+/// Default most SubmitStream calls open at once, all connections together.
+pub const DEFAULT_MAX_STREAMS: usize = 256;
+/// Default most transactions admitted and awaiting their outcome over every SubmitStream.
+pub const DEFAULT_STREAMS_INFLIGHT: usize = 4096;
 /// Default outcomes per SubmitStream produced but not yet taken by the transport.
 pub const DEFAULT_OUTCOME_QUEUE: usize = 256;
 /// Default deadline for work whose client set none.
@@ -49,6 +53,8 @@ pub const DEFAULT_RETRY_PUSHBACK: Duration = Duration::from_millis(100);
 pub struct IngressLimits {
     pub max_inflight: usize,
     pub stream_inflight: usize,
+    pub max_streams: usize,
+    pub streams_inflight: usize,
     pub outcome_queue: usize,
     pub default_deadline: Duration,
     pub retry_pushback: Duration,
@@ -59,6 +65,8 @@ impl Default for IngressLimits {
         Self {
             max_inflight: DEFAULT_MAX_INFLIGHT,
             stream_inflight: DEFAULT_STREAM_INFLIGHT,
+            max_streams: DEFAULT_MAX_STREAMS,
+            streams_inflight: DEFAULT_STREAMS_INFLIGHT,
             outcome_queue: DEFAULT_OUTCOME_QUEUE,
             default_deadline: DEFAULT_DEADLINE,
             retry_pushback: DEFAULT_RETRY_PUSHBACK,
@@ -86,7 +94,8 @@ struct ApiLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RejectLabels {
     api: Api,
-    /// `inflight_limit`, `queue_full`, `unavailable`, `invalid_argument`, `deadline`.
+    /// `inflight_limit`, `stream_limit`, `queue_full`, `unavailable`, `invalid_argument`,
+    /// `deadline`, `already_exists`.
     reason: &'static str,
 }
 
@@ -97,6 +106,7 @@ fn reject_reason(status: &Status) -> &'static str {
         tonic::Code::Unavailable => "unavailable",
         tonic::Code::InvalidArgument => "invalid_argument",
         tonic::Code::DeadlineExceeded => "deadline",
+        tonic::Code::AlreadyExists => "already_exists",
         _ => "other",
     }
 }
@@ -203,6 +213,10 @@ pub struct Ingress {
     fanout: Fanout,
     limits: IngressLimits,
     unary_permits: Arc<Semaphore>,
+    /// One per open SubmitStream (`max_streams`).
+    stream_permits: Arc<Semaphore>,
+    /// One per admitted, unanswered SubmitStream transaction (`streams_inflight`).
+    stream_txn_permits: Arc<Semaphore>,
     shutdown: CancellationToken,
     metrics: IngressMetrics,
 }
@@ -217,6 +231,12 @@ impl Ingress {
         Self {
             fanout,
             unary_permits: Arc::new(Semaphore::new(limits.max_inflight.max(1))),
+            stream_permits: Arc::new(Semaphore::new(
+                limits.max_streams.clamp(1, Semaphore::MAX_PERMITS),
+            )),
+            stream_txn_permits: Arc::new(Semaphore::new(
+                limits.streams_inflight.clamp(1, Semaphore::MAX_PERMITS),
+            )),
             limits,
             shutdown,
             metrics: IngressMetrics::new(registry),
@@ -322,6 +342,13 @@ impl Gateway for Ingress {
         &self,
         request: Request<Streaming<Transaction>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        let Ok(open) = self.stream_permits.clone().try_acquire_owned() else {
+            self.metrics.reject(STREAM, "stream_limit");
+            return Err(self.exhausted(format!(
+                "gateway at its SubmitStream limit ({} open); retry later or use fewer streams",
+                self.limits.max_streams
+            )));
+        };
         let (tx, rx) = mpsc::channel(self.limits.outcome_queue.max(1));
         // The call's grpc-timeout, if any, caps every message's deadline.
         let deadline = call_deadline(&request, Duration::from_secs(365 * 24 * 3600));
@@ -343,6 +370,9 @@ impl Gateway for Ingress {
             limits: self.limits.clone(),
             shutdown: self.shutdown.clone(),
             metrics: self.metrics.clone(),
+            txn_permits: self.stream_txn_permits.clone(),
+            open_streams: self.stream_permits.clone(),
+            _open: open,
         };
         tokio::spawn(reader.run(request.into_inner(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -360,6 +390,32 @@ struct StreamReader {
     limits: IngressLimits,
     shutdown: CancellationToken,
     metrics: IngressMetrics,
+    /// Shared by every stream: a transaction is read only with one in hand.
+    txn_permits: Arc<Semaphore>,
+    /// Every stream's place under `max_streams` (for the fair share).
+    open_streams: Arc<Semaphore>,
+    /// This stream's place under `max_streams`.
+    _open: OwnedSemaphorePermit,
+}
+
+/// The fewest transactions a stream may always have admitted, however many streams share
+/// `streams_inflight`.
+const MIN_STREAM_SHARE: usize = 16;
+
+impl StreamReader {
+    /// Most transactions this stream may have admitted now: its own limit, and its fair
+    /// share of `streams_inflight` among the streams open now — so a few streams whose
+    /// clients stop reading outcomes cannot hold all the room.
+    fn share(&self) -> usize {
+        let open = self
+            .limits
+            .max_streams
+            .saturating_sub(self.open_streams.available_permits())
+            .max(1);
+        (self.limits.streams_inflight / open)
+            .max(MIN_STREAM_SHARE)
+            .min(self.limits.stream_inflight)
+    }
 }
 
 /// How long a SubmitStream that is shut down keeps reading (without processing) to count
@@ -388,8 +444,11 @@ impl StreamReader {
         let mut pending: FuturesUnordered<BoxFuture<'static, Outcome>> = FuturesUnordered::new();
         let mut stop = Stop::Reading;
         let mut client_gone = false;
+        // A permit under `streams_inflight`, taken before the read it allows.
+        let mut room: Option<OwnedSemaphorePermit> = None;
         loop {
             let reading = matches!(stop, Stop::Reading);
+            let may_read = reading && pending.len() < self.share();
             tokio::select! {
                 // Outcomes first: they free room for the next read.
                 biased;
@@ -400,11 +459,16 @@ impl StreamReader {
                     }
                 }
                 _ = self.shutdown.cancelled(), if reading => stop = Stop::ShuttingDown,
-                message = inbound.message(), if reading && pending.len() < self.limits.stream_inflight => {
+                // FIFO: streams waiting for room get it in turn.
+                permit = self.txn_permits.clone().acquire_owned(), if may_read && room.is_none() => {
+                    room = permit.ok();
+                }
+                message = inbound.message(), if may_read && room.is_some() => {
                     match message {
                         Ok(Some(txn)) => {
                             let started = Instant::now();
-                            match self.admit(txn, started).await {
+                            let room = room.take().expect("read only with room");
+                            match self.admit(txn, started, room).await {
                                 Ok(fut) => pending.push(fut),
                                 Err(outcome) => {
                                     if tx.send(Ok(outcome)).await.is_err() {
@@ -457,6 +521,7 @@ impl StreamReader {
         &self,
         txn: Transaction,
         started: Instant,
+        room: OwnedSemaphorePermit,
     ) -> Result<BoxFuture<'static, Outcome>, Outcome> {
         // The message's own context, else the stream's metadata context.
         let own = propagation::extract_map(&txn.trace_context);
@@ -507,6 +572,7 @@ impl StreamReader {
                     let id = d.id().to_string();
                     let outcome = d.outcome().await.unwrap_or_else(|s| error_outcome(id, &s));
                     tracked.finish(Ok(&outcome));
+                    drop(room);
                     outcome
                 }))
             }

@@ -68,6 +68,10 @@ pub struct Config {
     /// a full notification queue sheds notices.
     #[arg(long, env = "SLUICE_DOWNSTREAM_QUEUE", default_value_t = downstream::DEFAULT_QUEUE)]
     pub downstream_queue: usize,
+    /// Slots of each downstream queue that only unary Submit calls may take: however many
+    /// SubmitStream readers wait for room, unary calls still find some.
+    #[arg(long, env = "SLUICE_UNARY_RESERVED", default_value_t = downstream::DEFAULT_IMMEDIATE_RESERVED)]
+    pub unary_reserved: usize,
     /// Most requests one downstream stream may have sent and not had answered.
     #[arg(long, env = "SLUICE_DOWNSTREAM_STREAM_INFLIGHT", default_value_t = downstream::DEFAULT_STREAM_INFLIGHT)]
     pub downstream_stream_inflight: usize,
@@ -77,6 +81,15 @@ pub struct Config {
     /// Most transactions per SubmitStream admitted and awaiting their outcome.
     #[arg(long, env = "SLUICE_STREAM_INFLIGHT", default_value_t = ingress::DEFAULT_STREAM_INFLIGHT)]
     pub stream_inflight: usize,
+    /// Most SubmitStream calls open at once, over every connection; beyond it a new stream
+    /// is refused RESOURCE_EXHAUSTED with pushback.
+    #[arg(long, env = "SLUICE_MAX_STREAMS", default_value_t = ingress::DEFAULT_MAX_STREAMS)]
+    pub max_streams: usize,
+    /// Most transactions admitted and awaiting their outcome over all SubmitStreams
+    /// together. When reached, streams stop reading (in turn, first come first served)
+    /// until outcomes free room.
+    #[arg(long, env = "SLUICE_STREAMS_INFLIGHT", default_value_t = ingress::DEFAULT_STREAMS_INFLIGHT)]
+    pub streams_inflight: usize,
     /// Outcomes per SubmitStream produced but not yet taken by the transport.
     #[arg(long, env = "SLUICE_OUTCOME_QUEUE", default_value_t = ingress::DEFAULT_OUTCOME_QUEUE)]
     pub outcome_queue: usize,
@@ -128,6 +141,11 @@ impl Config {
             backoff_max: self.reconnect_max,
             max_message_size: self.server.h2.max_message_size,
             auth,
+            immediate_reserved: if self.unbounded_for_comparison {
+                0
+            } else {
+                self.unary_reserved
+            },
         })
     }
 
@@ -138,6 +156,12 @@ impl Config {
                 UNBOUNDED
             } else {
                 self.stream_inflight
+            },
+            max_streams: self.max_streams,
+            streams_inflight: if self.unbounded_for_comparison {
+                UNBOUNDED
+            } else {
+                self.streams_inflight
             },
             outcome_queue: self.outcome_queue,
             default_deadline: self.default_deadline,

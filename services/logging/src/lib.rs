@@ -348,7 +348,8 @@ pub async fn serve(
         config.service.workers,
         config.service.reply_queue,
         &mut registry,
-    );
+    )
+    .with_stream_workers(config.service.stream_workers);
     let service = LoggingService {
         log: log.clone(),
         pool: pool.clone(),

@@ -171,7 +171,8 @@ pub async fn serve(
         config.service.workers,
         config.service.reply_queue,
         &mut registry,
-    );
+    )
+    .with_stream_workers(config.service.stream_workers);
     let scorer = Arc::new(Scorer {
         rules: config.rules(),
         velocity: Mutex::new(VelocityTracker::new(

@@ -5,6 +5,7 @@ mod audit;
 mod backpressure;
 mod control;
 mod faults;
+mod hostile;
 mod loadgen;
 mod loadgen_features;
 mod shutdown;

@@ -1,0 +1,243 @@
+//! Bounds that hold against hostile and greedy clients: many streams that never read,
+//! one greedy stream against unary callers, a rogue peer on a service port.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sluice_proto::pb::RiskRequest;
+use sluice_proto::pb::gateway_client::GatewayClient;
+use sluice_proto::pb::risk_client::RiskClient;
+use sluice_tests::{Mesh, eventually, metric, txn};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+/// Unary Submits at `rate`/s until `stop`; returns (ok, total).
+fn unary_caller(
+    gw: GatewayClient<Channel>,
+    rate: u64,
+    prefix: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, u64)> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(1000 / rate));
+        let mut calls = tokio::task::JoinSet::new();
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            n += 1;
+            let mut gw = gw.clone();
+            let mut r = tonic::Request::new(txn(&format!("{prefix}-{n}")));
+            r.set_timeout(Duration::from_secs(5));
+            calls.spawn(async move { gw.submit(r).await.is_ok() });
+        }
+        let mut ok = 0;
+        while let Some(r) = calls.join_next().await {
+            ok += u64::from(r.unwrap());
+        }
+        (ok, n)
+    })
+}
+
+async fn rss(admin: std::net::SocketAddr) -> f64 {
+    metric(admin, "sluice_gateway_process_resident_memory_bytes")
+        .await
+        .expect("rss metric")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_that_never_read_cannot_grow_memory_or_starve_unary() {
+    let mesh = Mesh::start().await;
+    let admin = mesh.gateway.admin.expect("admin");
+    let gw = mesh.gateway().await;
+    // Warm up, then take the idle baseline.
+    for i in 0..50 {
+        gw.clone().submit(txn(&format!("warm-{i}"))).await.unwrap();
+    }
+    let idle = rss(admin).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let unary = unary_caller(gw.clone(), 100, "polite", stop.clone());
+
+    // 32 connections x 256 SubmitStreams, each sending 64 transactions and never reading.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for c in 0..32 {
+        let channel = mesh.gateway_channel().await;
+        let mut opens = tokio::task::JoinSet::new();
+        for s in 0..256 {
+            let mut client = GatewayClient::new(channel.clone());
+            opens.spawn(async move {
+                let (tx, rx) = mpsc::channel(64);
+                for i in 0..64 {
+                    tx.send(txn(&format!("greedy-{c}-{s}-{i}"))).await.unwrap();
+                }
+                let response = client.submit_stream(ReceiverStream::new(rx)).await;
+                (tx, response)
+            });
+        }
+        while let Some(r) = opens.join_next().await {
+            let (tx, response) = r.unwrap();
+            match response {
+                Ok(stream) => held.push((tx, stream)),
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert!(held.len() <= 256, "{} streams open", held.len());
+    assert_eq!(held.len() + refused, 32 * 256);
+
+    // The gateway does what it can for the held streams; then their outcome queues are
+    // full and it reads no more.
+    let peak = eventually(
+        "the admitted stream work settles",
+        Duration::from_secs(60),
+        || async {
+            let a = metric(admin, "sluice_gateway_inflight{api=\"stream\"}").await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let b = metric(admin, "sluice_gateway_inflight{api=\"stream\"}").await?;
+            (a == b).then_some(())
+        },
+    )
+    .await;
+    let _ = peak;
+    let attacked = rss(admin).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, total) = unary.await.unwrap();
+    assert!(
+        attacked - idle <= 64.0 * 1024.0 * 1024.0,
+        "gateway RSS grew {:.1} MiB under the attack",
+        (attacked - idle) / 1048576.0
+    );
+    assert!(
+        ok as f64 >= 0.95 * total as f64,
+        "a polite unary client got {ok} of {total} OK"
+    );
+
+    // The client leaves: streams close, their work is dropped, memory comes back.
+    drop(held);
+    eventually("streams closed", Duration::from_secs(30), || async {
+        (metric(admin, "sluice_gateway_submit_streams").await? == 0.0).then_some(())
+    })
+    .await;
+    eventually(
+        "gateway memory back near idle",
+        Duration::from_secs(30),
+        || async {
+            let now = rss(admin).await;
+            (now - idle <= 32.0 * 1024.0 * 1024.0).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_greedy_stream_does_not_starve_unary_callers() {
+    let mesh = Mesh::start().await;
+    let gw = mesh.gateway().await;
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // One stream client keeping up to 4,000 transactions outstanding.
+    let (tx, rx) = mpsc::channel(4000);
+    let mut outcomes = gw
+        .clone()
+        .submit_stream(ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    let window = Arc::new(tokio::sync::Semaphore::new(4000));
+    let feeder = {
+        let (stop, window) = (stop.clone(), window.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                window.acquire().await.unwrap().forget();
+                n += 1;
+                if tx.send(txn(&format!("greedy-{n}"))).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let reader = tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Ok(Some(_)) = outcomes.message().await {
+            window.add_permits(1);
+            n += 1;
+        }
+        n
+    });
+    let admin = mesh.gateway.admin.expect("admin");
+    eventually(
+        "the greedy stream fills the queues",
+        Duration::from_secs(30),
+        || async {
+            let inflight = metric(admin, "sluice_gateway_inflight{api=\"stream\"}").await?;
+            (inflight >= 500.0).then_some(())
+        },
+    )
+    .await;
+    let unary = unary_caller(gw.clone(), 100, "polite", stop.clone());
+    tokio::time::sleep(Duration::from_secs(5)).await; // the measured interval
+    stop.store(true, Ordering::Relaxed);
+    let (ok, total) = unary.await.unwrap();
+    feeder.abort();
+    reader.abort();
+    assert!(total >= 300, "{total}");
+    assert!(
+        ok as f64 >= 0.99 * total as f64,
+        "a polite unary client got {ok} of {total} OK next to a greedy stream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rogue_stream_on_a_service_port_cannot_take_the_workers() {
+    let mesh = Mesh::start().await;
+    let gw = mesh.gateway().await;
+    // A rogue peer opens Assess on risk directly, sends 5,000 requests, reads nothing.
+    let mut risk = RiskClient::connect(mesh.risk.url()).await.unwrap();
+    let (tx, rx) = mpsc::channel(5000);
+    for i in 0..5000u64 {
+        tx.send(RiskRequest {
+            correlation_id: i,
+            transaction: Some(txn(&format!("rogue-{i}"))),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let _rogue = risk
+        .assess(ReceiverStream::new(rx))
+        .await
+        .expect("rogue stream");
+    let risk_admin = mesh.risk.admin.expect("risk admin");
+    eventually(
+        "risk reads the rogue stream",
+        Duration::from_secs(30),
+        || async {
+            (metric(risk_admin, "sluice_risk_worker_pool_processed_total").await? >= 100.0)
+                .then_some(())
+        },
+    )
+    .await;
+    let busy = metric(risk_admin, "sluice_risk_worker_pool_busy")
+        .await
+        .unwrap();
+    assert!(busy <= 32.0, "the rogue holds {busy} workers");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let unary = unary_caller(gw.clone(), 100, "polite", stop.clone());
+    tokio::time::sleep(Duration::from_secs(3)).await; // the measured interval
+    stop.store(true, Ordering::Relaxed);
+    let (ok, total) = unary.await.unwrap();
+    assert!(total >= 200, "{total}");
+    assert!(
+        ok as f64 >= 0.99 * total as f64,
+        "the mesh served {ok} of {total} next to a rogue stream"
+    );
+    drop(tx);
+}
