@@ -277,8 +277,7 @@ impl<P: Protocol> Downstream<P> {
         let queue_len = config.queue.max(1);
         let waiting_share = queue_len
             .saturating_sub(config.immediate_reserved)
-            .max(1)
-            .min(Semaphore::MAX_PERMITS);
+            .clamp(1, Semaphore::MAX_PERMITS);
         let shared = Arc::new(Shared {
             rx: tokio::sync::Mutex::new(rx),
             waiting_share: Arc::new(Semaphore::new(waiting_share)),
