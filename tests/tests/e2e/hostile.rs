@@ -93,7 +93,7 @@ async fn streams_that_never_read_cannot_grow_memory_or_starve_unary() {
 
     // The gateway does what it can for the held streams; then their outcome queues are
     // full and it reads no more.
-    let peak = eventually(
+    eventually(
         "the admitted stream work settles",
         Duration::from_secs(60),
         || async {
@@ -104,7 +104,6 @@ async fn streams_that_never_read_cannot_grow_memory_or_starve_unary() {
         },
     )
     .await;
-    let _ = peak;
     let attacked = rss(admin).await;
     stop.store(true, Ordering::Relaxed);
     let (ok, total) = unary.await.unwrap();
