@@ -94,7 +94,7 @@ pub struct LoadArgs {
     #[arg(long, env = "SLUICE_LOAD_MODE", value_enum, default_value_t = Mode::Stream)]
     pub mode: Mode,
     /// Open loop: transactions per second on a fixed schedule (latency from the intended
-    /// send time). Default 1000 unless --concurrency is given.
+    /// send time). Default: 1000 for `run`, 2000 for `demo`, unless --concurrency is given.
     #[arg(long, env = "SLUICE_LOAD_RATE", conflicts_with = "concurrency")]
     pub rate: Option<f64>,
     /// Open loop: how arrivals are spaced: constant (evenly) or poisson (random gaps with the
