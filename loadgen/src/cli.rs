@@ -237,6 +237,8 @@ impl LoadArgs {
                 .as_deref()
                 .map(crate::scrape::admin_addr)
                 .transpose()?,
+            reopen_streams: false,
+            outcomes: None,
         })
     }
 }
