@@ -2,6 +2,7 @@
 
 mod api;
 mod backpressure;
+mod chaos;
 mod control;
 mod faults;
 mod loadgen;
