@@ -15,7 +15,7 @@
 //! in one pending map until its outcome (or call status) removes it. A SubmitStream that ends
 //! — OK, with an error status, or because the connection broke — leaves the transactions it
 //! took without an outcome: they count as `NO_OUTCOME` and the stream's terminal status goes
-//! into the report (`stream_ends`). What is still pending when the run gives up waiting is
+//! into the report (`stream_ends`); so does a unary call whose connection broke mid-call. What is still pending when the run gives up waiting is
 //! `NO_OUTCOME` too, and `hung` when its deadline has passed. So `sent == completed +
 //! NO_OUTCOME`, and a gateway that drops work at shutdown cannot hide it.
 
@@ -674,6 +674,9 @@ async fn drive_unary(
         tasks.spawn(async move {
             match client.submit(request).await {
                 Ok(response) => shared.finish(&id, Ok(response.get_ref())),
+                Err(status) if lost_in_transit(&status) => {
+                    shared.abandon(&id, &format!("connection lost: {status}"), false)
+                }
                 Err(status) => shared.finish(&id, Err(&status)),
             };
         });
@@ -686,6 +689,24 @@ async fn drive_unary(
     if drained.is_err() {
         tasks.shutdown().await;
     }
+}
+
+/// Whether a unary call's error status was made up by the client's transport because the
+/// connection broke mid-call: the gateway may have done the work, but nobody answered, so
+/// it is NO_OUTCOME. A status the gateway sent has no source; a deadline the client enforced
+/// (`TimeoutExpired`) or a connection that never opened (`ConnectError`) are answers.
+fn lost_in_transit(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    if source.is_none() {
+        return false;
+    }
+    while let Some(err) = source {
+        if err.is::<tonic::TimeoutExpired>() || err.is::<tonic::ConnectError>() {
+            return false;
+        }
+        source = err.source();
+    }
+    true
 }
 
 /// Starts the transaction's root CLIENT span and writes its context into the transaction's
@@ -1010,5 +1031,26 @@ impl LiveView {
             self.ok_history.len()
         );
         self.drawn = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lost_in_transit;
+    use tonic::Status;
+
+    #[test]
+    fn only_a_connection_broken_mid_call_is_lost_in_transit() {
+        assert!(!lost_in_transit(&Status::unavailable("shutting down")));
+        let deadline = Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert!(!lost_in_transit(&deadline), "{deadline:?}");
+        let refused = Status::from_error(Box::new(tonic::ConnectError(Box::new(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        ))));
+        assert!(!lost_in_transit(&refused), "{refused:?}");
+        let reset = Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert!(lost_in_transit(&reset), "{reset:?}");
     }
 }
