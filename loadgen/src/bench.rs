@@ -71,6 +71,8 @@ fn spec(args: &BenchArgs, target: &str, mode: Mode, pacing: Pacing, run: usize) 
         h2: Default::default(),
         tick: Duration::from_secs(1),
         metrics: None,
+        reopen_streams: false,
+        outcomes: None,
     }
 }
 

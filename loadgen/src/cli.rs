@@ -48,6 +48,10 @@ pub enum Command {
     /// Run a scenario file: phases of load, faults at given times, expectations checked at
     /// the end (exit 2 when one fails). Starts the real binaries on loopback.
     Scenario(crate::scenario::ScenarioArgs),
+    /// Kill (SIGKILL + restart) and freeze (SIGSTOP/SIGCONT) each process of the mesh under
+    /// stream and unary load; report recovery times and check that no acknowledged record is
+    /// missing and nothing hung (exit 2 otherwise). Starts the real binaries on loopback.
+    Chaos(crate::chaos::ChaosArgs),
     /// A trivial gateway that answers at once: for measuring the generator's own ceiling
     /// (and comparing with h2load).
     Sink(crate::sink::SinkArgs),
@@ -237,6 +241,8 @@ impl LoadArgs {
                 .as_deref()
                 .map(crate::scrape::admin_addr)
                 .transpose()?,
+            reopen_streams: false,
+            outcomes: None,
         })
     }
 }
@@ -316,6 +322,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
         Command::Demo(args) => demo(args).await,
         Command::Bench(args) => crate::bench::bench(args).await.map(|()| true),
         Command::Scenario(args) => crate::scenario::run(args).await,
+        Command::Chaos(args) => crate::chaos::run(args).await,
         Command::Sink(args) => crate::sink::run(args).await.map(|()| true),
         Command::Health(args) => {
             let healthy = probe(&args.url, args.timeout).await?;

@@ -10,8 +10,16 @@
 //! flight (beyond it, sends wait — and the wait counts in latency); stream mode buffers at
 //! most `stream_buffer` transactions per stream before a send blocks, and reports the time
 //! sends spent blocked (the backpressure the gateway exerts).
+//!
+//! **Every sent transaction ends with an outcome or counts as `NO_OUTCOME`.** Each one waits
+//! in one pending map until its outcome (or call status) removes it. A SubmitStream that ends
+//! — OK, with an error status, or because the connection broke — leaves the transactions it
+//! took without an outcome: they count as `NO_OUTCOME` and the stream's terminal status goes
+//! into the report (`stream_ends`); so does a unary call whose connection broke mid-call. What is still pending when the run gives up waiting is
+//! `NO_OUTCOME` too, and `hung` when its deadline has passed. So `sent == completed +
+//! NO_OUTCOME`, and a gateway that drops work at shutdown cannot hide it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,14 +29,16 @@ use hdrhistogram::Histogram;
 use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use sluice_core::{propagation, spans};
+use sluice_proto::pb::NotificationStatus;
 use sluice_proto::pb::gateway_client::GatewayClient;
 use sluice_proto::pb::{Outcome, Transaction};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::report::{Recorder, Report, RunInfo, TimelinePoint};
+use crate::report::{Recorder, Report, RunInfo, StreamEnd, TimelinePoint};
 use crate::schedule::{ArrivalKind, Arrivals};
 use crate::traffic::Traffic;
 use rand::SeedableRng;
@@ -38,6 +48,15 @@ use rand::rngs::SmallRng;
 pub const DEFAULT_MAX_OUTSTANDING: usize = 20_000;
 /// Default transactions buffered per stream before a send blocks.
 pub const DEFAULT_STREAM_BUFFER: usize = 16;
+/// After the last send, how much longer than one transaction's deadline the run waits for
+/// the remaining outcomes before it counts them as `NO_OUTCOME` (and hung).
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// Transactions handed from a connection's queue to its current SubmitStream ahead of the
+/// HTTP/2 stream taking them: one, so a stream that ends loses at most one unsent message.
+const STREAM_HANDOFF: usize = 1;
+/// Backoff between attempts to reopen a SubmitStream that ended (`reopen_streams`):
+/// doubling from the first to the second.
+const REOPEN_BACKOFF: (Duration, Duration) = (Duration::from_millis(20), Duration::from_secs(1));
 
 /// Which gateway API to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -106,6 +125,43 @@ pub struct LoadSpec {
     pub tick: Duration,
     /// The gateway's admin address, to show its queue depths in the timeline.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Stream mode: open a new SubmitStream when one ends before the run does (the gateway
+    /// restarted, the connection broke), instead of retiring that connection.
+    pub reopen_streams: bool,
+    /// Told of every OK outcome as it arrives (for callers that wait on recovery).
+    pub outcomes: Option<Arc<OutcomeSignal>>,
+}
+
+/// The arrival times of the latest outcomes, published as they come: a caller waits for
+/// "the first OK since T" on these without polling.
+#[derive(Debug)]
+pub struct OutcomeSignal {
+    /// The latest OK outcome.
+    pub ok: watch::Sender<Option<Instant>>,
+    /// The latest OK outcome whose notification was QUEUED (notification was reachable).
+    pub notified: watch::Sender<Option<Instant>>,
+}
+
+impl Default for OutcomeSignal {
+    fn default() -> Self {
+        Self {
+            ok: watch::Sender::new(None),
+            notified: watch::Sender::new(None),
+        }
+    }
+}
+
+impl OutcomeSignal {
+    fn observe(&self, outcome: &Outcome) {
+        if outcome.error.is_some() {
+            return;
+        }
+        let now = Some(Instant::now());
+        self.ok.send_replace(now);
+        if outcome.notification == NotificationStatus::Queued as i32 {
+            self.notified.send_replace(now);
+        }
+    }
 }
 
 /// How long [`wait_ready`] waits for the gateway to report `mesh.v1.Gateway` SERVING.
@@ -157,8 +213,25 @@ pub async fn connect(
     Ok(clients)
 }
 
+/// A transaction sent and waiting for its outcome.
+struct Pending {
+    intended: Instant,
+    /// Its outstanding slot, freed with the entry.
+    _slot: OwnedSemaphorePermit,
+    /// Its client span, ended with the outcome.
+    cx: Context,
+}
+
 struct Shared {
     recorder: Mutex<Recorder>,
+    /// Every transaction sent and not yet answered, by id (see the module docs).
+    pending: Mutex<HashMap<String, Pending>>,
+    /// SubmitStreams that ended with an error or with transactions unanswered.
+    stream_ends: Mutex<Vec<StreamEnd>>,
+    start: Instant,
+    /// Each transaction's deadline (hung = no outcome past it).
+    timeout: Duration,
+    outcomes: Option<Arc<OutcomeSignal>>,
     interval: Mutex<Interval>,
     timeline: Mutex<Vec<TimelinePoint>>,
     measure_from: Instant,
@@ -201,6 +274,78 @@ impl Default for Interval {
 impl Shared {
     fn timeline_points(&self) -> std::sync::MutexGuard<'_, Vec<TimelinePoint>> {
         self.timeline.lock().expect("timeline lock")
+    }
+
+    /// `id` was sent: it waits in the pending map for its outcome.
+    fn begin(&self, id: String, intended: Instant, slot: OwnedSemaphorePermit, cx: Context) {
+        let pending = Pending {
+            intended,
+            _slot: slot,
+            cx,
+        };
+        self.pending_map().insert(id, pending);
+    }
+
+    /// `id` could not be sent after all (every stream is gone): it was never counted.
+    fn forget(&self, id: &str) {
+        if let Some(p) = self.pending_map().remove(id) {
+            p.cx.span().end();
+        }
+    }
+
+    /// `id` got its outcome (or call status). False when it was not pending.
+    fn finish(&self, id: &str, result: Result<&Outcome, &tonic::Status>) -> bool {
+        let Some(p) = self.pending_map().remove(id) else {
+            return false;
+        };
+        end_client_span(&p.cx, result);
+        if let (Some(signal), Ok(outcome)) = (&self.outcomes, result) {
+            signal.observe(outcome);
+        }
+        self.record(p.intended, result);
+        true
+    }
+
+    /// `id` will get no outcome: counts it as NO_OUTCOME (and hung when `hung`). False when
+    /// it was not pending (it had its outcome).
+    fn abandon(&self, id: &str, why: &str, hung: bool) -> bool {
+        let Some(p) = self.pending_map().remove(id) else {
+            return false;
+        };
+        spans::fail(&p.cx, "no_outcome", tonic::Code::Unknown as i32, why);
+        p.cx.span().end();
+        self.interval.lock().expect("interval lock").errors += 1;
+        if p.intended >= self.measure_from {
+            self.recorder
+                .lock()
+                .expect("recorder lock")
+                .record_no_outcome(hung);
+        }
+        true
+    }
+
+    /// The run is over: whatever is still pending gets no outcome; hung when past its
+    /// deadline.
+    fn abandon_rest(&self) {
+        let now = Instant::now();
+        let left: Vec<(String, bool)> = self
+            .pending_map()
+            .iter()
+            .map(|(id, p)| (id.clone(), now >= p.intended + self.timeout))
+            .collect();
+        if !left.is_empty() {
+            tracing::warn!(
+                "{} transaction(s) had no outcome when the run ended",
+                left.len()
+            );
+        }
+        for (id, hung) in left {
+            self.abandon(&id, "the run ended before its outcome arrived", hung);
+        }
+    }
+
+    fn pending_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
+        self.pending.lock().expect("pending lock")
     }
 
     fn record(&self, intended: Instant, result: Result<&Outcome, &tonic::Status>) {
@@ -278,6 +423,11 @@ pub async fn run_with(
     }
     let shared = Arc::new(Shared {
         recorder: Mutex::new(Recorder::default()),
+        pending: Mutex::default(),
+        stream_ends: Mutex::default(),
+        start,
+        timeout: spec.timeout,
+        outcomes: spec.outcomes.clone(),
         interval: Mutex::new(Interval::default()),
         timeline: Mutex::default(),
         measure_from: start + spec.warmup,
@@ -300,8 +450,10 @@ pub async fn run_with(
         Mode::Unary => drive_unary(&spec, clients, traffic, shared.clone(), start, end).await,
         Mode::Stream => drive_stream(&spec, clients, traffic, shared.clone(), start, end).await?,
     }
+    shared.abandon_rest();
     timeline.abort();
     let timeline = std::mem::take(&mut *shared.timeline_points());
+    let stream_ends = std::mem::take(&mut *shared.stream_ends.lock().expect("stream ends lock"));
     let measured = end
         .min(Instant::now())
         .saturating_duration_since(shared.measure_from);
@@ -328,6 +480,7 @@ pub async fn run_with(
         timeline,
         scheduled,
         late: shared.late.load(Ordering::Relaxed),
+        stream_ends,
     }))
 }
 
@@ -507,36 +660,54 @@ async fn drive_unary(
     let mut n = 0usize;
     while let Some((intended, slot)) = schedule.next(&shared).await {
         while tasks.try_join_next().is_some() {}
-        let (txn, _) = traffic.next_transaction();
+        let (txn, cx) = traced(traffic.next_transaction().0, "Submit");
         let mut client = clients[n % clients.len()].clone();
         n += 1;
         let shared = shared.clone();
         let timeout = spec.timeout;
+        let id = txn.id.clone();
+        let mut request = tonic::Request::new(txn);
+        request.set_timeout(timeout);
+        propagation::inject_metadata(&cx, request.metadata_mut());
+        shared.begin(id.clone(), intended, slot, cx);
         shared.sent_one();
         tasks.spawn(async move {
-            let (txn, cx) = traced(txn, "Submit");
-            let mut request = tonic::Request::new(txn);
-            request.set_timeout(timeout);
-            propagation::inject_metadata(&cx, request.metadata_mut());
             match client.submit(request).await {
-                Ok(response) => {
-                    end_client_span(&cx, Ok(response.get_ref()));
-                    shared.record(intended, Ok(response.get_ref()));
+                Ok(response) => shared.finish(&id, Ok(response.get_ref())),
+                Err(status) if lost_in_transit(&status) => {
+                    shared.abandon(&id, &format!("connection lost: {status}"), false)
                 }
-                Err(status) => {
-                    end_client_span(&cx, Err(&status));
-                    shared.record(intended, Err(&status));
-                }
-            }
-            drop(slot);
+                Err(status) => shared.finish(&id, Err(&status)),
+            };
         });
     }
-    while tasks.join_next().await.is_some() {}
+    // The channel enforces each call's grpc-timeout, so this bound only matters if that fails.
+    let drained = tokio::time::timeout(spec.timeout + DRAIN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tasks.shutdown().await;
+    }
 }
 
-/// Outstanding stream sends: id → (intended time, slot, client span).
-type Outstanding =
-    Arc<Mutex<HashMap<String, (Instant, tokio::sync::OwnedSemaphorePermit, Context)>>>;
+/// Whether a unary call's error status was made up by the client's transport because the
+/// connection broke mid-call: the gateway may have done the work, but nobody answered, so
+/// it is NO_OUTCOME. A status the gateway sent has no source; a deadline the client enforced
+/// (`TimeoutExpired`) or a connection that never opened (`ConnectError`) are answers.
+fn lost_in_transit(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    if source.is_none() {
+        return false;
+    }
+    while let Some(err) = source {
+        if err.is::<tonic::TimeoutExpired>() || err.is::<tonic::ConnectError>() {
+            return false;
+        }
+        source = err.source();
+    }
+    true
+}
 
 /// Starts the transaction's root CLIENT span and writes its context into the transaction's
 /// own carrier (W3C and B3), so every hop continues this trace.
@@ -575,103 +746,242 @@ async fn drive_stream(
     end: Instant,
 ) -> anyhow::Result<()> {
     let mut senders = Vec::new();
-    let mut receivers = JoinSet::new();
-    for mut client in clients {
+    let mut connections = JoinSet::new();
+    for (index, mut client) in clients.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel::<Transaction>(spec.stream_buffer.max(1));
-        // The stream's own span, in its metadata; each message carries its own trace.
-        let tracer = spans::tracer();
-        let stream_span = tracer
-            .span_builder("mesh.v1.Gateway/SubmitStream stream")
-            .with_kind(SpanKind::Client)
-            .with_attributes(spans::rpc("mesh.v1.Gateway", "SubmitStream"))
-            .start_with_context(&tracer, &Context::new());
-        let stream_cx = Context::new().with_span(stream_span);
-        let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        propagation::inject_metadata(&stream_cx, request.metadata_mut());
-        let mut responses = client
-            .submit_stream(request)
+        // The first stream opens here, so a gateway that refuses it fails the run at once.
+        let stream = SubmitStream::open(&mut client)
             .await
-            .context("cannot open SubmitStream")?
-            .into_inner();
-        let outstanding: Outstanding = Arc::default();
-        senders.push((tx, outstanding.clone()));
-        let shared = shared.clone();
-        receivers.spawn(async move {
-            loop {
-                match responses.message().await {
-                    Ok(Some(outcome)) => {
-                        let entry = outstanding
-                            .lock()
-                            .expect("outstanding lock")
-                            .remove(&outcome.id);
-                        if let Some((intended, _slot, cx)) = entry {
-                            end_client_span(&cx, Ok(&outcome));
-                            shared.record(intended, Ok(&outcome));
-                        }
-                    }
-                    Ok(None) => {
-                        stream_cx.span().end();
-                        break;
-                    }
-                    Err(status) => {
-                        spans::fail(
-                            &stream_cx,
-                            "stream_broke",
-                            status.code() as i32,
-                            status.message(),
-                        );
-                        stream_cx.span().end();
-                        // The stream broke: everything outstanding on it failed with it.
-                        let lost: Vec<_> = outstanding
-                            .lock()
-                            .expect("outstanding lock")
-                            .drain()
-                            .collect();
-                        for (_, (intended, _slot, cx)) in lost {
-                            end_client_span(&cx, Err(&status));
-                            shared.record(intended, Err(&status));
-                        }
-                        break;
-                    }
-                }
-            }
-        });
+            .map_err(|status| anyhow::anyhow!("cannot open SubmitStream: {status}"))?;
+        senders.push(tx);
+        connections.spawn(stream_connection(
+            index,
+            client,
+            stream,
+            rx,
+            shared.clone(),
+            spec.reopen_streams,
+        ));
     }
     let mut schedule = Schedule::new(&spec.pacing, start, end, spec.max_outstanding, spec.seed);
     let mut n = 0usize;
-    while let Some((intended, slot)) = schedule.next(&shared).await {
-        let (txn, cx) = traced(traffic.next_transaction().0, "SubmitStream");
-        let (tx, outstanding) = &senders[n % senders.len()];
-        n += 1;
-        outstanding
-            .lock()
-            .expect("outstanding lock")
-            .insert(txn.id.clone(), (intended, slot, cx));
-        // Blocks while the stream's buffer is full: the gateway is pushing back.
-        match tx.try_send(txn) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(txn)) => {
-                let waiting = shared.block_start();
-                let sent = tx.send(txn).await;
-                shared.block_end(waiting);
-                if sent.is_err() {
-                    break;
+    'sending: while let Some((intended, slot)) = schedule.next(&shared).await {
+        let (mut txn, cx) = traced(traffic.next_transaction().0, "SubmitStream");
+        let id = txn.id.clone();
+        // Pending before it is sent: its outcome may come back before `send` returns.
+        shared.begin(id.clone(), intended, slot, cx);
+        loop {
+            if senders.is_empty() {
+                // Every stream ended and none reopens: the run is over.
+                shared.forget(&id);
+                break 'sending;
+            }
+            let i = n % senders.len();
+            match send(&shared, &senders[i], txn).await {
+                Ok(()) => break,
+                Err(back) => {
+                    // That connection's stream ended for good; try another.
+                    senders.swap_remove(i);
+                    txn = back;
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => break,
         }
+        n += 1;
         shared.sent_one();
     }
     // Half-close every stream; the gateway returns the remaining outcomes, then ends OK.
     drop(senders);
-    let drained = tokio::time::timeout(spec.timeout + Duration::from_secs(5), async {
-        while receivers.join_next().await.is_some() {}
+    let drained = tokio::time::timeout(spec.timeout + DRAIN_GRACE, async {
+        while connections.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
-        tracing::warn!("some outcomes never arrived before the drain timeout");
+        connections.shutdown().await;
     }
     Ok(())
+}
+
+/// Sends on a connection's queue; blocks while it is full (the gateway is pushing back).
+/// Gives the transaction back when that connection's stream ended for good.
+async fn send(
+    shared: &Shared,
+    tx: &mpsc::Sender<Transaction>,
+    txn: Transaction,
+) -> Result<(), Transaction> {
+    match tx.try_send(txn) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(txn)) => {
+            let waiting = shared.block_start();
+            let sent = tx.send(txn).await;
+            shared.block_end(waiting);
+            sent.map_err(|e| e.0)
+        }
+        Err(mpsc::error::TrySendError::Closed(txn)) => Err(txn),
+    }
+}
+
+/// One open SubmitStream: the sender of its request body, its responses, and its span.
+struct SubmitStream {
+    body: mpsc::Sender<Transaction>,
+    responses: tonic::Streaming<Outcome>,
+    cx: Context,
+}
+
+impl SubmitStream {
+    async fn open(client: &mut GatewayClient<Channel>) -> Result<SubmitStream, tonic::Status> {
+        let (body, body_rx) = mpsc::channel::<Transaction>(STREAM_HANDOFF);
+        // The stream's own span, in its metadata; each message carries its own trace.
+        let tracer = spans::tracer();
+        let span = tracer
+            .span_builder("mesh.v1.Gateway/SubmitStream stream")
+            .with_kind(SpanKind::Client)
+            .with_attributes(spans::rpc("mesh.v1.Gateway", "SubmitStream"))
+            .start_with_context(&tracer, &Context::new());
+        let cx = Context::new().with_span(span);
+        let mut request = tonic::Request::new(ReceiverStream::new(body_rx));
+        propagation::inject_metadata(&cx, request.metadata_mut());
+        match client.submit_stream(request).await {
+            Ok(response) => Ok(SubmitStream {
+                body,
+                responses: response.into_inner(),
+                cx,
+            }),
+            Err(status) => {
+                spans::fail(&cx, "open_failed", status.code() as i32, status.message());
+                cx.span().end();
+                Err(status)
+            }
+        }
+    }
+}
+
+/// One connection's SubmitStream: feeds it from the connection's queue and records its
+/// outcomes; when it ends, counts what it took without answering as NO_OUTCOME, and with
+/// `reopen`, opens the next one (the queue survives, so nothing waiting in it is lost).
+async fn stream_connection(
+    index: usize,
+    mut client: GatewayClient<Channel>,
+    first: SubmitStream,
+    mut queue: mpsc::Receiver<Transaction>,
+    shared: Arc<Shared>,
+    reopen: bool,
+) {
+    let mut stream = Some(first);
+    // Taken from the queue but not yet handed to a stream: carried to the next one.
+    let mut holding: Option<Transaction> = None;
+    let mut backoff = REOPEN_BACKOFF.0;
+    loop {
+        let current = match stream.take() {
+            Some(s) => s,
+            None => match SubmitStream::open(&mut client).await {
+                Ok(s) => s,
+                Err(status) => {
+                    tracing::debug!("SubmitStream {index}: reopen failed: {status}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(REOPEN_BACKOFF.1);
+                    continue;
+                }
+            },
+        };
+        let opened = Instant::now();
+        let cx = current.cx.clone();
+        let (end, unanswered, queue_done) = pump(&shared, current, &mut queue, &mut holding).await;
+        let lost = unanswered
+            .iter()
+            .filter(|id| shared.abandon(id, "its stream ended first", false))
+            .count() as u64;
+        match &end {
+            Ok(()) => spans::ok(&cx),
+            Err(s) => spans::fail(&cx, "stream_ended", s.code() as i32, s.message()),
+        }
+        cx.span().end();
+        if end.is_err() || lost > 0 {
+            let (code, message) = match &end {
+                Ok(()) => ("OK".to_string(), String::new()),
+                Err(s) => (crate::report::code_name(s.code()), s.message().to_string()),
+            };
+            tracing::warn!(
+                "SubmitStream {index} ended {code}{}{message}: {lost} transaction(s) without an outcome",
+                if message.is_empty() { "" } else { ": " }
+            );
+            shared
+                .stream_ends
+                .lock()
+                .expect("stream ends lock")
+                .push(StreamEnd {
+                    t: shared.start.elapsed().as_secs_f64(),
+                    stream: index,
+                    code,
+                    message,
+                    without_outcome: lost,
+                });
+        }
+        if (queue_done && holding.is_none()) || !reopen {
+            // Dropping the queue fails further sends on it: the driver retires it.
+            return;
+        }
+        if opened.elapsed() > REOPEN_BACKOFF.1 {
+            backoff = REOPEN_BACKOFF.0;
+        }
+    }
+}
+
+/// Feeds one stream from `queue` and records its outcomes until it ends. Returns how it
+/// ended, the ids it took and never answered, and whether the queue is exhausted (the run
+/// sent its last transaction). Responses are read independently of sending, so a full
+/// request window never stops outcomes from being read.
+async fn pump(
+    shared: &Shared,
+    stream: SubmitStream,
+    queue: &mut mpsc::Receiver<Transaction>,
+    holding: &mut Option<Transaction>,
+) -> (Result<(), tonic::Status>, HashSet<String>, bool) {
+    let SubmitStream {
+        body,
+        mut responses,
+        cx: _,
+    } = stream;
+    let mut body = Some(body);
+    let mut handed: HashSet<String> = HashSet::new();
+    let mut queue_done = false;
+    let end = loop {
+        tokio::select! {
+            next = responses.next() => match next {
+                Some(Ok(outcome)) => {
+                    handed.remove(&outcome.id);
+                    shared.finish(&outcome.id, Ok(&outcome));
+                }
+                Some(Err(status)) => break Err(status),
+                None => break Ok(()),
+            },
+            permit = reserve(body.clone()), if holding.is_some() && body.is_some() => match permit {
+                Some(permit) => {
+                    let txn = holding.take().expect("holding a transaction");
+                    handed.insert(txn.id.clone());
+                    permit.send(txn);
+                }
+                // The stream stopped taking messages; its end follows.
+                None => body = None,
+            },
+            txn = queue.recv(), if holding.is_none() && body.is_some() && !queue_done => match txn {
+                Some(txn) => *holding = Some(txn),
+                None => {
+                    // The run sent its last transaction: half-close.
+                    queue_done = true;
+                    body = None;
+                }
+            },
+        }
+    };
+    (end, handed, queue_done)
+}
+
+/// Room for one message in a stream's body (an owned permit, so the body can be dropped
+/// — half-closed — while a reservation is pending).
+async fn reserve(
+    body: Option<mpsc::Sender<Transaction>>,
+) -> Option<mpsc::OwnedPermit<Transaction>> {
+    body?.reserve_owned().await.ok()
 }
 
 /// Progress on stderr: on a terminal, a block redrawn in place (the latest second, and a
@@ -721,5 +1031,26 @@ impl LiveView {
             self.ok_history.len()
         );
         self.drawn = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lost_in_transit;
+    use tonic::Status;
+
+    #[test]
+    fn only_a_connection_broken_mid_call_is_lost_in_transit() {
+        assert!(!lost_in_transit(&Status::unavailable("shutting down")));
+        let deadline = Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert!(!lost_in_transit(&deadline), "{deadline:?}");
+        let refused = Status::from_error(Box::new(tonic::ConnectError(Box::new(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        ))));
+        assert!(!lost_in_transit(&refused), "{refused:?}");
+        let reset = Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert!(lost_in_transit(&reset), "{reset:?}");
     }
 }

@@ -102,6 +102,8 @@ fn spec(
         h2: Default::default(),
         tick,
         metrics: None,
+        reopen_streams: false,
+        outcomes: None,
     }
 }
 

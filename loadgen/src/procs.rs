@@ -36,6 +36,10 @@ pub struct Proc {
     child: Child,
     log: PathBuf,
     _log_dir: tempfile::TempDir,
+    /// How it was started, for [`Proc::respawn`].
+    bin_dir: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Proc {
@@ -103,6 +107,9 @@ impl Proc {
             child,
             log,
             _log_dir: log_dir,
+            bin_dir: dir.to_path_buf(),
+            args: args.to_vec(),
+            env: env.to_vec(),
         })
     }
 
@@ -264,4 +271,45 @@ impl ProcMesh {
             Proc::spawn_with_env(&self.bin_dir, "sluice-logging", &a, &self.options.env)?;
         Ok(())
     }
+}
+
+/// Process control for chaos runs: signals, and a restart where clients expect it.
+impl Proc {
+    /// Sends `signal` (a `kill -s` name such as `STOP` or `CONT`) through `kill(1)`.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let ok = Command::new("kill")
+            .args(["-s", signal, &self.pid().to_string()])
+            .status()?;
+        anyhow::ensure!(ok.success(), "kill -s {signal} {} failed", self.pid());
+        Ok(())
+    }
+
+    /// Starts the binary again (after killing what is left of it) with the same flags and
+    /// environment, on the same gRPC and admin addresses, so its clients reconnect to it;
+    /// waits for its ready line. Flags such as logging's `--data-dir` carry over.
+    pub fn respawn(&mut self) -> anyhow::Result<()> {
+        self.sigkill();
+        let mut args = self.args.clone();
+        pin_flag(&mut args, "--listen", &self.grpc.to_string());
+        if let Some(admin) = self.admin {
+            pin_flag(&mut args, "--admin-listen", &admin.to_string());
+        }
+        *self = Proc::spawn_with_env(&self.bin_dir, &self.name, &args, &self.env)?;
+        Ok(())
+    }
+}
+
+/// Sets `flag`'s value in `args` (`--flag VALUE` or `--flag=VALUE`), adding it if absent.
+fn pin_flag(args: &mut Vec<String>, flag: &str, value: &str) {
+    let inline = format!("{flag}=");
+    if let Some(i) = args.iter().position(|a| a == flag) {
+        if let Some(v) = args.get_mut(i + 1) {
+            *v = value.to_string();
+            return;
+        }
+    } else if let Some(a) = args.iter_mut().find(|a| a.starts_with(&inline)) {
+        *a = format!("{inline}{value}");
+        return;
+    }
+    args.extend([flag.to_string(), value.to_string()]);
 }

@@ -26,6 +26,28 @@ pub struct Recorder {
     pub errors: BTreeMap<String, u64>,
     pub acked: Vec<Acked>,
     pub blocked: Duration,
+    /// Transactions counted as NO_OUTCOME that were still waiting, past their deadline,
+    /// when the run ended.
+    pub hung: u64,
+}
+
+/// The error code of a sent transaction that never got an outcome: its stream ended, its
+/// connection broke, or the run ended first. Not a gRPC code: nobody answered.
+pub const NO_OUTCOME: &str = "NO_OUTCOME";
+
+/// A SubmitStream that ended with an error status or with transactions unanswered.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StreamEnd {
+    /// Seconds since the run started.
+    pub t: f64,
+    /// Which of the run's streams (one per connection).
+    pub stream: usize,
+    /// The terminal status: `OK` or a gRPC code name.
+    pub code: String,
+    /// The terminal status's message, e.g. `shutting down: 132 messages not read`.
+    pub message: String,
+    /// Transactions the stream took and never answered (counted as `NO_OUTCOME`).
+    pub without_outcome: u64,
 }
 
 impl Default for Recorder {
@@ -39,6 +61,7 @@ impl Default for Recorder {
             errors: BTreeMap::new(),
             acked: Vec::new(),
             blocked: Duration::ZERO,
+            hung: 0,
         }
     }
 }
@@ -91,7 +114,16 @@ impl Recorder {
         }
     }
 
-    /// Transactions recorded.
+    /// Records a sent transaction that will get no outcome (no latency: it never finished);
+    /// `hung` when it was still waiting past its deadline as the run ended.
+    pub fn record_no_outcome(&mut self, hung: bool) {
+        *self.errors.entry(NO_OUTCOME.to_string()).or_default() += 1;
+        if hung {
+            self.hung += 1;
+        }
+    }
+
+    /// Transactions recorded with an outcome.
     pub fn count(&self) -> u64 {
         self.latency.len()
     }
@@ -143,6 +175,8 @@ impl Recorder {
                 .collect(),
             late_sends: run.late,
             timeline: run.timeline,
+            hung: self.hung,
+            stream_ends: run.stream_ends,
             acked: self.acked.clone(),
         }
     }
@@ -160,6 +194,8 @@ pub struct RunInfo {
     pub scheduled: Option<u64>,
     /// Sends that went out more than 5 ms after their due time.
     pub late: u64,
+    /// SubmitStreams that ended with an error or with transactions unanswered.
+    pub stream_ends: Vec<StreamEnd>,
 }
 
 /// One second of the run (rates per second; warmup included).
@@ -215,7 +251,7 @@ impl TimelinePoint {
 }
 
 /// The JSON report's schema version.
-pub const REPORT_SCHEMA_VERSION: u32 = 1;
+pub const REPORT_SCHEMA_VERSION: u32 = 2;
 
 /// Quantiles reported in `percentiles`.
 pub const PERCENTILES: [f64; 10] = [
@@ -255,12 +291,19 @@ pub struct Report {
     pub ok_rate: f64,
     pub measured_seconds: f64,
     pub sent: u64,
+    /// Transactions with an outcome (OK or an error status); `sent - completed` of them
+    /// count as `NO_OUTCOME` in `errors`.
     pub completed: u64,
     pub ok: u64,
     pub decisions: BTreeMap<String, u64>,
     pub notifications: BTreeMap<String, u64>,
-    /// Failures by gRPC code name.
+    /// Failures by gRPC code name, and `NO_OUTCOME` for transactions sent and never
+    /// answered.
     pub errors: BTreeMap<String, u64>,
+    /// `NO_OUTCOME` transactions still waiting, past their deadline, when the run ended.
+    pub hung: u64,
+    /// SubmitStreams that ended with an error status or with transactions unanswered.
+    pub stream_ends: Vec<StreamEnd>,
     pub latency_ms: LatencyMs,
     /// Total time the generator's sends were blocked: waiting for the stream to take them
     /// (stream mode) or for a free outstanding slot (open loop).
@@ -302,6 +345,40 @@ impl Report {
             100.0 * self.sent as f64 / scheduled.max(1) as f64,
             100.0 * late_share
         ))
+    }
+
+    /// Each distinct terminal status once: `UNAVAILABLE: shutting down: 132 messages not
+    /// read (stream 0 at 12.3 s; 132 without an outcome)`, repeats folded into a count.
+    pub fn stream_end_lines(&self) -> Vec<String> {
+        let mut groups: Vec<(&StreamEnd, usize, u64)> = Vec::new();
+        for e in &self.stream_ends {
+            match groups
+                .iter_mut()
+                .find(|(g, _, _)| g.code == e.code && g.message == e.message)
+            {
+                Some((_, n, lost)) => {
+                    *n += 1;
+                    *lost += e.without_outcome;
+                }
+                None => groups.push((e, 1, e.without_outcome)),
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(e, n, lost)| {
+                let status = if e.message.is_empty() {
+                    e.code.clone()
+                } else {
+                    format!("{}: {}", e.code, e.message)
+                };
+                let when = if n == 1 {
+                    format!("stream {} at {:.1} s", e.stream, e.t)
+                } else {
+                    format!("{n} streams, first at {:.1} s", e.t)
+                };
+                format!("{status} ({when}; {lost} without an outcome)")
+            })
+            .collect()
     }
 
     /// The human-readable summary.
@@ -349,6 +426,16 @@ impl Report {
         let _ = writeln!(s, "decisions  {}", join(&self.decisions));
         let _ = writeln!(s, "notify     {}", join(&self.notifications));
         let _ = writeln!(s, "errors     {}", join(&self.errors));
+        if self.hung > 0 {
+            let _ = writeln!(
+                s,
+                "hung       {} sent and still waiting past their deadline when the run ended",
+                self.hung
+            );
+        }
+        for line in self.stream_end_lines() {
+            let _ = writeln!(s, "stream end {line}");
+        }
         let l = &self.latency_ms;
         let _ = writeln!(
             s,
@@ -402,6 +489,7 @@ mod tests {
             timeline: Vec::new(),
             scheduled: Some(101),
             late: 0,
+            stream_ends: Vec::new(),
         });
         assert_eq!(rep.ok, 100);
         assert_eq!(rep.errors["UNAVAILABLE"], 1);

@@ -366,6 +366,8 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
             h2: Default::default(),
             tick: Duration::from_secs(1),
             metrics: None,
+            reopen_streams: false,
+            outcomes: None,
         };
         plans.push((phase.name.clone(), offset, length, spec));
         offset += length;

@@ -320,8 +320,8 @@ async fn the_json_report_follows_its_documented_schema() {
     )
     .unwrap();
     type Check = fn(&serde_json::Value) -> bool;
-    let fields: [(&str, Check); 20] = [
-        ("schema_version", |v| v.as_u64() == Some(1)),
+    let fields: [(&str, Check); 22] = [
+        ("schema_version", |v| v.as_u64() == Some(2)),
         ("mode", |v| v.is_string()),
         ("loop_kind", |v| v.is_string()),
         ("target_rate", |v| v.is_number() || v.is_null()),
@@ -334,6 +334,10 @@ async fn the_json_report_follows_its_documented_schema() {
         ("decisions", |v| v.is_object()),
         ("notifications", |v| v.is_object()),
         ("errors", |v| v.is_object()),
+        ("hung", |v| v.as_u64() == Some(0)),
+        ("stream_ends", |v| {
+            v.as_array().is_some_and(|a| a.is_empty())
+        }),
         ("latency_ms", |v| {
             ["p50", "p90", "p99", "p999", "max", "mean"]
                 .iter()

@@ -3,6 +3,7 @@
 mod api;
 mod audit;
 mod backpressure;
+mod chaos;
 mod control;
 mod faults;
 mod hostile;
