@@ -192,4 +192,52 @@ mod tests {
         assert!(sc.is_valid() && sc.is_sampled());
         assert!(!has_span(&extract_map(&HashMap::new())));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever a client puts in its carrier, extraction never panics, and a context
+            /// it accepts is a valid one.
+            #[test]
+            fn arbitrary_carriers_never_panic(
+                entries in prop::collection::vec(
+                    (prop::sample::select(vec!["traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled", "x-b3-flags", "other"]), ".{0,80}"),
+                    0..8,
+                )
+            ) {
+                install();
+                let map: HashMap<String, String> =
+                    entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                let cx = extract_map(&map);
+                if has_span(&cx) {
+                    prop_assert!(cx.span().span_context().is_valid());
+                }
+            }
+
+            /// Any valid context survives inject → extract in every format, trace id, span
+            /// id and sampling intact.
+            #[test]
+            fn valid_contexts_round_trip(trace in 1u128.., span in 1u64.., sampled in any::<bool>()) {
+                install();
+                let flags = if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+                let sc = SpanContext::new(
+                    TraceId::from(trace),
+                    SpanId::from(span),
+                    flags,
+                    true,
+                    TraceState::default(),
+                );
+                let original = Context::new().with_remote_span_context(sc);
+                let mut map = HashMap::new();
+                inject_map(&original, &mut map);
+                let back = extract_map(&map);
+                let got = back.span().span_context().clone();
+                prop_assert_eq!(got.trace_id(), TraceId::from(trace));
+                prop_assert_eq!(got.span_id(), SpanId::from(span));
+                prop_assert_eq!(got.is_sampled(), sampled);
+            }
+        }
+    }
 }

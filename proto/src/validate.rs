@@ -151,4 +151,31 @@ mod tests {
                 .starts_with("currency: ")
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any transaction at all: validation never panics, and whatever it accepts keeps
+            /// every documented rule.
+            #[test]
+            fn accepted_means_every_rule_holds(
+                id in ".{0,70}", account in ".{0,70}", amount in any::<i64>(),
+                currency in ".{0,4}", merchant in ".{0,130}",
+            ) {
+                let t = Transaction { id, account, amount_minor: amount, currency, merchant, ..Default::default() };
+                if transaction(&t).is_ok() {
+                    prop_assert!((1..=64).contains(&t.id.len()));
+                    prop_assert!(t.id.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b)));
+                    for s in [&t.account, &t.merchant] {
+                        prop_assert!(!s.is_empty() && !s.chars().any(char::is_control));
+                    }
+                    prop_assert!(t.account.chars().count() <= 64 && t.merchant.chars().count() <= 128);
+                    prop_assert!((1..=MAX_AMOUNT_MINOR).contains(&t.amount_minor));
+                    prop_assert!(t.currency.len() == 3 && t.currency.bytes().all(|b| b.is_ascii_uppercase()));
+                }
+            }
+        }
+    }
 }
