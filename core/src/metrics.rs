@@ -9,6 +9,8 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::incoming::ConnectionMetrics;
+
 /// Histogram buckets for latencies in seconds: 100 µs to ~13 s.
 pub fn latency_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 18)
@@ -19,11 +21,14 @@ pub fn latency_buckets() -> impl Iterator<Item = f64> {
 pub struct Metrics {
     registry: Arc<Registry>,
     resident_memory: Gauge,
+    connections: ConnectionMetrics,
 }
 
 impl Metrics {
-    /// Freezes `registry`, adding process metrics (`process_resident_memory_bytes`).
+    /// Freezes `registry`, adding process metrics (`process_resident_memory_bytes`) and
+    /// the gRPC listener's connection metrics (`connections_*`, `accept_errors_total`).
     pub fn new(mut registry: Registry) -> Self {
+        let connections = ConnectionMetrics::register(&mut registry);
         let resident_memory = Gauge::default();
         registry.register(
             "process_resident_memory_bytes",
@@ -38,7 +43,13 @@ impl Metrics {
         Self {
             registry: Arc::new(registry),
             resident_memory,
+            connections,
         }
+    }
+
+    /// The gRPC listener's connection metrics.
+    pub fn connections(&self) -> &ConnectionMetrics {
+        &self.connections
     }
 
     /// The registry in Prometheus text format, process metrics refreshed.
