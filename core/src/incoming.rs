@@ -152,6 +152,8 @@ pub struct Incoming {
     /// Set while backing off after a failed accept.
     pause: Option<Pin<Box<Sleep>>>,
     next_pause: Duration,
+    /// Accept errors were held back from the log: report them once a line is due.
+    recovering: bool,
     errors: RateLimitedLog,
     over_limit: RateLimitedLog,
 }
@@ -167,6 +169,7 @@ impl Incoming {
             metrics,
             pause: None,
             next_pause: ACCEPT_BACKOFF_MIN,
+            recovering: false,
             errors: RateLimitedLog::default(),
             over_limit: RateLimitedLog::default(),
         }
@@ -244,9 +247,18 @@ impl Stream for Incoming {
                 Ok((stream, _peer)) => {
                     if self.next_pause != ACCEPT_BACKOFF_MIN {
                         self.next_pause = ACCEPT_BACKOFF_MIN;
-                        self.errors.flush(|suppressed| {
-                            tracing::info!(suppressed, "accepting connections again")
-                        });
+                        self.recovering = true;
+                    }
+                    // Rate-limited too: at the descriptor limit, accept flaps between
+                    // success and EMFILE.
+                    if self.recovering {
+                        self.recovering = self.errors.suppressed() > 0
+                            && !self.errors.flush(|suppressed| {
+                                tracing::info!(
+                                    suppressed,
+                                    "accepting connections again after accept errors"
+                                )
+                            });
                     }
                     if let Some(conn) = self.accepted(stream) {
                         return Poll::Ready(Some(Ok(conn)));

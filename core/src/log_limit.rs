@@ -14,9 +14,12 @@
 //! # let error = "No space left on device";
 //! // At every failure (cheap when nothing is due: one lock, one clock read):
 //! write_errors.log(|suppressed| tracing::error!(suppressed, %error, "audit write failed"));
-//! // Once the condition is over, report what the last interval swallowed (if anything):
+//! // At every success: reports the occurrences held back, once a line is due again.
 //! write_errors.flush(|suppressed| tracing::info!(suppressed, "audit writes succeed again"));
 //! ```
+//!
+//! Successes and failures together write at most one line per interval: a condition that
+//! flaps (a descriptor freed, taken again) cannot spam the log through either door.
 //!
 //! The closure runs only when a line is due, so building the message costs nothing otherwise.
 //! The limiter is `Sync`: share one per kind of error (in an `Arc`, a field or a `static`),
@@ -67,29 +70,44 @@ impl RateLimitedLog {
         self.log_at(Instant::now(), line)
     }
 
-    /// Writes `line(suppressed)` now if occurrences were held back since the last line (so
-    /// the tail of a burst is not lost), and starts afresh: the next occurrence is logged at
-    /// once. Returns whether it logged.
+    /// For the path where things work again: calls `line(suppressed)` when occurrences were
+    /// held back since the last line and a line is due (at least `interval` after the
+    /// previous one), so the tail of a burst gets reported. Call it on every success; it is
+    /// as cheap as [`log`](Self::log). Returns whether it logged.
     pub fn flush(&self, line: impl FnOnce(u64)) -> bool {
+        self.flush_at(Instant::now(), line)
+    }
+
+    /// Occurrences held back since the last line.
+    pub fn suppressed(&self) -> u64 {
+        self.lock().suppressed
+    }
+
+    fn due(&self, state: &State, now: Instant) -> bool {
+        state
+            .last_line
+            .is_none_or(|last| now.saturating_duration_since(last) >= self.interval)
+    }
+
+    fn flush_at(&self, now: Instant, line: impl FnOnce(u64)) -> bool {
         let suppressed = {
             let mut state = self.lock();
+            if state.suppressed == 0 || !self.due(&state, now) {
+                return false;
+            }
             let suppressed = state.suppressed;
-            *state = State::default();
+            state.last_line = Some(now);
+            state.suppressed = 0;
             suppressed
         };
-        if suppressed > 0 {
-            line(suppressed);
-        }
-        suppressed > 0
+        line(suppressed);
+        true
     }
 
     fn log_at(&self, now: Instant, line: impl FnOnce(u64)) -> bool {
         let due = {
             let mut state = self.lock();
-            let due = state
-                .last_line
-                .is_none_or(|last| now.saturating_duration_since(last) >= self.interval);
-            if due {
+            if self.due(&state, now) {
                 let suppressed = state.suppressed;
                 state.last_line = Some(now);
                 state.suppressed = 0;
@@ -131,15 +149,37 @@ mod tests {
             limiter.log_at(t0 + Duration::from_millis(ms), |n| lines.push((ms, n)));
         }
         assert_eq!(lines, vec![(0, 0), (10_000, 9_999), (20_000, 9_999)]);
+        assert_eq!(limiter.suppressed(), 4_999);
 
-        // The tail of the burst is reported once, then the limiter starts afresh.
+        // Success again: the tail is reported once a line is due, then nothing is pending.
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert!(!limiter.flush_at(at(25_000), |_| panic!("not due yet")));
         let mut tail = None;
-        assert!(limiter.flush(|n| tail = Some(n)));
+        assert!(limiter.flush_at(at(30_000), |n| tail = Some(n)));
         assert_eq!(tail, Some(4_999));
-        assert!(!limiter.flush(|_| panic!("nothing held back")));
+        assert!(!limiter.flush_at(at(45_000), |_| panic!("nothing held back")));
+
+        // A new incident long after is logged at once.
         let mut again = None;
-        assert!(limiter.log_at(t0 + Duration::from_millis(25_001), |n| again = Some(n)));
+        assert!(limiter.log_at(at(45_001), |n| again = Some(n)));
         assert_eq!(again, Some(0));
+    }
+
+    #[test]
+    fn a_flapping_condition_writes_one_line_per_interval_through_both_paths() {
+        let limiter = RateLimitedLog::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let mut lines = 0;
+        // Fail, succeed, fail, succeed... every millisecond for 25 s.
+        for ms in 0..25_000u64 {
+            let now = t0 + Duration::from_millis(ms);
+            if ms % 2 == 0 {
+                limiter.log_at(now, |_| lines += 1);
+            } else {
+                limiter.flush_at(now, |_| lines += 1);
+            }
+        }
+        assert_eq!(lines, 3);
     }
 
     #[test]
@@ -158,8 +198,6 @@ mod tests {
             }
         });
         assert_eq!(logged.into_inner(), 1);
-        let mut suppressed = 0;
-        limiter.flush(|n| suppressed = n);
-        assert_eq!(suppressed, 3_999);
+        assert_eq!(limiter.suppressed(), 3_999);
     }
 }

@@ -1,11 +1,14 @@
 //! End-to-end tests against the real binaries, one test executable (`mod` per topic).
 
+mod admin_token;
 mod api;
 mod backpressure;
+mod connections;
 mod control;
 mod faults;
 mod loadgen;
 mod loadgen_features;
+mod readiness;
 mod shutdown;
 mod stream;
 mod tracing;
