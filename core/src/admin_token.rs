@@ -57,17 +57,18 @@ pub struct AdminTokenArgs {
 /// Why no token could be settled on.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminTokenError {
-    #[error("cannot read the admin token file {path}: {source}")]
+    // `error`, not `source`: the message says it already, so error chains do not repeat it.
+    #[error("cannot read the admin token file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
-        "cannot write the generated admin token to {path}: {source} (set --admin-token-file, or --insecure-no-auth)"
+        "cannot write the generated admin token to {path}: {error} (set --admin-token-file, or --insecure-no-auth)"
     )]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{what} is not a usable token: {reason}")]
     Invalid { what: String, reason: &'static str },
@@ -177,9 +178,9 @@ impl AdminTokenArgs {
                 }
                 let dir = builder
                     .tempdir_in(&base)
-                    .map_err(|source| AdminTokenError::Write {
+                    .map_err(|error| AdminTokenError::Write {
                         path: base.clone(),
-                        source,
+                        error,
                     })?;
                 write_token_file(&dir.path().join(TOKEN_FILE_NAME), &token)?;
                 Generated::Dir(dir)
@@ -199,9 +200,9 @@ impl AdminTokenArgs {
 
 /// Reads a token from `path` (surrounding whitespace ignored), for servers and clients alike.
 pub fn read_token_file(path: &Path) -> Result<String, AdminTokenError> {
-    let text = std::fs::read_to_string(path).map_err(|source| AdminTokenError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| AdminTokenError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     Ok(checked(text.trim(), &path.display().to_string())?.to_string())
 }
@@ -230,9 +231,9 @@ pub fn write_token_file(path: &Path, token: &str) -> Result<(), AdminTokenError>
         tmp.persist(path).map_err(|e| e.error)?;
         Ok(())
     };
-    write().map_err(|source| AdminTokenError::Write {
+    write().map_err(|error| AdminTokenError::Write {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 

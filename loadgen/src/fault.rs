@@ -38,13 +38,13 @@ pub struct FaultArgs {
     /// Clear every fault first (the other flags then apply on top).
     #[arg(long)]
     pub clear: bool,
-    /// Admin token (the service's --admin-token).
+    /// Admin token (the service's --admin-token). Takes precedence over --admin-token-file,
+    /// so it can override a file set in the environment.
     #[arg(
         long,
         alias = "admin-token",
         env = "SLUICE_ADMIN_TOKEN",
-        hide_env_values = true,
-        conflicts_with = "admin_token_file"
+        hide_env_values = true
     )]
     pub token: Option<String>,
     /// File holding the admin token: the service's --admin-token-file, or the
@@ -256,7 +256,8 @@ mod token_tests {
         assert_eq!(a.token().unwrap().as_deref(), Some("t"));
         let a = parse(&["--admin-token", "t"]).unwrap();
         assert_eq!(a.token().unwrap().as_deref(), Some("t"));
-        assert!(parse(&["--token", "t", "--admin-token-file", "f"]).is_err());
+        let a = parse(&["--token", "t", "--admin-token-file", "/nonexistent"]).unwrap();
+        assert_eq!(a.token().unwrap().as_deref(), Some("t"), "the token wins");
         let a = parse(&["--admin-token-file", "/nonexistent/admin-token"]).unwrap();
         assert!(a.token().is_err());
     }
