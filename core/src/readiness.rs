@@ -38,7 +38,7 @@ impl Readiness {
         *self.0.borrow()
     }
 
-    /// Resolves when readiness next changes (for tests and mirrors).
+    /// A receiver that sees every change of readiness (for mirrors and tests).
     pub fn subscribe(&self) -> watch::Receiver<bool> {
         self.0.subscribe()
     }

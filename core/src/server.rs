@@ -358,3 +358,28 @@ where
     drop(auth);
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        common: super::CommonServerArgs,
+    }
+
+    #[test]
+    fn flag_defaults_are_the_named_constants() {
+        let common = Cli::parse_from(["test"]).common;
+        assert_eq!(
+            common.handshake_timeout,
+            crate::incoming::DEFAULT_HANDSHAKE_TIMEOUT
+        );
+        assert_eq!(
+            common.max_connections,
+            crate::incoming::DEFAULT_MAX_CONNECTIONS
+        );
+        assert_eq!(common.grace_period, crate::shutdown::DEFAULT_GRACE_PERIOD);
+    }
+}

@@ -24,6 +24,8 @@ P="sluice-e2e-$$"
 export SLUICE_BUILD_CONTEXT=target/docker-stage SLUICE_DOCKERFILE=Dockerfile SLUICE_TAG=e2e
 export SLUICE_GATEWAY_PORT=127.0.0.1: SLUICE_GATEWAY_ADMIN_PORT=127.0.0.1:
 export RUST_LOG=info
+# `run --no-deps` below: the stack is up; without it compose would re-run the one-shot token
+# service before every command (harmless, it keeps the token, but it delays the command).
 compose() { "${C[@]}" -p "$P" "$@"; }
 out=$(mktemp -d)
 chmod 777 "$out"
@@ -54,7 +56,7 @@ admin=$(compose port gateway 9101)
 idle=$(docker stats --no-stream --format '{{.Name}}={{.MemUsage}}' $(compose ps -q) | sed 's/ \/.*//' | tr '\n' ' ')
 
 echo "== load, kill logging mid-run, start it again"
-compose run --rm -v "$out:/out" loadgen run --target http://gateway:50051 --mode unary --rate 300 \
+compose run --rm --no-deps -v "$out:/out" loadgen run --target http://gateway:50051 --mode unary --rate 300 \
   --duration 25s --timeout 5s -q --json /out/kill.json >/dev/null 2>"$out/kill.err" &
 load=$!
 until_ok 60 at_least 'sluice_gateway_transactions_total{api="unary",result="ok"}' 1500 || fail "load never got going"
@@ -69,20 +71,20 @@ wait "$load" || fail "load generator failed: $(cat "$out/kill.err")"
 [ "$(json "$out/kill.json" "set(r['errors']) <= {'UNAVAILABLE', 'DEADLINE_EXCEEDED'}")" = True ] || fail "unexpected errors $(json "$out/kill.json" "r['errors']")"
 [ "$(json "$out/kill.json" "r['errors'].get('UNAVAILABLE', 0) > 0")" = True ] || fail "the outage was not seen"
 [ "$(json "$out/kill.json" "min(p['ok'] for p in r['timeline'][-4:-1]) >= 270")" = True ] || fail "throughput did not recover: $(json "$out/kill.json" "[p['ok'] for p in r['timeline']]")"
-compose run --rm -v "$out:/out" loadgen verify --logging http://logging:50054 --report /out/kill.json >"$out/verify.txt" 2>&1 \
+compose run --rm --no-deps -v "$out:/out" loadgen verify --logging http://logging:50054 --report /out/kill.json >"$out/verify.txt" 2>&1 \
   || fail "acknowledged records missing: $(cat "$out/verify.txt")"
 acked=$(json "$out/kill.json" "len(r['acked'])")
 outage=$(json "$out/kill.json" "r['errors']")
 
 echo "== stall logging through the Control API"
-compose run --rm loadgen fault --target http://logging:50054 --stall --token sluice-admin >/dev/null 2>&1 && fail "Control accepted the old default token"
-compose run --rm loadgen fault --target http://logging:50054 --stall >/dev/null 2>&1 || fail "cannot stall logging with the shared token file"
-compose run --rm -v "$out:/out" loadgen run --target http://gateway:50051 --mode stream --rate 2000 \
+compose run --rm --no-deps loadgen fault --target http://logging:50054 --stall --token sluice-admin >/dev/null 2>&1 && fail "Control accepted the old default token"
+compose run --rm --no-deps loadgen fault --target http://logging:50054 --stall >/dev/null 2>&1 || fail "cannot stall logging with the shared token file"
+compose run --rm --no-deps -v "$out:/out" loadgen run --target http://gateway:50051 --mode stream --rate 2000 \
   --duration 6s --timeout 60s -q --json /out/stall.json >/dev/null 2>"$out/stall.err" &
 load=$!
 until_ok 30 at_least 'sluice_gateway_downstream_queue_depth{downstream="logging"}' 1024 || fail "pressure never built up at the gateway (logging queue not full)"
 sleep 3   # hold the stall: the scenario, not a synchronisation
-compose run --rm loadgen fault --target http://logging:50054 --unstall >/dev/null 2>&1 || fail "cannot unstall"
+compose run --rm --no-deps loadgen fault --target http://logging:50054 --unstall >/dev/null 2>&1 || fail "cannot unstall"
 wait "$load" || fail "stream load failed: $(cat "$out/stall.err")"
 blocked=$(json "$out/stall.json" "round(r['blocked_send_seconds'], 2)")
 [ "$(json "$out/stall.json" "r['blocked_send_seconds'] >= 2.0 and not r['errors'] and r['completed'] == r['sent']")" = True ] \
