@@ -1,7 +1,11 @@
-//! The HTTP admin listener: `/metrics` (Prometheus text) and `/healthz`.
+//! The HTTP admin listener: `/metrics` (Prometheus text), `/healthz` and `/readyz`.
 //!
 //! Kept off the gRPC port so scraping and health probes never compete with traffic for
 //! HTTP/2 streams or flow-control windows.
+//!
+//! - `/healthz` is liveness: 200 while the process serves (restart it when this fails).
+//! - `/readyz` is readiness: 200 only while it is also [ready](crate::readiness) to do its
+//!   work (route traffic elsewhere, or wait, when this fails). 503 otherwise.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,8 +18,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 
-/// Whether this process reports itself healthy. Set once serving, cleared on shutdown.
+/// Whether this process is alive and serving (liveness). Set once serving, cleared on
+/// shutdown.
 #[derive(Clone, Default)]
 pub struct Health(Arc<AtomicBool>);
 
@@ -32,19 +38,26 @@ impl Health {
 struct AdminState {
     metrics: Metrics,
     health: Health,
+    readiness: Readiness,
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` is cancelled.
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
     health: Health,
+    readiness: Readiness,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(healthz))
-        .with_state(AdminState { metrics, health });
+        .route("/readyz", get(readyz))
+        .with_state(AdminState {
+            metrics,
+            health,
+            readiness,
+        });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
@@ -65,5 +78,15 @@ async fn healthz(State(state): State<AdminState>) -> (StatusCode, &'static str) 
         (StatusCode::OK, "ok\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not serving\n")
+    }
+}
+
+async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
+    if !state.health.get() {
+        (StatusCode::SERVICE_UNAVAILABLE, "not serving\n")
+    } else if state.readiness.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
 }

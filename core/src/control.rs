@@ -1,4 +1,5 @@
-//! `mesh.v1.Control`: fault injection over gRPC, guarded by an optional bearer token.
+//! `mesh.v1.Control`: fault injection over gRPC, guarded by a bearer token (see
+//! [`crate::admin_token`] for where it comes from; only `--insecure-no-auth` turns it off).
 //!
 //! Every service serves it over the same [`WorkerPool`] that does its work, so `stall`,
 //! `workers`, `delay_ms`, `jitter_ms` and `error_rate` act exactly where real slowness would.
@@ -7,10 +8,12 @@ use std::sync::Arc;
 
 use sluice_proto::pb::control_server::{Control, ControlServer};
 use sluice_proto::pb::{Faults, GetFaultsRequest};
+use subtle::ConstantTimeEq;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
+use crate::admin_token::AdminAuth;
 use crate::worker_pool::{MAX_WORKERS, WorkerPool};
 
 /// Largest `delay_ms` / `jitter_ms` accepted.
@@ -52,7 +55,8 @@ impl Control for ControlService {
     }
 }
 
-/// Requires `authorization: Bearer <token>` when a token is configured.
+/// Requires `authorization: Bearer <token>` unless authentication is explicitly off
+/// (`token: None`, from `--insecure-no-auth`).
 #[derive(Clone)]
 pub struct BearerAuth {
     token: Option<Arc<str>>,
@@ -69,25 +73,23 @@ impl Interceptor for BearerAuth {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         match presented {
-            Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => Ok(request),
+            // subtle: the comparison takes the same time wherever the first difference is,
+            // so response timing does not reveal how much of a guess was right.
+            Some(p) if bool::from(p.as_bytes().ct_eq(token.as_bytes())) => Ok(request),
             Some(_) => Err(Status::unauthenticated("wrong admin token")),
             None => Err(Status::unauthenticated(
-                "Control needs `authorization: Bearer <token>` (the service's --admin-token)",
+                "Control needs `authorization: Bearer <token>` (the service's --admin-token, or the file named admin_token_file in its ready line)",
             )),
         }
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The Control server for `pool`, guarded by `token` when set.
+/// The Control server for `pool`, guarded as `auth` says.
 pub fn server(
     pool: WorkerPool,
-    token: Option<String>,
+    auth: &AdminAuth,
 ) -> InterceptedService<ControlServer<ControlService>, BearerAuth> {
-    let token = token.filter(|t| !t.is_empty()).map(Arc::from);
+    let token = auth.token().map(Arc::from);
     ControlServer::with_interceptor(ControlService { pool }, BearerAuth { token })
 }
 
@@ -162,6 +164,12 @@ mod tests {
             guarded.call(r).unwrap_err().code(),
             tonic::Code::Unauthenticated
         );
+        for wrong in ["Bearer s3cre", "Bearer s3cret2", "Bearer S3cret", "s3cret"] {
+            let mut r = Request::new(());
+            r.metadata_mut()
+                .insert("authorization", wrong.parse().unwrap());
+            assert!(guarded.call(r).is_err(), "{wrong}");
+        }
         let mut r = Request::new(());
         r.metadata_mut()
             .insert("authorization", "Bearer s3cret".parse().unwrap());

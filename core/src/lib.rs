@@ -4,12 +4,17 @@
 //! - [`shutdown`]: SIGINT/SIGTERM and the bounded drain that follows.
 //! - [`h2`]: HTTP/2 flow-control and keepalive settings as one config type, applied to tonic
 //!   servers and endpoints so every window is explicit.
-//! - [`admin`]: the HTTP admin listener (`/metrics`, `/healthz`).
+//! - [`admin`]: the HTTP admin listener (`/metrics`, `/healthz`, `/readyz`).
+//! - [`readiness`]: whether the process should get traffic; one flag behind `/readyz` and
+//!   the gRPC health of the main service.
+//! - [`incoming`]: the accept loop: handshake timeout, connection cap, accept-error backoff.
+//! - [`log_limit`]: one log line per interval, with a count, for errors that repeat.
 //! - [`metrics`]: the Prometheus registry plus process metrics.
 //! - [`worker_pool`]: serve a bidirectional stream with a bounded pool of workers that pulls
 //!   the next message only when a worker is free: the service side of backpressure.
 //! - [`auth`]: the mesh token (bearer, constant-time) on data-path RPCs.
-//! - [`control`]: `mesh.v1.Control` fault injection with an optional bearer token.
+//! - [`control`]: `mesh.v1.Control` fault injection behind a bearer token.
+//! - [`admin_token`]: where that token comes from (flag, file, or generated and written).
 //! - [`deadline`]: per-message deadlines carried as Unix milliseconds across hops.
 //! - [`server`]: binding, the ready line, and running a tonic router until shutdown.
 //! - [`spans`]: the tracer, gRPC span attributes, failure marking.
@@ -17,12 +22,16 @@
 //! - [`propagation`]: W3C + B3 trace context in gRPC metadata and per-message maps.
 
 pub mod admin;
+pub mod admin_token;
 pub mod auth;
 pub mod control;
 pub mod deadline;
 pub mod h2;
+pub mod incoming;
+pub mod log_limit;
 pub mod metrics;
 pub mod propagation;
+pub mod readiness;
 pub mod server;
 pub mod shutdown;
 pub mod spans;

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::incoming::ConnectionMetrics;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -39,11 +40,14 @@ pub fn latency_buckets() -> impl Iterator<Item = f64> {
 pub struct Metrics {
     registry: Arc<Registry>,
     resident_memory: Gauge,
+    connections: ConnectionMetrics,
 }
 
 impl Metrics {
-    /// Freezes `registry`, adding process metrics (`process_resident_memory_bytes`).
+    /// Freezes `registry`, adding process metrics (`process_resident_memory_bytes`) and
+    /// the gRPC listener's connection metrics (`connections_*`, `accept_errors_total`).
     pub fn new(mut registry: Registry) -> Self {
+        let connections = ConnectionMetrics::register(&mut registry);
         let resident_memory = Gauge::default();
         registry.register(
             "process_resident_memory_bytes",
@@ -58,7 +62,13 @@ impl Metrics {
         Self {
             registry: Arc::new(registry),
             resident_memory,
+            connections,
         }
+    }
+
+    /// The gRPC listener's connection metrics.
+    pub fn connections(&self) -> &ConnectionMetrics {
+        &self.connections
     }
 
     /// The registry in Prometheus text format, process metrics refreshed.

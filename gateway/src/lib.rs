@@ -229,7 +229,7 @@ pub async fn serve(
     reporter.set_not_serving::<GatewayServer<Ingress>>().await;
     tokio::spawn(report_readiness(
         fanout.clone(),
-        reporter.clone(),
+        listeners.readiness(),
         shutdown.clone(),
     ));
     let ingress = Ingress::new(fanout, config.limits(), &mut registry, shutdown.clone());
@@ -241,8 +241,9 @@ pub async fn serve(
         router,
         sluice_core::metrics::Metrics::new(registry),
         reporter,
+        <GatewayServer<Ingress> as tonic::server::NamedService>::NAME,
         shutdown,
-        config.server.grace_period,
+        &config.server,
     )
     .await;
     // Ingress has drained: half-close the downstream streams and collect their last replies.
@@ -265,12 +266,13 @@ pub async fn serve(
 /// How often the gateway re-checks whether its required downstreams have live streams.
 const READINESS_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Keeps the gRPC health status of `mesh.v1.Gateway` at SERVING exactly while risk and
-/// logging (the required downstreams) each have a live stream. The overall status ("")
-/// stays SERVING while the process runs: it is alive even when it cannot take traffic.
+/// Keeps the gateway ready — `/readyz` 200 and the gRPC health status of `mesh.v1.Gateway`
+/// SERVING, which the server mirrors from it — exactly while risk and logging (the required
+/// downstreams) each have a live stream. The overall status ("") and `/healthz` stay
+/// SERVING while the process runs: it is alive even when it cannot take traffic.
 async fn report_readiness(
     fanout: Fanout,
-    reporter: tonic_health::server::HealthReporter,
+    readiness: sluice_core::readiness::Readiness,
     shutdown: CancellationToken,
 ) {
     let mut ready = None;
@@ -282,14 +284,12 @@ async fn report_readiness(
         }
         let now = fanout.risk.is_live() && fanout.logging.is_live();
         if ready != Some(now) {
+            readiness.set(now);
             if now {
-                reporter.set_serving::<GatewayServer<Ingress>>().await;
                 tracing::info!("ready: risk and logging streams are live");
             } else if ready.is_none() {
-                reporter.set_not_serving::<GatewayServer<Ingress>>().await;
                 tracing::info!("waiting for live risk and logging streams");
             } else {
-                reporter.set_not_serving::<GatewayServer<Ingress>>().await;
                 tracing::warn!(
                     risk = fanout.risk.is_live(),
                     logging = fanout.logging.is_live(),
@@ -299,7 +299,7 @@ async fn report_readiness(
             ready = Some(now);
         }
     }
-    reporter.set_not_serving::<GatewayServer<Ingress>>().await;
+    readiness.set(false);
 }
 
 #[cfg(test)]

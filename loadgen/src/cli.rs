@@ -55,11 +55,37 @@ pub enum Command {
     /// A trivial gateway that answers at once: for measuring the generator's own ceiling
     /// (and comparing with h2load).
     Sink(crate::sink::SinkArgs),
+    /// Write a fresh random Control API token to a file (mode 0600): compose's one-shot init
+    /// service, whose images have no shell to do it with.
+    GenToken(GenTokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenTokenArgs {
+    /// The file to write, e.g. /secrets/admin-token.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Keep a token already in the file (services running with it keep working) instead of
+    /// replacing it.
+    #[arg(long)]
+    pub keep_existing: bool,
+}
+
+/// Writes a new token to `args.out`, unless asked to keep a usable one already there.
+/// Returns whether it wrote one.
+pub fn gen_token(args: &GenTokenArgs) -> anyhow::Result<bool> {
+    use sluice_core::admin_token::{generate, read_token_file, write_token_file};
+    if args.keep_existing && read_token_file(&args.out).is_ok() {
+        return Ok(false);
+    }
+    write_token_file(&args.out, &generate()?)?;
+    Ok(true)
 }
 
 #[derive(Debug, Args)]
 pub struct HealthArgs {
-    /// The URL to probe, e.g. http://127.0.0.1:9101/healthz.
+    /// The URL to probe: /readyz (ready for traffic) or /healthz (alive), e.g.
+    /// http://127.0.0.1:9101/readyz. Anything but 200 is a failure.
     #[arg(default_value = "http://127.0.0.1:9101/healthz")]
     pub url: String,
     /// Give up after this long, e.g. 2s.
@@ -324,6 +350,15 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
         Command::Scenario(args) => crate::scenario::run(args).await,
         Command::Chaos(args) => crate::chaos::run(args).await,
         Command::Sink(args) => crate::sink::run(args).await.map(|()| true),
+        Command::GenToken(args) => {
+            let wrote = gen_token(&args)?;
+            println!(
+                "{} {}",
+                args.out.display(),
+                if wrote { "written" } else { "kept" }
+            );
+            Ok(true)
+        }
         Command::Health(args) => {
             let healthy = probe(&args.url, args.timeout).await?;
             println!(
@@ -426,5 +461,30 @@ mod tests {
     fn cli_is_well_formed() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn gen_token_writes_a_private_random_token_and_can_keep_it() {
+        use super::{GenTokenArgs, gen_token};
+        use sluice_core::admin_token::read_token_file;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("admin-token");
+        let args = |keep_existing| GenTokenArgs {
+            out: out.clone(),
+            keep_existing,
+        };
+        assert!(gen_token(&args(true)).unwrap(), "nothing to keep yet");
+        let first = read_token_file(&out).unwrap();
+        assert!(first.len() >= 32 && first.bytes().all(|b| b.is_ascii_hexdigit()));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(!gen_token(&args(true)).unwrap());
+        assert_eq!(read_token_file(&out).unwrap(), first);
+        assert!(gen_token(&args(false)).unwrap());
+        assert_ne!(read_token_file(&out).unwrap(), first);
     }
 }

@@ -1,10 +1,15 @@
 //! `sluice-loadgen fault`: read or change the faults in force on one service through its
 //! `mesh.v1.Control` API.
 
+use std::path::PathBuf;
+
 use anyhow::Context;
 use clap::Args;
 use sluice_proto::pb::control_client::ControlClient;
 use sluice_proto::pb::{Faults, GetFaultsRequest};
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 #[derive(Debug, Clone, Args)]
@@ -33,12 +38,31 @@ pub struct FaultArgs {
     /// Clear every fault first (the other flags then apply on top).
     #[arg(long)]
     pub clear: bool,
-    /// Admin token (the service's --admin-token).
-    #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+    /// Admin token (the service's --admin-token). Takes precedence over --admin-token-file,
+    /// so it can override a file set in the environment.
+    #[arg(
+        long,
+        alias = "admin-token",
+        env = "SLUICE_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
+    /// File holding the admin token: the service's --admin-token-file, or the
+    /// admin_token_file its ready line names when it generated one.
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl FaultArgs {
+    /// The token to present: `--token`, else the content of `--admin-token-file`.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        match (&self.token, &self.admin_token_file) {
+            (Some(token), _) => Ok(Some(token.clone())),
+            (None, Some(path)) => Ok(Some(sluice_core::admin_token::read_token_file(path)?)),
+            (None, None) => Ok(None),
+        }
+    }
+
     fn changes(&self) -> bool {
         self.clear
             || self.stall
@@ -78,31 +102,50 @@ impl FaultArgs {
     }
 }
 
-fn authorized<T>(message: T, token: &Option<String>) -> anyhow::Result<tonic::Request<T>> {
-    let mut request = tonic::Request::new(message);
-    if let Some(token) = token {
-        request.metadata_mut().insert(
-            "authorization",
+/// Adds `authorization: Bearer <token>` to every Control call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A Control client that presents the admin token on every call.
+pub type Control = ControlClient<InterceptedService<Channel, Bearer>>;
+
+/// Connects to a service's Control API, presenting `token` (when given) on every call.
+pub async fn control(target: &str, token: Option<&str>) -> anyhow::Result<Control> {
+    let bearer = match token {
+        Some(token) => Some(
             format!("Bearer {token}")
                 .parse()
                 .context("the token must be printable ASCII")?,
-        );
-    }
-    Ok(request)
-}
-
-/// Connects to a service's Control API.
-pub async fn control(target: &str) -> anyhow::Result<ControlClient<Channel>> {
-    ControlClient::connect(target.to_string())
+        ),
+        None => None,
+    };
+    let channel = Channel::from_shared(target.to_string())
+        .with_context(|| format!("{target:?} is not a valid URL"))?
+        .connect()
         .await
-        .with_context(|| format!("cannot connect to {target}: is the service running?"))
+        .with_context(|| format!("cannot connect to {target}: is the service running?"))?;
+    Ok(ControlClient::with_interceptor(channel, Bearer(bearer)))
 }
 
 /// Gets, changes (when asked) and returns the faults in force.
 pub async fn run(args: &FaultArgs) -> anyhow::Result<Faults> {
-    let mut client = control(&args.target).await?;
+    let mut client = control(&args.target, args.token()?.as_deref()).await?;
     let current = client
-        .get_faults(authorized(GetFaultsRequest {}, &args.token)?)
+        .get_faults(GetFaultsRequest {})
         .await
         .map_err(|s| anyhow::anyhow!("GetFaults: {} ({:?})", s.message(), s.code()))?
         .into_inner();
@@ -116,7 +159,7 @@ pub async fn run(args: &FaultArgs) -> anyhow::Result<Faults> {
     };
     let wanted = args.apply(base);
     let now = client
-        .set_faults(authorized(wanted, &args.token)?)
+        .set_faults(wanted)
         .await
         .map_err(|s| anyhow::anyhow!("SetFaults: {} ({:?})", s.message(), s.code()))?
         .into_inner();
@@ -146,6 +189,7 @@ mod tests {
             workers: None,
             clear: false,
             token: None,
+            admin_token_file: None,
         }
     }
 
@@ -183,5 +227,38 @@ mod tests {
             }
         );
         assert!(!args().changes());
+    }
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        fault: FaultArgs,
+    }
+
+    #[test]
+    fn token_from_flag_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("admin-token");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["fault", "--target", "http://x"].iter().chain(args))
+                .map(|c| c.fault)
+        };
+        let a = parse(&["--admin-token-file", file.to_str().unwrap()]).unwrap();
+        assert_eq!(a.token().unwrap().as_deref(), Some("from-file"));
+        let a = parse(&["--token", "t"]).unwrap();
+        assert_eq!(a.token().unwrap().as_deref(), Some("t"));
+        let a = parse(&["--admin-token", "t"]).unwrap();
+        assert_eq!(a.token().unwrap().as_deref(), Some("t"));
+        let a = parse(&["--token", "t", "--admin-token-file", "/nonexistent"]).unwrap();
+        assert_eq!(a.token().unwrap().as_deref(), Some("t"), "the token wins");
+        let a = parse(&["--admin-token-file", "/nonexistent/admin-token"]).unwrap();
+        assert!(a.token().is_err());
     }
 }

@@ -110,8 +110,8 @@ fn spec(
 const RSS: &str = "sluice_gateway_process_resident_memory_bytes";
 const HELD: &str = "sluice_gateway_inflight{api=\"stream\"}";
 
-async fn set_stall(url: &str, stall: bool) -> anyhow::Result<()> {
-    let mut c = crate::fault::control(url).await?;
+async fn set_stall(mesh: &ProcMesh, stall: bool) -> anyhow::Result<()> {
+    let mut c = mesh.control(&mesh.logging).await?;
     c.set_faults(Faults {
         stall,
         ..Default::default()
@@ -168,7 +168,7 @@ async fn stall_phase(
     let start = started_rx.await?;
     tokio::time::sleep_until((start + LEAD_IN).into()).await;
     let baseline = crate::scrape::metric(admin, RSS).await.unwrap_or(0.0);
-    set_stall(&mesh.logging.url(), true).await?;
+    set_stall(&mesh, true).await?;
     let stall_at = start.elapsed().as_secs_f64();
     let stall_end = Instant::now() + args.stall_for;
     let (mut held, mut rss) = (0f64, baseline);
@@ -177,7 +177,7 @@ async fn stall_phase(
         rss = rss.max(crate::scrape::metric(admin, RSS).await.unwrap_or(0.0));
         tokio::time::sleep(SAMPLE_EVERY).await;
     }
-    set_stall(&mesh.logging.url(), false).await?;
+    set_stall(&mesh, false).await?;
     let unstall_at = start.elapsed().as_secs_f64();
     let report = load.await??;
     f.held_max = held;

@@ -3,7 +3,11 @@
 //! tests.
 //!
 //! Every server binary prints `<name> ready grpc=<addr> admin=<addr>` on stdout once it
-//! listens; [`Proc::spawn`] waits for that line, so nothing here sleeps to "give it time".
+//! listens (followed by ` admin_token_file=<path>` when its Control token is in a file);
+//! [`Proc::spawn`] waits for that line, so nothing here sleeps to "give it time".
+//!
+//! [`ProcMesh`] gives every service the same random `--admin-token` and keeps it
+//! ([`ProcMesh::admin_token`]), so demos, scenarios and tests can inject faults.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -33,6 +37,8 @@ pub struct Proc {
     pub name: String,
     pub grpc: SocketAddr,
     pub admin: Option<SocketAddr>,
+    /// The file holding the Control token, when the ready line names one.
+    pub admin_token_file: Option<PathBuf>,
     child: Child,
     log: PathBuf,
     _log_dir: tempfile::TempDir,
@@ -95,15 +101,13 @@ impl Proc {
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         };
-        let field = |key: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .and_then(|v| v.parse().ok())
-        };
+        let field = |key: &str| line.split_whitespace().find_map(|w| w.strip_prefix(key));
+        let addr = |key: &str| field(key).and_then(|v| v.parse::<SocketAddr>().ok());
         Ok(Proc {
             name: bin.to_string(),
-            grpc: field("grpc=").context("no grpc address in the ready line")?,
-            admin: field("admin="),
+            grpc: addr("grpc=").context("no grpc address in the ready line")?,
+            admin: addr("admin="),
+            admin_token_file: field("admin_token_file=").map(PathBuf::from),
             child,
             log,
             _log_dir: log_dir,
@@ -193,6 +197,8 @@ pub struct ProcMesh {
     pub logging: Proc,
     pub gateway: Proc,
     pub data_dir: tempfile::TempDir,
+    /// The Control API token every service was started with.
+    pub admin_token: String,
     bin_dir: PathBuf,
     options: MeshOptions,
 }
@@ -202,6 +208,7 @@ impl ProcMesh {
     /// gateway from `bin_dir`. Does not wait for the gateway to be ready.
     pub fn start(bin_dir: &Path, options: MeshOptions) -> anyhow::Result<ProcMesh> {
         let data_dir = tempfile::tempdir()?;
+        let admin_token = sluice_core::admin_token::generate()?;
         let with = |extra: &[String]| {
             let mut a = strings(&[
                 "--listen",
@@ -214,15 +221,24 @@ impl ProcMesh {
             a.extend(extra.iter().cloned());
             a
         };
-        let risk =
-            Proc::spawn_with_env(bin_dir, "sluice-risk", &with(&options.risk), &options.env)?;
+        let service = |extra: &[String]| {
+            let mut a = with(extra);
+            a.extend(["--admin-token".to_string(), admin_token.clone()]);
+            a
+        };
+        let risk = Proc::spawn_with_env(
+            bin_dir,
+            "sluice-risk",
+            &service(&options.risk),
+            &options.env,
+        )?;
         let notification = Proc::spawn_with_env(
             bin_dir,
             "sluice-notification",
-            &with(&options.notification),
+            &service(&options.notification),
             &options.env,
         )?;
-        let mut logging_args = with(&options.logging);
+        let mut logging_args = service(&options.logging);
         logging_args.extend(strings(&[
             "--data-dir",
             data_dir.path().to_str().context("non-UTF-8 temp path")?,
@@ -244,9 +260,15 @@ impl ProcMesh {
             logging,
             gateway,
             data_dir,
+            admin_token,
             bin_dir: bin_dir.to_path_buf(),
             options,
         })
+    }
+
+    /// A Control client for `service` (one of this mesh's services), with the mesh's token.
+    pub async fn control(&self, service: &Proc) -> anyhow::Result<crate::fault::Control> {
+        crate::fault::control(&service.url(), Some(&self.admin_token)).await
     }
 
     /// Restarts logging on its previous address and data directory.
@@ -258,6 +280,8 @@ impl ProcMesh {
             ANY,
             "--grace-period",
             GRACE_PERIOD,
+            "--admin-token",
+            &self.admin_token,
         ]);
         a.extend(self.options.logging.iter().cloned());
         a.extend(strings(&[

@@ -269,7 +269,7 @@ async fn apply(mesh: &ProcMesh, action: &FaultAction) -> anyhow::Result<Faults> 
         "notification" => mesh.notification.url(),
         _ => mesh.logging.url(),
     };
-    let mut control = crate::fault::control(&url).await?;
+    let mut control = crate::fault::control(&url, Some(&mesh.admin_token)).await?;
     let current = control.get_faults(GetFaultsRequest {}).await?.into_inner();
     let mut f = if action.clear {
         Faults::default()

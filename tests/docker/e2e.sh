@@ -4,10 +4,12 @@
 # present; prints SKIPPED otherwise.
 #
 #  1. build the images, `up` risk, notification, logging, gateway (no Jaeger: it cannot be
-#     pulled offline; the mesh logs once that export fails), wait for health
+#     pulled offline; the mesh logs once that export fails), wait for readiness; the one-shot
+#     `token` service writes the admin token they all read (no default secret)
 #  2. load from the loadgen container; `kill` logging mid-run, start it again: no hung
 #     requests, no acknowledged audit record lost, throughput recovers
-#  3. stall logging through the Control API: the load generator's sends block
+#  3. stall logging through the Control API (the old default token is refused; the shared
+#     token file works): the load generator's sends block
 #  4. `stop`: every container exits 0 within the grace period; `down -v` cleans up
 # It ends with the figures: image size, memory per container idle and loaded, time to healthy.
 set -euo pipefail
@@ -20,8 +22,10 @@ fi
 if docker compose version >/dev/null 2>&1; then C=(docker compose); else C=(docker-compose); fi
 P="sluice-e2e-$$"
 export SLUICE_BUILD_CONTEXT=target/docker-stage SLUICE_DOCKERFILE=Dockerfile SLUICE_TAG=e2e
-export SLUICE_GATEWAY_PORT=127.0.0.1: SLUICE_GATEWAY_ADMIN_PORT=127.0.0.1: SLUICE_ADMIN_TOKEN=e2e-token
+export SLUICE_GATEWAY_PORT=127.0.0.1: SLUICE_GATEWAY_ADMIN_PORT=127.0.0.1:
 export RUST_LOG=info
+# `run --no-deps` below: the stack is up; without it compose would re-run the one-shot token
+# service before every command (harmless, it keeps the token, but it delays the command).
 compose() { "${C[@]}" -p "$P" "$@"; }
 out=$(mktemp -d)
 chmod 777 "$out"
@@ -45,13 +49,14 @@ size=$(docker image inspect -f '{{.Size}}' "sluice:e2e" | awk '{printf "%.1f MB"
 echo "== up (without jaeger)"
 t0=$(now)
 compose up -d risk notification logging gateway >/dev/null 2>&1
-until_ok 60 healthy gateway || fail "gateway never became healthy"
+until_ok 60 healthy gateway || fail "gateway never became healthy (ready)"
+[ "$(docker inspect -f '{{.State.ExitCode}}' "$(compose ps -a -q token)")" = 0 ] || fail "the token init service failed"
 t_healthy=$(echo "$(now) - $t0" | bc)
 admin=$(compose port gateway 9101)
 idle=$(docker stats --no-stream --format '{{.Name}}={{.MemUsage}}' $(compose ps -q) | sed 's/ \/.*//' | tr '\n' ' ')
 
 echo "== load, kill logging mid-run, start it again"
-compose run --rm -v "$out:/out" loadgen run --target http://gateway:50051 --mode unary --rate 300 \
+compose run --rm --no-deps -v "$out:/out" loadgen run --target http://gateway:50051 --mode unary --rate 300 \
   --duration 25s --timeout 5s -q --json /out/kill.json >/dev/null 2>"$out/kill.err" &
 load=$!
 until_ok 60 at_least 'sluice_gateway_transactions_total{api="unary",result="ok"}' 1500 || fail "load never got going"
@@ -66,20 +71,20 @@ wait "$load" || fail "load generator failed: $(cat "$out/kill.err")"
 [ "$(json "$out/kill.json" "set(r['errors']) <= {'UNAVAILABLE', 'DEADLINE_EXCEEDED'}")" = True ] || fail "unexpected errors $(json "$out/kill.json" "r['errors']")"
 [ "$(json "$out/kill.json" "r['errors'].get('UNAVAILABLE', 0) > 0")" = True ] || fail "the outage was not seen"
 [ "$(json "$out/kill.json" "min(p['ok'] for p in r['timeline'][-4:-1]) >= 270")" = True ] || fail "throughput did not recover: $(json "$out/kill.json" "[p['ok'] for p in r['timeline']]")"
-compose run --rm -v "$out:/out" loadgen verify --logging http://logging:50054 --report /out/kill.json >"$out/verify.txt" 2>&1 \
+compose run --rm --no-deps -v "$out:/out" loadgen verify --logging http://logging:50054 --report /out/kill.json >"$out/verify.txt" 2>&1 \
   || fail "acknowledged records missing: $(cat "$out/verify.txt")"
 acked=$(json "$out/kill.json" "len(r['acked'])")
 outage=$(json "$out/kill.json" "r['errors']")
 
 echo "== stall logging through the Control API"
-compose run --rm -e SLUICE_ADMIN_TOKEN= loadgen fault --target http://logging:50054 --stall >/dev/null 2>&1 && fail "Control accepted a call without the token"
-compose run --rm loadgen fault --target http://logging:50054 --stall --token e2e-token >/dev/null 2>&1 || fail "cannot stall logging"
-compose run --rm -v "$out:/out" loadgen run --target http://gateway:50051 --mode stream --rate 2000 \
+compose run --rm --no-deps loadgen fault --target http://logging:50054 --stall --token sluice-admin >/dev/null 2>&1 && fail "Control accepted the old default token"
+compose run --rm --no-deps loadgen fault --target http://logging:50054 --stall >/dev/null 2>&1 || fail "cannot stall logging with the shared token file"
+compose run --rm --no-deps -v "$out:/out" loadgen run --target http://gateway:50051 --mode stream --rate 2000 \
   --duration 6s --timeout 60s -q --json /out/stall.json >/dev/null 2>"$out/stall.err" &
 load=$!
 until_ok 30 at_least 'sluice_gateway_downstream_queue_depth{downstream="logging"}' 1024 || fail "pressure never built up at the gateway (logging queue not full)"
 sleep 3   # hold the stall: the scenario, not a synchronisation
-compose run --rm loadgen fault --target http://logging:50054 --unstall --token e2e-token >/dev/null 2>&1 || fail "cannot unstall"
+compose run --rm --no-deps loadgen fault --target http://logging:50054 --unstall >/dev/null 2>&1 || fail "cannot unstall"
 wait "$load" || fail "stream load failed: $(cat "$out/stall.err")"
 blocked=$(json "$out/stall.json" "round(r['blocked_send_seconds'], 2)")
 [ "$(json "$out/stall.json" "r['blocked_send_seconds'] >= 2.0 and not r['errors'] and r['completed'] == r['sent']")" = True ] \

@@ -111,6 +111,21 @@ impl Mesh {
         self.0.restart_logging().expect("restart logging");
     }
 
+    /// Replaces the faults in force on `service` (one of this mesh's), with the mesh's token.
+    pub async fn set_faults(
+        &self,
+        service: &Proc,
+        faults: sluice_proto::pb::Faults,
+    ) -> sluice_proto::pb::Faults {
+        self.control(service)
+            .await
+            .expect("connect to Control")
+            .set_faults(faults)
+            .await
+            .expect("SetFaults")
+            .into_inner()
+    }
+
     /// Every record in the audit log, through `Logging/Read`.
     pub async fn audit_entries(&self) -> Vec<AuditEntry> {
         let mut client = LoggingClient::connect(self.logging.url())
@@ -164,18 +179,6 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.ok()?;
     Some(buf)
-}
-
-/// Replaces the faults in force on the service at `url` (no token).
-pub async fn set_faults(url: &str, faults: sluice_proto::pb::Faults) -> sluice_proto::pb::Faults {
-    let mut control = sluice_proto::pb::control_client::ControlClient::connect(url.to_string())
-        .await
-        .expect("connect to Control");
-    control
-        .set_faults(faults)
-        .await
-        .expect("SetFaults")
-        .into_inner()
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, for at most `within`: waiting on a

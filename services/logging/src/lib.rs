@@ -362,7 +362,12 @@ pub async fn serve(
     let result = sluice_core::server::run_service(
         listeners,
         &config.server,
-        config.service.admin_token.clone(),
+        // A generated Control token goes beside the audit log.
+        config
+            .service
+            .admin_token
+            .clone()
+            .generate_in(&config.data_dir),
         pool,
         registry,
         service,

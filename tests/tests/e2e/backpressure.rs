@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sluice_proto::pb::{Faults, Transaction};
-use sluice_tests::{Mesh, MeshOptions, eventually, loadgen_json, metric, set_faults, txn};
+use sluice_tests::{Mesh, MeshOptions, eventually, loadgen_json, metric, txn};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -110,7 +110,7 @@ async fn stalled_logging_blocks_stream_clients_with_flat_memory_and_loses_nothin
         .await
         .unwrap();
 
-    set_faults(&mesh.logging.url(), STALL).await;
+    mesh.set_faults(&mesh.logging, STALL).await;
     let load = {
         let target = target.clone();
         tokio::spawn(async move {
@@ -145,7 +145,7 @@ async fn stalled_logging_blocks_stream_clients_with_flat_memory_and_loses_nothin
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    set_faults(&mesh.logging.url(), CLEAR).await;
+    mesh.set_faults(&mesh.logging, CLEAR).await;
     let (_, report) = load.await.unwrap();
 
     assert!(
@@ -220,7 +220,7 @@ async fn stalled_logging_refuses_unary_fast_with_pushback_and_loses_nothing() {
     .await;
     let admin = mesh.gateway.admin.unwrap();
     let bound = QUEUE + STREAMS * STREAM_INFLIGHT;
-    set_faults(&mesh.logging.url(), STALL).await;
+    mesh.set_faults(&mesh.logging, STALL).await;
 
     let gw = mesh.gateway().await;
     let (tx, mut rx) = mpsc::channel(CALLS);
@@ -284,7 +284,7 @@ async fn stalled_logging_refuses_unary_fast_with_pushback_and_loses_nothing() {
         );
     }
 
-    set_faults(&mesh.logging.url(), CLEAR).await;
+    mesh.set_faults(&mesh.logging, CLEAR).await;
     let mut admitted = HashMap::new();
     while let Some((id, result, _)) = rx.recv().await {
         admitted.insert(id, result.expect("admitted calls complete after unstall"));
@@ -327,8 +327,8 @@ async fn slowed_risk_sets_the_pace_with_queues_at_their_bounds() {
     })
     .await;
     let admin = mesh.gateway.admin.unwrap();
-    set_faults(
-        &mesh.risk.url(),
+    mesh.set_faults(
+        &mesh.risk,
         Faults {
             delay_ms: DELAY_MS,
             workers: WORKERS,
@@ -406,7 +406,7 @@ async fn stalled_notification_sheds_and_transactions_keep_flowing() {
         ..Default::default()
     })
     .await;
-    set_faults(&mesh.notification.url(), STALL).await;
+    mesh.set_faults(&mesh.notification, STALL).await;
     let (_, report) = loadgen_json(&[
         "run",
         "--target",
@@ -455,7 +455,7 @@ async fn tiny_messages_to_a_stalled_reader_do_not_reset_connections() {
     })
     .await;
     let admin = mesh.gateway.admin.unwrap();
-    set_faults(&mesh.logging.url(), STALL).await;
+    mesh.set_faults(&mesh.logging, STALL).await;
     let gw = mesh.gateway().await;
     let tiny = |i: usize| Transaction {
         id: format!("t{i}"),
@@ -514,7 +514,7 @@ async fn tiny_messages_to_a_stalled_reader_do_not_reset_connections() {
     .await
     .unwrap();
     assert!(unread >= 1000.0, "{unread}");
-    set_faults(&mesh.logging.url(), CLEAR).await;
+    mesh.set_faults(&mesh.logging, CLEAR).await;
     let sent = sender.await.unwrap();
     assert_eq!(sent, SENT, "the client's stream was reset");
     let mut ok = 0;
@@ -559,8 +559,8 @@ async fn expired_deadlines_drop_queued_work_at_each_hop() {
     };
 
     // The service hop: work delayed past its deadline is dropped, not done.
-    set_faults(
-        &mesh.logging.url(),
+    mesh.set_faults(
+        &mesh.logging,
         Faults {
             delay_ms: 600,
             ..CLEAR
@@ -581,7 +581,7 @@ async fn expired_deadlines_drop_queued_work_at_each_hop() {
 
     // The gateway hop: with logging stalled and one message in flight, the rest queue in the
     // gateway, expire there, and are dropped unsent.
-    set_faults(&mesh.logging.url(), STALL).await;
+    mesh.set_faults(&mesh.logging, STALL).await;
     let mut calls = Vec::new();
     for i in 0..10 {
         let mut gw = gw.clone();
@@ -591,7 +591,7 @@ async fn expired_deadlines_drop_queued_work_at_each_hop() {
     for c in calls {
         assert_eq!(c.await.unwrap().unwrap_err().code(), Code::DeadlineExceeded);
     }
-    set_faults(&mesh.logging.url(), CLEAR).await;
+    mesh.set_faults(&mesh.logging, CLEAR).await;
     eventually(
         "queued requests dropped at the gateway",
         Duration::from_secs(10),

@@ -1,14 +1,17 @@
 //! End-to-end tests against the real binaries, one test executable (`mod` per topic).
 
+mod admin_token;
 mod api;
 mod audit;
 mod backpressure;
 mod chaos;
+mod connections;
 mod control;
 mod faults;
 mod hostile;
 mod loadgen;
 mod loadgen_features;
+mod readiness;
 mod shutdown;
 mod stream;
 mod stream_errors;

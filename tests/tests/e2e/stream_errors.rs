@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use prost::Message;
 use sluice_proto::pb::Faults;
-use sluice_tests::{Mesh, eventually, metric, set_faults, submit_stream_raw, txn};
+use sluice_tests::{Mesh, eventually, metric, submit_stream_raw, txn};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -88,8 +88,8 @@ async fn cancelled_calls_and_broken_streams_leak_no_accounting() {
     let mesh = Mesh::start().await;
     let admin = mesh.gateway.admin.expect("gateway admin");
     let gw = mesh.gateway().await;
-    set_faults(
-        &mesh.logging.url(),
+    mesh.set_faults(
+        &mesh.logging,
         Faults {
             stall: true,
             ..Default::default()
@@ -146,5 +146,5 @@ async fn cancelled_calls_and_broken_streams_leak_no_accounting() {
     .await
     .unwrap_or(0.0);
     assert_eq!(cancelled, 50.0, "every cancelled call is counted");
-    set_faults(&mesh.logging.url(), Faults::default()).await;
+    mesh.set_faults(&mesh.logging, Faults::default()).await;
 }
