@@ -1,9 +1,12 @@
-//! Bearer-token checks for gRPC services inside the mesh.
+//! Bearer-token checks for gRPC services inside the mesh: one interceptor for both tokens.
 //!
-//! The mesh token (`--mesh-token`, `SLUICE_MESH_TOKEN`) guards data-path RPCs that only the
-//! gateway and operator tools should call (the audit log's `Append` and `Read`): without it,
-//! anyone who reaches a service port could write records the gateway would later point
-//! clients at. One interceptor, configured per service; tokens compared in constant time.
+//! - The admin token guards `mesh.v1.Control` (fault injection; see [`crate::admin_token`]).
+//! - The mesh token (`--mesh-token`, `SLUICE_MESH_TOKEN`) guards data-path RPCs that only the
+//!   gateway and operator tools should call (the audit log's `Append` and `Read`): without
+//!   it, anyone who reaches a service port could write records the gateway would later point
+//!   clients at.
+//!
+//! Tokens are compared in constant time.
 
 use std::sync::Arc;
 
@@ -16,15 +19,17 @@ use tonic::{Request, Status};
 #[derive(Clone)]
 pub struct RequireBearer {
     token: Option<Arc<str>>,
-    /// The flag that sets the token, for the error message.
-    flag: &'static str,
+    /// Where a caller finds the token (a flag, a file), for the error message.
+    hint: &'static str,
 }
 
 impl RequireBearer {
-    pub fn new(token: Option<String>, flag: &'static str) -> Self {
+    /// Requires `token` when it is `Some` and not empty; `hint` tells a refused caller where
+    /// the token comes from.
+    pub fn new(token: Option<String>, hint: &'static str) -> Self {
         Self {
             token: token.filter(|t| !t.is_empty()).map(Into::into),
-            flag,
+            hint,
         }
     }
 }
@@ -42,18 +47,19 @@ impl Interceptor for RequireBearer {
         match presented {
             Some(p) if tokens_match(p, token) => Ok(request),
             Some(_) => Err(Status::unauthenticated(format!(
-                "wrong token (the service's {})",
-                self.flag
+                "wrong token ({})",
+                self.hint
             ))),
             None => Err(Status::unauthenticated(format!(
-                "this call needs `authorization: Bearer <token>` (the service's {})",
-                self.flag
+                "this call needs `authorization: Bearer <token>` ({})",
+                self.hint
             ))),
         }
     }
 }
 
-/// Constant-time comparison (`subtle`), so response timing does not reveal a prefix.
+/// Constant-time comparison (`subtle`): the time taken does not depend on where the first
+/// difference is, so response timing does not reveal how much of a guess was right.
 pub fn tokens_match(presented: &str, expected: &str) -> bool {
     use subtle::ConstantTimeEq;
     presented.as_bytes().ct_eq(expected.as_bytes()).into()

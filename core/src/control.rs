@@ -4,16 +4,13 @@
 //! Every service serves it over the same [`WorkerPool`] that does its work, so `stall`,
 //! `workers`, `delay_ms`, `jitter_ms` and `error_rate` act exactly where real slowness would.
 
-use std::sync::Arc;
-
 use sluice_proto::pb::control_server::{Control, ControlServer};
 use sluice_proto::pb::{Faults, GetFaultsRequest};
-use subtle::ConstantTimeEq;
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::admin_token::AdminAuth;
+use crate::auth::RequireBearer;
 use crate::worker_pool::{MAX_WORKERS, WorkerPool};
 
 /// Largest `delay_ms` / `jitter_ms` accepted.
@@ -55,42 +52,16 @@ impl Control for ControlService {
     }
 }
 
-/// Requires `authorization: Bearer <token>` unless authentication is explicitly off
-/// (`token: None`, from `--insecure-no-auth`).
-#[derive(Clone)]
-pub struct BearerAuth {
-    token: Option<Arc<str>>,
-}
-
-impl Interceptor for BearerAuth {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(token) = &self.token else {
-            return Ok(request);
-        };
-        let presented = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match presented {
-            // subtle: the comparison takes the same time wherever the first difference is,
-            // so response timing does not reveal how much of a guess was right.
-            Some(p) if bool::from(p.as_bytes().ct_eq(token.as_bytes())) => Ok(request),
-            Some(_) => Err(Status::unauthenticated("wrong admin token")),
-            None => Err(Status::unauthenticated(
-                "Control needs `authorization: Bearer <token>` (the service's --admin-token, or the file named admin_token_file in its ready line)",
-            )),
-        }
-    }
-}
-
 /// The Control server for `pool`, guarded as `auth` says.
 pub fn server(
     pool: WorkerPool,
     auth: &AdminAuth,
-) -> InterceptedService<ControlServer<ControlService>, BearerAuth> {
-    let token = auth.token().map(Arc::from);
-    ControlServer::with_interceptor(ControlService { pool }, BearerAuth { token })
+) -> InterceptedService<ControlServer<ControlService>, RequireBearer> {
+    let guard = RequireBearer::new(
+        auth.token().map(str::to_string),
+        "the service's --admin-token, or the file named admin_token_file in its ready line",
+    );
+    ControlServer::with_interceptor(ControlService { pool }, guard)
 }
 
 #[cfg(test)]
@@ -148,11 +119,10 @@ mod tests {
 
     #[test]
     fn bearer_token() {
-        let mut open = BearerAuth { token: None };
+        use tonic::service::Interceptor;
+        let mut open = RequireBearer::new(None, "--admin-token");
         assert!(open.call(Request::new(())).is_ok());
-        let mut guarded = BearerAuth {
-            token: Some(Arc::from("s3cret")),
-        };
+        let mut guarded = RequireBearer::new(Some("s3cret".into()), "--admin-token");
         assert_eq!(
             guarded.call(Request::new(())).unwrap_err().code(),
             tonic::Code::Unauthenticated

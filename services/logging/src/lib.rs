@@ -344,6 +344,7 @@ pub async fn serve(
         e => ServeError::Other(format!("{e} (check --data-dir)")),
     })?;
     tracing::info!(path = %config.data_dir.display(), records = log.len(), "audit log open");
+    log.report_health(listeners.readiness());
     let pool = WorkerPool::new(
         config.service.workers,
         config.service.reply_queue,
@@ -357,7 +358,7 @@ pub async fn serve(
     };
     let service = tonic::service::interceptor::InterceptedService::new(
         LoggingServer::new(service).max_decoding_message_size(config.server.h2.max_message_size),
-        RequireBearer::new(config.mesh_token.clone(), "--mesh-token"),
+        RequireBearer::new(config.mesh_token.clone(), "the service's --mesh-token"),
     );
     let result = sluice_core::server::run_service(
         listeners,

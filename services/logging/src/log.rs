@@ -45,6 +45,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use sluice_core::log_limit::RateLimitedLog;
+use sluice_core::readiness::Readiness;
 use sluice_proto::pb::AuditEntry;
 use tokio::sync::{mpsc, oneshot};
 
@@ -191,6 +193,7 @@ pub struct AuditLog {
     index: Arc<RwLock<ReadIndex>>,
     metrics: LogMetrics,
     writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    health: Arc<std::sync::OnceLock<Readiness>>,
 }
 
 impl AuditLog {
@@ -252,7 +255,11 @@ impl AuditLog {
         metrics.queue_capacity.set(append_queue as i64);
         let index = Arc::new(RwLock::new(index));
         let (jobs, rx) = mpsc::channel(append_queue.max(1));
+        let health = Arc::new(std::sync::OnceLock::new());
         let writer = Writer {
+            health: health.clone(),
+            write_errors: RateLimitedLog::default(),
+            failing: false,
             path: path.clone(),
             file,
             end,
@@ -273,7 +280,15 @@ impl AuditLog {
             index,
             metrics,
             writer: Arc::new(std::sync::Mutex::new(Some(handle))),
+            health,
         })
+    }
+
+    /// From now on, a failing write (a full disk, an I/O error) marks `readiness` not ready
+    /// until a write succeeds again: the service stays alive (`/healthz`) but says it cannot
+    /// take appends (`/readyz`, gRPC health), so the gateway and orchestrators route around it.
+    pub fn report_health(&self, readiness: Readiness) {
+        let _ = self.health.set(readiness);
     }
 
     /// Appends `record` (its `offset` and `payload_digest` are set here) and resolves once
@@ -400,9 +415,23 @@ struct Writer {
     max_batch: usize,
     metrics: LogMetrics,
     poisoned: Option<String>,
+    health: Arc<std::sync::OnceLock<Readiness>>,
+    /// One line per interval however fast writes fail (a full disk fails every batch).
+    write_errors: RateLimitedLog,
+    /// The last write failed.
+    failing: bool,
 }
 
 impl Writer {
+    fn set_failing(&mut self, failing: bool) {
+        if self.failing != failing {
+            self.failing = failing;
+            if let Some(r) = self.health.get() {
+                r.set(!failing);
+            }
+        }
+    }
+
     fn run(mut self, mut rx: mpsc::Receiver<AppendJob>) {
         let mut batch = Vec::with_capacity(self.max_batch);
         let mut buf = Vec::with_capacity(64 * 1024);
@@ -474,7 +503,10 @@ impl Writer {
                 .write_all(buf)
                 .and_then(|()| self.file.sync_data());
             if let Err(source) = written {
-                tracing::error!(path = %self.path.display(), error = %source, "audit write failed; rolling back the batch");
+                self.write_errors.log(|suppressed| {
+                    tracing::error!(path = %self.path.display(), error = %source, suppressed, "audit write failed; rolling back the batch (not ready until a write succeeds)");
+                });
+                self.set_failing(true);
                 // Roll back the batch: nothing in it was acknowledged.
                 for id in &new_ids {
                     self.by_id.remove(id);
@@ -497,6 +529,12 @@ impl Writer {
                 return;
             }
             self.end += buf.len() as u64;
+            if self.failing {
+                self.set_failing(false);
+                self.write_errors.flush(|suppressed| {
+                    tracing::info!(path = %self.path.display(), suppressed, "audit writes succeed again");
+                });
+            }
             let mut index = self.index.write().expect("index lock");
             index.positions.extend_from_slice(&new_positions);
             index.records += new_positions.len() as u64;
@@ -746,6 +784,61 @@ mod tests {
                 duplicate: true
             }
         );
+    }
+
+    #[tokio::test]
+    async fn failing_writes_mark_the_service_not_ready_until_one_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        let readiness = Readiness::default();
+        readiness.set(true);
+        log.report_health(readiness.clone());
+        log.append(record("ok-1")).await.unwrap();
+        // Swap the writer's file for a read-only handle: every write fails, as on a full disk.
+        let path = dir.path().join(LOG_FILE);
+        let mut writer = Writer {
+            path: path.clone(),
+            file: File::open(&path).unwrap(),
+            end: std::fs::metadata(&path).unwrap().len(),
+            next_offset: 2,
+            by_id: HashMap::new(),
+            index: Arc::default(),
+            max_batch: 16,
+            metrics: LogMetrics::new(&mut Registry::default()),
+            poisoned: None,
+            health: log.health.clone(),
+            write_errors: RateLimitedLog::default(),
+            failing: false,
+        };
+        let job = |id: &str| {
+            let (reply, done) = oneshot::channel();
+            (
+                AppendJob {
+                    record: record(id),
+                    reply,
+                },
+                done,
+            )
+        };
+        let mut buf = Vec::new();
+        for i in 0..100 {
+            let (j, mut done) = job(&format!("fail-{i}"));
+            writer.commit(&mut vec![j], &mut buf);
+            assert!(matches!(done.try_recv(), Ok(Err(AuditError::Io { .. }))));
+            // A read-only handle cannot roll back either; a full disk can.
+            writer.poisoned = None;
+        }
+        assert!(!readiness.is_ready());
+        assert_eq!(
+            writer.write_errors.suppressed(),
+            99,
+            "one line for 100 failures"
+        );
+        writer.file = OpenOptions::new().append(true).open(&path).unwrap();
+        let (j, mut done) = job("ok-2");
+        writer.commit(&mut vec![j], &mut buf);
+        assert!(matches!(done.try_recv(), Ok(Ok(_))));
+        assert!(readiness.is_ready(), "ready again once a write succeeds");
     }
 
     #[tokio::test]
