@@ -296,11 +296,23 @@ impl Drop for Tracked {
 /// An accepted TCP connection that must deliver the HTTP/2 preface within the handshake
 /// timeout: until it has sent 24 bytes, a read that would wait past the deadline fails with
 /// `TimedOut` instead, and hyper closes the connection. After that it is a plain `TcpStream`.
+///
+/// Closing lingers: after its FIN, it reads (and drops) what the peer still sends, until the
+/// peer closes too or [`LINGER`] passes. Closing a socket with unread bytes in its receive
+/// buffer makes the kernel send RST instead of FIN, and a peer that receives RST may discard
+/// data it had already received but not read — here, the trailers that told a client still
+/// sending on a SubmitStream why the stream ended (`UNAVAILABLE: shutting down`).
 pub struct Connection {
     stream: TcpStream,
     handshake: Option<Handshake>,
     tracked: Tracked,
+    /// Set once the write side is shut: the linger deadline.
+    linger: Option<Pin<Box<Sleep>>>,
 }
+
+/// How long a closing connection keeps reading what its peer still sends before the socket
+/// is closed anyway.
+pub const LINGER: Duration = Duration::from_millis(500);
 
 struct Handshake {
     deadline: Pin<Box<Sleep>>,
@@ -318,6 +330,7 @@ impl Connection {
                 received: 0,
             }),
             tracked,
+            linger: None,
         }
     }
 
@@ -399,6 +412,29 @@ impl AsyncWrite for Connection {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.linger.is_none() {
+            if let Err(e) = std::task::ready!(Pin::new(&mut this.stream).poll_shutdown(cx)) {
+                return Poll::Ready(Err(e));
+            }
+            this.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+        }
+        // Drain until the peer closes, the read fails, or the linger time is up.
+        let mut scratch = [0u8; 4096];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.stream).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) if this.linger.as_ref().is_some_and(|l| l.is_elapsed()) => {
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    let linger = this.linger.as_mut().expect("set above");
+                    return linger.as_mut().poll(cx).map(Ok);
+                }
+            }
+        }
     }
 }

@@ -123,6 +123,7 @@ pub struct DownstreamConfig {
     /// Queue slots that waiting admissions ([`Downstream::reserve`], SubmitStream) may never
     /// take, so an immediate one ([`Downstream::try_reserve`], unary Submit) finds room
     /// however many streams wait: every freed slot would otherwise go to a waiting reader.
+    /// At most a quarter of the queue.
     pub immediate_reserved: usize,
 }
 
@@ -275,9 +276,9 @@ impl<P: Protocol> Downstream<P> {
         metrics.queue_capacity.set(config.queue as i64);
         let (queue, rx) = mpsc::channel(config.queue.max(1));
         let queue_len = config.queue.max(1);
-        let waiting_share = queue_len
-            .saturating_sub(config.immediate_reserved)
-            .clamp(1, Semaphore::MAX_PERMITS);
+        // At most a quarter of the queue is held back, so a small queue stays usable.
+        let reserved = config.immediate_reserved.min(queue_len / 4);
+        let waiting_share = (queue_len - reserved).clamp(1, Semaphore::MAX_PERMITS);
         let shared = Arc::new(Shared {
             rx: tokio::sync::Mutex::new(rx),
             waiting_share: Arc::new(Semaphore::new(waiting_share)),

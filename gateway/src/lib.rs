@@ -68,8 +68,9 @@ pub struct Config {
     /// a full notification queue sheds notices.
     #[arg(long, env = "SLUICE_DOWNSTREAM_QUEUE", default_value_t = downstream::DEFAULT_QUEUE)]
     pub downstream_queue: usize,
-    /// Slots of each downstream queue that only unary Submit calls may take: however many
-    /// SubmitStream readers wait for room, unary calls still find some.
+    /// Slots of each downstream queue that only unary Submit calls may take (at most a
+    /// quarter of the queue): however many SubmitStream readers wait for room, unary calls
+    /// still find some.
     #[arg(long, env = "SLUICE_UNARY_RESERVED", default_value_t = downstream::DEFAULT_IMMEDIATE_RESERVED)]
     pub unary_reserved: usize,
     /// Most requests one downstream stream may have sent and not had answered.

@@ -75,6 +75,8 @@ async fn stalled_logging_blocks_stream_clients_with_flat_memory_and_loses_nothin
     const STALL_FOR: Duration = Duration::from_secs(20);
     let mesh = Mesh::start_with(MeshOptions {
         gateway: strings(&[
+            "--unary-reserved",
+            "0", // streams alone: the whole queue is theirs
             "--downstream-queue",
             "256",
             "--streams-per-downstream",
@@ -202,6 +204,8 @@ async fn stalled_logging_refuses_unary_fast_with_pushback_and_loses_nothing() {
     const CALLS: usize = 400;
     let mesh = Mesh::start_with(MeshOptions {
         gateway: strings(&[
+            "--unary-reserved",
+            "0", // streams alone: the whole queue is theirs
             "--downstream-queue",
             "64",
             "--streams-per-downstream",
@@ -316,6 +320,8 @@ async fn slowed_risk_sets_the_pace_with_queues_at_their_bounds() {
     let capacity = f64::from(WORKERS) * 1000.0 / f64::from(DELAY_MS); // 200/s
     let mesh = Mesh::start_with(MeshOptions {
         gateway: strings(&[
+            "--unary-reserved",
+            "0", // streams alone: the whole queue is theirs
             "--downstream-queue",
             "64",
             "--streams-per-downstream",
@@ -398,6 +404,8 @@ async fn slowed_risk_sets_the_pace_with_queues_at_their_bounds() {
 async fn stalled_notification_sheds_and_transactions_keep_flowing() {
     let mesh = Mesh::start_with(MeshOptions {
         gateway: strings(&[
+            "--unary-reserved",
+            "0", // streams alone: the whole queue is theirs
             "--downstream-queue",
             "64",
             "--downstream-stream-inflight",
