@@ -452,3 +452,22 @@ impl tonic::codec::Decoder for RawCodec {
             .map_err(|e| tonic::Status::internal(e.to_string()))
     }
 }
+
+/// Opens a SubmitStream fed from a channel of `buffer` transactions: send on the returned
+/// sender (drop it to half-close), read outcomes from the returned stream.
+pub async fn open_submit_stream(
+    gw: &GatewayClient<Channel>,
+    buffer: usize,
+) -> (
+    tokio::sync::mpsc::Sender<Transaction>,
+    tonic::Streaming<sluice_proto::pb::Outcome>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(buffer);
+    let outcomes = gw
+        .clone()
+        .submit_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("open SubmitStream")
+        .into_inner();
+    (tx, outcomes)
+}

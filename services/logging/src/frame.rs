@@ -120,11 +120,12 @@ pub fn decode(buf: &[u8]) -> Decoded {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn entry(offset: u64, id: &str) -> AuditEntry {
+    /// A record for tests: fixed payload, the given offset and id.
+    pub(crate) fn entry(offset: u64, id: &str) -> AuditEntry {
         AuditEntry {
             offset,
             id: id.into(),

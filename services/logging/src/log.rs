@@ -564,14 +564,7 @@ mod tests {
     use super::*;
 
     fn record(id: &str) -> NewRecord {
-        AuditEntry {
-            id: id.into(),
-            account: "acct".into(),
-            amount_minor: 100,
-            currency: "EUR".into(),
-            merchant: "shop".into(),
-            ..Default::default()
-        }
+        crate::frame::tests::entry(0, id)
     }
 
     fn open(dir: &Path) -> AuditLog {

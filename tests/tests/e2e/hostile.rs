@@ -8,7 +8,7 @@ use std::time::Duration;
 use sluice_proto::pb::RiskRequest;
 use sluice_proto::pb::gateway_client::GatewayClient;
 use sluice_proto::pb::risk_client::RiskClient;
-use sluice_tests::{Mesh, eventually, metric, txn};
+use sluice_tests::{Mesh, eventually, metric, open_submit_stream, txn};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -141,13 +141,7 @@ async fn a_greedy_stream_does_not_starve_unary_callers() {
     let stop = Arc::new(AtomicBool::new(false));
 
     // One stream client keeping up to 4,000 transactions outstanding.
-    let (tx, rx) = mpsc::channel(4000);
-    let mut outcomes = gw
-        .clone()
-        .submit_stream(ReceiverStream::new(rx))
-        .await
-        .expect("stream")
-        .into_inner();
+    let (tx, mut outcomes) = open_submit_stream(&gw, 4000).await;
     let window = Arc::new(tokio::sync::Semaphore::new(4000));
     let feeder = {
         let (stop, window) = (stop.clone(), window.clone());

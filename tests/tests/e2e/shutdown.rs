@@ -4,9 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sluice_tests::{Mesh, Proc, ProcMesh, txn};
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use sluice_tests::{Mesh, Proc, ProcMesh, open_submit_stream, txn};
+use tokio::sync::watch;
 
 /// The mesh's grace period (see `Mesh::start`) plus slack for a loaded machine.
 const EXIT_WITHIN: Duration = Duration::from_secs(5 + 3);
@@ -19,13 +18,7 @@ async fn sigterm_under_load(pick: fn(&mut ProcMesh) -> &mut Proc) {
     let done_tx = Arc::new(done_tx);
 
     // A SubmitStream kept busy, plus unary callers.
-    let (tx, rx) = mpsc::channel(64);
-    let mut stream = gw
-        .clone()
-        .submit_stream(ReceiverStream::new(rx))
-        .await
-        .expect("stream")
-        .into_inner();
+    let (tx, mut stream) = open_submit_stream(&gw, 64).await;
     let feeder = {
         let stop = stop.clone();
         tokio::spawn(async move {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use prost::Message;
 use sluice_proto::pb::Faults;
-use sluice_tests::{Mesh, eventually, metric, submit_stream_raw, txn};
+use sluice_tests::{Mesh, eventually, metric, open_submit_stream, submit_stream_raw, txn};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -46,13 +46,7 @@ async fn a_message_that_does_not_decode_ends_the_stream_with_its_error() {
 async fn shutdown_ends_streams_unavailable_counting_unread_messages() {
     let mesh = Mesh::start().await;
     let gw = mesh.gateway().await;
-    let (tx, rx) = mpsc::channel(64);
-    let mut stream = gw
-        .clone()
-        .submit_stream(ReceiverStream::new(rx))
-        .await
-        .expect("stream")
-        .into_inner();
+    let (tx, mut stream) = open_submit_stream(&gw, 64).await;
     let feeder = tokio::spawn(async move {
         let mut n = 0u64;
         while tx.send(txn(&format!("shut-{n}"))).await.is_ok() {
