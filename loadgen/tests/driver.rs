@@ -137,7 +137,8 @@ async fn a_stream_that_ends_unavailable_counts_what_it_left_unanswered() {
     let (report, answered) = run_against(Ending::Unavailable).await;
     assert_eq!(answered, 100, "two streams of 50 answers");
     assert_eq!(report.completed, answered);
-    assert!(report.sent > answered + 60, "sent {}", report.sent);
+    // Each stream: 50 answered + 30 read and left unanswered, and perhaps more in flight.
+    assert!(report.sent >= answered + 60, "sent {}", report.sent);
     assert_eq!(
         report.errors.get(NO_OUTCOME).copied(),
         Some(report.sent - answered),
