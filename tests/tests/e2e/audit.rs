@@ -9,6 +9,7 @@ use sluice_proto::pb::logging_client::LoggingClient;
 use sluice_proto::pb::{AppendRequest, Decision, ReadRequest, Transaction};
 use sluice_tests::{Mesh, MeshOptions, bin_dir, txn};
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 /// Runs `sluice-logging <args>` to completion: (exit code, stdout, stderr).
 fn logging_cli(args: &[&str]) -> (i32, String, String) {
@@ -45,6 +46,8 @@ async fn mid_file_damage_is_refused_checked_and_repaired_without_losing_offsets(
     // Stop logging cleanly, then flip one byte in the middle of the log.
     mesh.logging.sigterm().expect("sigterm logging");
     assert!(mesh.logging.wait_exit(Duration::from_secs(20)).is_some());
+    // The gateway has seen it go: its SERVING after the restart below is then news.
+    mesh.wait_gateway(ServingStatus::NotServing).await;
     let dir = mesh.data_dir.path().to_path_buf();
     let dir_arg = dir.to_str().unwrap();
     let log = dir.join("audit.log");
@@ -97,8 +100,7 @@ async fn mid_file_damage_is_refused_checked_and_repaired_without_losing_offsets(
     assert_eq!(logging_cli(&["check", "--data-dir", dir_arg]).0, 0);
 
     mesh.restart_logging();
-    mesh.wait_gateway(tonic_health::pb::health_check_response::ServingStatus::Serving)
-        .await;
+    mesh.wait_gateway(ServingStatus::Serving).await;
     let entries = mesh.audit_entries().await;
     assert!(
         entries.len() >= 598 && entries.len() < 600,
