@@ -464,11 +464,16 @@ async fn a_dead_trace_backend_does_not_slow_the_mesh() {
         "{}",
         report["errors"]
     );
-    assert!(
-        report["ok_rate"].as_f64().unwrap() >= 950.0,
-        "throughput fell to {}",
-        report["ok_rate"]
+    // Behaviour, not a rate (a rate is a benchmark's figure and moves with the machine's
+    // load): every transaction sent was answered OK, and none waited anywhere near the
+    // exporter's own timeouts, as it would if export sat on the request path.
+    assert_eq!(
+        report["ok"], report["sent"],
+        "every transaction answered OK"
     );
+    assert!(report["sent"].as_u64().unwrap() > 0);
+    let p99 = report["latency_ms"]["p99"].as_f64().unwrap();
+    assert!(p99 < 1000.0, "p99 {p99} ms: export is on the request path");
     let dropped = metric(
         mesh.gateway.admin.unwrap(),
         "sluice_gateway_otlp_spans_dropped_total{reason=\"export_failed\"}",
