@@ -107,6 +107,11 @@ async fn streams_that_never_read_cannot_grow_memory_or_starve_unary() {
     let attacked = rss(admin).await;
     stop.store(true, Ordering::Relaxed);
     let (ok, total) = unary.await.unwrap();
+    eprintln!(
+        "under attack: {} streams held, {refused} refused, gateway RSS +{:.1} MiB, polite unary {ok}/{total} OK",
+        held.len(),
+        (attacked - idle) / 1048576.0
+    );
     assert!(
         attacked - idle <= 64.0 * 1024.0 * 1024.0,
         "gateway RSS grew {:.1} MiB under the attack",
