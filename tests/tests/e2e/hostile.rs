@@ -62,7 +62,8 @@ async fn streams_that_never_read_cannot_grow_memory_or_starve_unary() {
 
     // 32 connections x 256 SubmitStreams, each sending 64 transactions and never reading.
     let mut held = Vec::new();
-    let mut refused = 0;
+    let (mut refused, mut lost) = (0, 0);
+    let mut most_open = 0f64;
     for c in 0..32 {
         let channel = mesh.gateway_channel().await;
         let mut opens = tokio::task::JoinSet::new();
@@ -81,15 +82,20 @@ async fn streams_that_never_read_cannot_grow_memory_or_starve_unary() {
             let (tx, response) = r.unwrap();
             match response {
                 Ok(stream) => held.push((tx, stream)),
-                Err(status) => {
-                    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
-                    refused += 1;
-                }
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => refused += 1,
+                // h2's guard against unread small frames may end a hostile connection
+                // (GOAWAY ENHANCE_YOUR_CALM); its streams close and free their places.
+                Err(_) => lost += 1,
             }
         }
+        let open = metric(admin, "sluice_gateway_submit_streams")
+            .await
+            .unwrap();
+        most_open = f64::max(most_open, open);
     }
-    assert!(held.len() <= 256, "{} streams open", held.len());
-    assert_eq!(held.len() + refused, 32 * 256);
+    assert!(most_open <= 256.0, "{most_open} SubmitStreams open at once");
+    assert!(refused > 0, "the cap refused nothing");
+    assert_eq!(held.len() + refused + lost, 32 * 256);
 
     // The gateway does what it can for the held streams; then their outcome queues are
     // full and it reads no more.
@@ -108,7 +114,7 @@ async fn streams_that_never_read_cannot_grow_memory_or_starve_unary() {
     stop.store(true, Ordering::Relaxed);
     let (ok, total) = unary.await.unwrap();
     eprintln!(
-        "under attack: {} streams held, {refused} refused, gateway RSS +{:.1} MiB, polite unary {ok}/{total} OK",
+        "under attack: {} streams accepted (at most {most_open} open at once), {refused} refused, {lost} lost with their connection, gateway RSS +{:.1} MiB, polite unary {ok}/{total} OK",
         held.len(),
         (attacked - idle) / 1048576.0
     );
