@@ -8,6 +8,7 @@
 //! - [`readiness`]: whether the process should get traffic; one flag behind `/readyz` and
 //!   the gRPC health of the main service.
 //! - [`incoming`]: the accept loop: handshake timeout, connection cap, accept-error backoff.
+//! - [`log_format`]: log lines as text or JSON, each naming its span's trace.
 //! - [`log_limit`]: one log line per interval, with a count, for errors that repeat.
 //! - [`metrics`]: the Prometheus registry plus process metrics.
 //! - [`worker_pool`]: serve a bidirectional stream with a bounded pool of workers that pulls
@@ -18,7 +19,8 @@
 //! - [`deadline`]: per-message deadlines carried as Unix milliseconds across hops.
 //! - [`server`]: binding, the ready line, and running a tonic router until shutdown.
 //! - [`spans`]: the tracer, gRPC span attributes, failure marking.
-//! - [`telemetry`]: logs (`RUST_LOG`) and OTLP span export with a bounded, counted queue.
+//! - [`telemetry`]: one `tracing` subscriber: spans to OpenTelemetry (OTLP export through a
+//!   bounded, counted queue), log lines to stderr (`RUST_LOG`, `--log-format`).
 //! - [`propagation`]: W3C + B3 trace context in gRPC metadata and per-message maps.
 
 pub mod admin;
@@ -28,6 +30,7 @@ pub mod control;
 pub mod deadline;
 pub mod h2;
 pub mod incoming;
+pub mod log_format;
 pub mod log_limit;
 pub mod metrics;
 pub mod propagation;

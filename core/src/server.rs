@@ -264,7 +264,6 @@ where
     F: FnOnce(Listeners, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = Result<(), ServeError>>,
 {
-    crate::telemetry::init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -273,7 +272,7 @@ where
         }
     };
     let result = runtime.block_on(async move {
-        let tracing = match crate::telemetry::init_tracing(name, telemetry) {
+        let tracing = match crate::telemetry::init(name, telemetry, "info") {
             Ok(t) => t,
             Err(e) => return Err(Exit::Config(e)),
         };

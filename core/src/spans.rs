@@ -1,15 +1,20 @@
 //! Span helpers shared by every binary: one tracer, gRPC semantic-convention attributes,
-//! and one way to mark a span failed.
+//! and one way to end a span with a gRPC result.
 //!
-//! Sluice uses the OpenTelemetry API directly (not through `tracing`) for its trace spans:
-//! it needs explicit span kinds, explicit parents taken from each message, links to
-//! long-lived stream spans, and start times in the past (queue waits).
+//! Sluice's spans are `tracing` spans bridged to OpenTelemetry by `tracing-opentelemetry`
+//! (installed by [`crate::telemetry::init`]): `otel.kind` names the kind, the parent comes
+//! from the message's extracted context ([`with_parent`]), links from
+//! `OpenTelemetrySpanExt::add_link`, and the span ends when its last handle drops — so a
+//! cancelled future still ends its span. A span that must start in the past (a queue wait)
+//! is made through the OpenTelemetry API as a child of a `tracing` span's context
+//! ([`child_since`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::global::{self, BoxedTracer};
-use opentelemetry::trace::{Status, TraceContextExt};
+use opentelemetry::trace::{Span as _, Status, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, KeyValue};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// The tracer every Sluice span comes from.
 pub fn tracer() -> BoxedTracer {
@@ -25,8 +30,58 @@ pub fn rpc(service: &'static str, method: &'static str) -> Vec<KeyValue> {
     ]
 }
 
-/// Marks the span in `cx` failed with a gRPC code and message, and records an event.
-pub fn fail(cx: &Context, event: &'static str, code: i32, message: &str) {
+/// Sets `span`'s OpenTelemetry parent to `parent` (a context extracted from metadata or a
+/// message) before the span is first entered, and returns it. A parent without a valid span
+/// leaves the span a root.
+pub fn with_parent(span: tracing::Span, parent: Context) -> tracing::Span {
+    if parent.has_active_span() || parent.span().span_context().is_valid() {
+        // Fails only once the span has started; callers set it right after creating it.
+        let _ = span.set_parent(parent);
+    }
+    span
+}
+
+/// Marks `span` failed with a gRPC code and message, and records `event` on it.
+pub fn fail(span: &tracing::Span, event: &'static str, code: i32, message: &str) {
+    span.add_event(
+        event,
+        vec![
+            KeyValue::new("rpc.grpc.status_code", i64::from(code)),
+            KeyValue::new("message", message.to_string()),
+        ],
+    );
+    span.set_attribute("rpc.grpc.status_code", i64::from(code));
+    span.set_status(Status::error(message.to_string()));
+}
+
+/// Marks `span` OK (gRPC code 0).
+pub fn ok(span: &tracing::Span) {
+    span.set_attribute("rpc.grpc.status_code", 0i64);
+}
+
+/// Ends `span` with a result: OK, or failed with `event` and the error's code and message.
+pub fn finish(span: &tracing::Span, error: Option<(i32, &str)>, event: &'static str) {
+    match error {
+        Some((code, message)) => fail(span, event, code, message),
+        None => ok(span),
+    }
+}
+
+/// A span named `name` that started at `since` (a queue wait, measured before the span that
+/// contains it existed), a child of `parent`, ended now.
+pub fn child_since(parent: &tracing::Span, name: &'static str, since: SystemTime) {
+    let tracer = tracer();
+    let cx = parent.context();
+    let mut span = tracer
+        .span_builder(name)
+        .with_start_time(since)
+        .start_with_context(&tracer, &cx);
+    span.end();
+}
+
+/// Marks the OpenTelemetry span in `cx` failed with a gRPC code and message, and records
+/// an event.
+pub fn fail_cx(cx: &Context, event: &'static str, code: i32, message: &str) {
     let span = cx.span();
     span.add_event(
         event,
@@ -39,8 +94,8 @@ pub fn fail(cx: &Context, event: &'static str, code: i32, message: &str) {
     span.set_status(Status::error(message.to_string()));
 }
 
-/// Marks the span in `cx` OK (gRPC code 0).
-pub fn ok(cx: &Context) {
+/// Marks the OpenTelemetry span in `cx` OK (gRPC code 0).
+pub fn ok_cx(cx: &Context) {
     cx.span()
         .set_attribute(KeyValue::new("rpc.grpc.status_code", 0i64));
 }

@@ -33,6 +33,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tracing_subscriber::EnvFilter;
 
+use crate::log_format::{LogFormat, WithTraceIds};
+
 /// Default capacity of the span export queue.
 pub const DEFAULT_OTLP_QUEUE: usize = 4096;
 /// Most spans per export call.
@@ -43,20 +45,6 @@ pub const DEFAULT_OTLP_FLUSH: Duration = Duration::from_millis(500);
 const FLUSH_ACK: usize = 1;
 /// Longest one export may take before it counts as failed.
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Installs the global log subscriber with `RUST_LOG`, defaulting to `info`.
-pub fn init_logging() {
-    init_logging_with_default("info");
-}
-
-/// Installs the global log subscriber with `RUST_LOG`, defaulting to `default`.
-pub fn init_logging_with_default(default: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
 
 /// Trace export flags every binary shares.
 #[derive(Debug, Clone, Args, Default)]
@@ -70,6 +58,11 @@ pub struct TelemetryArgs {
     /// Longest a finished span waits before it is exported, e.g. 500ms.
     #[arg(long, env = "SLUICE_OTLP_FLUSH", default_value = "500ms", value_parser = crate::parse_duration)]
     pub otlp_flush: Duration,
+    /// How log lines are written on stderr: `text` (one readable line each) or `json` (one
+    /// object per line, for containers). Lines written inside a traced span carry its
+    /// `trace_id` and `span_id` either way.
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -136,10 +129,75 @@ pub fn sampler_from_env(name: Option<&str>, arg: Option<&str>) -> Result<Sampler
     })
 }
 
-/// Installs the W3C + B3 propagator and, when an endpoint is configured, the OTLP exporter
-/// (call inside the tokio runtime). `default_service` names the service unless
-/// `OTEL_SERVICE_NAME` does.
-pub fn init_tracing(default_service: &str, args: &TelemetryArgs) -> Result<Telemetry, String> {
+/// Installs logging and tracing for the process (call inside the tokio runtime): the W3C +
+/// B3 propagator; the OTLP exporter when an endpoint is configured; and one `tracing`
+/// subscriber with two layers, each with its own filter:
+///
+/// - **spans → OpenTelemetry** (`tracing-opentelemetry`): Sluice's own spans (targets
+///   `sluice*`), whatever `RUST_LOG` says, so quieting logs never breaks traces. With no
+///   endpoint the global tracer is a no-op that still carries a received trace context from
+///   parent to child, so propagation works with export off.
+/// - **events → stderr**, filtered by `RUST_LOG` (default `default_filter`), as text or JSON
+///   with the current span's trace ids ([`crate::log_format`]).
+///
+/// `default_service` names the service unless `OTEL_SERVICE_NAME` does.
+pub fn init(
+    default_service: &str,
+    args: &TelemetryArgs,
+    default_filter: &str,
+) -> Result<Telemetry, String> {
+    let telemetry = init_export(default_service, args)?;
+    install_subscriber(args.log_format, default_filter);
+    if let Some(endpoint) = args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+        tracing::info!(%endpoint, queue = args.otlp_queue, "exporting spans over OTLP/gRPC");
+    }
+    Ok(telemetry)
+}
+
+/// The global subscriber: spans to OpenTelemetry, events to stderr (see [`init`]).
+fn install_subscriber(format: LogFormat, default_filter: &str) {
+    use tracing_subscriber::filter::{FilterExt as _, filter_fn};
+    use tracing_subscriber::prelude::*;
+
+    let sluice_spans = filter_fn(|meta| meta.is_span() && meta.target().starts_with("sluice"));
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(crate::spans::tracer())
+        // Lean spans: the attributes Sluice sets, not code locations, threads or timings.
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_filter(sluice_spans);
+    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // Events only: formatting span fields for every span would cost on the data path; a
+    // line's trace ids come from the OpenTelemetry layer instead.
+    let events_only = env.and(filter_fn(|meta| meta.is_event()));
+    let logs = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .event_format(WithTraceIds {
+                inner: tracing_subscriber::fmt::format(),
+                format,
+            })
+            .with_filter(events_only)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .map_event_format(|json| WithTraceIds {
+                inner: json,
+                format,
+            })
+            .with_filter(events_only)
+            .boxed(),
+    };
+    let dispatch: tracing::Dispatch = tracing_subscriber::registry().with(spans).with(logs).into();
+    if tracing::dispatcher::set_global_default(dispatch.clone()).is_ok() {
+        crate::log_format::remember(&dispatch);
+    }
+}
+
+/// The propagator, and the OTLP exporter and tracer provider when an endpoint is set.
+fn init_export(default_service: &str, args: &TelemetryArgs) -> Result<Telemetry, String> {
     crate::propagation::install();
     let Some(endpoint) = args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) else {
         return Ok(Telemetry { provider: None });
@@ -175,7 +233,6 @@ pub fn init_tracing(default_service: &str, args: &TelemetryArgs) -> Result<Telem
         .with_resource(resource.build())
         .build();
     opentelemetry::global::set_tracer_provider(provider.clone());
-    tracing::info!(%endpoint, queue = args.otlp_queue, "exporting spans over OTLP/gRPC");
     Ok(Telemetry {
         provider: Some(provider),
     })

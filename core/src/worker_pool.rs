@@ -358,8 +358,8 @@ impl WorkerPool {
                             Err(reply) => reply,
                         };
                     match (messages.reply_error)(&reply) {
-                        Some((code, message)) => spans::fail(&cx, "error", code, message),
-                        None => spans::ok(&cx),
+                        Some((code, message)) => spans::fail_cx(&cx, "error", code, message),
+                        None => spans::ok_cx(&cx),
                     }
                     cx.span().end();
                     metrics

@@ -419,8 +419,8 @@ struct Waiting<P: Protocol> {
 /// Ends a hop span: OK, or failed with the reply's error.
 fn end_hop(trace: &Context, error: Option<(i32, &str)>, event: &'static str) {
     match error {
-        Some((code, message)) => spans::fail(trace, event, code, message),
-        None => spans::ok(trace),
+        Some((code, message)) => spans::fail_cx(trace, event, code, message),
+        None => spans::ok_cx(trace),
     }
     trace.span().end();
 }
@@ -507,7 +507,7 @@ async fn run_stream<P: Protocol>(
         )
         .await;
         if let Err(status) = &opened {
-            spans::fail(
+            spans::fail_cx(
                 &stream_cx,
                 "open_failed",
                 status.code() as i32,

@@ -249,7 +249,7 @@ impl Fanout {
                     "not_admitted"
                 };
                 for cx in [&risk_hop, &audit_hop] {
-                    spans::fail(cx, event, status.code() as i32, status.message());
+                    spans::fail_cx(cx, event, status.code() as i32, status.message());
                     cx.span().end();
                 }
                 return Err(status);
@@ -259,7 +259,7 @@ impl Fanout {
         let notify_hop = hop(parent, "mesh.v1.Notification", "Deliver");
         let notification = if !self.notification.is_live() {
             self.count_shed("unavailable");
-            spans::fail(
+            spans::fail_cx(
                 &notify_hop,
                 "shed",
                 tonic::Code::Unavailable as i32,
@@ -280,7 +280,7 @@ impl Fanout {
                 }
                 Err(_) => {
                     self.count_shed("queue_full");
-                    spans::fail(
+                    spans::fail_cx(
                         &notify_hop,
                         "shed",
                         tonic::Code::ResourceExhausted as i32,

@@ -501,8 +501,8 @@ impl StreamReader {
             }
         };
         match &end {
-            None => spans::ok(&self.stream_cx),
-            Some(status) => spans::fail(
+            None => spans::ok_cx(&self.stream_cx),
+            Some(status) => spans::fail_cx(
                 &self.stream_cx,
                 "stream_ended",
                 status.code() as i32,
@@ -690,9 +690,9 @@ fn end_ingress(cx: &Context, result: Result<&Outcome, &Status>) {
                 tonic::Code::InvalidArgument => "invalid_argument",
                 _ => "error",
             };
-            spans::fail(cx, event, code, message);
+            spans::fail_cx(cx, event, code, message);
         }
-        None => spans::ok(cx),
+        None => spans::ok_cx(cx),
     }
     cx.span().end();
 }

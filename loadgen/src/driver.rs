@@ -312,7 +312,7 @@ impl Shared {
         let Some(p) = self.pending_map().remove(id) else {
             return false;
         };
-        spans::fail(&p.cx, "no_outcome", tonic::Code::Unknown as i32, why);
+        spans::fail_cx(&p.cx, "no_outcome", tonic::Code::Unknown as i32, why);
         p.cx.span().end();
         self.interval.lock().expect("interval lock").errors += 1;
         if p.intended >= self.measure_from {
@@ -731,8 +731,8 @@ fn end_client_span(cx: &Context, result: Result<&Outcome, &tonic::Status>) {
         Err(s) => Some((s.code() as i32, s.message())),
     };
     match error {
-        Some((code, message)) => spans::fail(cx, "error", code, message),
-        None => spans::ok(cx),
+        Some((code, message)) => spans::fail_cx(cx, "error", code, message),
+        None => spans::ok_cx(cx),
     }
     cx.span().end();
 }
@@ -847,7 +847,7 @@ impl SubmitStream {
                 cx,
             }),
             Err(status) => {
-                spans::fail(&cx, "open_failed", status.code() as i32, status.message());
+                spans::fail_cx(&cx, "open_failed", status.code() as i32, status.message());
                 cx.span().end();
                 Err(status)
             }
@@ -891,8 +891,8 @@ async fn stream_connection(
             .filter(|id| shared.abandon(id, "its stream ended first", false))
             .count() as u64;
         match &end {
-            Ok(()) => spans::ok(&cx),
-            Err(s) => spans::fail(&cx, "stream_ended", s.code() as i32, s.message()),
+            Ok(()) => spans::ok_cx(&cx),
+            Err(s) => spans::fail_cx(&cx, "stream_ended", s.code() as i32, s.message()),
         }
         cx.span().end();
         if end.is_err() || lost > 0 {

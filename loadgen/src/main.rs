@@ -5,9 +5,8 @@ use sluice_loadgen::cli::{Cli, execute};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    sluice_core::telemetry::init_logging_with_default("warn");
     let cli = Cli::parse();
-    let tracing = match sluice_core::telemetry::init_tracing("sluice-loadgen", &cli.telemetry) {
+    let tracing = match sluice_core::telemetry::init("sluice-loadgen", &cli.telemetry, "warn") {
         Ok(t) => t,
         Err(e) => {
             eprintln!("sluice-loadgen: {e}");

@@ -2,9 +2,13 @@
 //!
 //! Everything generated lives under [`pb`]; the rest of the workspace imports from there.
 //! [`validate`] holds the rules a `Transaction` must satisfy, shared by every side that
-//! accepts one.
+//! accepts one; [`hop`] the contract of a downstream stream (requests, replies, correlation),
+//! shared by the gateway's stream clients and the services' worker pool.
 
+pub mod hop;
 pub mod validate;
+
+pub use hop::{HopReply, HopRequest};
 
 /// Generated code for package `mesh.v1`.
 #[allow(clippy::all, unreachable_pub, missing_docs)]
