@@ -156,10 +156,14 @@ pub fn init(
 
 /// The global subscriber: spans to OpenTelemetry, events to stderr (see [`init`]).
 fn install_subscriber(format: LogFormat, default_filter: &str) {
-    use tracing_subscriber::filter::{FilterExt as _, filter_fn};
+    use tracing_subscriber::filter::{FilterExt as _, LevelFilter, filter_fn};
     use tracing_subscriber::prelude::*;
 
-    let sluice_spans = filter_fn(|meta| meta.is_span() && meta.target().starts_with("sluice"));
+    // Both filters look at metadata only, so each call site is decided once and cached,
+    // and both give a level hint: without one, every `trace!` in h2 and hyper would be
+    // evaluated at run time. Sluice's spans are INFO.
+    let sluice_spans = filter_fn(|meta| meta.is_span() && meta.target().starts_with("sluice"))
+        .with_max_level_hint(LevelFilter::INFO);
     let spans = tracing_opentelemetry::layer()
         .with_tracer(crate::spans::tracer())
         // Lean spans: the attributes Sluice sets, not code locations, threads or timings.
@@ -170,7 +174,8 @@ fn install_subscriber(format: LogFormat, default_filter: &str) {
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     // Events only: formatting span fields for every span would cost on the data path; a
     // line's trace ids come from the OpenTelemetry layer instead.
-    let events_only = env.and(filter_fn(|meta| meta.is_event()));
+    let events_only =
+        env.and(filter_fn(|meta| meta.is_event()).with_max_level_hint(LevelFilter::TRACE));
     let logs = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)

@@ -1,9 +1,10 @@
 //! One transaction to three downstreams, joined by correlation.
 //!
 //! [`Fanout::dispatch`] admits a transaction: it takes room in the risk and logging queues
-//! (both required) — waiting for it, or refusing at once, per [`Admission`] — and offers the
-//! notice to notification's queue without ever waiting (full means SHED). [`Dispatched::outcome`]
-//! then waits for the risk verdict and the audit ack, never past the deadline.
+//! (both required) — waiting for their services to be ready, or refusing at once, per
+//! [`Admission`] — and offers the notice to notification's queue without ever waiting (full
+//! means SHED). [`Dispatched::outcome`] then waits for the risk verdict and the audit ack,
+//! never past the deadline.
 //!
 //! Splitting admission from completion is what lets SubmitStream read the next message
 //! only once the current one is admitted: the queues' bounds become the client's
@@ -15,133 +16,40 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-
-use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
-use opentelemetry::{Context, KeyValue};
 use sluice_core::spans;
-use sluice_proto::pb::logging_client::LoggingClient;
-use sluice_proto::pb::notification_client::NotificationClient;
-use sluice_proto::pb::risk_client::RiskClient;
+use sluice_proto::HopRequest;
 use sluice_proto::pb::{
-    self, AppendAck, AppendRequest, NotificationStatus, NotifyAck, NotifyRequest, Outcome,
-    RiskRequest, RiskVerdict, Transaction,
+    self, AppendAck, AppendRequest, NotificationStatus, NotifyRequest, Outcome, RiskRequest,
+    RiskVerdict, Transaction,
 };
-use tokio::sync::oneshot;
 use tonic::Status;
-use tonic::transport::Channel;
+use tower::{Service, ServiceExt};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use crate::downstream::{Downstream, Outbound, Protocol};
+pub use crate::downstream::Admission;
+use crate::downstream::{Downstream, HopCall, ReplyFuture};
 
-/// The risk service's `Assess` stream.
-pub struct RiskProtocol;
-/// The logging service's `Append` stream.
-pub struct LoggingProtocol;
-/// The notification service's `Deliver` stream.
-pub struct NotificationProtocol;
-
-macro_rules! protocol {
-    ($proto:ty, $name:literal, $service:literal, $rpc:literal, $req:ty, $reply:ty, $client:ident, $method:ident) => {
-        impl Protocol for $proto {
-            type Request = $req;
-            type Reply = $reply;
-            const NAME: &'static str = $name;
-            const SERVICE: &'static str = $service;
-            const METHOD: &'static str = $rpc;
-            fn set_correlation(request: &mut $req, id: u64) {
-                request.correlation_id = id;
-            }
-            fn correlation(reply: &$reply) -> u64 {
-                reply.correlation_id
-            }
-            fn set_sent(request: &mut $req, unix_micros: i64) {
-                request.sent_unix_micros = unix_micros;
-            }
-            fn reply_error(reply: &$reply) -> Option<(i32, &str)> {
-                reply.error.as_ref().map(|e| (e.code, e.message.as_str()))
-            }
-            fn open(
-                channel: Channel,
-                max_message_size: usize,
-                outbound: Outbound<$req>,
-                stream: &Context,
-                auth: Option<&tonic::metadata::AsciiMetadataValue>,
-            ) -> std::pin::Pin<
-                Box<
-                    dyn std::future::Future<Output = Result<tonic::Streaming<$reply>, Status>>
-                        + Send,
-                >,
-            > {
-                // The stream's own context rides in its metadata, sent once at open.
-                let mut request = tonic::Request::new(outbound);
-                sluice_core::propagation::inject_metadata(stream, request.metadata_mut());
-                sluice_core::auth::insert(request.metadata_mut(), auth);
-                Box::pin(async move {
-                    let mut client =
-                        $client::new(channel).max_decoding_message_size(max_message_size);
-                    Ok(client.$method(request).await?.into_inner())
-                })
-            }
-        }
-    };
-}
-
-protocol!(
-    RiskProtocol,
-    "risk",
-    "mesh.v1.Risk",
-    "Assess",
-    RiskRequest,
-    RiskVerdict,
-    RiskClient,
-    assess
-);
-protocol!(
-    LoggingProtocol,
-    "logging",
-    "mesh.v1.Logging",
-    "Append",
-    AppendRequest,
-    AppendAck,
-    LoggingClient,
-    append
-);
-protocol!(
-    NotificationProtocol,
-    "notification",
-    "mesh.v1.Notification",
-    "Deliver",
-    NotifyRequest,
-    NotifyAck,
-    NotificationClient,
-    deliver
-);
-
-/// A hop span (PRODUCER `<service>/<method> send`) under the ingress span in `parent`.
-fn hop(parent: &Context, service: &'static str, method: &'static str) -> Context {
-    let tracer = spans::tracer();
-    let span = tracer
-        .span_builder(format!("{service}/{method} send"))
-        .with_kind(SpanKind::Producer)
-        .with_attributes(spans::rpc(service, method))
-        .start_with_context(&tracer, parent);
-    parent.with_span(span)
+/// The hop span (PRODUCER `<service>/<method> send`) of request type `R`, under `parent`
+/// (the ingress span): it covers the wait for queue room, the time in the queue (and so for
+/// HTTP/2 window), the send and the reply, and ends when the reply or failure arrives.
+fn hop<R: HopRequest>(parent: &tracing::Span) -> tracing::Span {
+    tracing::info_span!(
+        parent: parent,
+        "send",
+        otel.name = %format_args!("{}/{} send", R::SERVICE, R::METHOD),
+        otel.kind = "producer",
+        rpc.system = "grpc",
+        rpc.service = R::SERVICE,
+        rpc.method = R::METHOD,
+    )
 }
 
 /// `txn` with its trace context replaced by the hop's (every format, nothing stale).
-fn carrying(txn: &Transaction, hop: &Context) -> Transaction {
+fn carrying(txn: &Transaction, hop: &tracing::Span) -> Transaction {
     let mut t = txn.clone();
     t.trace_context.clear();
-    sluice_core::propagation::inject_map(hop, &mut t.trace_context);
+    sluice_core::propagation::inject_map(&hop.context(), &mut t.trace_context);
     t
-}
-
-/// How ingress waits for queue room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    /// Wait for room, up to the deadline (SubmitStream: this wait is the backpressure).
-    Wait,
-    /// Refuse with RESOURCE_EXHAUSTED when a required queue is full (unary Submit).
-    Immediate,
 }
 
 /// Why a notice was not queued.
@@ -154,9 +62,9 @@ struct ShedLabels {
 /// The three downstreams.
 #[derive(Clone)]
 pub struct Fanout {
-    pub risk: Downstream<RiskProtocol>,
-    pub logging: Downstream<LoggingProtocol>,
-    pub notification: Downstream<NotificationProtocol>,
+    pub risk: Downstream<RiskRequest>,
+    pub logging: Downstream<AppendRequest>,
+    pub notification: Downstream<NotifyRequest>,
     shed: Family<ShedLabels, Counter>,
 }
 
@@ -164,16 +72,16 @@ pub struct Fanout {
 pub struct Dispatched {
     id: String,
     deadline: Instant,
-    risk: oneshot::Receiver<Result<RiskVerdict, Status>>,
-    audit: oneshot::Receiver<Result<AppendAck, Status>>,
+    risk: ReplyFuture<RiskRequest>,
+    audit: ReplyFuture<AppendRequest>,
     notification: NotificationStatus,
 }
 
 impl Fanout {
     pub fn new(
-        risk: Downstream<RiskProtocol>,
-        logging: Downstream<LoggingProtocol>,
-        notification: Downstream<NotificationProtocol>,
+        risk: Downstream<RiskRequest>,
+        logging: Downstream<AppendRequest>,
+        notification: Downstream<NotifyRequest>,
         registry: &mut Registry,
     ) -> Self {
         let shed = Family::<ShedLabels, Counter>::default();
@@ -190,127 +98,103 @@ impl Fanout {
         }
     }
 
-    fn count_shed(&self, reason: &'static str) {
-        self.shed.get_or_create(&ShedLabels { reason }).inc();
-    }
-
-    /// Admits `txn` (already validated) to the downstream queues.
+    /// Admits `txn` (already validated) to the downstream queues; `parent` is the ingress
+    /// span the hop spans go under.
     pub async fn dispatch(
         &self,
         txn: Transaction,
         deadline: Instant,
         admission: Admission,
-        parent: &Context,
+        parent: &tracing::Span,
     ) -> Result<Dispatched, Status> {
-        for (live, name) in [
-            (self.risk.is_live(), "risk"),
-            (self.logging.is_live(), "logging"),
-        ] {
-            if !live {
-                return Err(Status::unavailable(format!(
-                    "{name} has no live stream; retry later"
-                )));
-            }
-        }
-        // One PRODUCER span per hop, covering the wait for queue room, the time in the
-        // queue (and so for HTTP/2 window), the send and the reply.
-        let risk_hop = hop(parent, "mesh.v1.Risk", "Assess");
-        let audit_hop = hop(parent, "mesh.v1.Logging", "Append");
+        let (risk_hop, audit_hop) = (hop::<RiskRequest>(parent), hop::<AppendRequest>(parent));
+        let (mut risk, mut logging) = (
+            self.risk.service(admission),
+            self.logging.service(admission),
+        );
+        // Readiness is queue room: Wait parks here (the backpressure), Immediate never does.
         let waiting = Instant::now();
-        let slots = match admission {
-            Admission::Immediate => self
-                .risk
-                .try_reserve()
-                .and_then(|r| Ok((r, self.logging.try_reserve()?))),
-            Admission::Wait => {
-                let both = async {
-                    Ok::<_, Status>((self.risk.reserve().await?, self.logging.reserve().await?))
-                };
-                tokio::time::timeout_at(deadline.into(), both)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Status::deadline_exceeded(
-                            "deadline passed waiting for queue room",
-                        ))
-                    })
-            }
+        let both = async {
+            risk.ready().await?;
+            logging.ready().await?;
+            Ok::<_, Status>(())
         };
+        let room = tokio::time::timeout_at(deadline.into(), both)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(
+                    "deadline passed waiting for queue room",
+                ))
+            });
         let waited_ms = waiting.elapsed().as_secs_f64() * 1000.0;
-        for cx in [&risk_hop, &audit_hop] {
-            cx.span()
-                .set_attribute(KeyValue::new("sluice.admission_wait_ms", waited_ms));
+        for span in [&risk_hop, &audit_hop] {
+            span.set_attribute("sluice.admission_wait_ms", waited_ms);
         }
-        let (risk_slot, audit_slot) = match slots {
-            Ok(slots) => slots,
-            Err(status) => {
-                let event = if status.code() == tonic::Code::ResourceExhausted {
-                    "rejected"
-                } else {
-                    "not_admitted"
-                };
-                for cx in [&risk_hop, &audit_hop] {
-                    spans::fail_cx(cx, event, status.code() as i32, status.message());
-                    cx.span().end();
-                }
-                return Err(status);
+        if let Err(status) = room {
+            let event = if status.code() == tonic::Code::ResourceExhausted {
+                "rejected"
+            } else {
+                "not_admitted"
+            };
+            for span in [&risk_hop, &audit_hop] {
+                spans::fail(span, event, status.code() as i32, status.message());
             }
-        };
+            return Err(status);
+        }
         let deadline_unix_ms = sluice_core::deadline::to_unix_ms(deadline);
-        let notify_hop = hop(parent, "mesh.v1.Notification", "Deliver");
-        let notification = if !self.notification.is_live() {
-            self.count_shed("unavailable");
-            spans::fail_cx(
-                &notify_hop,
-                "shed",
-                tonic::Code::Unavailable as i32,
-                "notification has no live stream",
-            );
-            notify_hop.span().end();
-            NotificationStatus::Failed
-        } else {
-            match self.notification.try_reserve() {
-                Ok(slot) => {
-                    let request = NotifyRequest {
-                        transaction: Some(carrying(&txn, &notify_hop)),
-                        deadline_unix_ms,
-                        ..Default::default()
-                    };
-                    slot.send_and_forget(request, deadline, notify_hop);
-                    NotificationStatus::Queued
-                }
-                Err(_) => {
-                    self.count_shed("queue_full");
-                    spans::fail_cx(
-                        &notify_hop,
-                        "shed",
-                        tonic::Code::ResourceExhausted as i32,
-                        "notification queue full",
-                    );
-                    notify_hop.span().end();
-                    NotificationStatus::Shed
-                }
-            }
-        };
-        let id = txn.id.clone();
-        let risk_request = RiskRequest {
-            transaction: Some(carrying(&txn, &risk_hop)),
-            deadline_unix_ms,
-            ..Default::default()
-        };
-        let risk = risk_slot.send(risk_request, deadline, risk_hop);
-        let audit_request = AppendRequest {
-            transaction: Some(carrying(&txn, &audit_hop)),
-            deadline_unix_ms,
-            ..Default::default()
-        };
-        let audit = audit_slot.send(audit_request, deadline, audit_hop);
+        let notification = self.notify(&txn, deadline, deadline_unix_ms, parent).await;
+        let risk = risk.call(HopCall {
+            request: RiskRequest::new(carrying(&txn, &risk_hop), deadline_unix_ms),
+            deadline,
+            span: risk_hop,
+        });
+        let audit = logging.call(HopCall {
+            request: AppendRequest::new(carrying(&txn, &audit_hop), deadline_unix_ms),
+            deadline,
+            span: audit_hop,
+        });
         Ok(Dispatched {
-            id,
+            id: txn.id,
             deadline,
             risk,
             audit,
             notification,
         })
+    }
+
+    /// Offers the notice without waiting: QUEUED, SHED (queue full) or FAILED (no live
+    /// stream). Its reply is not awaited.
+    async fn notify(
+        &self,
+        txn: &Transaction,
+        deadline: Instant,
+        deadline_unix_ms: i64,
+        parent: &tracing::Span,
+    ) -> NotificationStatus {
+        let span = hop::<NotifyRequest>(parent);
+        let mut notification = self.notification.service(Admission::Immediate);
+        match notification.ready().await {
+            Ok(_) => {
+                let request = NotifyRequest::new(carrying(txn, &span), deadline_unix_ms);
+                // Best effort: the reply future is dropped; the hop span ends on the reply.
+                drop(notification.call(HopCall {
+                    request,
+                    deadline,
+                    span,
+                }));
+                NotificationStatus::Queued
+            }
+            Err(status) => {
+                let (reason, result) = if status.code() == tonic::Code::ResourceExhausted {
+                    ("queue_full", NotificationStatus::Shed)
+                } else {
+                    ("unavailable", NotificationStatus::Failed)
+                };
+                self.shed.get_or_create(&ShedLabels { reason }).inc();
+                spans::fail(&span, "shed", status.code() as i32, status.message());
+                result
+            }
+        }
     }
 }
 
@@ -331,13 +215,6 @@ fn reply_status(name: &str, error: Option<&pb::Error>) -> Result<(), Status> {
     }
 }
 
-fn received<T>(
-    name: &str,
-    r: Result<Result<T, Status>, oneshot::error::RecvError>,
-) -> Result<T, Status> {
-    r.map_err(|_| Status::unavailable(format!("{name} request dropped")))?
-}
-
 impl Dispatched {
     /// The transaction's id.
     pub fn id(&self) -> &str {
@@ -352,8 +229,7 @@ impl Dispatched {
             .map_err(|_| {
                 Status::deadline_exceeded("deadline passed waiting for risk and logging")
             })?;
-        let verdict = received("risk", risk)?;
-        let ack = received("logging", audit)?;
+        let (verdict, ack): (RiskVerdict, AppendAck) = (risk?, audit?);
         reply_status("logging", ack.error.as_ref())?;
         reply_status("risk", verdict.error.as_ref())?;
         Ok(Outcome {

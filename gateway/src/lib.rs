@@ -1,5 +1,6 @@
-//! The Sluice gateway: `mesh.v1.Gateway` ingress ([`ingress`]) → fan-out of each transaction
-//! ([`fanout`]) → one long-lived stream client per downstream service ([`downstream`]).
+//! The Sluice gateway: `mesh.v1.Gateway` ingress ([`ingress`], one tower stack per
+//! transaction) → fan-out of each transaction ([`fanout`]) → one long-lived stream client per
+//! downstream service ([`downstream`], a tower service whose readiness is queue room).
 //! `sluice_proto::validate` holds the ingress rules. See ARCHITECTURE.md for every bound on the path.
 
 pub mod downstream;

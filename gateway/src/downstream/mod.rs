@@ -1,0 +1,204 @@
+//! Long-lived bidirectional stream clients, one [`Downstream`] per service, each a tower
+//! [`Service`](tower::Service) whose readiness is queue room.
+//!
+//! A downstream is a bounded queue (`queue`) feeding `streams` long-lived streams over one
+//! HTTP/2 connection ([`stream`]). A stream pulls the next envelope only when the h2 stream
+//! has send capacity, so a slow service (its window full) stops the pulls, the queue fills,
+//! and [`DownstreamService::poll_ready`] stays pending: backpressure *is* tower readiness.
+//! Whoever calls waits for readiness (SubmitStream) or refuses when not ready (unary), and a
+//! `tower::balance` can sit over several replicas' services.
+//!
+//! - [`service`]: the `Service<HopCall<R>>` and its readiness (queue room, live streams).
+//! - [`stream`]: one stream: request body, correlation of replies, reconnect loop.
+//! - [`backoff`]: the reconnect policy.
+//! - [`metrics`]: per-downstream metrics.
+
+mod backoff;
+mod metrics;
+mod service;
+mod stream;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use prometheus_client::registry::Registry;
+use sluice_core::CancellationToken;
+use sluice_proto::HopRequest;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tonic::Status;
+use tonic::transport::Channel;
+
+pub use service::{DownstreamService, ReplyFuture};
+
+/// Default capacity of each downstream's queue: requests accepted by ingress and not yet
+/// taken by a stream.
+pub const DEFAULT_QUEUE: usize = 1024;
+/// Default long-lived streams per downstream (all on one HTTP/2 connection).
+pub const DEFAULT_STREAMS: usize = 2;
+/// Default most requests one stream may have sent and not yet had answered.
+pub const DEFAULT_STREAM_INFLIGHT: usize = 512;
+/// Default first reconnect delay; doubles per failure up to [`DEFAULT_BACKOFF_MAX`].
+pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(50);
+/// Default longest reconnect delay.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Default queue slots kept for immediate (unary) admissions.
+pub const DEFAULT_IMMEDIATE_RESERVED: usize = 256;
+
+/// One request for a downstream: the message, its absolute deadline, and the hop's span
+/// (which records the queue wait and ends when the reply or the failure arrives).
+pub struct HopCall<R> {
+    pub request: R,
+    /// Dropped unsent (answered DEADLINE_EXCEEDED) when it passes while queued.
+    pub deadline: Instant,
+    pub span: tracing::Span,
+}
+
+/// Where a reply goes.
+pub(crate) type ReplyTx<R> = oneshot::Sender<Result<<R as HopRequest>::Reply, Status>>;
+
+/// One queued request.
+pub(crate) struct Envelope<R: HopRequest> {
+    call: HopCall<R>,
+    /// Dropped by callers that do not want the reply (best-effort notices).
+    reply: ReplyTx<R>,
+    enqueued_at: Instant,
+    /// A waiting admission's share of the queue, given back when the envelope leaves it.
+    _share: Option<OwnedSemaphorePermit>,
+}
+
+/// Bounds and timings of one downstream.
+#[derive(Debug, Clone)]
+pub struct DownstreamConfig {
+    pub queue: usize,
+    pub streams: usize,
+    pub stream_inflight: usize,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub max_message_size: usize,
+    /// `authorization` sent when each stream opens (the mesh token), if any.
+    pub auth: Option<tonic::metadata::AsciiMetadataValue>,
+    /// Queue slots that waiting callers ([`Admission::Wait`], SubmitStream) may never take,
+    /// so an immediate one ([`Admission::Immediate`], unary Submit) finds room however many
+    /// streams wait: every freed slot would otherwise go to a waiting reader. At most a
+    /// quarter of the queue.
+    pub immediate_reserved: usize,
+}
+
+impl Default for DownstreamConfig {
+    fn default() -> Self {
+        Self {
+            queue: DEFAULT_QUEUE,
+            streams: DEFAULT_STREAMS,
+            stream_inflight: DEFAULT_STREAM_INFLIGHT,
+            backoff_base: DEFAULT_BACKOFF_BASE,
+            backoff_max: DEFAULT_BACKOFF_MAX,
+            max_message_size: sluice_core::h2::DEFAULT_MAX_MESSAGE_SIZE,
+            auth: None,
+            immediate_reserved: DEFAULT_IMMEDIATE_RESERVED,
+        }
+    }
+}
+
+/// How a caller waits for queue room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Wait for room within the share waiting callers may use (SubmitStream: this wait is
+    /// the backpressure).
+    Wait,
+    /// Take room only if there is some now, reserved slots included (unary Submit).
+    Immediate,
+}
+
+/// What every stream and service handle of one downstream shares.
+pub(crate) struct Shared<R: HopRequest> {
+    rx: tokio::sync::Mutex<mpsc::Receiver<Envelope<R>>>,
+    /// The part of the queue waiting admissions may use: capacity − `immediate_reserved`.
+    waiting_share: Arc<Semaphore>,
+    live: AtomicUsize,
+    next_correlation: AtomicU64,
+    config: DownstreamConfig,
+    metrics: metrics::Metrics,
+}
+
+/// Handle to one downstream. Cheap to clone; [`Downstream::service`] gives a tower
+/// service over it.
+pub struct Downstream<R: HopRequest> {
+    queue: mpsc::Sender<Envelope<R>>,
+    shared: Arc<Shared<R>>,
+}
+
+impl<R: HopRequest> Clone for Downstream<R> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The stream workers of a downstream; await [`Workers::join`] after cancelling their token.
+pub struct Workers(JoinSet<()>);
+
+impl Workers {
+    /// Waits for every stream to finish its in-flight requests and close.
+    pub async fn join(mut self) {
+        while self.0.join_next().await.is_some() {}
+    }
+}
+
+impl<R: HopRequest> Downstream<R> {
+    /// Starts `config.streams` stream workers over `channel`. They run until `shutdown` is
+    /// cancelled, then half-close their streams and finish reading replies.
+    pub fn start(
+        channel: Channel,
+        config: DownstreamConfig,
+        registry: &mut Registry,
+        shutdown: CancellationToken,
+    ) -> (Self, Workers) {
+        let metrics = metrics::Metrics::new(
+            registry.sub_registry_with_label(("downstream".into(), R::NAME.into())),
+        );
+        let queue_len = config.queue.max(1);
+        metrics.queue_capacity.set(queue_len as i64);
+        let (queue, rx) = mpsc::channel(queue_len);
+        // At most a quarter of the queue is held back, so a small queue stays usable.
+        let reserved = config.immediate_reserved.min(queue_len / 4);
+        let waiting_share = (queue_len - reserved).clamp(1, Semaphore::MAX_PERMITS);
+        let shared = Arc::new(Shared {
+            rx: tokio::sync::Mutex::new(rx),
+            waiting_share: Arc::new(Semaphore::new(waiting_share)),
+            live: AtomicUsize::new(0),
+            next_correlation: AtomicU64::new(1),
+            config,
+            metrics,
+        });
+        let mut workers = JoinSet::new();
+        for index in 0..shared.config.streams.max(1) {
+            workers.spawn(stream::run(
+                index,
+                channel.clone(),
+                shared.clone(),
+                shutdown.clone(),
+            ));
+        }
+        (Self { queue, shared }, Workers(workers))
+    }
+
+    /// True while at least one stream to the downstream is open.
+    pub fn is_live(&self) -> bool {
+        self.shared.live.load(Ordering::Relaxed) > 0
+    }
+
+    /// Requests queued now.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
+    /// A tower service over this downstream whose readiness is room in its queue, taken
+    /// as `admission` says.
+    pub fn service(&self, admission: Admission) -> DownstreamService<R> {
+        DownstreamService::new(self.queue.clone(), self.shared.clone(), admission)
+    }
+}

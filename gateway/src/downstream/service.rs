@@ -1,0 +1,191 @@
+//! A downstream as a `tower::Service<HopCall<R>>`: ready when its queue has room for one
+//! more request, failed (UNAVAILABLE) while it has no live stream.
+//!
+//! Two ways to be ready, one per [`Admission`]:
+//! - **Wait** (SubmitStream): `poll_ready` first takes a permit from the share of the queue
+//!   waiting callers may use, then reserves a slot (`PollSender`), and stays pending until
+//!   both are had — the caller parks, its client's window fills: backpressure.
+//! - **Immediate** (unary Submit): `poll_ready` takes a slot only if one is free now,
+//!   reserved slots included, and otherwise fails RESOURCE_EXHAUSTED — it never parks, as
+//!   tower's `LoadShed` would refuse, but with the reason kept.
+//!
+//! The reservation is held by this service value until `call`, so clone it per request
+//! (tower's usual contract); dropping it unused gives the slot back.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use sluice_proto::HopRequest;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio_util::sync::{PollSemaphore, PollSender};
+use tonic::Status;
+
+use super::{Admission, Envelope, HopCall, Shared};
+
+/// A tower service over one downstream. See the module docs.
+pub struct DownstreamService<R: HopRequest> {
+    shared: Arc<Shared<R>>,
+    room: Room<R>,
+}
+
+enum Room<R: HopRequest> {
+    Wait {
+        sender: PollSender<Envelope<R>>,
+        share: PollSemaphore,
+        /// This caller's permit from the waiting share, once had.
+        permit: Option<OwnedSemaphorePermit>,
+    },
+    Immediate {
+        queue: mpsc::Sender<Envelope<R>>,
+        slot: Option<mpsc::OwnedPermit<Envelope<R>>>,
+    },
+}
+
+impl<R: HopRequest> DownstreamService<R> {
+    pub(super) fn new(
+        queue: mpsc::Sender<Envelope<R>>,
+        shared: Arc<Shared<R>>,
+        admission: Admission,
+    ) -> Self {
+        let room = match admission {
+            Admission::Wait => Room::Wait {
+                sender: PollSender::new(queue),
+                share: PollSemaphore::new(shared.waiting_share.clone()),
+                permit: None,
+            },
+            Admission::Immediate => Room::Immediate { queue, slot: None },
+        };
+        Self { shared, room }
+    }
+
+    fn shutting_down() -> Status {
+        Status::unavailable(format!("{}: shutting down", R::NAME))
+    }
+}
+
+impl<R: HopRequest> Clone for DownstreamService<R> {
+    /// A clone with no reservation of its own.
+    fn clone(&self) -> Self {
+        let room = match &self.room {
+            Room::Wait { sender, share, .. } => Room::Wait {
+                sender: sender.clone(),
+                share: share.clone(),
+                permit: None,
+            },
+            Room::Immediate { queue, .. } => Room::Immediate {
+                queue: queue.clone(),
+                slot: None,
+            },
+        };
+        Self {
+            shared: self.shared.clone(),
+            room,
+        }
+    }
+}
+
+impl<R: HopRequest> tower::Service<HopCall<R>> for DownstreamService<R> {
+    type Response = R::Reply;
+    type Error = Status;
+    type Future = ReplyFuture<R>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        if self.shared.live.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return Poll::Ready(Err(Status::unavailable(format!(
+                "{} has no live stream; retry later",
+                R::NAME
+            ))));
+        }
+        match &mut self.room {
+            Room::Wait {
+                sender,
+                share,
+                permit,
+            } => {
+                if permit.is_none() {
+                    match ready!(share.poll_acquire(cx)) {
+                        Some(p) => *permit = Some(p),
+                        None => return Poll::Ready(Err(Self::shutting_down())),
+                    }
+                }
+                Poll::Ready(ready!(sender.poll_reserve(cx)).map_err(|_| Self::shutting_down()))
+            }
+            Room::Immediate { queue, slot } => {
+                if slot.is_some() {
+                    return Poll::Ready(Ok(()));
+                }
+                match queue.clone().try_reserve_owned() {
+                    Ok(p) => {
+                        *slot = Some(p);
+                        Poll::Ready(Ok(()))
+                    }
+                    Err(TrySendError::Full(_)) => {
+                        Poll::Ready(Err(Status::resource_exhausted(format!(
+                            "{} queue full ({} requests)",
+                            R::NAME,
+                            self.shared.config.queue
+                        ))))
+                    }
+                    Err(TrySendError::Closed(_)) => Poll::Ready(Err(Self::shutting_down())),
+                }
+            }
+        }
+    }
+
+    /// Queues the request in the slot `poll_ready` reserved; the future is its reply (or
+    /// failure). Dropping the future does not withdraw the request.
+    fn call(&mut self, call: HopCall<R>) -> ReplyFuture<R> {
+        let (tx, rx) = oneshot::channel();
+        let envelope = |share| Envelope {
+            call,
+            reply: tx,
+            enqueued_at: Instant::now(),
+            _share: share,
+        };
+        let sent = match &mut self.room {
+            Room::Wait { sender, permit, .. } => sender.send_item(envelope(permit.take())).is_ok(),
+            Room::Immediate { slot, .. } => match slot.take() {
+                Some(slot) => {
+                    slot.send(envelope(None));
+                    true
+                }
+                None => false,
+            },
+        };
+        if sent {
+            self.shared.metrics.queue_depth.inc();
+            ReplyFuture::Waiting(rx)
+        } else {
+            ReplyFuture::Failed(Some(Status::internal(format!(
+                "{}: called without readiness",
+                R::NAME
+            ))))
+        }
+    }
+}
+
+/// The reply to one [`HopCall`].
+pub enum ReplyFuture<R: HopRequest> {
+    Waiting(oneshot::Receiver<Result<R::Reply, Status>>),
+    Failed(Option<Status>),
+}
+
+impl<R: HopRequest> Future for ReplyFuture<R> {
+    type Output = Result<R::Reply, Status>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            ReplyFuture::Waiting(rx) => Poll::Ready(match ready!(Pin::new(rx).poll(cx)) {
+                Ok(result) => result,
+                Err(_) => Err(Status::unavailable(format!("{} request dropped", R::NAME))),
+            }),
+            ReplyFuture::Failed(status) => Poll::Ready(Err(status
+                .take()
+                .unwrap_or_else(|| Status::internal("reply polled after completion")))),
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! One long-lived stream to a downstream service, and the loop that keeps it open.
+//!
+//! The stream's request body ([`outbound`]) pulls the next envelope from the downstream's
+//! shared queue only when hyper polls it — which it does only when the h2 stream has send
+//! capacity — and only while fewer than `stream_inflight` requests await replies. Each
+//! request gets a correlation id (unique per gateway process) and waits in [`Pending`] for
+//! the reply with that id. When the stream breaks, every request still waiting fails
+//! UNAVAILABLE and the stream reopens after a [`Backoff`] delay.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::Stream;
+use sluice_core::{CancellationToken, spans};
+use sluice_proto::{HopReply, HopRequest};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::Channel;
+use tonic::{GrpcMethod, Status, Streaming};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use super::backoff::Backoff;
+use super::{Envelope, ReplyTx, Shared};
+
+/// The outbound request stream handed to tonic. A named type rather than a bare
+/// `Pin<Box<dyn Stream>>`, which trips rustc's higher-ranked `Send` inference inside tonic's
+/// client futures.
+pub(crate) struct Outbound<T>(Pin<Box<dyn Stream<Item = T> + Send + 'static>>);
+
+impl<T> Stream for Outbound<T> {
+    type Item = T;
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.0.as_mut().poll_next(cx)
+    }
+}
+
+/// Requests sent on one stream and awaiting replies, by correlation id.
+struct Pending<R: HopRequest> {
+    /// Set when the stream ended: late sends are refused instead of waiting forever.
+    closed: bool,
+    waiting: HashMap<u64, Waiting<R>>,
+}
+
+/// A request sent on a stream, awaiting its reply.
+struct Waiting<R: HopRequest> {
+    reply: ReplyTx<R>,
+    sent_at: Instant,
+    /// The hop's span: ends (dropped) when the reply or the failure arrives.
+    span: tracing::Span,
+    /// This request's place under `stream_inflight`.
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Answers a request that failed before (or instead of) a reply, ending its span.
+pub(super) fn refuse<R: HopRequest>(
+    reply: ReplyTx<R>,
+    span: &tracing::Span,
+    event: &'static str,
+    status: Status,
+) {
+    spans::fail(span, event, status.code() as i32, status.message());
+    // The caller may have given up (deadline); nothing to do then.
+    let _ = reply.send(Err(status));
+}
+
+/// Opens the bidirectional stream `R::PATH` with `outbound` as its request body: the
+/// stream span's context and the mesh token ride in its metadata, sent once at open.
+async fn open<R: HopRequest>(
+    channel: Channel,
+    shared: &Shared<R>,
+    outbound: Outbound<R>,
+    stream_span: &tracing::Span,
+) -> Result<Streaming<R::Reply>, Status> {
+    let mut request = tonic::Request::new(outbound);
+    sluice_core::propagation::inject_metadata(&stream_span.context(), request.metadata_mut());
+    sluice_core::auth::insert(request.metadata_mut(), shared.config.auth.as_ref());
+    request
+        .extensions_mut()
+        .insert(GrpcMethod::new(R::SERVICE, R::METHOD));
+    let mut grpc =
+        tonic::client::Grpc::new(channel).max_decoding_message_size(shared.config.max_message_size);
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(format!("{}: connection not ready: {e}", R::NAME)))?;
+    let codec = tonic_prost::ProstCodec::<R, R::Reply>::default();
+    let path = PathAndQuery::from_static(R::PATH);
+    Ok(grpc.streaming(request, path, codec).await?.into_inner())
+}
+
+/// Keeps stream `index` open until `shutdown`: opens it, routes replies to their requests,
+/// and after a break fails what was waiting and reopens with backoff. With no stream of
+/// the downstream live, queued requests fail at once rather than wait for a reconnect.
+pub(super) async fn run<R: HopRequest>(
+    index: usize,
+    channel: Channel,
+    shared: Arc<Shared<R>>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(shared.config.backoff_base, shared.config.backoff_max);
+    let inflight = Arc::new(Semaphore::new(shared.config.stream_inflight.max(1)));
+    let mut was_live = true;
+    while !shutdown.is_cancelled() {
+        let pending = Arc::new(Mutex::new(Pending::<R> {
+            closed: false,
+            waiting: HashMap::new(),
+        }));
+        let stop_sending = shutdown.child_token();
+        let outbound = outbound::<R>(
+            shared.clone(),
+            pending.clone(),
+            inflight.clone(),
+            stop_sending.clone(),
+        );
+        // The long-lived stream's own CLIENT span, a trace of its own: message spans are
+        // never its children.
+        let stream_span = tracing::info_span!(
+            parent: None,
+            "stream",
+            otel.name = %format_args!("{}/{} stream", R::SERVICE, R::METHOD),
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.service = R::SERVICE,
+            rpc.method = R::METHOD,
+        );
+        match open(channel.clone(), &shared, outbound, &stream_span).await {
+            Ok(replies) => {
+                backoff.reset();
+                was_live = true;
+                shared.live.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.live_streams.inc();
+                tracing::info!(downstream = R::NAME, stream = index, "stream open");
+                read_replies(index, replies, &shared, &pending).await;
+                shared.live.fetch_sub(1, Ordering::Relaxed);
+                shared.metrics.live_streams.dec();
+            }
+            Err(status) => {
+                spans::fail(
+                    &stream_span,
+                    "open_failed",
+                    status.code() as i32,
+                    status.message(),
+                );
+                // The first failure loudly, repeats quietly: a down service is one event.
+                if was_live {
+                    tracing::warn!(downstream = R::NAME, stream = index, %status, "cannot open stream; retrying with backoff");
+                } else {
+                    tracing::debug!(downstream = R::NAME, stream = index, %status, "cannot open stream");
+                }
+                was_live = false;
+            }
+        }
+        drop(stream_span);
+        stop_sending.cancel();
+        fail_pending(&shared, &pending);
+        if shutdown.is_cancelled() {
+            break;
+        }
+        shared.metrics.reconnects.inc();
+        if shared.live.load(Ordering::Relaxed) == 0 {
+            drain_queue(&shared).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next()) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+    if shared.live.load(Ordering::Relaxed) == 0 {
+        drain_queue(&shared).await;
+    }
+}
+
+/// Routes each reply to the request with its correlation id, until the stream ends.
+async fn read_replies<R: HopRequest>(
+    index: usize,
+    mut replies: Streaming<R::Reply>,
+    shared: &Shared<R>,
+    pending: &Mutex<Pending<R>>,
+) {
+    loop {
+        match replies.message().await {
+            Ok(Some(reply)) => {
+                let entry = pending
+                    .lock()
+                    .expect("pending lock")
+                    .waiting
+                    .remove(&reply.correlation_id());
+                if let Some(w) = entry {
+                    shared.metrics.inflight.dec();
+                    shared
+                        .metrics
+                        .roundtrip
+                        .observe(w.sent_at.elapsed().as_secs_f64());
+                    let error = reply.error().map(|e| (e.code, e.message.as_str()));
+                    spans::finish(&w.span, error, "error");
+                    let _ = w.reply.send(Ok(reply));
+                }
+            }
+            Ok(None) => {
+                tracing::info!(
+                    downstream = R::NAME,
+                    stream = index,
+                    "stream closed by the service"
+                );
+                return;
+            }
+            Err(status) => {
+                tracing::warn!(downstream = R::NAME, stream = index, %status, "stream broke");
+                return;
+            }
+        }
+    }
+}
+
+/// Fails every request awaiting a reply on a stream that ended, and refuses late arrivals.
+fn fail_pending<R: HopRequest>(shared: &Shared<R>, pending: &Mutex<Pending<R>>) {
+    let waiting = {
+        let mut p = pending.lock().expect("pending lock");
+        p.closed = true;
+        std::mem::take(&mut p.waiting)
+    };
+    for (_, w) in waiting {
+        shared.metrics.inflight.dec();
+        shared.metrics.broken_requests.inc();
+        let status = Status::unavailable(format!("{} stream broke before replying", R::NAME));
+        refuse::<R>(w.reply, &w.span, "stream_broke", status);
+    }
+}
+
+/// With no live stream, queued requests would wait for a reconnect that may be long in
+/// coming: fail them now.
+async fn drain_queue<R: HopRequest>(shared: &Shared<R>) {
+    let mut rx = shared.rx.lock().await;
+    while let Ok(envelope) = rx.try_recv() {
+        shared.metrics.queue_depth.dec();
+        let status = Status::unavailable(format!("{} has no live stream", R::NAME));
+        refuse::<R>(envelope.reply, &envelope.call.span, "unavailable", status);
+    }
+}
+
+/// The request body of one stream: pulls from the shared queue only when polled (the h2
+/// stream has room) and while fewer than `stream_inflight` requests await replies.
+fn outbound<R: HopRequest>(
+    shared: Arc<Shared<R>>,
+    pending: Arc<Mutex<Pending<R>>>,
+    inflight: Arc<Semaphore>,
+    stop: CancellationToken,
+) -> Outbound<R> {
+    Outbound(Box::pin(async_stream::stream! {
+        loop {
+            let permit = tokio::select! {
+                p = inflight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = stop.cancelled() => break,
+            };
+            let envelope = {
+                let mut rx = tokio::select! {
+                    rx = shared.rx.lock() => rx,
+                    _ = stop.cancelled() => break,
+                };
+                tokio::select! {
+                    e = rx.recv() => e,
+                    _ = stop.cancelled() => break,
+                }
+            };
+            let Some(envelope) = envelope else { break };
+            let Envelope { call, reply, enqueued_at, .. } = envelope;
+            let (mut request, span) = (call.request, call.span);
+            shared.metrics.queue_depth.dec();
+            let queued = enqueued_at.elapsed();
+            shared.metrics.queue_wait.observe(queued.as_secs_f64());
+            span.set_attribute("sluice.queue_wait_ms", queued.as_secs_f64() * 1000.0);
+            if call.deadline <= Instant::now() {
+                shared.metrics.deadline_drops.inc();
+                let status = Status::deadline_exceeded(format!("deadline passed while queued for {}", R::NAME));
+                refuse::<R>(reply, &span, "deadline_drop", status);
+                continue;
+            }
+            let id = shared.next_correlation.fetch_add(1, Ordering::Relaxed);
+            request.set_correlation_id(id);
+            request.set_sent_unix_micros(spans::now_unix_micros());
+            span.add_event("sent", vec![]);
+            {
+                let mut p = pending.lock().expect("pending lock");
+                if p.closed {
+                    drop(p);
+                    let status = Status::unavailable(format!("{} stream broke", R::NAME));
+                    refuse::<R>(reply, &span, "stream_broke", status);
+                    break;
+                }
+                p.waiting.insert(id, Waiting { reply, sent_at: Instant::now(), span, _slot: permit });
+            }
+            shared.metrics.inflight.inc();
+            let handed = Instant::now();
+            yield request;
+            shared.metrics.send_blocked.inc_by(handed.elapsed().as_secs_f64());
+        }
+    }))
+}

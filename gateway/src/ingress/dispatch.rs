@@ -1,0 +1,77 @@
+//! The innermost ingress service: admits a transaction to the downstream queues through the
+//! fan-out — waiting for room (SubmitStream: the backpressure) or refusing at once (unary) —
+//! then awaits its outcome.
+
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use sluice_proto::pb::Outcome;
+use tonic::Status;
+use tower::Service;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use super::admission::exhausted;
+use super::metrics::{IngressMetrics, reject_reason};
+use super::request::{Api, TxnRequest};
+use crate::fanout::{Admission, Fanout};
+
+#[derive(Clone)]
+pub(crate) struct Dispatch {
+    pub(crate) fanout: Fanout,
+    pub(crate) metrics: IngressMetrics,
+    /// `grpc-retry-pushback-ms` for a unary call refused because a queue is full.
+    pub(crate) pushback: std::time::Duration,
+}
+
+impl Service<TxnRequest> for Dispatch {
+    type Response = Outcome;
+    type Error = Status;
+    type Future = BoxFuture<'static, Result<Outcome, Status>>;
+
+    /// Always ready: queue room is waited for (or refused) per transaction in `call`, where
+    /// the wait is traced and bounded by the transaction's deadline.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: TxnRequest) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let api = request.api();
+            let admission = match api {
+                Api::Unary => Admission::Immediate,
+                Api::Stream => Admission::Wait,
+            };
+            let txn = std::mem::take(&mut request.txn);
+            let dispatched = this
+                .fanout
+                .dispatch(txn, request.deadline, admission, &request.span)
+                .await;
+            if api == Api::Stream {
+                let waited = request.arrived.elapsed().as_secs_f64();
+                this.metrics.admission_wait.observe(waited);
+                this.metrics.blocked_seconds.inc_by(waited);
+                request
+                    .span
+                    .set_attribute("sluice.admission_wait_ms", waited * 1000.0);
+            }
+            request.release_reader();
+            match dispatched {
+                Ok(d) => {
+                    let _inflight = this.metrics.admitted(api);
+                    d.outcome().await
+                }
+                Err(status) => {
+                    this.metrics.reject(api, reject_reason(&status));
+                    Err(
+                        if api == Api::Unary && status.code() == tonic::Code::ResourceExhausted {
+                            exhausted(status.message(), this.pushback)
+                        } else {
+                            status
+                        },
+                    )
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,182 @@
+//! The client-facing `mesh.v1.Gateway` service: each transaction goes through one tower
+//! stack ([`stack`]) — metrics, trace, deadline, validation, admission, dispatch — whether
+//! it came by Submit or SubmitStream.
+//!
+//! - **Submit** (unary): the in-flight limit and the downstream queues are checked without
+//!   waiting; when either is full the call fails at once with RESOURCE_EXHAUSTED and a
+//!   `grpc-retry-pushback-ms` trailer. Unary calls are never parked.
+//! - **SubmitStream** ([`stream`]): one task per stream reads the next Transaction only
+//!   when the current one has been admitted to every required queue (and within its share
+//!   of `streams_inflight`). While it waits, the client's HTTP/2 window fills and its sends
+//!   block. Outcomes return in completion order through a bounded queue (`outcome_queue`).
+//!
+//! One concern per file: [`request`] (what travels down the stack), [`metrics`], [`trace`],
+//! [`deadline`], [`validate`], [`admission`], [`dispatch`], and [`stack`] which puts them
+//! in order.
+
+mod admission;
+mod deadline;
+mod dispatch;
+mod metrics;
+mod request;
+mod stack;
+mod stream;
+mod trace;
+mod validate;
+
+use std::time::{Duration, Instant};
+
+use prometheus_client::registry::Registry;
+use sluice_core::CancellationToken;
+use sluice_proto::pb::gateway_server::Gateway;
+use sluice_proto::pb::{Outcome, Transaction};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tower::ServiceExt as _;
+
+use crate::fanout::Fanout;
+use admission::{StreamRoom, exhausted};
+use metrics::IngressMetrics;
+use request::{Api, TxnRequest, call_deadline};
+use stack::{IngressService, ingress_stack};
+use stream::StreamReader;
+
+/// Default most unary calls in flight at once.
+pub const DEFAULT_MAX_INFLIGHT: usize = 2048;
+/// Default most transactions per SubmitStream admitted and awaiting their outcome.
+pub const DEFAULT_STREAM_INFLIGHT: usize = 1024;
+/// Default most SubmitStream calls open at once, all connections together.
+pub const DEFAULT_MAX_STREAMS: usize = 256;
+/// Default most transactions admitted and awaiting their outcome over every SubmitStream.
+pub const DEFAULT_STREAMS_INFLIGHT: usize = 4096;
+/// Default outcomes per SubmitStream produced but not yet taken by the transport.
+pub const DEFAULT_OUTCOME_QUEUE: usize = 256;
+/// Default deadline for work whose client set none.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
+/// Default `grpc-retry-pushback-ms` sent with RESOURCE_EXHAUSTED.
+pub const DEFAULT_RETRY_PUSHBACK: Duration = Duration::from_millis(100);
+
+/// Ingress bounds.
+#[derive(Debug, Clone)]
+pub struct IngressLimits {
+    pub max_inflight: usize,
+    pub stream_inflight: usize,
+    pub max_streams: usize,
+    pub streams_inflight: usize,
+    pub outcome_queue: usize,
+    pub default_deadline: Duration,
+    pub retry_pushback: Duration,
+}
+
+impl Default for IngressLimits {
+    fn default() -> Self {
+        Self {
+            max_inflight: DEFAULT_MAX_INFLIGHT,
+            stream_inflight: DEFAULT_STREAM_INFLIGHT,
+            max_streams: DEFAULT_MAX_STREAMS,
+            streams_inflight: DEFAULT_STREAMS_INFLIGHT,
+            outcome_queue: DEFAULT_OUTCOME_QUEUE,
+            default_deadline: DEFAULT_DEADLINE,
+            retry_pushback: DEFAULT_RETRY_PUSHBACK,
+        }
+    }
+}
+
+/// The `mesh.v1.Gateway` implementation.
+pub struct Ingress {
+    limits: IngressLimits,
+    /// The stack unary calls go through (cloned per call).
+    unary: IngressService,
+    /// The stack stream messages go through (cloned per stream).
+    stream: IngressService,
+    room: StreamRoom,
+    shutdown: CancellationToken,
+    metrics: IngressMetrics,
+}
+
+impl Ingress {
+    pub fn new(
+        fanout: Fanout,
+        limits: IngressLimits,
+        registry: &mut Registry,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let metrics = IngressMetrics::new(registry);
+        Self {
+            unary: ingress_stack(Api::Unary, fanout.clone(), &limits, &metrics),
+            stream: ingress_stack(Api::Stream, fanout, &limits, &metrics),
+            room: StreamRoom::new(
+                limits.max_streams,
+                limits.streams_inflight,
+                limits.stream_inflight,
+            ),
+            limits,
+            shutdown,
+            metrics,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Gateway for Ingress {
+    type SubmitStreamStream = ReceiverStream<Result<Outcome, Status>>;
+
+    async fn submit(&self, request: Request<Transaction>) -> Result<Response<Outcome>, Status> {
+        let (metadata, _, txn) = request.into_parts();
+        self.unary
+            .clone()
+            .oneshot(TxnRequest::unary(txn, metadata))
+            .await
+            .map(Response::new)
+    }
+
+    async fn submit_stream(
+        &self,
+        request: Request<Streaming<Transaction>>,
+    ) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        let Some(open) = self.room.open_stream() else {
+            self.metrics.reject(Api::Stream, "stream_limit");
+            return Err(exhausted(
+                format!(
+                    "gateway at its SubmitStream limit ({} open); retry later or use fewer streams",
+                    self.limits.max_streams
+                ),
+                self.limits.retry_pushback,
+            ));
+        };
+        let (tx, rx) = mpsc::channel(self.limits.outcome_queue.max(1));
+        let now = Instant::now();
+        // The call's grpc-timeout, if any, caps every message's deadline.
+        let deadline = call_deadline(request.metadata(), now, deadline::no_deadline(now) - now);
+        let parent = trace::stream_parent(request.metadata());
+        // The stream's own span; each message gets a span in its own trace, linked to it.
+        let received = trace::trace_keys(request.metadata());
+        let span = tracing::info_span!(
+            parent: None,
+            "SubmitStream",
+            otel.name = "mesh.v1.Gateway/SubmitStream",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = "mesh.v1.Gateway",
+            rpc.method = "SubmitStream",
+            sluice.propagation.received = tracing::field::Empty,
+        );
+        if !received.is_empty() {
+            span.record("sluice.propagation.received", received.as_str());
+        }
+        let span = sluice_core::spans::with_parent(span, parent.clone());
+        let reader = StreamReader {
+            deadline,
+            parent,
+            span,
+            stack: self.stream.clone(),
+            room: self.room.clone(),
+            shutdown: self.shutdown.clone(),
+            metrics: self.metrics.clone(),
+            _open: open,
+        };
+        tokio::spawn(reader.run(request.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,179 @@
+//! One SubmitStream: a reader task that reads the next transaction only once the current
+//! one is admitted to every required queue, and only with room under `--streams-inflight`
+//! within its fair share. While it waits it does not read, so the client's HTTP/2 window
+//! fills and its sends block. Outcomes go back in completion order through a bounded queue
+//! (`--outcome-queue`).
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use opentelemetry::Context;
+use opentelemetry::trace::SpanContext;
+use sluice_core::metrics::GaugeGuard;
+use sluice_core::{CancellationToken, spans};
+use sluice_proto::pb::{Outcome, Transaction};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tonic::{Status, Streaming};
+use tower::{Service as _, ServiceExt as _};
+
+use super::admission::StreamRoom;
+use super::metrics::IngressMetrics;
+use super::request::TxnRequest;
+use super::stack::IngressService;
+use crate::fanout::error_outcome;
+
+/// How long a SubmitStream that is shut down keeps reading (without processing) to count
+/// the messages it will never answer, for the UNAVAILABLE status that ends it.
+const UNREAD_COUNT_WINDOW: Duration = Duration::from_millis(100);
+
+/// Why a SubmitStream stopped reading.
+enum Stop {
+    /// Still reading.
+    Reading,
+    /// The client half-closed: end OK once everything admitted is answered.
+    HalfClosed,
+    /// A message could not be decoded (malformed, over the size limit): end with its status.
+    Broken(Status),
+    /// The gateway is shutting down: end UNAVAILABLE, saying how many were not read.
+    ShuttingDown,
+}
+
+pub(crate) struct StreamReader {
+    /// The stream's own deadline (from grpc-timeout), capping each message's.
+    pub(crate) deadline: Instant,
+    /// The stream's metadata context: parent of messages that carry none of their own.
+    pub(crate) parent: Context,
+    /// The stream's span (messages link to it); ends when the reader does.
+    pub(crate) span: tracing::Span,
+    pub(crate) stack: IngressService,
+    pub(crate) room: StreamRoom,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) metrics: IngressMetrics,
+    /// This stream's place under `max_streams`.
+    pub(crate) _open: OwnedSemaphorePermit,
+}
+
+impl StreamReader {
+    pub(crate) async fn run(
+        mut self,
+        mut inbound: Streaming<Transaction>,
+        tx: mpsc::Sender<Result<Outcome, Status>>,
+    ) {
+        let _open = GaugeGuard::hold(&self.metrics.streams);
+        let link = {
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            opentelemetry::trace::TraceContextExt::span(&self.span.context())
+                .span_context()
+                .clone()
+        };
+        let mut pending: FuturesUnordered<BoxFuture<'static, Outcome>> = FuturesUnordered::new();
+        let mut stop = Stop::Reading;
+        let mut client_gone = false;
+        // A permit under `streams_inflight`, taken before the read it allows.
+        let mut room: Option<OwnedSemaphorePermit> = None;
+        // The transaction being admitted: nothing more is read until it is (or is refused).
+        let mut admitting: Option<oneshot::Receiver<()>> = None;
+        loop {
+            let reading = matches!(stop, Stop::Reading);
+            let may_read = reading && admitting.is_none() && pending.len() < self.room.share();
+            tokio::select! {
+                // Outcomes first: they free room for the next read.
+                biased;
+                Some(outcome) = pending.next(), if !pending.is_empty() => {
+                    if tx.send(Ok(outcome)).await.is_err() {
+                        client_gone = true;
+                        break; // client gone; dropping `pending` counts the rest cancelled
+                    }
+                }
+                _ = async { admitting.as_mut().expect("guarded").await }, if admitting.is_some() => {
+                    admitting = None;
+                }
+                _ = self.shutdown.cancelled(), if reading => stop = Stop::ShuttingDown,
+                // FIFO: streams waiting for room get it in turn.
+                permit = self.room.permit(), if may_read && room.is_none() => room = permit,
+                message = inbound.message(), if may_read && room.is_some() => match message {
+                    Ok(Some(txn)) => {
+                        let permit = room.take().expect("read only with room");
+                        let (admitted, rx) = oneshot::channel();
+                        admitting = Some(rx);
+                        let outcome = self.submit(txn, &link, admitted, permit).await;
+                        pending.push(outcome);
+                    }
+                    Ok(None) => stop = Stop::HalfClosed,
+                    Err(status) => {
+                        tracing::debug!(%status, "SubmitStream message did not decode; ending the stream");
+                        stop = Stop::Broken(sluice_core::inbound_error(status));
+                    }
+                },
+                else => break,
+            }
+        }
+        drop(pending);
+        let end = match stop {
+            _ if client_gone => None,
+            Stop::Reading | Stop::HalfClosed => None,
+            Stop::Broken(status) => Some(status),
+            Stop::ShuttingDown => {
+                let unread = count_unread(&mut inbound).await;
+                Some(Status::unavailable(format!(
+                    "shutting down: {unread} messages not read"
+                )))
+            }
+        };
+        match &end {
+            None => spans::ok(&self.span),
+            Some(status) => spans::fail(
+                &self.span,
+                "stream_ended",
+                status.code() as i32,
+                status.message(),
+            ),
+        }
+        if let Some(status) = end {
+            let _ = tx.send(Err(status)).await;
+        }
+    }
+
+    /// Sends one transaction down the ingress stack; its outcome (an error Outcome when it
+    /// failed) once done. `room` is held until then.
+    async fn submit(
+        &mut self,
+        txn: Transaction,
+        link: &SpanContext,
+        admitted: oneshot::Sender<()>,
+        room: OwnedSemaphorePermit,
+    ) -> BoxFuture<'static, Outcome> {
+        let id = txn.id.clone();
+        let request = TxnRequest::stream_message(
+            txn,
+            self.parent.clone(),
+            link.clone(),
+            self.deadline,
+            admitted,
+        );
+        // The stack is always ready (admission waits inside `call`, traced): this is at
+        // most a poll.
+        let outcome = match self.stack.ready().await {
+            Ok(stack) => stack.call(request),
+            Err(status) => Box::pin(futures::future::ready(Err(status))),
+        };
+        Box::pin(async move {
+            let outcome = outcome.await.unwrap_or_else(|s| error_outcome(id, &s));
+            drop(room);
+            outcome
+        })
+    }
+}
+
+/// Reads (and drops) what a shut-down stream's client has already sent, for at most
+/// [`UNREAD_COUNT_WINDOW`], and returns how many messages that was.
+async fn count_unread(inbound: &mut Streaming<Transaction>) -> usize {
+    let until = tokio::time::Instant::now() + UNREAD_COUNT_WINDOW;
+    let mut unread = 0;
+    while let Ok(Ok(Some(_))) = tokio::time::timeout_at(until, inbound.message()).await {
+        unread += 1;
+    }
+    unread
+}
