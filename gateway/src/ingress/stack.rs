@@ -53,3 +53,159 @@ pub(crate) fn ingress_stack(
         });
     BoxCloneSyncService::new(stack)
 }
+
+/// Each ingress layer in process, over a stub inner service.
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use prometheus_client::registry::Registry;
+    use sluice_proto::pb::{Outcome, Transaction};
+    use tokio::sync::{Notify, oneshot};
+    use tonic::Status;
+    use tonic::metadata::MetadataMap;
+    use tower::{Layer, Service, ServiceExt, service_fn};
+
+    use super::super::admission::InflightLimitLayer;
+    use super::super::deadline::DeadlineLayer;
+    use super::super::metrics::IngressMetrics;
+    use super::super::request::TxnRequest;
+    use super::super::validate::ValidateLayer;
+
+    fn txn(id: &str) -> Transaction {
+        Transaction {
+            id: id.into(),
+            account: "acct".into(),
+            amount_minor: 100,
+            currency: "EUR".into(),
+            merchant: "shop".into(),
+            trace_context: Default::default(),
+        }
+    }
+
+    fn unary(txn: Transaction) -> TxnRequest {
+        TxnRequest::unary(txn, MetadataMap::new())
+    }
+
+    fn metrics() -> IngressMetrics {
+        IngressMetrics::new(&mut Registry::default())
+    }
+
+    fn ok(request: &TxnRequest) -> Outcome {
+        Outcome {
+            id: request.txn.id.clone(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_inflight_limit_refuses_with_pushback_and_frees_on_completion() {
+        let release = Arc::new(Notify::new());
+        let inner = {
+            let release = release.clone();
+            service_fn(move |r: TxnRequest| {
+                let release = release.clone();
+                async move {
+                    release.notified().await;
+                    Ok::<_, Status>(ok(&r))
+                }
+            })
+        };
+        let mut svc =
+            InflightLimitLayer::new(1, Duration::from_millis(250), metrics()).layer(inner);
+        let first = svc.ready().await.unwrap().call(unary(txn("a")));
+        let refused = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(unary(txn("b")))
+            .await
+            .expect_err("over the limit");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            refused.metadata().get("grpc-retry-pushback-ms").unwrap(),
+            "250"
+        );
+        let waiting = tokio::spawn(first);
+        release.notify_one();
+        waiting.await.unwrap().expect("the first completes");
+        let third = svc.ready().await.unwrap().call(unary(txn("c")));
+        release.notify_one();
+        third.await.expect("the permit came back");
+    }
+
+    #[tokio::test]
+    async fn the_deadline_layer_sets_and_enforces_the_deadline() {
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let inner = {
+            let seen = seen.clone();
+            service_fn(move |r: TxnRequest| {
+                *seen.lock().unwrap() = Some((r.arrived, r.deadline));
+                std::future::pending::<Result<Outcome, Status>>()
+            })
+        };
+        let mut svc = DeadlineLayer {
+            default: Duration::from_secs(5),
+        }
+        .layer(inner);
+        let mut metadata = MetadataMap::new();
+        metadata.insert("grpc-timeout", "80m".parse().unwrap());
+        let status = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(TxnRequest::unary(txn("a"), metadata))
+            .await
+            .expect_err("never answered");
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        let (arrived, deadline) = seen.lock().unwrap().expect("inner called");
+        assert_eq!(
+            deadline - arrived,
+            Duration::from_millis(30),
+            "grpc-timeout less the headroom"
+        );
+        assert!(Instant::now() >= deadline);
+    }
+
+    #[tokio::test]
+    async fn validation_refuses_bad_input_before_the_inner_service() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let inner = {
+            let calls = calls.clone();
+            service_fn(move |r: TxnRequest| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                std::future::ready(Ok::<_, Status>(ok(&r)))
+            })
+        };
+        let mut svc = ValidateLayer(metrics()).layer(inner);
+        let mut bad = txn("a");
+        bad.currency = "euro".into();
+        let (admitted, told) = oneshot::channel();
+        let mut request = unary(bad);
+        request.admitted = Some(admitted);
+        let status = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(request)
+            .await
+            .expect_err("invalid");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("currency"), "{status}");
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            0,
+            "never reached the inner service"
+        );
+        told.await.expect("a stream reader may read on");
+        svc.ready()
+            .await
+            .unwrap()
+            .call(unary(txn("b")))
+            .await
+            .unwrap();
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+    }
+}

@@ -1,0 +1,223 @@
+//! The downstream stream client in process: a real tonic Risk server on 127.0.0.1:0 whose
+//! reading the test controls, and the client as a tower Service over it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt as _;
+use prometheus_client::registry::Registry;
+use sluice_core::CancellationToken;
+use sluice_gateway::downstream::{Admission, Downstream, DownstreamConfig, HopCall, Workers};
+use sluice_proto::HopRequest;
+use sluice_proto::pb::risk_server::{Risk, RiskServer};
+use sluice_proto::pb::{RiskRequest, RiskVerdict, Transaction};
+use tokio::sync::Semaphore;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+use tower::{Service, ServiceExt};
+
+/// A Risk service that reads a message only with a permit from `reads`, and answers each
+/// at once — or ends the stream with UNAVAILABLE when `break_streams` is set.
+#[derive(Clone)]
+struct Scripted {
+    reads: Arc<Semaphore>,
+    break_streams: bool,
+}
+
+#[tonic::async_trait]
+impl Risk for Scripted {
+    type AssessStream = ReceiverStream<Result<RiskVerdict, Status>>;
+
+    async fn assess(
+        &self,
+        request: Request<Streaming<RiskRequest>>,
+    ) -> Result<Response<Self::AssessStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let (reads, break_streams) = (self.reads.clone(), self.break_streams);
+        let mut inbound = request.into_inner();
+        tokio::spawn(async move {
+            loop {
+                let Ok(permit) = reads.acquire().await else {
+                    return;
+                };
+                permit.forget();
+                let Ok(Some(r)) = inbound.message().await else {
+                    return;
+                };
+                let reply = if break_streams {
+                    Err(Status::unavailable("scripted break"))
+                } else {
+                    Ok(RiskVerdict {
+                        correlation_id: r.correlation_id,
+                        risk_score: 7.0,
+                        ..Default::default()
+                    })
+                };
+                let broke = reply.is_err();
+                if tx.send(reply).await.is_err() || broke {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+async fn server(script: Scripted) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RiskServer::new(script))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    url
+}
+
+fn config(queue: usize, stream_inflight: usize) -> DownstreamConfig {
+    DownstreamConfig {
+        queue,
+        streams: 1,
+        stream_inflight,
+        immediate_reserved: 0,
+        ..Default::default()
+    }
+}
+
+/// The client, and its stream workers (dropping them stops the streams).
+fn client(url: &str, config: DownstreamConfig) -> (Downstream<RiskRequest>, Workers) {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .connect_lazy();
+    Downstream::start(
+        channel,
+        config,
+        &mut Registry::default(),
+        CancellationToken::new(),
+    )
+}
+
+fn call(id: &str) -> HopCall<RiskRequest> {
+    let txn = Transaction {
+        id: id.to_string(),
+        ..Default::default()
+    };
+    HopCall {
+        request: RiskRequest::new(txn, 0),
+        deadline: Instant::now() + Duration::from_secs(30),
+        span: tracing::Span::none(),
+    }
+}
+
+/// Waits (polling the state, at most 10 s) until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < give_up, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn until_live(d: &Downstream<RiskRequest>) {
+    until("a stream is live", || d.is_live()).await;
+}
+
+#[tokio::test]
+async fn replies_find_their_requests() {
+    let reads = Arc::new(Semaphore::new(1000));
+    let url = server(Scripted {
+        reads,
+        break_streams: false,
+    })
+    .await;
+    let (d, _workers) = client(&url, config(16, 4));
+    until_live(&d).await;
+    let mut replies = Vec::new();
+    for i in 0..8 {
+        let svc = d.service(Admission::Wait);
+        replies.push(svc.oneshot(call(&format!("t{i}"))));
+    }
+    for reply in futures::future::join_all(replies).await {
+        let verdict = reply.expect("a verdict");
+        assert_eq!(verdict.risk_score, 7.0);
+        assert!(verdict.correlation_id > 0);
+    }
+}
+
+#[tokio::test]
+async fn readiness_is_queue_room() {
+    // The service reads nothing: one request goes out (stream_inflight 1), three fill the
+    // queue, and then the downstream is not ready.
+    let reads = Arc::new(Semaphore::new(0));
+    let url = server(Scripted {
+        reads: reads.clone(),
+        break_streams: false,
+    })
+    .await;
+    let (d, _workers) = client(&url, config(3, 1));
+    until_live(&d).await;
+    let mut replies = Vec::new();
+    for i in 0..4 {
+        let svc = d.service(Admission::Wait);
+        replies.push(tokio::spawn(svc.oneshot(call(&format!("t{i}")))));
+    }
+    until("the queue is full", || d.queue_depth() == 3).await;
+    let mut waiting = d.service(Admission::Wait);
+    assert!(
+        waiting.ready().now_or_never().is_none(),
+        "a waiting caller parks while the queue is full"
+    );
+    let mut immediate = d.service(Admission::Immediate);
+    let refused = immediate.ready().await.err().expect("refused");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    // The service reads again: the parked caller gets room and every request its reply.
+    reads.add_permits(100);
+    waiting.ready().await.expect("room again");
+    let reply = waiting.call(call("late")).await.expect("answered");
+    assert_eq!(reply.risk_score, 7.0);
+    for r in replies {
+        r.await.unwrap().expect("answered");
+    }
+}
+
+#[tokio::test]
+async fn no_live_stream_fails_fast() {
+    // Nothing listens on this port (bound, then closed).
+    let url = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let (d, _workers) = client(&url, config(8, 8));
+    for admission in [Admission::Wait, Admission::Immediate] {
+        let status = d.service(admission).ready().await.err().expect("not ready");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(
+            status.message().contains("risk has no live stream"),
+            "{status}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_broken_stream_fails_what_waits_on_it() {
+    let reads = Arc::new(Semaphore::new(1000));
+    let url = server(Scripted {
+        reads,
+        break_streams: true,
+    })
+    .await;
+    let (d, _workers) = client(&url, config(8, 8));
+    until_live(&d).await;
+    let status = d
+        .service(Admission::Wait)
+        .oneshot(call("doomed"))
+        .await
+        .err()
+        .expect("failed");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+}
+
+#[test]
+fn the_contract_names_the_generated_path() {
+    assert_eq!(RiskRequest::PATH, "/mesh.v1.Risk/Assess");
+}
