@@ -168,7 +168,7 @@ async fn readiness_is_queue_room() {
         "a waiting caller parks while the queue is full"
     );
     let mut immediate = d.service(Admission::Immediate);
-    let refused = immediate.ready().await.err().expect("refused");
+    let refused = immediate.ready().await.expect_err("refused");
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
     // The service reads again: the parked caller gets room and every request its reply.
     reads.add_permits(100);
@@ -189,7 +189,7 @@ async fn no_live_stream_fails_fast() {
     };
     let (d, _workers) = client(&url, config(8, 8));
     for admission in [Admission::Wait, Admission::Immediate] {
-        let status = d.service(admission).ready().await.err().expect("not ready");
+        let status = d.service(admission).ready().await.expect_err("not ready");
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert!(
             status.message().contains("risk has no live stream"),
@@ -212,8 +212,7 @@ async fn a_broken_stream_fails_what_waits_on_it() {
         .service(Admission::Wait)
         .oneshot(call("doomed"))
         .await
-        .err()
-        .expect("failed");
+        .expect_err("failed");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
 }
 

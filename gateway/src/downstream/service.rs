@@ -67,6 +67,19 @@ impl<R: HopRequest> DownstreamService<R> {
     }
 }
 
+impl<R: HopRequest> std::fmt::Debug for DownstreamService<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let admission = match self.room {
+            Room::Wait { .. } => Admission::Wait,
+            Room::Immediate { .. } => Admission::Immediate,
+        };
+        f.debug_struct("DownstreamService")
+            .field("downstream", &R::NAME)
+            .field("admission", &admission)
+            .finish()
+    }
+}
+
 impl<R: HopRequest> Clone for DownstreamService<R> {
     /// A clone with no reservation of its own.
     fn clone(&self) -> Self {
