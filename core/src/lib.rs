@@ -43,6 +43,24 @@ pub mod worker_pool;
 
 pub use tokio_util::sync::CancellationToken;
 
+/// A duration as people write and read it (`250ms`, `5s`, `2m`): lets clap show and take a
+/// `DEFAULT_*` duration constant as the flag's default (`default_value_t`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub std::time::Duration);
+
+impl std::fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        humantime::format_duration(self.0).fmt(f)
+    }
+}
+
+impl std::str::FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_duration(s).map(Self)
+    }
+}
+
 /// Parses a human duration such as `250ms`, `5s` or `2m` (for clap `value_parser`).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 250ms, 5s, 2m)"))

@@ -39,6 +39,9 @@ pub enum ServeError {
     AdminToken(#[from] AdminTokenError),
     #[error("{0}")]
     Other(String),
+    /// A flag the server cannot run with (exit code 64).
+    #[error("{0}")]
+    Config(String),
     /// Stored data is damaged and serving could lose or misreport it: exit code 65
     /// (EX_DATAERR), so supervisors and operators can tell it from a crash.
     #[error("{0}")]
@@ -300,7 +303,7 @@ where
             eprintln!("{name}: {e}");
             std::process::ExitCode::from(EXIT_DATA_DAMAGED)
         }
-        Err(Exit::Serve(e @ ServeError::AdminToken(_))) => {
+        Err(Exit::Serve(e @ (ServeError::AdminToken(_) | ServeError::Config(_)))) => {
             eprintln!("{name}: {e}");
             std::process::ExitCode::from(64)
         }

@@ -1,0 +1,245 @@
+//! The gateway's flags, and the settings they become once checked.
+//!
+//! [`Config`] is the command line as clap parses it (every default a `DEFAULT_*` constant);
+//! [`Config::settings`] checks it and builds what the gateway runs with ([`Settings`]), or
+//! says which flag is wrong ([`ConfigError`], exit code 64). Libraries below never see
+//! clap.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use sluice_core::HumanDuration;
+use sluice_core::server::{CommonServerArgs, ServeError};
+use tonic::transport::Endpoint;
+
+use crate::downstream::{self, DownstreamConfig};
+use crate::ingress::{self, IngressLimits};
+
+/// Default gRPC address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Default admin (metrics, health) address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9101";
+/// Default risk service URL.
+pub const DEFAULT_RISK_URL: &str = "http://127.0.0.1:50052";
+/// Default notification service URL.
+pub const DEFAULT_NOTIFICATION_URL: &str = "http://127.0.0.1:50053";
+/// Default logging service URL.
+pub const DEFAULT_LOGGING_URL: &str = "http://127.0.0.1:50054";
+
+/// `sluice-gateway`: accepts transactions over gRPC (Submit, SubmitStream) and fans each one
+/// out to risk, notification and logging over long-lived bidirectional streams.
+///
+/// An outcome waits for the risk verdict and the audit ack (both required); notification is
+/// best effort (QUEUED, or SHED when its queue is full). Every flag can also be set through
+/// the environment variable shown.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "sluice-gateway", version)]
+pub struct Config {
+    /// gRPC listen address.
+    #[arg(long, env = "SLUICE_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Admin HTTP listen address (/metrics, /healthz).
+    #[arg(long, env = "SLUICE_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: SocketAddr,
+    /// Risk service URL (http://host:port).
+    #[arg(long, env = "SLUICE_RISK", default_value = DEFAULT_RISK_URL)]
+    pub risk: String,
+    /// Notification service URL (http://host:port).
+    #[arg(long, env = "SLUICE_NOTIFICATION", default_value = DEFAULT_NOTIFICATION_URL)]
+    pub notification: String,
+    /// Logging (audit) service URL (http://host:port).
+    #[arg(long, env = "SLUICE_LOGGING", default_value = DEFAULT_LOGGING_URL)]
+    pub logging: String,
+    /// Token presented to the downstream services when streams open (`authorization:
+    /// Bearer`); the logging service requires it for Append when started with the same
+    /// flag. Unset = none sent.
+    #[arg(long, env = "SLUICE_MESH_TOKEN", hide_env_values = true)]
+    pub mesh_token: Option<String>,
+    /// Long-lived streams per downstream, all on one HTTP/2 connection.
+    #[arg(long, env = "SLUICE_STREAMS_PER_DOWNSTREAM", default_value_t = downstream::DEFAULT_STREAMS)]
+    pub streams_per_downstream: usize,
+    /// Capacity of each downstream's queue: transactions admitted and not yet taken by a
+    /// stream. Full risk/logging queues hold SubmitStream readers and refuse unary calls;
+    /// a full notification queue sheds notices.
+    #[arg(long, env = "SLUICE_DOWNSTREAM_QUEUE", default_value_t = downstream::DEFAULT_QUEUE)]
+    pub downstream_queue: usize,
+    /// Slots of each downstream queue that only unary Submit calls may take (at most a
+    /// quarter of the queue): however many SubmitStream readers wait for room, unary calls
+    /// still find some.
+    #[arg(long, env = "SLUICE_UNARY_RESERVED", default_value_t = downstream::DEFAULT_IMMEDIATE_RESERVED)]
+    pub unary_reserved: usize,
+    /// Most requests one downstream stream may have sent and not had answered.
+    #[arg(long, env = "SLUICE_DOWNSTREAM_STREAM_INFLIGHT", default_value_t = downstream::DEFAULT_STREAM_INFLIGHT)]
+    pub downstream_stream_inflight: usize,
+    /// Most unary Submit calls in flight; beyond it, RESOURCE_EXHAUSTED with pushback.
+    #[arg(long, env = "SLUICE_MAX_INFLIGHT", default_value_t = ingress::DEFAULT_MAX_INFLIGHT)]
+    pub max_inflight: usize,
+    /// Most transactions per SubmitStream admitted and awaiting their outcome.
+    #[arg(long, env = "SLUICE_STREAM_INFLIGHT", default_value_t = ingress::DEFAULT_STREAM_INFLIGHT)]
+    pub stream_inflight: usize,
+    /// Most SubmitStream calls open at once, over every connection; beyond it a new stream
+    /// is refused RESOURCE_EXHAUSTED with pushback.
+    #[arg(long, env = "SLUICE_MAX_STREAMS", default_value_t = ingress::DEFAULT_MAX_STREAMS)]
+    pub max_streams: usize,
+    /// Most transactions admitted and awaiting their outcome over all SubmitStreams
+    /// together. When reached, streams stop reading (in turn, first come first served)
+    /// until outcomes free room.
+    #[arg(long, env = "SLUICE_STREAMS_INFLIGHT", default_value_t = ingress::DEFAULT_STREAMS_INFLIGHT)]
+    pub streams_inflight: usize,
+    /// Outcomes per SubmitStream produced but not yet taken by the transport.
+    #[arg(long, env = "SLUICE_OUTCOME_QUEUE", default_value_t = ingress::DEFAULT_OUTCOME_QUEUE)]
+    pub outcome_queue: usize,
+    /// Deadline for transactions whose call carries no grpc-timeout (and for each
+    /// SubmitStream message), e.g. 5s.
+    #[arg(long, env = "SLUICE_DEFAULT_DEADLINE", default_value_t = HumanDuration(ingress::DEFAULT_DEADLINE))]
+    pub default_deadline: HumanDuration,
+    /// `grpc-retry-pushback-ms` sent with RESOURCE_EXHAUSTED, e.g. 100ms.
+    #[arg(long, env = "SLUICE_RETRY_PUSHBACK", default_value_t = HumanDuration(ingress::DEFAULT_RETRY_PUSHBACK))]
+    pub retry_pushback: HumanDuration,
+    /// First reconnect delay of a broken downstream stream; doubles per failure (with jitter).
+    #[arg(long, env = "SLUICE_RECONNECT_BASE", default_value_t = HumanDuration(downstream::DEFAULT_BACKOFF_BASE))]
+    pub reconnect_base: HumanDuration,
+    /// Longest reconnect delay.
+    #[arg(long, env = "SLUICE_RECONNECT_MAX", default_value_t = HumanDuration(downstream::DEFAULT_BACKOFF_MAX))]
+    pub reconnect_max: HumanDuration,
+    /// BENCHMARK COMPARISON ONLY: make the downstream queues and the per-stream ingress
+    /// limit effectively unbounded, to measure what the bounds buy. Memory then grows with
+    /// load whenever a downstream is slow. Never use it otherwise.
+    #[arg(long, env = "SLUICE_UNBOUNDED_FOR_COMPARISON", default_value_t = false)]
+    pub unbounded_for_comparison: bool,
+    #[command(flatten)]
+    pub downstream_windows: sluice_core::h2::DownstreamWindows,
+    #[command(flatten)]
+    pub server: CommonServerArgs,
+}
+
+/// What "unbounded" means for `--unbounded-for-comparison`: more than memory can hold.
+const UNBOUNDED: usize = 1 << 40;
+
+impl Config {
+    /// Defaults, as if no flag were given.
+    pub fn defaults() -> Self {
+        Self::parse_from(["sluice-gateway"])
+    }
+
+    /// Checks the flags and turns them into the settings the gateway runs with.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let auth = sluice_core::auth::bearer(self.mesh_token.as_deref())
+            .map_err(|e| ConfigError::MeshToken(e.to_string()))?;
+        let unbounded = self.unbounded_for_comparison;
+        let downstream = DownstreamConfig {
+            queue: if unbounded {
+                UNBOUNDED
+            } else {
+                self.downstream_queue
+            },
+            streams: self.streams_per_downstream,
+            stream_inflight: self.downstream_stream_inflight,
+            backoff_base: self.reconnect_base.0,
+            backoff_max: self.reconnect_max.0,
+            max_message_size: self.server.h2.max_message_size,
+            auth,
+            immediate_reserved: if unbounded { 0 } else { self.unary_reserved },
+        };
+        let limits = IngressLimits {
+            max_inflight: self.max_inflight,
+            stream_inflight: if unbounded {
+                UNBOUNDED
+            } else {
+                self.stream_inflight
+            },
+            max_streams: self.max_streams,
+            streams_inflight: if unbounded {
+                UNBOUNDED
+            } else {
+                self.streams_inflight
+            },
+            outcome_queue: self.outcome_queue,
+            default_deadline: self.default_deadline.0,
+            retry_pushback: self.retry_pushback.0,
+        };
+        Ok(Settings {
+            risk: self.endpoint("risk", &self.risk)?,
+            notification: self.endpoint("notification", &self.notification)?,
+            logging: self.endpoint("logging", &self.logging)?,
+            downstream,
+            limits,
+        })
+    }
+
+    /// A downstream's endpoint with the gateway's HTTP/2 windows.
+    fn endpoint(&self, flag: &'static str, url: &str) -> Result<Endpoint, ConfigError> {
+        let bad = |reason: String| ConfigError::Url {
+            flag,
+            url: url.to_string(),
+            reason,
+        };
+        let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| bad(e.to_string()))?;
+        match endpoint.uri().scheme_str() {
+            Some("http" | "https") if endpoint.uri().host().is_some() => {}
+            _ => return Err(bad("it needs a scheme and a host".into())),
+        }
+        let w = &self.downstream_windows;
+        Ok(self.server.h2.with_windows(
+            w.stream_window,
+            w.connection_window,
+            w.adaptive_window,
+            endpoint,
+        ))
+    }
+}
+
+/// The gateway's settings, checked: what [`crate::serve`] runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub risk: Endpoint,
+    pub notification: Endpoint,
+    pub logging: Endpoint,
+    pub downstream: DownstreamConfig,
+    pub limits: IngressLimits,
+}
+
+/// A flag the gateway cannot run with (exit code 64).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--{flag} {url:?} is not a usable URL ({reason}); expected http://host:port")]
+    Url {
+        flag: &'static str,
+        url: String,
+        reason: String,
+    },
+    #[error("--mesh-token: {0}")]
+    MeshToken(String),
+}
+
+impl From<ConfigError> for ServeError {
+    fn from(e: ConfigError) -> Self {
+        ServeError::Config(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_come_from_the_constants() {
+        let c = Config::defaults();
+        assert_eq!(c.default_deadline.0, ingress::DEFAULT_DEADLINE);
+        assert_eq!(c.reconnect_max.0, downstream::DEFAULT_BACKOFF_MAX);
+        assert!(c.settings().is_ok());
+    }
+
+    #[test]
+    fn a_bad_url_names_its_flag() {
+        let c = Config::parse_from(["sluice-gateway", "--risk", "risk:50052"]);
+        let e = c.settings().expect_err("no scheme").to_string();
+        assert!(e.starts_with("--risk \"risk:50052\""), "{e}");
+    }
+}
