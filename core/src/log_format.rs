@@ -88,3 +88,82 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::fmt::MakeWriter;
+    use tracing_subscriber::prelude::*;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn lines_inside_a_span_carry_its_trace_ids_as_text_and_as_json() {
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let out = Captured::default();
+        let text = tracing_subscriber::fmt::layer()
+            .with_writer(out.clone())
+            .event_format(WithTraceIds {
+                inner: tracing_subscriber::fmt::format(),
+                format: LogFormat::Text,
+            });
+        let json = tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(out.clone())
+            .map_event_format(|inner| WithTraceIds {
+                inner,
+                format: LogFormat::Json,
+            });
+        let dispatch: tracing::Dispatch = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(text)
+            .with(json)
+            .into();
+        remember(&dispatch);
+        let trace_id = tracing::dispatcher::with_default(&dispatch, || {
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            tracing::info!("outside");
+            let span = tracing::info_span!("work");
+            let _in = span.enter();
+            tracing::info!("inside");
+            let cx = span.context();
+            opentelemetry::trace::TraceContextExt::span(&cx)
+                .span_context()
+                .trace_id()
+                .to_string()
+        });
+        let lines = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = lines.lines().collect();
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert!(!lines[0].contains("trace_id") && !lines[1].contains("trace_id"));
+        let ids = format!(" trace_id={trace_id} span_id=");
+        assert!(lines[2].contains(&ids), "{}", lines[2]);
+        let object: serde_json::Value = serde_json::from_str(lines[3]).expect("valid JSON");
+        assert_eq!(object["trace_id"], trace_id.as_str());
+        assert_eq!(object["span_id"].as_str().unwrap().len(), 16);
+        assert_eq!(object["fields"]["message"], "inside");
+    }
+}

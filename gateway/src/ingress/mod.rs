@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tower::ServiceExt as _;
+use tracing::Instrument as _;
 
 use crate::fanout::Fanout;
 use admission::{StreamRoom, exhausted};
@@ -169,14 +170,15 @@ impl Gateway for Ingress {
         let reader = StreamReader {
             deadline,
             parent,
-            span,
+            span: span.clone(),
             stack: self.stream.clone(),
             room: self.room.clone(),
             shutdown: self.shutdown.clone(),
             metrics: self.metrics.clone(),
             _open: open,
         };
-        tokio::spawn(reader.run(request.into_inner(), tx));
+        // The reader runs in the stream's span: its log lines carry the stream's trace.
+        tokio::spawn(reader.run(request.into_inner(), tx).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
