@@ -487,3 +487,53 @@ async fn a_dead_trace_backend_does_not_slow_the_mesh() {
         "one clear log line:\n{log}"
     );
 }
+
+/// From a number to a trace: the gateway's latency buckets carry the trace id of a recent
+/// transaction (OpenMetrics exemplars), and that trace is one Jaeger would show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_buckets_carry_trace_ids_as_exemplars() {
+    let receiver = OtlpReceiver::start().await;
+    let mesh = traced_mesh(&receiver).await;
+    let out = tokio::process::Command::new(bin_dir().join("sluice-loadgen"))
+        .args([
+            "run",
+            "--target",
+            &mesh.gateway.url(),
+            "--mode",
+            "unary",
+            "--rate",
+            "20",
+            "--duration",
+            "1s",
+            "-q",
+        ])
+        .envs(receiver.env())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body = sluice_tests::http_get(mesh.gateway.admin.unwrap(), "/metrics")
+        .await
+        .unwrap();
+    let exemplars: Vec<&str> = body
+        .lines()
+        .filter(|l| {
+            l.starts_with("sluice_gateway_latency_seconds_bucket{") && l.contains("api=\"unary\"")
+        })
+        .filter_map(|l| l.split_once("# {trace_id=\"").map(|(_, rest)| &rest[..32]))
+        .collect();
+    assert!(!exemplars.is_empty(), "no exemplar:\n{body}");
+    let trace = exemplars[0].to_string();
+    assert!(trace.bytes().all(|b| b.is_ascii_hexdigit()), "{trace}");
+    receiver
+        .wait_until("the exemplar's trace", |spans| {
+            spans
+                .iter()
+                .any(|s| s.trace_id == trace && s.service == "sluice-gateway")
+        })
+        .await;
+}
