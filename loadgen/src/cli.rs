@@ -6,9 +6,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::driver::{self, LoadSpec, Mode, Pacing};
+use crate::drive::driver::{self, LoadSpec, Mode, Pacing};
+use crate::drive::schedule::{ArrivalKind, Arrivals};
 use crate::report::{Acked, Report};
-use crate::schedule::{ArrivalKind, Arrivals};
 
 /// `sluice-loadgen`: drives the Sluice mesh and reports what it saw.
 ///
@@ -35,26 +35,26 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Measure saturation throughput and latency at half load against the real binaries
     /// (started from this executable's directory as separate processes).
-    Bench(crate::bench::BenchArgs),
+    Bench(crate::lab::bench::BenchArgs),
     /// Show or change the faults in force on a service (risk, notification or logging)
     /// through its Control API; prints the faults now in force.
-    Fault(crate::fault::FaultArgs),
+    Fault(crate::lab::fault::FaultArgs),
     /// The backpressure benchmark: stall logging at 50% load and overload the mesh 10x, with
     /// the default bounds and with the gateway's bounds removed, against the real binaries.
-    Pressure(crate::pressure::PressureArgs),
+    Pressure(crate::lab::pressure::PressureArgs),
     /// Exit 0 when an admin endpoint answers 200 (container healthchecks: the images have
     /// no shell or curl).
     Health(HealthArgs),
     /// Run a scenario file: phases of load, faults at given times, expectations checked at
     /// the end (exit 2 when one fails). Starts the real binaries on loopback.
-    Scenario(crate::scenario::ScenarioArgs),
+    Scenario(crate::lab::scenario::ScenarioArgs),
     /// Kill (SIGKILL + restart) and freeze (SIGSTOP/SIGCONT) each process of the mesh under
     /// stream and unary load; report recovery times and check that no acknowledged record is
     /// missing and nothing hung (exit 2 otherwise). Starts the real binaries on loopback.
-    Chaos(crate::chaos::ChaosArgs),
+    Chaos(crate::lab::chaos::ChaosArgs),
     /// A trivial gateway that answers at once: for measuring the generator's own ceiling
     /// (and comparing with h2load).
-    Sink(crate::sink::SinkArgs),
+    Sink(crate::lab::sink::SinkArgs),
     /// Write a fresh random Control API token to a file (mode 0600): compose's one-shot init
     /// service, whose images have no shell to do it with.
     GenToken(GenTokenArgs),
@@ -219,9 +219,9 @@ impl LoadArgs {
             segments,
         };
         let profile = match (&self.steps, &self.ramp, &self.schedule_file) {
-            (Some(steps), _, _) => Some(shaped(crate::schedule::parse_steps(steps)?)),
-            (None, Some(ramp), _) => Some(shaped(crate::schedule::parse_ramp(ramp)?)),
-            (None, None, Some(file)) => Some(crate::schedule::load_file(file)?),
+            (Some(steps), _, _) => Some(shaped(crate::drive::schedule::parse_steps(steps)?)),
+            (None, Some(ramp), _) => Some(shaped(crate::drive::schedule::parse_ramp(ramp)?)),
+            (None, None, Some(file)) => Some(crate::drive::schedule::load_file(file)?),
             _ => None,
         };
         let (pacing, duration, warmup) = match (profile, self.rate, self.concurrency) {
@@ -265,7 +265,7 @@ impl LoadArgs {
             metrics: self
                 .metrics
                 .as_deref()
-                .map(crate::scrape::admin_addr)
+                .map(crate::admin::metrics::admin_addr)
                 .transpose()?,
             reopen_streams: false,
             outcomes: None,
@@ -315,9 +315,9 @@ pub fn write_html(
     path: &std::path::Path,
     title: &str,
     report: &Report,
-    marks: &[crate::html::Mark],
+    marks: &[crate::report::html::Mark],
 ) -> anyhow::Result<()> {
-    let page = crate::html::render(title, report, &report.timeline, marks);
+    let page = crate::report::html::render(title, report, &report.timeline, marks);
     std::fs::write(path, page).with_context(|| format!("cannot write {}", path.display()))?;
     eprintln!("HTML report written to {}", path.display());
     Ok(())
@@ -346,10 +346,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
             Ok(true)
         }
         Command::Demo(args) => demo(args).await,
-        Command::Bench(args) => crate::bench::bench(args).await.map(|()| true),
-        Command::Scenario(args) => crate::scenario::run(args).await,
-        Command::Chaos(args) => crate::chaos::run(args).await,
-        Command::Sink(args) => crate::sink::run(args).await.map(|()| true),
+        Command::Bench(args) => crate::lab::bench::bench(args).await.map(|()| true),
+        Command::Scenario(args) => crate::lab::scenario::run(args).await,
+        Command::Chaos(args) => crate::lab::chaos::run(args).await,
+        Command::Sink(args) => crate::lab::sink::run(args).await.map(|()| true),
         Command::GenToken(args) => {
             let wrote = gen_token(&args)?;
             println!(
@@ -368,10 +368,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
             );
             Ok(healthy)
         }
-        Command::Pressure(args) => crate::pressure::pressure(args).await.map(|()| true),
+        Command::Pressure(args) => crate::lab::pressure::pressure(args).await.map(|()| true),
         Command::Fault(args) => {
-            let now = crate::fault::run(&args).await?;
-            println!("{} {}", args.target, crate::fault::describe(&now));
+            let now = crate::lab::fault::run(&args).await?;
+            println!("{} {}", args.target, crate::lab::fault::describe(&now));
             Ok(true)
         }
         Command::Verify(args) => {
@@ -387,7 +387,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
                     args.report.display()
                 )
             })?;
-            let check = crate::audit::check_with_token(
+            let check = crate::report::audit::check_with_token(
                 &args.logging,
                 args.mesh_token.as_deref(),
                 &partial.acked,
@@ -405,7 +405,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         load.rate = Some(2000.0);
     }
     eprintln!("starting risk, notification, logging and the gateway on loopback ...");
-    let mesh = crate::mesh::LocalMesh::start(args.data_dir.clone(), Duration::from_secs(5)).await?;
+    let mesh =
+        crate::lab::mesh::LocalMesh::start(args.data_dir.clone(), Duration::from_secs(5)).await?;
     eprintln!(
         "mesh up: gateway {} (metrics http://{}/metrics), audit log in {}",
         mesh.gateway_url,
@@ -430,7 +431,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     );
     let report = driver::run(spec).await;
     let check = match &report {
-        Ok(r) => Some(crate::audit::check(&mesh.logging_url, &r.acked).await),
+        Ok(r) => Some(crate::report::audit::check(&mesh.logging_url, &r.acked).await),
         Err(_) => None,
     };
     eprintln!("shutting down ...");

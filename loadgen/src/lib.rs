@@ -1,20 +1,19 @@
-//! The Sluice load generator as a library: traffic ([`traffic`]), pacing and drivers
-//! ([`driver`]), results ([`report`]), audit checks ([`audit`]) and an in-process mesh for
-//! the demo ([`mesh`]), kill/stop runs against the real binaries ([`chaos`]). The CLI in `main.rs` only parses flags and calls these.
+//! The Sluice load generator as a library. The binary (`main.rs`) only parses flags
+//! ([`cli`]) and calls into these; tests call them directly.
+//!
+//! The modules follow what the generator does, so the tree reads as its roles:
+//!
+//! - [`drive`]: driving load at a gateway — the arrival schedule, the generated traffic, and
+//!   the driver that sends it and waits for every outcome.
+//! - [`report`]: what a run produced — the recorder and the report (text, JSON, HTML), and
+//!   the audit check of acknowledged transactions against the log.
+//! - [`lab`]: meshes to drive — the in-process demo mesh and the real binaries as processes
+//!   — and the experiments run on them: bench, pressure, scenarios, chaos, fault injection.
+//! - [`admin`]: the mesh's side doors, never its load path — admin HTTP (`/metrics`,
+//!   `/healthz`, `/readyz`) and the Control API with its token.
 
-pub mod audit;
-pub mod bench;
-pub mod chaos;
+pub mod admin;
 pub mod cli;
-pub mod driver;
-pub mod fault;
-pub mod html;
-pub mod mesh;
-pub mod pressure;
-pub mod procs;
+pub mod drive;
+pub mod lab;
 pub mod report;
-pub mod scenario;
-pub mod schedule;
-pub mod scrape;
-pub mod sink;
-pub mod traffic;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use sluice_loadgen::driver::{self, LoadSpec, Mode, Pacing};
+use sluice_loadgen::drive::driver::{self, LoadSpec, Mode, Pacing};
 use sluice_loadgen::report::{NO_OUTCOME, Report};
 use sluice_proto::pb::gateway_server::{Gateway, GatewayServer};
 use sluice_proto::pb::{Decision, Outcome, Transaction};

@@ -18,10 +18,10 @@ use clap::Args;
 use prost::Message;
 use sluice_proto::pb::Faults;
 
-use crate::driver::{self, LoadSpec, Mode, Pacing};
-use crate::procs::{MeshOptions, ProcMesh, sibling_bin_dir};
+use crate::drive::driver::{self, LoadSpec, Mode, Pacing};
+use crate::drive::traffic::Traffic;
+use crate::lab::procs::{MeshOptions, ProcMesh, sibling_bin_dir};
 use crate::report::Report;
-use crate::traffic::Traffic;
 
 #[derive(Debug, Clone, Args)]
 pub struct PressureArgs {
@@ -167,14 +167,24 @@ async fn stall_phase(
     ));
     let start = started_rx.await?;
     tokio::time::sleep_until((start + LEAD_IN).into()).await;
-    let baseline = crate::scrape::metric(admin, RSS).await.unwrap_or(0.0);
+    let baseline = crate::admin::metrics::metric(admin, RSS)
+        .await
+        .unwrap_or(0.0);
     set_stall(&mesh, true).await?;
     let stall_at = start.elapsed().as_secs_f64();
     let stall_end = Instant::now() + args.stall_for;
     let (mut held, mut rss) = (0f64, baseline);
     while Instant::now() < stall_end {
-        held = held.max(crate::scrape::metric(admin, HELD).await.unwrap_or(0.0));
-        rss = rss.max(crate::scrape::metric(admin, RSS).await.unwrap_or(0.0));
+        held = held.max(
+            crate::admin::metrics::metric(admin, HELD)
+                .await
+                .unwrap_or(0.0),
+        );
+        rss = rss.max(
+            crate::admin::metrics::metric(admin, RSS)
+                .await
+                .unwrap_or(0.0),
+        );
         tokio::time::sleep(SAMPLE_EVERY).await;
     }
     set_stall(&mesh, false).await?;
@@ -229,11 +239,17 @@ async fn overload_phase(
     s.timeout = OVERLOAD_TIMEOUT;
     let load = tokio::spawn(driver::run_with(s, Some(started_tx)));
     let start = started_rx.await?;
-    let baseline = crate::scrape::metric(admin, RSS).await.unwrap_or(0.0);
+    let baseline = crate::admin::metrics::metric(admin, RSS)
+        .await
+        .unwrap_or(0.0);
     let mut peak = baseline;
     let end = start + args.overload_for;
     while Instant::now() < end {
-        peak = peak.max(crate::scrape::metric(admin, RSS).await.unwrap_or(0.0));
+        peak = peak.max(
+            crate::admin::metrics::metric(admin, RSS)
+                .await
+                .unwrap_or(0.0),
+        );
         tokio::time::sleep(SAMPLE_EVERY).await;
     }
     let report: Report = load.await??;

@@ -38,9 +38,9 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::drive::schedule::{ArrivalKind, Arrivals};
+use crate::drive::traffic::Traffic;
 use crate::report::{Recorder, Report, RunInfo, StreamEnd, TimelinePoint};
-use crate::schedule::{ArrivalKind, Arrivals};
-use crate::traffic::Traffic;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
@@ -538,7 +538,7 @@ async fn timeline(
                 i.latency.value_at_quantile(0.99) as f64 / 1000.0
             },
             queues: match metrics {
-                Some(addr) => crate::scrape::samples(addr).await.map(|m| {
+                Some(addr) => crate::admin::metrics::samples(addr).await.map(|m| {
                     ["risk", "logging", "notification"].map(|d| {
                         m.get(&format!(
                             "sluice_gateway_downstream_queue_depth{{downstream=\"{d}\"}}"

@@ -65,7 +65,7 @@ pub fn grpc_frame(txn: &Transaction) -> Vec<u8> {
 /// Serves the sink until Ctrl-C / SIGTERM.
 pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.body_file {
-        let (txn, _) = crate::traffic::Traffic::new("h2load", 0.0, 1).next_transaction();
+        let (txn, _) = crate::drive::traffic::Traffic::new("h2load", 0.0, 1).next_transaction();
         std::fs::write(path, grpc_frame(&txn))
             .with_context(|| format!("cannot write {}", path.display()))?;
     }

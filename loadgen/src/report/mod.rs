@@ -1,7 +1,11 @@
-//! Recording results and reporting them: text for people, JSON for checks.
+//! Recording results and reporting them: text for people, JSON for checks, HTML ([`html`])
+//! to look at, and the [`audit`] check of what was acknowledged against the log.
 //!
 //! Latency goes into an HDR histogram (microsecond resolution, up to an hour) — exact
 //! percentiles at a fixed memory cost, unlike a hand-rolled bucket list.
+
+pub mod audit;
+pub mod html;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

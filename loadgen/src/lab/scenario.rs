@@ -36,10 +36,10 @@ use clap::Args;
 use serde::Deserialize;
 use sluice_proto::pb::{Faults, GetFaultsRequest};
 
-use crate::driver::{self, LoadSpec, Mode, Pacing};
-use crate::procs::{MeshOptions, ProcMesh, sibling_bin_dir};
+use crate::drive::driver::{self, LoadSpec, Mode, Pacing};
+use crate::drive::schedule::{ArrivalKind, Arrivals};
+use crate::lab::procs::{MeshOptions, ProcMesh, sibling_bin_dir};
 use crate::report::{Acked, Report};
-use crate::schedule::{ArrivalKind, Arrivals};
 
 #[derive(Debug, Clone, Args)]
 pub struct ScenarioArgs {
@@ -247,7 +247,7 @@ impl Phase {
             (None, None, Some(steps)) => {
                 let a = Arrivals {
                     kind: self.arrivals,
-                    segments: crate::schedule::parse_steps(steps)?,
+                    segments: crate::drive::schedule::parse_steps(steps)?,
                 };
                 let d = a.total();
                 Ok((Pacing::Shaped(Arc::new(a)), d))
@@ -269,7 +269,7 @@ async fn apply(mesh: &ProcMesh, action: &FaultAction) -> anyhow::Result<Faults> 
         "notification" => mesh.notification.url(),
         _ => mesh.logging.url(),
     };
-    let mut control = crate::fault::control(&url, Some(&mesh.admin_token)).await?;
+    let mut control = crate::lab::fault::control(&url, Some(&mesh.admin_token)).await?;
     let current = control.get_faults(GetFaultsRequest {}).await?.into_inner();
     let mut f = if action.clear {
         Faults::default()
@@ -384,9 +384,9 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
             })
         })
         .collect();
-    let mut marks: Vec<crate::html::Mark> = plans
+    let mut marks: Vec<crate::report::html::Mark> = plans
         .iter()
-        .map(|(name, at, _, _)| crate::html::Mark {
+        .map(|(name, at, _, _)| crate::report::html::Mark {
             t: at.as_secs_f64(),
             label: format!("phase {name}"),
         })
@@ -396,7 +396,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
     while loads.iter().any(|l| !l.is_finished()) || pending.peek().is_some() {
         while let Some((_, action)) = pending.next_if(|(at, _)| started.elapsed() >= *at) {
             let now = apply(&mesh, &action).await?;
-            marks.push(crate::html::Mark {
+            marks.push(crate::report::html::Mark {
                 t: started.elapsed().as_secs_f64(),
                 label: format!(
                     "{} {}",
@@ -404,7 +404,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
                     if action.clear {
                         "clear".to_string()
                     } else {
-                        crate::fault::describe(&now)
+                        crate::lab::fault::describe(&now)
                     }
                 ),
             });
@@ -412,7 +412,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
                 "  [{:>5.1}s] {} faults: {}",
                 started.elapsed().as_secs_f64(),
                 action.service,
-                crate::fault::describe(&now)
+                crate::lab::fault::describe(&now)
             );
         }
         let elapsed = started.elapsed();
@@ -420,9 +420,10 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
             .iter()
             .rposition(|(_, at, _, _)| elapsed >= *at)
             .unwrap_or(0);
-        let rss = crate::scrape::metric(admin, "sluice_gateway_process_resident_memory_bytes")
-            .await
-            .unwrap_or(0.0);
+        let rss =
+            crate::admin::metrics::metric(admin, "sluice_gateway_process_resident_memory_bytes")
+                .await
+                .unwrap_or(0.0);
         peaks[current] = peaks[current].max(rss);
         // Sample every 100 ms, but never oversleep the next fault switch.
         let next_fault = pending
@@ -456,7 +457,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
             },
         );
     }
-    let audit = crate::audit::check(&mesh.logging.url(), &acked).await?;
+    let audit = crate::report::audit::check(&mesh.logging.url(), &acked).await?;
     drop(mesh);
 
     let mut failed = 0;
@@ -499,7 +500,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
             .iter()
             .map(|(name, _, _, _)| (name.as_str(), results[name].report.percentiles.as_slice()))
             .collect();
-        let page = crate::html::render_many(
+        let page = crate::report::html::render_many(
             &format!("scenario {}", scenario.name),
             &summary,
             &dists,
@@ -529,7 +530,7 @@ fn rejected_share(r: &Report) -> f64 {
 fn evaluate(
     e: &Expect,
     results: &BTreeMap<String, PhaseResult>,
-    audit: &crate::audit::AuditCheck,
+    audit: &crate::report::audit::AuditCheck,
 ) -> anyhow::Result<Vec<(String, bool, String)>> {
     let mut out = Vec::new();
     let phase = e.phase.as_ref().map(|p| (p, &results[p]));

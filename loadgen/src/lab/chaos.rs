@@ -30,9 +30,9 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::audit::AuditCheck;
-use crate::driver::{self, LoadSpec, Mode, OutcomeSignal, Pacing};
-use crate::procs::{MeshOptions, Proc, ProcMesh, sibling_bin_dir};
+use crate::drive::driver::{self, LoadSpec, Mode, OutcomeSignal, Pacing};
+use crate::lab::procs::{MeshOptions, Proc, ProcMesh, sibling_bin_dir};
+use crate::report::audit::AuditCheck;
 use crate::report::{NO_OUTCOME, Report};
 
 /// Version of the `chaos --json` document (docs/report-schema.md).
@@ -430,7 +430,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         .chain(unary.acked.iter())
         .cloned()
         .collect();
-    let audit = crate::audit::check(&mesh.logging.url(), &acked).await?;
+    let audit = crate::report::audit::check(&mesh.logging.url(), &acked).await?;
     drop(mesh);
 
     let mut errors = BTreeMap::new();

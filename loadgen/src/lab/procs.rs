@@ -267,8 +267,8 @@ impl ProcMesh {
     }
 
     /// A Control client for `service` (one of this mesh's services), with the mesh's token.
-    pub async fn control(&self, service: &Proc) -> anyhow::Result<crate::fault::Control> {
-        crate::fault::control(&service.url(), Some(&self.admin_token)).await
+    pub async fn control(&self, service: &Proc) -> anyhow::Result<crate::lab::fault::Control> {
+        crate::lab::fault::control(&service.url(), Some(&self.admin_token)).await
     }
 
     /// Restarts logging on its previous address and data directory.

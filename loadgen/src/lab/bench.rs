@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::driver::{self, LoadSpec, Mode, Pacing};
-use crate::procs::{MeshOptions, ProcMesh, sibling_bin_dir};
+use crate::drive::driver::{self, LoadSpec, Mode, Pacing};
+use crate::lab::procs::{MeshOptions, ProcMesh, sibling_bin_dir};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {

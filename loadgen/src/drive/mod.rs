@@ -1,0 +1,10 @@
+//! Driving load at a gateway: *when* to send ([`schedule`]: open-loop arrival profiles),
+//! *what* to send ([`traffic`]: payment-like transactions), and the [`driver`] that sends
+//! them over unary calls or long-lived SubmitStreams and accounts for every one of them.
+//!
+//! Kept apart from the lab and the reports so the measuring instrument can be read (and
+//! tested, against a port-0 gateway) without the meshes it is pointed at.
+
+pub mod driver;
+pub mod schedule;
+pub mod traffic;
