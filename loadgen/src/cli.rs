@@ -93,30 +93,6 @@ pub struct HealthArgs {
     pub timeout: Duration,
 }
 
-/// GETs `url` (plain HTTP/1.1) and reports whether it answered 200.
-async fn probe(url: &str, timeout: Duration) -> anyhow::Result<bool> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url
-        .strip_prefix("http://")
-        .context("health URL must start with http://")?;
-    let (host, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    let check = async {
-        let mut s = tokio::net::TcpStream::connect(host).await?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head).await?;
-        Ok::<_, std::io::Error>(head.starts_with(b"HTTP/1.1 200"))
-    };
-    Ok(tokio::time::timeout(timeout, check)
-        .await
-        .is_ok_and(|r| r.unwrap_or(false)))
-}
-
 /// Load shape shared by `run` and `demo`.
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
@@ -262,11 +238,13 @@ impl LoadArgs {
             wait_ready: !self.no_wait_ready,
             h2: self.h2.clone(),
             tick: Duration::from_secs(1),
-            metrics: self
-                .metrics
-                .as_deref()
-                .map(crate::admin::metrics::admin_addr)
-                .transpose()?,
+            metrics: match &self.metrics {
+                Some(url) => {
+                    crate::admin::http::parse_url(url).context("--metrics")?;
+                    Some(url.clone())
+                }
+                None => None,
+            },
             reopen_streams: false,
             outcomes: None,
         })
@@ -360,13 +338,21 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
             Ok(true)
         }
         Command::Health(args) => {
-            let healthy = probe(&args.url, args.timeout).await?;
-            println!(
-                "{} {}",
-                args.url,
-                if healthy { "healthy" } else { "unhealthy" }
-            );
-            Ok(healthy)
+            crate::admin::http::parse_url(&args.url)?;
+            match crate::admin::http::get(&args.url, args.timeout).await {
+                Ok((status, _)) if status == hyper::StatusCode::OK => {
+                    println!("{} healthy", args.url);
+                    Ok(true)
+                }
+                Ok((status, body)) => {
+                    println!("{} unhealthy: {status} {}", args.url, body.trim());
+                    Ok(false)
+                }
+                Err(e) => {
+                    println!("{} unhealthy: {e:#}", args.url);
+                    Ok(false)
+                }
+            }
         }
         Command::Pressure(args) => crate::lab::pressure::pressure(args).await.map(|()| true),
         Command::Fault(args) => {
@@ -414,7 +400,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         mesh.data_dir.display()
     );
     let mut spec = load.spec(mesh.gateway_url.clone())?;
-    spec.metrics = spec.metrics.or(Some(mesh.gateway_admin));
+    spec.metrics = spec
+        .metrics
+        .or_else(|| Some(crate::admin::metrics::url(mesh.gateway_admin)));
     eprintln!(
         "driving {} ingress for {:?} ({}) ...",
         format!("{:?}", spec.mode).to_lowercase(),

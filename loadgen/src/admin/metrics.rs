@@ -1,51 +1,59 @@
-//! Reading a Sluice binary's `/metrics` (Prometheus text) over plain HTTP/1.1: enough for the
-//! load generator's live view, benchmarks and scenarios, without an HTTP client dependency.
+//! Reading a Sluice binary's `/metrics` (Prometheus text) through [`super::http`]: enough for
+//! the load generator's live view, benchmarks and scenarios. A scrape that fails reads as
+//! "no samples", never as an error: the run it decorates goes on.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// Longest a scrape may take: the live view scrapes once per interval and must not fall
+/// behind it.
+pub const DEFAULT_SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Longest a scrape may take.
-pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The `/metrics` URL of an admin listener at `addr`.
+pub fn url(addr: SocketAddr) -> String {
+    format!("http://{addr}/metrics")
+}
 
-/// Every sample (`name{labels}` → value) from `/metrics` at `addr`.
-pub async fn samples(addr: SocketAddr) -> Option<BTreeMap<String, f64>> {
-    let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.ok()?;
-        Some(body)
+/// Every sample (`name{labels}` → value) from the metrics endpoint at `url`; `None` when it
+/// does not answer 200 within [`DEFAULT_SCRAPE_TIMEOUT`].
+pub async fn samples(url: &str) -> Option<BTreeMap<String, f64>> {
+    let body = match super::http::get(url, DEFAULT_SCRAPE_TIMEOUT).await {
+        Ok((status, body)) if status.is_success() => body,
+        Ok((status, _)) => {
+            tracing::debug!("scrape {url}: {status}");
+            return None;
+        }
+        Err(e) => {
+            tracing::debug!("scrape: {e:#}");
+            return None;
+        }
     };
-    let body = tokio::time::timeout(SCRAPE_TIMEOUT, fetch).await.ok()??;
-    Some(
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.rsplit_once(' '))
-            .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_string(), v)))
-            .collect(),
-    )
+    Some(parse(&body))
 }
 
 /// One sample by its exact `name{labels}`.
-pub async fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
-    samples(addr).await?.get(name).copied()
+pub async fn metric(url: &str, name: &str) -> Option<f64> {
+    samples(url).await?.get(name).copied()
 }
 
-/// `host:port` from a `--metrics` URL such as `http://127.0.0.1:9101/metrics`.
-pub fn admin_addr(url: &str) -> anyhow::Result<SocketAddr> {
-    use anyhow::Context;
-    let rest = url.strip_prefix("http://").unwrap_or(url);
-    let host = rest.split('/').next().unwrap_or(rest);
-    host.parse()
-        .or_else(|_| {
-            std::net::ToSocketAddrs::to_socket_addrs(host)
-                .map_err(anyhow::Error::from)
-                .and_then(|mut a| a.next().context("no address"))
-        })
-        .with_context(|| format!("--metrics {url:?}: expected http://HOST:PORT/metrics"))
+/// The samples of a Prometheus/OpenMetrics text exposition (comments skipped).
+fn parse(body: &str) -> BTreeMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_string(), v)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_samples_by_name_and_labels() {
+        let body = "# TYPE x gauge\nx{a=\"1\"} 3\nup 1.5\n# EOF\n";
+        let s = super::parse(body);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s["x{a=\"1\"}"], 3.0);
+        assert_eq!(s["up"], 1.5);
+    }
 }

@@ -123,8 +123,9 @@ pub struct LoadSpec {
     pub h2: sluice_core::h2::H2Settings,
     /// Length of one timeline interval (1 s for people; finer for benchmarks).
     pub tick: Duration,
-    /// The gateway's admin address, to show its queue depths in the timeline.
-    pub metrics: Option<std::net::SocketAddr>,
+    /// The gateway's metrics URL (`http://host:port/metrics`), to show its queue depths in
+    /// the timeline.
+    pub metrics: Option<String>,
     /// Stream mode: open a new SubmitStream when one ends before the run does (the gateway
     /// restarted, the connection broke), instead of retiring that connection.
     pub reopen_streams: bool,
@@ -443,7 +444,7 @@ pub async fn run_with(
         spec.tick,
         profile.clone(),
         spec.progress,
-        spec.metrics,
+        spec.metrics.clone(),
     ));
     let traffic = Traffic::new(spec.id_prefix.clone(), spec.invalid_ratio, spec.seed);
     match spec.mode {
@@ -491,7 +492,7 @@ async fn timeline(
     every: Duration,
     offered: Option<Arc<Arrivals>>,
     print: bool,
-    metrics: Option<std::net::SocketAddr>,
+    metrics: Option<String>,
 ) {
     let mut live = LiveView::new();
     let mut tick = tokio::time::interval_at((start + every).into(), every);
@@ -537,8 +538,8 @@ async fn timeline(
             } else {
                 i.latency.value_at_quantile(0.99) as f64 / 1000.0
             },
-            queues: match metrics {
-                Some(addr) => crate::admin::metrics::samples(addr).await.map(|m| {
+            queues: match &metrics {
+                Some(url) => crate::admin::metrics::samples(url).await.map(|m| {
                     ["risk", "logging", "notification"].map(|d| {
                         m.get(&format!(
                             "sluice_gateway_downstream_queue_depth{{downstream=\"{d}\"}}"

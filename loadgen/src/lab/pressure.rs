@@ -150,7 +150,7 @@ async fn stall_phase(
     f: &mut Figures,
 ) -> anyhow::Result<()> {
     let mesh = mesh(dir, v.unbounded, Some(STALL_DEADLINE))?;
-    let admin = mesh.gateway.admin.expect("admin bound");
+    let metrics = mesh.gateway.metrics_url()?;
     let rate = sat / 2.0;
     let duration = LEAD_IN + args.stall_for + RECOVERY_WINDOW;
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
@@ -167,7 +167,7 @@ async fn stall_phase(
     ));
     let start = started_rx.await?;
     tokio::time::sleep_until((start + LEAD_IN).into()).await;
-    let baseline = crate::admin::metrics::metric(admin, RSS)
+    let baseline = crate::admin::metrics::metric(&metrics, RSS)
         .await
         .unwrap_or(0.0);
     set_stall(&mesh, true).await?;
@@ -176,12 +176,12 @@ async fn stall_phase(
     let (mut held, mut rss) = (0f64, baseline);
     while Instant::now() < stall_end {
         held = held.max(
-            crate::admin::metrics::metric(admin, HELD)
+            crate::admin::metrics::metric(&metrics, HELD)
                 .await
                 .unwrap_or(0.0),
         );
         rss = rss.max(
-            crate::admin::metrics::metric(admin, RSS)
+            crate::admin::metrics::metric(&metrics, RSS)
                 .await
                 .unwrap_or(0.0),
         );
@@ -225,7 +225,7 @@ async fn overload_phase(
     f: &mut Figures,
 ) -> anyhow::Result<()> {
     let mesh = mesh(dir, v.unbounded, None)?;
-    let admin = mesh.gateway.admin.expect("admin bound");
+    let metrics = mesh.gateway.metrics_url()?;
     let rate = sat * args.overload_factor;
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let mut s = spec(
@@ -239,14 +239,14 @@ async fn overload_phase(
     s.timeout = OVERLOAD_TIMEOUT;
     let load = tokio::spawn(driver::run_with(s, Some(started_tx)));
     let start = started_rx.await?;
-    let baseline = crate::admin::metrics::metric(admin, RSS)
+    let baseline = crate::admin::metrics::metric(&metrics, RSS)
         .await
         .unwrap_or(0.0);
     let mut peak = baseline;
     let end = start + args.overload_for;
     while Instant::now() < end {
         peak = peak.max(
-            crate::admin::metrics::metric(admin, RSS)
+            crate::admin::metrics::metric(&metrics, RSS)
                 .await
                 .unwrap_or(0.0),
         );

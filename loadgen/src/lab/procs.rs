@@ -121,6 +121,14 @@ impl Proc {
         format!("http://{}", self.grpc)
     }
 
+    /// The `/metrics` URL of its admin listener (every server binary has one).
+    pub fn metrics_url(&self) -> anyhow::Result<String> {
+        let admin = self
+            .admin
+            .with_context(|| format!("{} named no admin address", self.name))?;
+        Ok(crate::admin::metrics::url(admin))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -325,7 +325,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
             env: Vec::new(),
         },
     )?;
-    let admin = mesh.gateway.admin.context("gateway has no admin address")?;
+    let gateway_metrics = mesh.gateway.metrics_url()?;
     let channel = driver::connect(&mesh.gateway.url(), 1, &Default::default()).await?;
     driver::wait_ready(channel.into_iter().next().context("no channel")?).await?;
 
@@ -420,10 +420,12 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
             .iter()
             .rposition(|(_, at, _, _)| elapsed >= *at)
             .unwrap_or(0);
-        let rss =
-            crate::admin::metrics::metric(admin, "sluice_gateway_process_resident_memory_bytes")
-                .await
-                .unwrap_or(0.0);
+        let rss = crate::admin::metrics::metric(
+            &gateway_metrics,
+            "sluice_gateway_process_resident_memory_bytes",
+        )
+        .await
+        .unwrap_or(0.0);
         peaks[current] = peaks[current].max(rss);
         // Sample every 100 ms, but never oversleep the next fault switch.
         let next_fault = pending
