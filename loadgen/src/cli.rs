@@ -357,7 +357,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
         Command::Pressure(args) => crate::lab::pressure::pressure(args).await.map(|()| true),
         Command::Fault(args) => {
             let now = crate::lab::fault::run(&args).await?;
-            println!("{} {}", args.target, crate::lab::fault::describe(&now));
+            println!("{} {}", args.target, crate::admin::control::describe(&now));
             Ok(true)
         }
         Command::Verify(args) => {

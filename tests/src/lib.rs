@@ -120,10 +120,9 @@ impl Mesh {
         self.control(service)
             .await
             .expect("connect to Control")
-            .set_faults(faults)
+            .set(faults)
             .await
             .expect("SetFaults")
-            .into_inner()
     }
 
     /// Every record in the audit log, through `Logging/Read`.

@@ -111,12 +111,13 @@ const RSS: &str = "sluice_gateway_process_resident_memory_bytes";
 const HELD: &str = "sluice_gateway_inflight{api=\"stream\"}";
 
 async fn set_stall(mesh: &ProcMesh, stall: bool) -> anyhow::Result<()> {
-    let mut c = mesh.control(&mesh.logging).await?;
-    c.set_faults(Faults {
-        stall,
-        ..Default::default()
-    })
-    .await?;
+    let mut control = mesh.control(&mesh.logging).await?;
+    control
+        .set(Faults {
+            stall,
+            ..Default::default()
+        })
+        .await?;
     Ok(())
 }
 

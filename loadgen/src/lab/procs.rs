@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::admin::control::Control;
+
 /// How long a binary may take to print its ready line.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Grace period given to every spawned server.
@@ -275,8 +277,8 @@ impl ProcMesh {
     }
 
     /// A Control client for `service` (one of this mesh's services), with the mesh's token.
-    pub async fn control(&self, service: &Proc) -> anyhow::Result<crate::lab::fault::Control> {
-        crate::lab::fault::control(&service.url(), Some(&self.admin_token)).await
+    pub async fn control(&self, service: &Proc) -> anyhow::Result<Control> {
+        Control::connect(&service.url(), Some(&self.admin_token)).await
     }
 
     /// Restarts logging on its previous address and data directory.

@@ -34,8 +34,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use clap::Args;
 use serde::Deserialize;
-use sluice_proto::pb::{Faults, GetFaultsRequest};
+use sluice_proto::pb::Faults;
 
+use crate::admin::control::FaultChange;
 use crate::drive::driver::{self, LoadSpec, Mode, Pacing};
 use crate::drive::schedule::{ArrivalKind, Arrivals};
 use crate::lab::procs::{MeshOptions, ProcMesh, sibling_bin_dir};
@@ -132,6 +133,20 @@ pub struct FaultAction {
 
 fn zero() -> String {
     "0s".into()
+}
+
+impl FaultAction {
+    /// The change this switch makes, on top of the faults in force.
+    fn change(&self) -> FaultChange {
+        FaultChange {
+            clear: self.clear,
+            stall: self.stall,
+            delay_ms: self.delay_ms,
+            jitter_ms: self.jitter_ms,
+            error_rate: self.error_rate,
+            workers: self.workers,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,37 +279,12 @@ struct PhaseResult {
 }
 
 async fn apply(mesh: &ProcMesh, action: &FaultAction) -> anyhow::Result<Faults> {
-    let url = match action.service.as_str() {
-        "risk" => mesh.risk.url(),
-        "notification" => mesh.notification.url(),
-        _ => mesh.logging.url(),
+    let service = match action.service.as_str() {
+        "risk" => &mesh.risk,
+        "notification" => &mesh.notification,
+        _ => &mesh.logging,
     };
-    let mut control = crate::lab::fault::control(&url, Some(&mesh.admin_token)).await?;
-    let current = control.get_faults(GetFaultsRequest {}).await?.into_inner();
-    let mut f = if action.clear {
-        Faults::default()
-    } else {
-        Faults {
-            workers: 0,
-            ..current
-        }
-    };
-    if let Some(v) = action.stall {
-        f.stall = v;
-    }
-    if let Some(v) = action.delay_ms {
-        f.delay_ms = v;
-    }
-    if let Some(v) = action.jitter_ms {
-        f.jitter_ms = v;
-    }
-    if let Some(v) = action.error_rate {
-        f.error_rate = v;
-    }
-    if let Some(v) = action.workers {
-        f.workers = v;
-    }
-    Ok(control.set_faults(f).await?.into_inner())
+    mesh.control(service).await?.change(&action.change()).await
 }
 
 /// Runs the scenario; `Ok(false)` when an expectation failed.
@@ -404,7 +394,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
                     if action.clear {
                         "clear".to_string()
                     } else {
-                        crate::lab::fault::describe(&now)
+                        crate::admin::control::describe(&now)
                     }
                 ),
             });
@@ -412,7 +402,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
                 "  [{:>5.1}s] {} faults: {}",
                 started.elapsed().as_secs_f64(),
                 action.service,
-                crate::lab::fault::describe(&now)
+                crate::admin::control::describe(&now)
             );
         }
         let elapsed = started.elapsed();
