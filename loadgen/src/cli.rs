@@ -6,8 +6,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::drive::driver::{self, LoadSpec, Mode, Pacing};
+use std::sync::Arc;
+
+use crate::drive::driver;
 use crate::drive::schedule::{ArrivalKind, Arrivals};
+use crate::drive::spec::{self, LoadSpec, Mode, Pacing};
 use crate::report::{Acked, Report};
 
 /// `sluice-loadgen`: drives the Sluice mesh and reports what it saw.
@@ -100,7 +103,8 @@ pub struct LoadArgs {
     #[arg(long, env = "SLUICE_LOAD_MODE", value_enum, default_value_t = Mode::Stream)]
     pub mode: Mode,
     /// Open loop: transactions per second on a fixed schedule (latency from the intended
-    /// send time). Default: 1000 for `run`, 2000 for `demo`, unless --concurrency is given.
+    /// send time). Default: 1000/s for `run`, 2000/s for `demo`, unless --concurrency or a
+    /// profile (--steps, --ramp, --schedule-file) is given.
     #[arg(long, env = "SLUICE_LOAD_RATE", conflicts_with = "concurrency")]
     pub rate: Option<f64>,
     /// Open loop: how arrivals are spaced: constant (evenly) or poisson (random gaps with the
@@ -127,7 +131,7 @@ pub struct LoadArgs {
     #[arg(long, env = "SLUICE_LOAD_WARMUP", default_value = "0s", value_parser = sluice_core::parse_duration)]
     pub warmup: Duration,
     /// HTTP/2 connections to the gateway (stream mode: one SubmitStream each).
-    #[arg(long, env = "SLUICE_LOAD_CONNECTIONS", default_value_t = 2)]
+    #[arg(long, env = "SLUICE_LOAD_CONNECTIONS", default_value_t = spec::DEFAULT_CONNECTIONS)]
     pub connections: usize,
     /// Share of deliberately invalid transactions (0..1).
     #[arg(long, env = "SLUICE_LOAD_INVALID_RATIO", default_value_t = 0.0)]
@@ -137,13 +141,13 @@ pub struct LoadArgs {
     pub timeout: Duration,
     /// Most transactions outstanding in open loop; beyond it sends wait (and the wait
     /// counts in latency).
-    #[arg(long, env = "SLUICE_LOAD_MAX_OUTSTANDING", default_value_t = driver::DEFAULT_MAX_OUTSTANDING)]
+    #[arg(long, env = "SLUICE_LOAD_MAX_OUTSTANDING", default_value_t = spec::DEFAULT_MAX_OUTSTANDING)]
     pub max_outstanding: usize,
     /// Stream mode: transactions buffered per stream before a send blocks.
-    #[arg(long, env = "SLUICE_LOAD_STREAM_BUFFER", default_value_t = driver::DEFAULT_STREAM_BUFFER)]
+    #[arg(long, env = "SLUICE_LOAD_STREAM_BUFFER", default_value_t = spec::DEFAULT_STREAM_BUFFER)]
     pub stream_buffer: usize,
     /// Seed of the traffic generator.
-    #[arg(long, env = "SLUICE_LOAD_SEED", default_value_t = 1)]
+    #[arg(long, env = "SLUICE_LOAD_SEED", default_value_t = spec::DEFAULT_SEED)]
     pub seed: u64,
     /// Prefix of transaction ids (default: a random one, so runs never collide).
     #[arg(long, env = "SLUICE_LOAD_ID_PREFIX")]
@@ -169,27 +173,9 @@ pub struct LoadArgs {
 }
 
 impl LoadArgs {
-    fn validate(&self) -> anyhow::Result<()> {
-        if let Some(rate) = self.rate {
-            anyhow::ensure!(
-                rate.is_finite() && rate > 0.0,
-                "--rate must be a positive number of transactions per second"
-            );
-        }
-        if let Some(c) = self.concurrency {
-            anyhow::ensure!(c > 0, "--concurrency must be at least 1");
-        }
-        anyhow::ensure!(
-            (0.0..=1.0).contains(&self.invalid_ratio),
-            "--invalid-ratio must be between 0 and 1"
-        );
-        anyhow::ensure!(self.connections > 0, "--connections must be at least 1");
-        anyhow::ensure!(!self.duration.is_zero(), "--duration must be more than 0");
-        Ok(())
-    }
-
-    fn spec(&self, target: String) -> anyhow::Result<LoadSpec> {
-        self.validate()?;
+    /// The run these flags describe, against `target`; `rate` when neither a rate, a
+    /// profile nor a concurrency is given.
+    fn spec(&self, target: String, rate: f64) -> anyhow::Result<LoadSpec> {
         let shaped = |segments| Arrivals {
             kind: self.arrivals,
             segments,
@@ -202,65 +188,48 @@ impl LoadArgs {
         };
         let (pacing, duration, warmup) = match (profile, self.rate, self.concurrency) {
             // A profile sets its own length; warmup does not apply.
-            (Some(p), _, _) => (
-                Pacing::Shaped(std::sync::Arc::new(p.clone())),
-                p.total(),
-                Duration::ZERO,
-            ),
+            (Some(p), _, _) => {
+                let length = p.total();
+                (Pacing::Shaped(Arc::new(p)), length, Duration::ZERO)
+            }
             (None, _, Some(concurrency)) => {
                 (Pacing::Closed { concurrency }, self.duration, self.warmup)
             }
-            (None, rate, None) => {
-                let rate = rate.unwrap_or(1000.0);
-                let pacing = match self.arrivals {
-                    ArrivalKind::Constant => Pacing::Open { rate },
-                    ArrivalKind::Poisson => Pacing::Shaped(std::sync::Arc::new(
-                        Arrivals::constant(ArrivalKind::Poisson, rate, self.warmup + self.duration),
-                    )),
-                };
+            (None, given, None) => {
+                let rate = given.unwrap_or(rate);
+                let pacing = Pacing::at_rate(rate, self.arrivals, self.warmup + self.duration);
                 (pacing, self.duration, self.warmup)
             }
         };
-        Ok(LoadSpec {
-            target,
-            mode: self.mode,
-            pacing,
-            duration,
-            warmup,
-            connections: self.connections,
-            invalid_ratio: self.invalid_ratio,
-            max_outstanding: self.max_outstanding,
-            stream_buffer: self.stream_buffer,
-            timeout: self.timeout,
-            progress: !self.quiet,
-            seed: self.seed,
-            id_prefix: self.id_prefix.clone().unwrap_or_else(random_prefix),
-            wait_ready: !self.no_wait_ready,
-            h2: self.h2.clone(),
-            tick: Duration::from_secs(1),
-            metrics: match &self.metrics {
-                Some(url) => {
-                    crate::admin::http::parse_url(url).context("--metrics")?;
-                    Some(url.clone())
-                }
-                None => None,
-            },
-            reopen_streams: false,
-            outcomes: None,
-        })
+        if let Some(url) = &self.metrics {
+            crate::admin::http::parse_url(url).context("--metrics")?;
+        }
+        let mut spec = LoadSpec::builder(target)
+            .mode(self.mode)
+            .pacing(pacing)
+            .duration(duration)
+            .warmup(warmup)
+            .connections(self.connections)
+            .invalid_ratio(self.invalid_ratio)
+            .max_outstanding(self.max_outstanding)
+            .stream_buffer(self.stream_buffer)
+            .timeout(self.timeout)
+            .progress(!self.quiet)
+            .seed(self.seed)
+            .wait_ready(!self.no_wait_ready)
+            .h2(self.h2.clone())
+            .metrics(self.metrics.clone());
+        if let Some(prefix) = &self.id_prefix {
+            spec = spec.id_prefix(prefix);
+        }
+        spec.build().context("these flags do not describe a run")
     }
-}
-
-fn random_prefix() -> String {
-    use rand::Rng;
-    let n: u64 = rand::rng().random();
-    format!("lg{:x}", n & 0xffff_ffff)
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Gateway URL.
-    #[arg(long, env = "SLUICE_TARGET", default_value = "http://127.0.0.1:50051")]
+    #[arg(long, env = "SLUICE_TARGET", default_value = spec::DEFAULT_TARGET)]
     pub target: String,
     #[command(flatten)]
     pub load: LoadArgs,
@@ -312,7 +281,7 @@ fn write_json(path: &std::path::Path, report: &Report) -> anyhow::Result<()> {
 pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
         Command::Run(args) => {
-            let spec = args.load.spec(args.target)?;
+            let spec = args.load.spec(args.target, spec::DEFAULT_RATE)?;
             let report = driver::run(spec).await?;
             print!("{}", report.text());
             if let Some(path) = &args.load.json {
@@ -385,11 +354,12 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
     }
 }
 
+/// The demo's open-loop rate unless told otherwise: enough to show the mesh working, little
+/// enough for one machine running both the mesh and the generator.
+const DEMO_RATE: f64 = 2000.0;
+
 async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
-    let mut load = args.load.clone();
-    if load.rate.is_none() && load.concurrency.is_none() {
-        load.rate = Some(2000.0);
-    }
+    let load = &args.load;
     eprintln!("starting risk, notification, logging and the gateway on loopback ...");
     let mesh =
         crate::lab::mesh::LocalMesh::start(args.data_dir.clone(), Duration::from_secs(5)).await?;
@@ -399,7 +369,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         mesh.gateway_admin,
         mesh.data_dir.display()
     );
-    let mut spec = load.spec(mesh.gateway_url.clone())?;
+    let mut spec = load.spec(mesh.gateway_url.clone(), DEMO_RATE)?;
     spec.metrics = spec
         .metrics
         .or_else(|| Some(crate::admin::metrics::url(mesh.gateway_admin)));
@@ -407,15 +377,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         "driving {} ingress for {:?} ({}) ...",
         format!("{:?}", spec.mode).to_lowercase(),
         spec.duration,
-        match &spec.pacing {
-            Pacing::Open { rate } => format!("open loop, {rate:.0}/s"),
-            Pacing::Shaped(a) => format!(
-                "open loop, {:?} arrivals over {} segment(s)",
-                a.kind,
-                a.segments.len()
-            ),
-            Pacing::Closed { concurrency } => format!("closed loop, {concurrency} outstanding"),
-        }
+        spec.pacing.describe()
     );
     let report = driver::run(spec).await;
     let check = match &report {
@@ -450,6 +412,47 @@ mod tests {
     fn cli_is_well_formed() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flag_defaults_are_the_library_defaults() {
+        use super::{Cli, Command, spec};
+        use clap::Parser;
+        let Command::Run(args) = Cli::try_parse_from(["sluice-loadgen", "run"])
+            .unwrap()
+            .command
+        else {
+            panic!("not run");
+        };
+        let flags = args.load.spec(args.target, spec::DEFAULT_RATE).unwrap();
+        let library = spec::LoadSpec::default();
+        assert_eq!(flags.target, library.target);
+        assert_eq!(flags.mode, library.mode);
+        assert!(matches!(flags.pacing, spec::Pacing::Open { rate } if rate == spec::DEFAULT_RATE));
+        assert_eq!(
+            (flags.duration, flags.warmup, flags.timeout, flags.tick),
+            (
+                library.duration,
+                library.warmup,
+                library.timeout,
+                library.tick
+            )
+        );
+        assert_eq!(
+            (
+                flags.connections,
+                flags.max_outstanding,
+                flags.stream_buffer
+            ),
+            (
+                library.connections,
+                library.max_outstanding,
+                library.stream_buffer
+            )
+        );
+        assert_eq!(flags.invalid_ratio, library.invalid_ratio);
+        assert_eq!(flags.seed, library.seed);
+        assert_eq!(flags.wait_ready, library.wait_ready);
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use sluice_loadgen::drive::driver::{self, LoadSpec, Mode, Pacing};
+use sluice_loadgen::drive::driver;
+use sluice_loadgen::drive::spec::{LoadSpec, Pacing};
 use sluice_loadgen::report::{NO_OUTCOME, Report};
 use sluice_proto::pb::gateway_server::{Gateway, GatewayServer};
 use sluice_proto::pb::{Decision, Outcome, Transaction};
@@ -95,28 +96,14 @@ async fn serve(gateway: Quitter) -> String {
 }
 
 fn spec(target: String) -> LoadSpec {
-    LoadSpec {
-        target,
-        mode: Mode::Stream,
+    LoadSpec::builder(target)
         // Far more than the streams take: the run ends because both streams ended.
-        pacing: Pacing::Open { rate: 2000.0 },
-        duration: Duration::from_secs(30),
-        warmup: Duration::ZERO,
-        connections: 2,
-        invalid_ratio: 0.0,
-        max_outstanding: driver::DEFAULT_MAX_OUTSTANDING,
-        stream_buffer: driver::DEFAULT_STREAM_BUFFER,
-        timeout: Duration::from_secs(5),
-        progress: false,
-        seed: 1,
-        id_prefix: "quit".into(),
-        wait_ready: false,
-        h2: Default::default(),
-        tick: Duration::from_secs(1),
-        metrics: None,
-        reopen_streams: false,
-        outcomes: None,
-    }
+        .pacing(Pacing::Open { rate: 2000.0 })
+        .duration(Duration::from_secs(30))
+        .id_prefix("quit")
+        .wait_ready(false)
+        .build()
+        .expect("a valid spec")
 }
 
 async fn run_against(ending: Ending) -> (Report, u64) {

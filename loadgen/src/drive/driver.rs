@@ -38,16 +38,13 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::drive::schedule::{ArrivalKind, Arrivals};
+use crate::drive::schedule::Arrivals;
+use crate::drive::spec::{LoadSpec, Mode, Pacing};
 use crate::drive::traffic::Traffic;
 use crate::report::{Recorder, Report, RunInfo, StreamEnd, TimelinePoint};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
-/// Default most unary calls in flight in open loop.
-pub const DEFAULT_MAX_OUTSTANDING: usize = 20_000;
-/// Default transactions buffered per stream before a send blocks.
-pub const DEFAULT_STREAM_BUFFER: usize = 16;
 /// After the last send, how much longer than one transaction's deadline the run waits for
 /// the remaining outcomes before it counts them as `NO_OUTCOME` (and hung).
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -58,80 +55,8 @@ const STREAM_HANDOFF: usize = 1;
 /// doubling from the first to the second.
 const REOPEN_BACKOFF: (Duration, Duration) = (Duration::from_millis(20), Duration::from_secs(1));
 
-/// Which gateway API to drive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    /// `Submit`, one call per transaction.
-    Unary,
-    /// `SubmitStream`, one long-lived stream per connection.
-    Stream,
-}
-
-/// How sends are paced.
-#[derive(Debug, Clone)]
-pub enum Pacing {
-    /// Fixed schedule at `rate` transactions per second.
-    Open { rate: f64 },
-    /// Open loop over a rate profile (steps, ramps; constant or Poisson arrivals). The run
-    /// lasts the profile's length.
-    Shaped(Arc<Arrivals>),
-    /// `concurrency` transactions outstanding at a time.
-    Closed { concurrency: usize },
-}
-
-impl Pacing {
-    /// The open-loop arrival profile over `duration`, if open loop.
-    fn arrivals(&self, duration: Duration) -> Option<Arc<Arrivals>> {
-        match self {
-            Pacing::Open { rate } => Some(Arc::new(Arrivals::constant(
-                ArrivalKind::Constant,
-                *rate,
-                duration,
-            ))),
-            Pacing::Shaped(a) => Some(a.clone()),
-            Pacing::Closed { .. } => None,
-        }
-    }
-}
-
 /// A send this much later than its due time counts as late (the generator fell behind).
 pub const LATE: Duration = Duration::from_millis(5);
-
-/// One load run.
-#[derive(Debug, Clone)]
-pub struct LoadSpec {
-    pub target: String,
-    pub mode: Mode,
-    pub pacing: Pacing,
-    pub duration: Duration,
-    pub warmup: Duration,
-    pub connections: usize,
-    pub invalid_ratio: f64,
-    pub max_outstanding: usize,
-    pub stream_buffer: usize,
-    /// Deadline of each transaction (sent as grpc-timeout on unary calls).
-    pub timeout: Duration,
-    /// Print a progress line every second on stderr.
-    pub progress: bool,
-    pub seed: u64,
-    /// Prefix of generated transaction ids (unique per run by default).
-    pub id_prefix: String,
-    /// Wait for the gateway to report ready before sending.
-    pub wait_ready: bool,
-    /// HTTP/2 settings of the generator's connections (its receive windows bound the
-    /// outcomes the gateway may send ahead of the generator reading them).
-    pub h2: sluice_core::h2::H2Settings,
-    /// Length of one timeline interval (1 s for people; finer for benchmarks).
-    pub tick: Duration,
-    /// The gateway's metrics URL (`http://host:port/metrics`), to show its queue depths in
-    /// the timeline.
-    pub metrics: Option<String>,
-    /// Stream mode: open a new SubmitStream when one ends before the run does (the gateway
-    /// restarted, the connection broke), instead of retiring that connection.
-    pub reopen_streams: bool,
-    /// Told of every OK outcome as it arrives (for callers that wait on recovery).
-    pub outcomes: Option<Arc<OutcomeSignal>>,
-}
 
 /// The arrival times of the latest outcomes, published as they come: a caller waits for
 /// "the first OK since T" on these without polling.
@@ -410,6 +335,7 @@ pub async fn run_with(
     spec: LoadSpec,
     started: Option<tokio::sync::oneshot::Sender<Instant>>,
 ) -> anyhow::Result<Report> {
+    spec.validate()?;
     let channels = connect(&spec.target, spec.connections, &spec.h2).await?;
     if spec.wait_ready {
         wait_ready(channels[0].clone()).await?;

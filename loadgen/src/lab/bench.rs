@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::drive::driver::{self, LoadSpec, Mode, Pacing};
+use crate::drive::driver;
+use crate::drive::spec::{LoadSpec, Mode, Pacing};
 use crate::lab::procs::{MeshOptions, ProcMesh, sibling_bin_dir};
 
 #[derive(Debug, Clone, Args)]
@@ -52,28 +53,22 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn spec(args: &BenchArgs, target: &str, mode: Mode, pacing: Pacing, run: usize) -> LoadSpec {
-    LoadSpec {
-        target: target.to_string(),
-        mode,
-        pacing,
-        duration: args.duration,
-        warmup: args.warmup,
-        connections: args.connections,
-        invalid_ratio: 0.0,
-        max_outstanding: driver::DEFAULT_MAX_OUTSTANDING,
-        stream_buffer: driver::DEFAULT_STREAM_BUFFER,
-        timeout: Duration::from_secs(5),
-        progress: false,
-        seed: run as u64 + 1,
-        id_prefix: format!("bench-{}-{run}", std::process::id()),
-        wait_ready: true,
-        h2: Default::default(),
-        tick: Duration::from_secs(1),
-        metrics: None,
-        reopen_streams: false,
-        outcomes: None,
-    }
+fn spec(
+    args: &BenchArgs,
+    target: &str,
+    mode: Mode,
+    pacing: Pacing,
+    run: usize,
+) -> anyhow::Result<LoadSpec> {
+    LoadSpec::builder(target)
+        .mode(mode)
+        .pacing(pacing)
+        .duration(args.duration)
+        .warmup(args.warmup)
+        .connections(args.connections)
+        .seed(run as u64 + 1)
+        .id_prefix(format!("bench-{}-{run}", std::process::id()))
+        .build()
 }
 
 /// Runs the benchmark and prints its figures.
@@ -103,7 +98,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 mode,
                 Pacing::Closed { concurrency },
                 run,
-            ))
+            )?)
             .await?;
             eprintln!(
                 "  {mode:?} saturation run {}: {:.0} ok/s (p99 {:.1} ms, errors {:?})",
@@ -124,7 +119,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 mode,
                 Pacing::Open { rate: half },
                 run + 100,
-            ))
+            )?)
             .await?;
             eprintln!(
                 "  {mode:?} half-load run {}: {:.0}/s p50 {:.2} ms p99 {:.2} ms",

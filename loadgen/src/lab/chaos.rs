@@ -30,7 +30,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::drive::driver::{self, LoadSpec, Mode, OutcomeSignal, Pacing};
+use crate::drive::driver::{self, OutcomeSignal};
+use crate::drive::spec::{LoadSpec, Mode, Pacing};
 use crate::lab::procs::{MeshOptions, Proc, ProcMesh, sibling_bin_dir};
 use crate::report::audit::AuditCheck;
 use crate::report::{NO_OUTCOME, Report};
@@ -325,30 +326,28 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     let watcher = tokio::spawn(watch_gateway(gateway_url.clone(), health.clone()));
 
     let outcomes = Arc::new(OutcomeSignal::default());
-    let spec = |mode: Mode, rate: f64| LoadSpec {
-        target: gateway_url.clone(),
-        mode,
-        pacing: Pacing::Open { rate },
-        duration: length,
-        warmup: Duration::ZERO,
-        connections: args.connections,
-        invalid_ratio: 0.0,
-        max_outstanding: driver::DEFAULT_MAX_OUTSTANDING,
-        stream_buffer: driver::DEFAULT_STREAM_BUFFER,
-        timeout: args.timeout,
-        progress: false,
-        seed: mode as u64 + 1,
-        id_prefix: format!("chaos-{}-{mode:?}", std::process::id()).to_lowercase(),
-        wait_ready: false,
-        h2: Default::default(),
-        tick: Duration::from_secs(1),
-        metrics: None,
-        reopen_streams: true,
-        outcomes: Some(outcomes.clone()),
+    let spec = |mode: Mode, rate: f64| {
+        LoadSpec::builder(gateway_url.clone())
+            .mode(mode)
+            .pacing(Pacing::Open { rate })
+            .duration(length)
+            .connections(args.connections)
+            .timeout(args.timeout)
+            .seed(mode as u64 + 1)
+            .id_prefix(format!("chaos-{}-{mode:?}", std::process::id()).to_lowercase())
+            // Waited for once above; the loads start together.
+            .wait_ready(false)
+            .reopen_streams(true)
+            .outcomes(outcomes.clone())
+            .build()
     };
+    let (stream_spec, unary_spec) = (
+        spec(Mode::Stream, args.stream_rate)?,
+        spec(Mode::Unary, args.unary_rate)?,
+    );
     let started = Instant::now();
-    let stream_load = tokio::spawn(driver::run(spec(Mode::Stream, args.stream_rate)));
-    let unary_load = tokio::spawn(driver::run(spec(Mode::Unary, args.unary_rate)));
+    let stream_load = tokio::spawn(driver::run(stream_spec));
+    let unary_load = tokio::spawn(driver::run(unary_spec));
 
     let mut events = Vec::new();
     for (at, target, action, n) in plan {

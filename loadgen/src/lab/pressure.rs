@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use prost::Message;
 use sluice_proto::pb::Faults;
+use tokio::task::JoinHandle;
 
-use crate::drive::driver::{self, LoadSpec, Mode, Pacing};
+use crate::drive::driver;
+use crate::drive::spec::{LoadSpec, LoadSpecBuilder, Mode, Pacing};
 use crate::drive::traffic::Traffic;
 use crate::lab::procs::{MeshOptions, ProcMesh, sibling_bin_dir};
 use crate::report::Report;
@@ -47,12 +49,21 @@ pub struct PressureArgs {
 
 /// Client connections (one SubmitStream each).
 const CONNECTIONS: usize = 2;
-/// In the stall phase transactions are given this long, so none expires during the stall:
-/// the bounds, not deadlines, are what is measured. The overload phase keeps the gateway's
-/// default deadline (5 s): what a real client would see.
-const STALL_DEADLINE: &str = "120s";
+/// In the stall phase transactions are given this long (the gateway's default deadline and
+/// the generator's timeout), so none expires during the stall: the bounds, not deadlines, are
+/// what is measured. The overload phase keeps the gateway's default deadline (5 s): what a
+/// real client would see.
+const STALL_DEADLINE: Duration = Duration::from_secs(120);
 /// The generator's per-transaction timeout in the overload phase.
 const OVERLOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The generator's own open-loop bound, far above anything the mesh holds, so it never binds:
+/// what is measured is the mesh's pushback, not the generator's.
+const OPEN_LOOP_OUTSTANDING: usize = 5_000_000;
+/// Saturation is measured closed loop with this many transactions outstanding (enough to
+/// saturate SubmitStream ingress on one machine), over this long after a warmup.
+const SATURATION_CONCURRENCY: usize = 4000;
+const SATURATION_RUN: Duration = Duration::from_secs(8);
+const SATURATION_WARMUP: Duration = Duration::from_secs(2);
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 const LEAD_IN: Duration = Duration::from_secs(2);
 const RECOVERY_WINDOW: Duration = Duration::from_secs(15);
@@ -76,35 +87,41 @@ struct Figures {
     overload_errors: String,
 }
 
-fn spec(
-    target: &str,
-    pacing: Pacing,
-    duration: Duration,
-    tick: Duration,
-    max_outstanding: usize,
-    prefix: String,
-) -> LoadSpec {
-    LoadSpec {
-        target: target.to_string(),
-        mode: Mode::Stream,
-        pacing,
-        duration,
-        warmup: Duration::ZERO,
-        connections: CONNECTIONS,
-        invalid_ratio: 0.0,
-        max_outstanding,
-        stream_buffer: driver::DEFAULT_STREAM_BUFFER,
-        timeout: Duration::from_secs(120),
-        progress: false,
-        seed: 7,
-        id_prefix: prefix,
-        wait_ready: true,
-        h2: Default::default(),
-        tick,
-        metrics: None,
-        reopen_streams: false,
-        outcomes: None,
+/// A SubmitStream run against `target` as every phase drives it.
+fn spec(target: &str, pacing: Pacing, duration: Duration, prefix: String) -> LoadSpecBuilder {
+    LoadSpec::builder(target)
+        .mode(Mode::Stream)
+        .pacing(pacing)
+        .duration(duration)
+        .connections(CONNECTIONS)
+        .timeout(STALL_DEADLINE)
+        .seed(7)
+        .id_prefix(prefix)
+}
+
+/// Starts the run `spec` describes; returns it and the instant its timeline starts.
+async fn start(spec: LoadSpec) -> anyhow::Result<(JoinHandle<anyhow::Result<Report>>, Instant)> {
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let load = tokio::spawn(driver::run_with(spec, Some(started_tx)));
+    Ok((load, started_rx.await?))
+}
+
+/// The highest value of each of `names` at `metrics`, sampled every [`SAMPLE_EVERY`] until
+/// `end`, starting from `floor`.
+async fn peaks<const N: usize>(
+    metrics: &str,
+    names: [&str; N],
+    end: Instant,
+    mut floor: [f64; N],
+) -> [f64; N] {
+    while Instant::now() < end {
+        for (name, peak) in names.iter().zip(floor.iter_mut()) {
+            let now = crate::admin::metrics::metric(metrics, name).await;
+            *peak = peak.max(now.unwrap_or(0.0));
+        }
+        tokio::time::sleep(SAMPLE_EVERY).await;
     }
+    floor
 }
 
 const RSS: &str = "sluice_gateway_process_resident_memory_bytes";
@@ -124,11 +141,14 @@ async fn set_stall(mesh: &ProcMesh, stall: bool) -> anyhow::Result<()> {
 fn mesh(
     dir: &std::path::Path,
     unbounded: bool,
-    deadline: Option<&str>,
+    deadline: Option<Duration>,
 ) -> anyhow::Result<ProcMesh> {
     let mut gateway = Vec::new();
     if let Some(d) = deadline {
-        gateway.extend(["--default-deadline".to_string(), d.to_string()]);
+        gateway.extend([
+            "--default-deadline".to_string(),
+            format!("{}ms", d.as_millis()),
+        ]);
     }
     if unbounded {
         gateway.push("--unbounded-for-comparison".into());
@@ -154,40 +174,31 @@ async fn stall_phase(
     let metrics = mesh.gateway.metrics_url()?;
     let rate = sat / 2.0;
     let duration = LEAD_IN + args.stall_for + RECOVERY_WINDOW;
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    let load = tokio::spawn(driver::run_with(
+    let (load, start) = start(
         spec(
             &mesh.gateway.url(),
             Pacing::Open { rate },
             duration,
-            SAMPLE_EVERY,
-            5_000_000,
             format!("stall-{}", v.name),
-        ),
-        Some(started_tx),
-    ));
-    let start = started_rx.await?;
+        )
+        .tick(SAMPLE_EVERY)
+        .max_outstanding(OPEN_LOOP_OUTSTANDING)
+        .build()?,
+    )
+    .await?;
     tokio::time::sleep_until((start + LEAD_IN).into()).await;
     let baseline = crate::admin::metrics::metric(&metrics, RSS)
         .await
         .unwrap_or(0.0);
     set_stall(&mesh, true).await?;
     let stall_at = start.elapsed().as_secs_f64();
-    let stall_end = Instant::now() + args.stall_for;
-    let (mut held, mut rss) = (0f64, baseline);
-    while Instant::now() < stall_end {
-        held = held.max(
-            crate::admin::metrics::metric(&metrics, HELD)
-                .await
-                .unwrap_or(0.0),
-        );
-        rss = rss.max(
-            crate::admin::metrics::metric(&metrics, RSS)
-                .await
-                .unwrap_or(0.0),
-        );
-        tokio::time::sleep(SAMPLE_EVERY).await;
-    }
+    let [held, rss] = peaks(
+        &metrics,
+        [HELD, RSS],
+        Instant::now() + args.stall_for,
+        [0.0, baseline],
+    )
+    .await;
     set_stall(&mesh, false).await?;
     let unstall_at = start.elapsed().as_secs_f64();
     let report = load.await??;
@@ -228,31 +239,22 @@ async fn overload_phase(
     let mesh = mesh(dir, v.unbounded, None)?;
     let metrics = mesh.gateway.metrics_url()?;
     let rate = sat * args.overload_factor;
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    let mut s = spec(
-        &mesh.gateway.url(),
-        Pacing::Open { rate },
-        args.overload_for,
-        Duration::from_secs(1),
-        5_000_000,
-        format!("over-{}", v.name),
-    );
-    s.timeout = OVERLOAD_TIMEOUT;
-    let load = tokio::spawn(driver::run_with(s, Some(started_tx)));
-    let start = started_rx.await?;
+    let (load, start) = start(
+        spec(
+            &mesh.gateway.url(),
+            Pacing::Open { rate },
+            args.overload_for,
+            format!("over-{}", v.name),
+        )
+        .max_outstanding(OPEN_LOOP_OUTSTANDING)
+        .timeout(OVERLOAD_TIMEOUT)
+        .build()?,
+    )
+    .await?;
     let baseline = crate::admin::metrics::metric(&metrics, RSS)
         .await
         .unwrap_or(0.0);
-    let mut peak = baseline;
-    let end = start + args.overload_for;
-    while Instant::now() < end {
-        peak = peak.max(
-            crate::admin::metrics::metric(&metrics, RSS)
-                .await
-                .unwrap_or(0.0),
-        );
-        tokio::time::sleep(SAMPLE_EVERY).await;
-    }
+    let [peak] = peaks(&metrics, [RSS], start + args.overload_for, [baseline]).await;
     let report: Report = load.await??;
     let during: Vec<_> = report
         .timeline
@@ -278,16 +280,18 @@ async fn overload_phase(
 
 async fn measure_saturation(dir: &std::path::Path) -> anyhow::Result<f64> {
     let mesh = mesh(dir, false, None)?;
-    let mut s = spec(
+    let spec = spec(
         &mesh.gateway.url(),
-        Pacing::Closed { concurrency: 4000 },
-        Duration::from_secs(8),
-        Duration::from_secs(1),
-        4000,
+        Pacing::Closed {
+            concurrency: SATURATION_CONCURRENCY,
+        },
+        SATURATION_RUN,
         "sat".into(),
-    );
-    s.warmup = Duration::from_secs(2);
-    Ok(driver::run(s).await?.ok_rate)
+    )
+    .max_outstanding(SATURATION_CONCURRENCY)
+    .warmup(SATURATION_WARMUP)
+    .build()?;
+    Ok(driver::run(spec).await?.ok_rate)
 }
 
 /// Average encoded size of a generated transaction on the logging hop, bytes.
@@ -309,7 +313,9 @@ pub async fn pressure(args: PressureArgs) -> anyhow::Result<()> {
     let sat = match args.saturation {
         Some(s) => s,
         None => {
-            eprintln!("measuring saturation (closed loop, 4000 outstanding, 8 s) ...");
+            eprintln!(
+                "measuring saturation (closed loop, {SATURATION_CONCURRENCY} outstanding, {SATURATION_RUN:?}) ..."
+            );
             measure_saturation(&dir).await?
         }
     };

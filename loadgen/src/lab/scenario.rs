@@ -37,8 +37,9 @@ use serde::Deserialize;
 use sluice_proto::pb::Faults;
 
 use crate::admin::control::FaultChange;
-use crate::drive::driver::{self, LoadSpec, Mode, Pacing};
+use crate::drive::driver;
 use crate::drive::schedule::{ArrivalKind, Arrivals};
+use crate::drive::spec::{LoadSpec, Mode, Pacing};
 use crate::lab::procs::{MeshOptions, ProcMesh, sibling_bin_dir};
 use crate::report::{Acked, Report};
 
@@ -111,7 +112,7 @@ fn default_mode() -> String {
     "stream".into()
 }
 fn default_connections() -> usize {
-    2
+    crate::drive::spec::DEFAULT_CONNECTIONS
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -241,13 +242,7 @@ impl Phase {
                         .context("`duration` is required with `rate`")?,
                     "duration",
                 )?;
-                let pacing = match self.arrivals {
-                    ArrivalKind::Constant => Pacing::Open { rate },
-                    ArrivalKind::Poisson => {
-                        Pacing::Shaped(Arc::new(Arrivals::constant(ArrivalKind::Poisson, rate, d)))
-                    }
-                };
-                Ok((pacing, d))
+                Ok((Pacing::at_rate(rate, self.arrivals, d), d))
             }
             (None, Some(c), None) => {
                 ensure!(c > 0, "concurrency must be at least 1");
@@ -329,36 +324,30 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
         for f in &phase.faults {
             actions.push((offset + duration(&f.at, "at")?, f.clone()));
         }
-        let spec = LoadSpec {
-            target: mesh.gateway.url(),
-            mode: if phase.mode == "unary" {
+        let mut spec = LoadSpec::builder(mesh.gateway.url())
+            .mode(if phase.mode == "unary" {
                 Mode::Unary
             } else {
                 Mode::Stream
-            },
-            pacing,
-            duration: length,
-            warmup: Duration::ZERO,
-            connections: phase.connections,
-            invalid_ratio: 0.0,
-            max_outstanding: driver::DEFAULT_MAX_OUTSTANDING,
-            stream_buffer: driver::DEFAULT_STREAM_BUFFER,
-            timeout: phase
-                .timeout
-                .as_deref()
-                .map(|t| duration(t, "timeout"))
-                .transpose()?
-                .unwrap_or(Duration::from_secs(5)),
-            progress: false,
-            seed: i as u64 + 1,
-            id_prefix: format!("{}-{}-{}", scenario.name, phase.name, std::process::id()),
-            wait_ready: false,
-            h2: Default::default(),
-            tick: Duration::from_secs(1),
-            metrics: None,
-            reopen_streams: false,
-            outcomes: None,
-        };
+            })
+            .pacing(pacing)
+            .duration(length)
+            .connections(phase.connections)
+            .seed(i as u64 + 1)
+            .id_prefix(format!(
+                "{}-{}-{}",
+                scenario.name,
+                phase.name,
+                std::process::id()
+            ))
+            // Phases start on the timeline; the mesh was ready before the first.
+            .wait_ready(false);
+        if let Some(timeout) = &phase.timeout {
+            spec = spec.timeout(duration(timeout, "timeout")?);
+        }
+        let spec = spec
+            .build()
+            .with_context(|| format!("phase {:?}", phase.name))?;
         plans.push((phase.name.clone(), offset, length, spec));
         offset += length;
     }
