@@ -1,17 +1,19 @@
-//! Command-line interface: `run`, `demo`, `verify`.
+//! The command line: flags, what they mean as a [`LoadSpec`] (or an experiment's arguments),
+//! and which library call each command makes. Nothing here measures or reports; it only
+//! turns flags into calls and their results into output and an exit status.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use std::sync::Arc;
-
 use crate::drive::driver;
 use crate::drive::schedule::{ArrivalKind, Arrivals};
 use crate::drive::spec::{self, LoadSpec, Mode, Pacing};
-use crate::report::{Acked, Report};
+use crate::lab::demo::DEFAULT_DEMO_RATE;
+use crate::report::Report;
 
 /// `sluice-loadgen`: drives the Sluice mesh and reports what it saw.
 ///
@@ -173,6 +175,19 @@ pub struct LoadArgs {
 }
 
 impl LoadArgs {
+    /// Writes the JSON and HTML reports the flags ask for.
+    fn write_reports(&self, title: &str, report: &Report) -> anyhow::Result<()> {
+        if let Some(path) = &self.json {
+            crate::report::json::write(path, report)?;
+            eprintln!("report written to {}", path.display());
+        }
+        if let Some(path) = &self.html {
+            crate::report::html::write(path, title, report, &[])?;
+            eprintln!("HTML report written to {}", path.display());
+        }
+        Ok(())
+    }
+
     /// The run these flags describe, against `target`; `rate` when neither a rate, a
     /// profile nor a concurrency is given.
     fn spec(&self, target: String, rate: f64) -> anyhow::Result<LoadSpec> {
@@ -257,26 +272,6 @@ pub struct VerifyArgs {
     pub mesh_token: Option<String>,
 }
 
-/// Writes the HTML report.
-pub fn write_html(
-    path: &std::path::Path,
-    title: &str,
-    report: &Report,
-    marks: &[crate::report::html::Mark],
-) -> anyhow::Result<()> {
-    let page = crate::report::html::render(title, report, &report.timeline, marks);
-    std::fs::write(path, page).with_context(|| format!("cannot write {}", path.display()))?;
-    eprintln!("HTML report written to {}", path.display());
-    Ok(())
-}
-
-fn write_json(path: &std::path::Path, report: &Report) -> anyhow::Result<()> {
-    let json = serde_json::to_vec_pretty(report)?;
-    std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
-    eprintln!("report written to {}", path.display());
-    Ok(())
-}
-
 /// Runs a parsed command. `Ok(false)` means it ran but a check failed.
 pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
@@ -284,15 +279,27 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
             let spec = args.load.spec(args.target, spec::DEFAULT_RATE)?;
             let report = driver::run(spec).await?;
             print!("{}", report.text());
-            if let Some(path) = &args.load.json {
-                write_json(path, &report)?;
-            }
-            if let Some(path) = &args.load.html {
-                write_html(path, "sluice-loadgen run", &report, &[])?;
-            }
+            args.load.write_reports("sluice-loadgen run", &report)?;
             Ok(true)
         }
-        Command::Demo(args) => demo(args).await,
+        Command::Demo(args) => {
+            // The demo drives its own mesh's gateway, whatever the spec's target.
+            let spec = args
+                .load
+                .spec(spec::DEFAULT_TARGET.into(), DEFAULT_DEMO_RATE)?;
+            let (report, check) = crate::lab::demo::run(args.data_dir, spec).await?;
+            println!();
+            print!("{}", report.text());
+            args.load.write_reports("sluice-loadgen demo", &report)?;
+            println!(
+                "audit      {} acknowledged, {} records in the log, {} missing, {} at a wrong offset",
+                check.acknowledged,
+                check.records_in_log,
+                check.missing.len(),
+                check.wrong_offset.len()
+            );
+            Ok(check.passed() && report.ok > 0)
+        }
         Command::Bench(args) => crate::lab::bench::bench(args).await.map(|()| true),
         Command::Scenario(args) => crate::lab::scenario::run(args).await,
         Command::Chaos(args) => crate::lab::chaos::run(args).await,
@@ -330,80 +337,17 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
             Ok(true)
         }
         Command::Verify(args) => {
-            #[derive(serde::Deserialize)]
-            struct Partial {
-                acked: Vec<Acked>,
-            }
-            let text = std::fs::read_to_string(&args.report)
-                .with_context(|| format!("cannot read {}", args.report.display()))?;
-            let partial: Partial = serde_json::from_str(&text).with_context(|| {
-                format!(
-                    "{} is not a report written by `run --json`",
-                    args.report.display()
-                )
-            })?;
+            let acked = crate::report::json::read_acked(&args.report)?;
             let check = crate::report::audit::check_with_token(
                 &args.logging,
                 args.mesh_token.as_deref(),
-                &partial.acked,
+                &acked,
             )
             .await?;
             println!("{}", serde_json::to_string_pretty(&check)?);
             Ok(check.passed())
         }
     }
-}
-
-/// The demo's open-loop rate unless told otherwise: enough to show the mesh working, little
-/// enough for one machine running both the mesh and the generator.
-const DEMO_RATE: f64 = 2000.0;
-
-async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
-    let load = &args.load;
-    eprintln!("starting risk, notification, logging and the gateway on loopback ...");
-    let mesh =
-        crate::lab::mesh::LocalMesh::start(args.data_dir.clone(), Duration::from_secs(5)).await?;
-    eprintln!(
-        "mesh up: gateway {} (metrics http://{}/metrics), audit log in {}",
-        mesh.gateway_url,
-        mesh.gateway_admin,
-        mesh.data_dir.display()
-    );
-    let mut spec = load.spec(mesh.gateway_url.clone(), DEMO_RATE)?;
-    spec.metrics = spec
-        .metrics
-        .or_else(|| Some(crate::admin::metrics::url(mesh.gateway_admin)));
-    eprintln!(
-        "driving {} ingress for {:?} ({}) ...",
-        format!("{:?}", spec.mode).to_lowercase(),
-        spec.duration,
-        spec.pacing.describe()
-    );
-    let report = driver::run(spec).await;
-    let check = match &report {
-        Ok(r) => Some(crate::report::audit::check(&mesh.logging_url, &r.acked).await),
-        Err(_) => None,
-    };
-    eprintln!("shutting down ...");
-    mesh.stop().await?;
-    let report = report?;
-    println!();
-    print!("{}", report.text());
-    if let Some(path) = &load.json {
-        write_json(path, &report)?;
-    }
-    if let Some(path) = &load.html {
-        write_html(path, "sluice-loadgen demo", &report, &[])?;
-    }
-    let check = check.expect("checked when the run succeeded")?;
-    println!(
-        "audit      {} acknowledged, {} records in the log, {} missing, {} at a wrong offset",
-        check.acknowledged,
-        check.records_in_log,
-        check.missing.len(),
-        check.wrong_offset.len()
-    );
-    Ok(check.passed() && report.ok > 0)
 }
 
 #[cfg(test)]

@@ -118,6 +118,12 @@ pub async fn wait_ready(channel: Channel) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the gateway did not become ready within {READY_TIMEOUT:?}: are risk and logging running and reachable from it?"))?
 }
 
+/// Connects to the gateway at `target` and waits, as [`wait_ready`], until it is ready.
+pub async fn wait_ready_at(target: &str) -> anyhow::Result<()> {
+    let channel = connect(target, 1, &Default::default()).await?;
+    wait_ready(channel.into_iter().next().context("no channel")?).await
+}
+
 /// Connects `n` channels to the gateway, failing with a message that says what to do.
 pub async fn connect(
     target: &str,

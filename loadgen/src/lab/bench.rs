@@ -13,7 +13,7 @@ use clap::Args;
 
 use crate::drive::driver;
 use crate::drive::spec::{LoadSpec, Mode, Pacing};
-use crate::lab::procs::{MeshOptions, ProcMesh, sibling_bin_dir};
+use crate::lab::procs::{MeshOptions, ProcMesh, bin_dir};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -74,17 +74,14 @@ fn spec(
 /// Runs the benchmark and prints its figures.
 pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
-    let dir = match &args.bin_dir {
-        Some(d) => d.clone(),
-        None => sibling_bin_dir()?,
-    };
+    let dir = bin_dir(args.bin_dir.as_deref())?;
     println!(
         "bench: {} run(s) of {:?} (+{:?} warmup) per figure; medians",
         args.runs, args.duration, args.warmup
     );
     let mut lines = Vec::new();
     for &mode in &args.modes {
-        let mesh = ProcMesh::start(&dir, MeshOptions::default())?;
+        let mesh = ProcMesh::start_ready(dir.clone(), MeshOptions::default()).await?;
         let target = mesh.gateway.url();
         let concurrency = match mode {
             Mode::Stream => args.stream_concurrency,

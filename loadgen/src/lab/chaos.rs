@@ -32,7 +32,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::drive::driver::{self, OutcomeSignal};
 use crate::drive::spec::{LoadSpec, Mode, Pacing};
-use crate::lab::procs::{MeshOptions, Proc, ProcMesh, sibling_bin_dir};
+use crate::lab::procs::{MeshOptions, Proc, ProcMesh, bin_dir};
 use crate::report::audit::AuditCheck;
 use crate::report::{NO_OUTCOME, Report};
 
@@ -273,10 +273,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         "--stream-rate and --unary-rate must be positive"
     );
     anyhow::ensure!(!args.settle.is_zero(), "--settle must be more than 0");
-    let dir = match &args.bin_dir {
-        Some(d) => d.clone(),
-        None => sibling_bin_dir()?,
-    };
+    let dir = bin_dir(args.bin_dir.as_deref())?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
 
     // The timeline: a settle first, then each target's kills and stop, a settle after each.
@@ -307,18 +304,12 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         length.as_secs_f64()
     );
 
-    let mut mesh = tokio::task::block_in_place(|| {
-        ProcMesh::start(
-            &dir,
-            MeshOptions {
-                gateway: args.gateway_flag.clone(),
-                ..Default::default()
-            },
-        )
-    })?;
+    let options = MeshOptions {
+        gateway: args.gateway_flag.clone(),
+        ..Default::default()
+    };
+    let mut mesh = ProcMesh::start_ready(dir, options).await?;
     let gateway_url = mesh.gateway.url();
-    let channel = driver::connect(&gateway_url, 1, &Default::default()).await?;
-    driver::wait_ready(channel.into_iter().next().context("no channel")?).await?;
     let health = Arc::new(watch::Sender::new(Health {
         serving: false,
         since: Instant::now(),

@@ -1,8 +1,8 @@
 //! The lab: meshes to drive and the experiments run on them.
 //!
-//! Two ways to have a mesh: [`mesh`] runs all four servers inside this process (the `demo`),
-//! [`procs`] spawns the real binaries as processes on loopback (everything else, and the
-//! end-to-end tests). On those: [`bench`] (saturation and latency), [`pressure`] (bounded vs
+//! Two ways to have a mesh: [`mesh`] runs all four servers inside this process (the
+//! [`demo`]), [`procs`] spawns the real binaries as processes on loopback (everything else,
+//! and the end-to-end tests). On those: [`bench`] (saturation and latency), [`pressure`] (bounded vs
 //! unbounded backpressure), [`scenario`] (phases, faults, expectations from a file), [`chaos`]
 //! (kill and freeze each process under load), and [`fault`] (the `fault` command against any
 //! running service). [`sink`] is the opposite: a gateway that does nothing, to measure the
@@ -13,6 +13,7 @@
 
 pub mod bench;
 pub mod chaos;
+pub mod demo;
 pub mod fault;
 pub mod mesh;
 pub mod pressure;

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use crate::drive::driver;
 use crate::drive::spec::{LoadSpec, LoadSpecBuilder, Mode, Pacing};
 use crate::drive::traffic::Traffic;
-use crate::lab::procs::{MeshOptions, ProcMesh, sibling_bin_dir};
+use crate::lab::procs::{MeshOptions, ProcMesh, bin_dir};
 use crate::report::Report;
 
 #[derive(Debug, Clone, Args)]
@@ -138,7 +138,7 @@ async fn set_stall(mesh: &ProcMesh, stall: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn mesh(
+async fn mesh(
     dir: &std::path::Path,
     unbounded: bool,
     deadline: Option<Duration>,
@@ -153,13 +153,11 @@ fn mesh(
     if unbounded {
         gateway.push("--unbounded-for-comparison".into());
     }
-    ProcMesh::start(
-        dir,
-        MeshOptions {
-            gateway,
-            ..Default::default()
-        },
-    )
+    let options = MeshOptions {
+        gateway,
+        ..Default::default()
+    };
+    ProcMesh::start_ready(dir.to_path_buf(), options).await
 }
 
 /// Phase 1: stall logging at half of saturation.
@@ -170,7 +168,7 @@ async fn stall_phase(
     args: &PressureArgs,
     f: &mut Figures,
 ) -> anyhow::Result<()> {
-    let mesh = mesh(dir, v.unbounded, Some(STALL_DEADLINE))?;
+    let mesh = mesh(dir, v.unbounded, Some(STALL_DEADLINE)).await?;
     let metrics = mesh.gateway.metrics_url()?;
     let rate = sat / 2.0;
     let duration = LEAD_IN + args.stall_for + RECOVERY_WINDOW;
@@ -236,7 +234,7 @@ async fn overload_phase(
     args: &PressureArgs,
     f: &mut Figures,
 ) -> anyhow::Result<()> {
-    let mesh = mesh(dir, v.unbounded, None)?;
+    let mesh = mesh(dir, v.unbounded, None).await?;
     let metrics = mesh.gateway.metrics_url()?;
     let rate = sat * args.overload_factor;
     let (load, start) = start(
@@ -279,7 +277,7 @@ async fn overload_phase(
 }
 
 async fn measure_saturation(dir: &std::path::Path) -> anyhow::Result<f64> {
-    let mesh = mesh(dir, false, None)?;
+    let mesh = mesh(dir, false, None).await?;
     let spec = spec(
         &mesh.gateway.url(),
         Pacing::Closed {
@@ -306,10 +304,7 @@ fn message_bytes() -> f64 {
 
 /// Runs the benchmark and prints its table.
 pub async fn pressure(args: PressureArgs) -> anyhow::Result<()> {
-    let dir = match &args.bin_dir {
-        Some(d) => d.clone(),
-        None => sibling_bin_dir()?,
-    };
+    let dir = bin_dir(args.bin_dir.as_deref())?;
     let sat = match args.saturation {
         Some(s) => s,
         None => {

@@ -25,8 +25,12 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 pub const GRACE_PERIOD: &str = "5s";
 const ANY: &str = "127.0.0.1:0";
 
-/// The directory of the running executable: where cargo puts the sibling binaries.
-pub fn sibling_bin_dir() -> anyhow::Result<PathBuf> {
+/// The directory with the sluice-* binaries: `given` (a `--bin-dir` flag), else the running
+/// executable's, where cargo puts the sibling binaries.
+pub fn bin_dir(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = given {
+        return Ok(dir.to_path_buf());
+    }
     let exe = std::env::current_exe().context("cannot locate this executable")?;
     Ok(exe
         .parent()
@@ -274,6 +278,16 @@ impl ProcMesh {
             bin_dir: bin_dir.to_path_buf(),
             options,
         })
+    }
+
+    /// [`ProcMesh::start`] off the runtime's threads (it blocks on ready lines), then waits
+    /// on the gateway's health stream until it is ready: where every experiment begins.
+    pub async fn start_ready(bin_dir: PathBuf, options: MeshOptions) -> anyhow::Result<ProcMesh> {
+        let mesh = tokio::task::spawn_blocking(move || ProcMesh::start(&bin_dir, options))
+            .await
+            .context("starting the mesh panicked")??;
+        crate::drive::driver::wait_ready_at(&mesh.gateway.url()).await?;
+        Ok(mesh)
     }
 
     /// A Control client for `service` (one of this mesh's services), with the mesh's token.

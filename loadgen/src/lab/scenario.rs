@@ -40,7 +40,7 @@ use crate::admin::control::FaultChange;
 use crate::drive::driver;
 use crate::drive::schedule::{ArrivalKind, Arrivals};
 use crate::drive::spec::{LoadSpec, Mode, Pacing};
-use crate::lab::procs::{MeshOptions, ProcMesh, sibling_bin_dir};
+use crate::lab::procs::{MeshOptions, ProcMesh, bin_dir};
 use crate::report::{Acked, Report};
 
 #[derive(Debug, Clone, Args)]
@@ -294,25 +294,18 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
         );
         return Ok(true);
     }
-    let dir = match &args.bin_dir {
-        Some(d) => d.clone(),
-        None => sibling_bin_dir()?,
-    };
+    let dir = bin_dir(args.bin_dir.as_deref())?;
     println!("scenario {}: {}", scenario.name, scenario.description);
     let m = &scenario.mesh;
-    let mesh = ProcMesh::start(
-        &dir,
-        MeshOptions {
-            gateway: m.gateway.clone(),
-            risk: m.risk.clone(),
-            notification: m.notification.clone(),
-            logging: m.logging.clone(),
-            env: Vec::new(),
-        },
-    )?;
+    let options = MeshOptions {
+        gateway: m.gateway.clone(),
+        risk: m.risk.clone(),
+        notification: m.notification.clone(),
+        logging: m.logging.clone(),
+        env: Vec::new(),
+    };
+    let mesh = ProcMesh::start_ready(dir, options).await?;
     let gateway_metrics = mesh.gateway.metrics_url()?;
-    let channel = driver::connect(&mesh.gateway.url(), 1, &Default::default()).await?;
-    driver::wait_ready(channel.into_iter().next().context("no channel")?).await?;
 
     // Phases follow each other on a fixed timeline, and so do faults: a phase starts at its
     // nominal time even while the one before still drains (as load from real clients would).

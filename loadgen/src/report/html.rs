@@ -212,6 +212,18 @@ fn over_time<'a>(
     }
 }
 
+/// Writes the page for `report` (its timeline, `marks` on it) to `path`.
+pub fn write(
+    path: &std::path::Path,
+    title: &str,
+    report: &Report,
+    marks: &[Mark],
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let page = render(title, report, &report.timeline, marks);
+    std::fs::write(path, page).with_context(|| format!("cannot write {}", path.display()))
+}
+
 /// The whole page.
 pub fn render(title: &str, report: &Report, timeline: &[TimelinePoint], marks: &[Mark]) -> String {
     render_many(

@@ -1,11 +1,12 @@
-//! Recording results and reporting them: text for people, JSON for checks, HTML ([`html`])
-//! to look at, and the [`audit`] check of what was acknowledged against the log.
+//! Recording results and reporting them: text for people, JSON ([`json`]) for checks, HTML
+//! ([`html`]) to look at, and the [`audit`] check of what was acknowledged against the log.
 //!
 //! Latency goes into an HDR histogram (microsecond resolution, up to an hour) — exact
 //! percentiles at a fixed memory cost, unlike a hand-rolled bucket list.
 
 pub mod audit;
 pub mod html;
+pub mod json;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -147,7 +148,7 @@ impl Recorder {
         let ms = |q: f64| self.latency.value_at_quantile(q) as f64 / 1000.0;
         let secs = run.measured_seconds.max(1e-9);
         Report {
-            schema_version: REPORT_SCHEMA_VERSION,
+            schema_version: json::REPORT_SCHEMA_VERSION,
             mode: run.mode,
             loop_kind: run.loop_kind,
             target_rate: run.target_rate,
@@ -254,9 +255,6 @@ impl TimelinePoint {
     }
 }
 
-/// The JSON report's schema version.
-pub const REPORT_SCHEMA_VERSION: u32 = 2;
-
 /// Quantiles reported in `percentiles`.
 pub const PERCENTILES: [f64; 10] = [
     0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99999,
@@ -283,7 +281,7 @@ pub struct LatencyMs {
 /// The run's report; the JSON form (`--json`) has exactly these fields.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// Version of this schema (docs/report-schema.md); bumped on any incompatible change.
+    /// [`json::REPORT_SCHEMA_VERSION`]; bumped on any incompatible change.
     pub schema_version: u32,
     pub mode: String,
     /// `open` (fixed schedule, latency from intended send time) or `closed`.
