@@ -14,6 +14,7 @@ use crate::drive::schedule::{ArrivalKind, Arrivals};
 use crate::drive::spec::{self, LoadSpec, Mode, Pacing};
 use crate::lab::demo::DEFAULT_DEMO_RATE;
 use crate::report::Report;
+use crate::report::exemplars::TraceLinkArgs;
 
 /// `sluice-loadgen`: drives the Sluice mesh and reports what it saw.
 ///
@@ -165,6 +166,8 @@ pub struct LoadArgs {
     #[arg(long, env = "SLUICE_LOAD_METRICS")]
     pub metrics: Option<String>,
     #[command(flatten)]
+    pub traces: TraceLinkArgs,
+    #[command(flatten)]
     pub h2: sluice_core::h2::H2Settings,
     /// Start sending at once instead of waiting for the gateway to report ready.
     #[arg(long)]
@@ -233,7 +236,8 @@ impl LoadArgs {
             .seed(self.seed)
             .wait_ready(!self.no_wait_ready)
             .h2(self.h2.clone())
-            .metrics(self.metrics.clone());
+            .metrics(self.metrics.clone())
+            .trace_links(self.traces.jaeger_url.clone());
         if let Some(prefix) = &self.id_prefix {
             spec = spec.id_prefix(prefix);
         }

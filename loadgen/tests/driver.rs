@@ -1,16 +1,21 @@
-//! The driver against an in-process gateway on port 0: a stream that ends before answering
-//! everything it read must show up as `NO_OUTCOME`, one per transaction, with the stream's
-//! terminal status in the report.
+//! The driver against in-process gateways on port 0:
+//!
+//! - a stream that ends before answering everything it read must show up as `NO_OUTCOME`, one
+//!   per transaction, with the stream's terminal status in the report;
+//! - the report names its slowest and failed transactions by the trace ids the gateway
+//!   received, with their codes and messages, in the JSON too.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_loadgen::drive::driver;
-use sluice_loadgen::drive::spec::{LoadSpec, Pacing};
+use sluice_loadgen::drive::spec::{LoadSpec, Mode, Pacing};
+use sluice_loadgen::report::exemplars::{DEFAULT_FAILED, DEFAULT_SLOWEST, TraceLinks};
 use sluice_loadgen::report::{NO_OUTCOME, Report};
 use sluice_proto::pb::gateway_server::{Gateway, GatewayServer};
-use sluice_proto::pb::{Decision, Outcome, Transaction};
+use sluice_proto::pb::{Decision, Error as OutcomeError, Outcome, Transaction};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -84,7 +89,7 @@ impl Gateway for Quitter {
 }
 
 /// Serves `gateway` on 127.0.0.1:0; returns its URL.
-async fn serve(gateway: Quitter) -> String {
+async fn serve<G: Gateway>(gateway: G) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(
@@ -160,4 +165,128 @@ async fn a_stream_that_ends_ok_early_cannot_hide_what_it_did_not_answer() {
     );
     assert_eq!(report.stream_ends.len(), 2);
     assert!(report.stream_ends.iter().all(|e| e.code == "OK"));
+}
+
+/// A unary gateway that answers by the transaction's number (`<prefix>-<n>`): every 5th is
+/// refused in its outcome, every 7th fails with a call status, number 3 is answered after
+/// [`SLOW`], the rest at once. It keeps the `traceparent` each transaction carried.
+#[derive(Default)]
+struct Teller {
+    traceparents: Arc<Mutex<HashMap<String, String>>>,
+}
+
+/// Far above any scheduling noise on a loaded machine: transaction 3 is the slowest.
+const SLOW: Duration = Duration::from_millis(500);
+
+#[tonic::async_trait]
+impl Gateway for Teller {
+    type SubmitStreamStream = ReceiverStream<Result<Outcome, Status>>;
+
+    async fn submit(&self, request: Request<Transaction>) -> Result<Response<Outcome>, Status> {
+        let txn = request.into_inner();
+        if let Some(tp) = txn.trace_context.get("traceparent") {
+            self.traceparents
+                .lock()
+                .unwrap()
+                .insert(txn.id.clone(), tp.clone());
+        }
+        let n: u64 = txn.id.rsplit('-').next().unwrap().parse().unwrap();
+        if n == 3 {
+            tokio::time::sleep(SLOW).await;
+        }
+        if n.is_multiple_of(7) {
+            return Err(Status::unavailable(format!("no live stream ({n})")));
+        }
+        let error = n.is_multiple_of(5).then(|| OutcomeError {
+            code: tonic::Code::ResourceExhausted as i32,
+            message: format!("queue full ({n})"),
+        });
+        Ok(Response::new(Outcome {
+            id: txn.id,
+            error,
+            ..Default::default()
+        }))
+    }
+
+    async fn submit_stream(
+        &self,
+        _: Request<Streaming<Transaction>>,
+    ) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        Err(Status::unimplemented("unary only"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_names_its_slowest_and_failed_transactions_by_their_traces() {
+    // Tracing on, in this process: real spans, and the W3C + B3 propagators.
+    sluice_core::propagation::install();
+    opentelemetry::global::set_tracer_provider(
+        opentelemetry_sdk::trace::SdkTracerProvider::builder().build(),
+    );
+    let teller = Teller::default();
+    let traceparents = teller.traceparents.clone();
+    let url = serve(teller).await;
+    let spec = LoadSpec::builder(url)
+        .mode(Mode::Unary)
+        .pacing(Pacing::Open { rate: 200.0 })
+        .duration(Duration::from_secs(1))
+        .id_prefix("tell")
+        .wait_ready(false)
+        .trace_links(Some(TraceLinks::parse("http://jaeger:16686").unwrap()))
+        .build()
+        .unwrap();
+    let report = driver::run(spec).await.expect("run");
+    assert!(report.completed >= 150, "{}", report.text());
+
+    // The JSON, as `--json` writes it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("report.json");
+    sluice_loadgen::report::json::write(&path, &report).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let traceparents = traceparents.lock().unwrap();
+    // Every entry names the trace the gateway received, and links to it.
+    let check_trace = |e: &serde_json::Value| {
+        let id = e["id"].as_str().unwrap();
+        let trace = e["trace_id"].as_str().unwrap();
+        let received = &traceparents[id];
+        assert_eq!(&received[3..35], trace, "{id}: sent {received}");
+        assert_eq!(
+            e["trace_url"].as_str().unwrap(),
+            format!("http://jaeger:16686/trace/{trace}")
+        );
+    };
+
+    let slowest = json["slowest"].as_array().unwrap();
+    assert_eq!(slowest.len(), DEFAULT_SLOWEST);
+    assert_eq!(slowest[0]["id"], "tell-3", "{}", report.text());
+    assert!(slowest[0]["latency_ms"].as_f64().unwrap() >= SLOW.as_secs_f64() * 1000.0);
+    let latencies: Vec<f64> = slowest
+        .iter()
+        .map(|e| e["latency_ms"].as_f64().unwrap())
+        .collect();
+    assert!(latencies.windows(2).all(|w| w[0] >= w[1]), "{latencies:?}");
+    slowest.iter().for_each(check_trace);
+
+    let failed = json["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), DEFAULT_FAILED);
+    for e in failed {
+        check_trace(e);
+        let n: u64 = e["id"].as_str().unwrap()[5..].parse().unwrap();
+        let (code, message) = if n.is_multiple_of(7) {
+            ("UNAVAILABLE", format!("no live stream ({n})"))
+        } else {
+            assert!(n.is_multiple_of(5), "{e}");
+            ("RESOURCE_EXHAUSTED", format!("queue full ({n})"))
+        };
+        assert_eq!(
+            (e["code"].as_str(), e["message"].as_str()),
+            (Some(code), Some(message.as_str()))
+        );
+    }
+    let text = report.text();
+    assert!(
+        text.contains("slowest    10 by latency: ms, result, id, trace"),
+        "{text}"
+    );
+    assert!(text.contains("http://jaeger:16686/trace/"), "{text}");
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
-use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+use opentelemetry::trace::{SpanKind, TraceContextExt, TraceId, Tracer};
 use opentelemetry::{Context, KeyValue};
 use sluice_core::{propagation, spans};
 use sluice_proto::pb::NotificationStatus;
@@ -41,7 +41,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::drive::schedule::Arrivals;
 use crate::drive::spec::{LoadSpec, Mode, Pacing};
 use crate::drive::traffic::Traffic;
-use crate::report::{Recorder, Report, RunInfo, StreamEnd, TimelinePoint};
+use crate::report::{Recorder, Report, RunInfo, Sent, StreamEnd, TimelinePoint};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
@@ -152,6 +152,24 @@ struct Pending {
     _slot: OwnedSemaphorePermit,
     /// Its client span, ended with the outcome.
     cx: Context,
+    /// The trace it was sent in, for the report's slowest and failed transactions.
+    trace_id: Option<TraceId>,
+}
+
+/// The trace id of the `traceparent` a transaction carries (W3C: `00-<trace id>-<parent
+/// id>-<flags>`): the id every hop and the trace backend know its trace by, however the
+/// client span was made. None when it carries none: with tracing off the generator's spans
+/// are no-ops with invalid contexts, which the propagators do not write. Read straight from
+/// the carrier rather than through the propagators, which would parse every format: this
+/// runs once per send, tens of thousands of times a second.
+fn trace_id_sent(txn: &Transaction) -> Option<TraceId> {
+    let hex = txn.trace_context.get("traceparent")?.split('-').nth(1)?;
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    TraceId::from_hex(hex)
+        .ok()
+        .filter(|id| *id != TraceId::INVALID)
 }
 
 struct Shared {
@@ -208,12 +226,20 @@ impl Shared {
         self.timeline.lock().expect("timeline lock")
     }
 
-    /// `id` was sent: it waits in the pending map for its outcome.
-    fn begin(&self, id: String, intended: Instant, slot: OwnedSemaphorePermit, cx: Context) {
+    /// `id` was sent (in trace `trace_id`): it waits in the pending map for its outcome.
+    fn begin(
+        &self,
+        id: String,
+        trace_id: Option<TraceId>,
+        intended: Instant,
+        slot: OwnedSemaphorePermit,
+        cx: Context,
+    ) {
         let pending = Pending {
             intended,
             _slot: slot,
             cx,
+            trace_id,
         };
         self.pending_map().insert(id, pending);
     }
@@ -234,7 +260,11 @@ impl Shared {
         if let (Some(signal), Ok(outcome)) = (&self.outcomes, result) {
             signal.observe(outcome);
         }
-        self.record(p.intended, result);
+        let sent = Sent {
+            id,
+            trace_id: p.trace_id,
+        };
+        self.record(p.intended, sent, result);
         true
     }
 
@@ -248,10 +278,14 @@ impl Shared {
         p.cx.span().end();
         self.interval.lock().expect("interval lock").errors += 1;
         if p.intended >= self.measure_from {
+            let sent = Sent {
+                id,
+                trace_id: p.trace_id,
+            };
             self.recorder
                 .lock()
                 .expect("recorder lock")
-                .record_no_outcome(hung);
+                .record_no_outcome(sent, why, hung);
         }
         true
     }
@@ -280,7 +314,7 @@ impl Shared {
         self.pending.lock().expect("pending lock")
     }
 
-    fn record(&self, intended: Instant, result: Result<&Outcome, &tonic::Status>) {
+    fn record(&self, intended: Instant, sent: Sent<'_>, result: Result<&Outcome, &tonic::Status>) {
         let latency = intended.elapsed();
         {
             let mut i = self.interval.lock().expect("interval lock");
@@ -302,7 +336,7 @@ impl Shared {
         self.recorder
             .lock()
             .expect("recorder lock")
-            .record(result, latency);
+            .record(sent, result, latency);
     }
 
     fn sent_one(&self) {
@@ -414,6 +448,7 @@ pub async fn run_with(
         scheduled,
         late: shared.late.load(Ordering::Relaxed),
         stream_ends,
+        trace_links: spec.trace_links.clone(),
     }))
 }
 
@@ -599,10 +634,11 @@ async fn drive_unary(
         let shared = shared.clone();
         let timeout = spec.timeout;
         let id = txn.id.clone();
+        let trace_id = trace_id_sent(&txn);
         let mut request = tonic::Request::new(txn);
         request.set_timeout(timeout);
         propagation::inject_metadata(&cx, request.metadata_mut());
-        shared.begin(id.clone(), intended, slot, cx);
+        shared.begin(id.clone(), trace_id, intended, slot, cx);
         shared.sent_one();
         tasks.spawn(async move {
             match client.submit(request).await {
@@ -702,7 +738,7 @@ async fn drive_stream(
         let (mut txn, cx) = traced(traffic.next_transaction().0, "SubmitStream");
         let id = txn.id.clone();
         // Pending before it is sent: its outcome may come back before `send` returns.
-        shared.begin(id.clone(), intended, slot, cx);
+        shared.begin(id.clone(), trace_id_sent(&txn), intended, slot, cx);
         loop {
             if senders.is_empty() {
                 // Every stream ended and none reopens: the run is over.
@@ -969,8 +1005,33 @@ impl LiveView {
 
 #[cfg(test)]
 mod tests {
-    use super::lost_in_transit;
+    use super::{lost_in_transit, trace_id_sent};
+    use opentelemetry::trace::TraceId;
+    use sluice_proto::pb::Transaction;
     use tonic::Status;
+
+    #[test]
+    fn the_trace_id_is_the_one_in_the_traceparent_sent() {
+        let with = |traceparent: &str| Transaction {
+            trace_context: [("traceparent".to_string(), traceparent.to_string())].into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            trace_id_sent(&with(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            )),
+            Some(TraceId::from(0x4bf92f3577b34da6a3ce929d0e0e4736))
+        );
+        assert_eq!(trace_id_sent(&Transaction::default()), None, "tracing off");
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            assert_eq!(trace_id_sent(&with(bad)), None, "{bad}");
+        }
+    }
 
     #[test]
     fn only_a_connection_broken_mid_call_is_lost_in_transit() {

@@ -12,6 +12,7 @@ use anyhow::ensure;
 
 use crate::drive::driver::OutcomeSignal;
 use crate::drive::schedule::{ArrivalKind, Arrivals};
+use crate::report::exemplars::TraceLinks;
 
 /// The gateway a run drives unless told otherwise (the gateway's default listen address).
 pub const DEFAULT_TARGET: &str = "http://127.0.0.1:50051";
@@ -135,6 +136,8 @@ pub struct LoadSpec {
     pub reopen_streams: bool,
     /// Told of every OK outcome as it arrives (for callers that wait on recovery).
     pub outcomes: Option<Arc<OutcomeSignal>>,
+    /// Where the report links trace ids to (a Jaeger UI), if anywhere.
+    pub trace_links: Option<TraceLinks>,
 }
 
 impl Default for LoadSpec {
@@ -160,6 +163,7 @@ impl Default for LoadSpec {
             metrics: None,
             reopen_streams: false,
             outcomes: None,
+            trace_links: None,
         }
     }
 }
@@ -306,6 +310,12 @@ impl LoadSpecBuilder {
 
     pub fn outcomes(mut self, signal: Arc<OutcomeSignal>) -> Self {
         self.0.outcomes = Some(signal);
+        self
+    }
+
+    /// Links each trace id in the report to its page under `links` (a Jaeger UI).
+    pub fn trace_links(mut self, links: Option<TraceLinks>) -> Self {
+        self.0.trace_links = links;
         self
     }
 

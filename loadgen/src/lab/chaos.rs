@@ -34,6 +34,7 @@ use crate::drive::driver::{self, OutcomeSignal};
 use crate::drive::spec::{LoadSpec, Mode, Pacing};
 use crate::lab::procs::{MeshOptions, Proc, ProcMesh, bin_dir};
 use crate::report::audit::AuditCheck;
+use crate::report::exemplars::TraceLinkArgs;
 use crate::report::{NO_OUTCOME, Report};
 
 /// Version of the `chaos --json` document (docs/report-schema.md).
@@ -93,6 +94,8 @@ pub struct ChaosArgs {
     /// Write the result as JSON (events, audit check, both load reports) to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub traces: TraceLinkArgs,
 }
 
 /// A process of the mesh.
@@ -330,6 +333,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
             .wait_ready(false)
             .reopen_streams(true)
             .outcomes(outcomes.clone())
+            .trace_links(args.traces.jaeger_url.clone())
             .build()
     };
     let (stream_spec, unary_spec) = (

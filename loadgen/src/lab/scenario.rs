@@ -41,6 +41,7 @@ use crate::drive::driver;
 use crate::drive::schedule::{ArrivalKind, Arrivals};
 use crate::drive::spec::{LoadSpec, Mode, Pacing};
 use crate::lab::procs::{MeshOptions, ProcMesh, bin_dir};
+use crate::report::exemplars::TraceLinkArgs;
 use crate::report::{Acked, Report};
 
 #[derive(Debug, Clone, Args)]
@@ -60,6 +61,8 @@ pub struct ScenarioArgs {
     /// and phase start marked, and each phase's latency distribution.
     #[arg(long)]
     pub html: Option<PathBuf>,
+    #[command(flatten)]
+    pub traces: TraceLinkArgs,
 }
 
 #[derive(Debug, Deserialize)]
@@ -334,7 +337,8 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
                 std::process::id()
             ))
             // Phases start on the timeline; the mesh was ready before the first.
-            .wait_ready(false);
+            .wait_ready(false)
+            .trace_links(args.traces.jaeger_url.clone());
         if let Some(timeout) = &phase.timeout {
             spec = spec.timeout(duration(timeout, "timeout")?);
         }
@@ -474,12 +478,17 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
             .iter()
             .map(|(name, _, _, _)| (name.as_str(), results[name].report.percentiles.as_slice()))
             .collect();
+        let reports: Vec<(&str, &Report)> = plans
+            .iter()
+            .map(|(name, _, _, _)| (name.as_str(), &results[name].report))
+            .collect();
         let page = crate::report::html::render_many(
             &format!("scenario {}", scenario.name),
             &summary,
             &dists,
             &timeline,
             &marks,
+            &reports,
         );
         std::fs::write(path, page).with_context(|| format!("cannot write {}", path.display()))?;
         println!("HTML report written to {}", path.display());

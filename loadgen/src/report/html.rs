@@ -1,10 +1,12 @@
 //! The self-contained HTML report (`--html`): inline SVG charts, no scripts, no network.
 //! Throughput over time (offered, sent, OK, rejected, errors), latency over time (p50, p99 per
-//! interval), both with the moments faults were switched marked, and the latency percentile
-//! distribution on a "nines" axis.
+//! interval), both with the moments faults were switched marked, the latency percentile
+//! distribution on a "nines" axis, and the slowest and failed transactions with their traces
+//! (linked, with `--jaeger-url`: the only links on the page, and only when asked for).
 
 use std::fmt::Write;
 
+use crate::report::exemplars::Exemplar;
 use crate::report::{Report, TimelinePoint};
 
 /// A vertical mark on the time charts: seconds since the start, and what happened.
@@ -232,20 +234,80 @@ pub fn render(title: &str, report: &Report, timeline: &[TimelinePoint], marks: &
         &[("latency", &report.percentiles)],
         timeline,
         marks,
+        &[("", report)],
     )
+}
+
+/// A table of `rows` (slowest or failed transactions); the trace column only when one of
+/// them has a trace.
+fn exemplar_table(heading: &str, rows: &[Exemplar]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let traced = rows.iter().any(|e| e.trace_id.is_some());
+    let mut s = format!(
+        "<h2>{}</h2>\n<table class=\"exemplars\"><tr><th>ms</th><th>result</th><th>id</th>{}<th>message</th></tr>\n",
+        escape(heading),
+        if traced { "<th>trace</th>" } else { "" }
+    );
+    for e in rows {
+        let ms = e
+            .latency_ms
+            .map_or("-".to_string(), |ms| format!("{ms:.2}"));
+        let trace = match (&e.trace_id, &e.trace_url) {
+            (Some(id), Some(url)) => {
+                format!(r#"<td><a href="{}">{}</a></td>"#, escape(url), escape(id))
+            }
+            (Some(id), None) => format!("<td>{}</td>", escape(id)),
+            (None, _) if traced => "<td></td>".to_string(),
+            (None, _) => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "<tr><td>{ms}</td><td>{}</td><td>{}</td>{trace}<td>{}</td></tr>",
+            escape(&e.code),
+            escape(&e.id),
+            escape(&e.message)
+        );
+    }
+    s.push_str("</table>\n");
+    s
+}
+
+/// The slowest and failed transactions of each named report (`""`: the only one).
+fn exemplar_tables(reports: &[(&str, &Report)]) -> String {
+    let mut s = String::new();
+    for (name, report) in reports {
+        let of = if name.is_empty() {
+            String::new()
+        } else {
+            format!(" — {name}")
+        };
+        s.push_str(&exemplar_table(
+            &format!("Slowest transactions{of}"),
+            &report.slowest,
+        ));
+        s.push_str(&exemplar_table(
+            &format!("Failed transactions{of} (the first)"),
+            &report.failed,
+        ));
+    }
+    s
 }
 
 const COLORS: [&str; 6] = [
     "#9467bd", "#1f77b4", "#2ca02c", "#d62728", "#ff7f0e", "#8c564b",
 ];
 
-/// The page for several distributions (e.g. one per scenario phase) and a shared timeline.
+/// The page for several distributions (e.g. one per scenario phase), a shared timeline, and
+/// the slowest and failed transactions of each of `reports` (named as the distributions are).
 pub fn render_many(
     title: &str,
     summary: &str,
     distributions: &[(&str, &[crate::report::Percentile])],
     timeline: &[TimelinePoint],
     marks: &[Mark],
+    reports: &[(&str, &Report)],
 ) -> String {
     let throughput = chart(
         "throughput",
@@ -299,19 +361,61 @@ pub fn render_many(
         Some(&ticks),
     );
     let summary = escape(summary);
+    let transactions = exemplar_tables(reports);
     format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{t}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:24px;color:#222}}svg{{display:block;margin:12px 0;border:1px solid #ddd}}pre{{background:#f7f7f7;padding:12px;overflow:auto}}</style>
+<style>body{{font-family:system-ui,sans-serif;margin:24px;color:#222}}svg{{display:block;margin:12px 0;border:1px solid #ddd}}pre{{background:#f7f7f7;padding:12px;overflow:auto}}table{{border-collapse:collapse}}th,td{{padding:2px 10px;text-align:left;font-family:ui-monospace,monospace;font-size:13px}}tr:nth-child(even){{background:#f7f7f7}}</style>
 </head><body>
 <h1>{t}</h1>
 {throughput}
 {latency}
 {distribution}
-<h2>Summary</h2>
+{transactions}<h2>Summary</h2>
 <pre>{summary}</pre>
 </body></html>
 "#,
         t = escape(title)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exemplar(id: &str, trace: Option<&str>, url: Option<&str>) -> Exemplar {
+        Exemplar {
+            id: id.into(),
+            code: "UNAVAILABLE".into(),
+            message: "no <live> stream".into(),
+            latency_ms: Some(12.5),
+            trace_id: trace.map(Into::into),
+            trace_url: url.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn tables_link_traces_and_leave_the_column_out_without_any() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let url = format!("http://jaeger:16686/trace/{trace}");
+        let linked = exemplar_table(
+            "Failed",
+            &[
+                exemplar("a", Some(trace), Some(&url)),
+                exemplar("b", None, None),
+            ],
+        );
+        assert!(linked.contains("<th>trace</th>"), "{linked}");
+        assert!(
+            linked.contains(&format!(r#"<td><a href="{url}">{trace}</a></td>"#)),
+            "{linked}"
+        );
+        assert!(
+            linked.contains("no &lt;live&gt; stream"),
+            "escaped: {linked}"
+        );
+        let untraced = exemplar_table("Failed", &[exemplar("b", None, None)]);
+        assert!(!untraced.contains("trace"), "{untraced}");
+        assert_eq!(exemplar_table("Failed", &[]), "");
+    }
 }

@@ -1,10 +1,12 @@
 //! Recording results and reporting them: text for people, JSON ([`json`]) for checks, HTML
 //! ([`html`]) to look at, and the [`audit`] check of what was acknowledged against the log.
+//! Each report names the transactions behind its figures, with their traces ([`exemplars`]).
 //!
 //! Latency goes into an HDR histogram (microsecond resolution, up to an hour) — exact
 //! percentiles at a fixed memory cost, unlike a hand-rolled bucket list.
 
 pub mod audit;
+pub mod exemplars;
 pub mod html;
 pub mod json;
 
@@ -12,14 +14,25 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use opentelemetry::trace::TraceId;
 use serde::Serialize;
 use sluice_proto::pb::{Decision, NotificationStatus, Outcome};
+
+use exemplars::{DEFAULT_FAILED, DEFAULT_SLOWEST, Exemplar, Noted, TopK, TraceLinks};
 
 /// One acknowledged transaction: its id and audit offset.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Acked {
     pub id: String,
     pub offset: u64,
+}
+
+/// Which transaction a result belongs to: its id and the trace it carried.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent<'a> {
+    pub id: &'a str,
+    /// The trace id of the `traceparent` it was sent with, if any.
+    pub trace_id: Option<TraceId>,
 }
 
 /// Everything measured during a run.
@@ -34,6 +47,10 @@ pub struct Recorder {
     /// Transactions counted as NO_OUTCOME that were still waiting, past their deadline,
     /// when the run ended.
     pub hung: u64,
+    /// The slowest transactions with an outcome (at most [`DEFAULT_SLOWEST`]).
+    slowest: TopK<Noted>,
+    /// The first transactions that failed (at most [`DEFAULT_FAILED`]).
+    failed: Vec<Noted>,
 }
 
 /// The error code of a sent transaction that never got an outcome: its stream ended, its
@@ -67,6 +84,8 @@ impl Default for Recorder {
             acked: Vec::new(),
             blocked: Duration::ZERO,
             hung: 0,
+            slowest: TopK::new(DEFAULT_SLOWEST),
+            failed: Vec::with_capacity(DEFAULT_FAILED),
         }
     }
 }
@@ -87,44 +106,73 @@ pub fn code_name(code: tonic::Code) -> String {
 impl Recorder {
     /// Records a finished transaction: an Outcome (which may carry a per-message error) or
     /// a call status.
-    pub fn record(&mut self, result: Result<&Outcome, &tonic::Status>, latency: Duration) {
-        let _ = self.latency.record((latency.as_micros() as u64).max(1));
-        match result {
+    pub fn record(
+        &mut self,
+        txn: Sent<'_>,
+        result: Result<&Outcome, &tonic::Status>,
+        latency: Duration,
+    ) {
+        let micros = (latency.as_micros() as u64).max(1);
+        let _ = self.latency.record(micros);
+        let (code, message) = match result {
             Ok(outcome) => match &outcome.error {
-                Some(e) => {
-                    *self
-                        .errors
-                        .entry(code_name(tonic::Code::from_i32(e.code)))
-                        .or_default() += 1
-                }
+                Some(e) => (tonic::Code::from_i32(e.code), e.message.as_str()),
                 None => {
-                    self.ok += 1;
-                    let decision = Decision::try_from(outcome.decision).unwrap_or_default();
-                    *self
-                        .decisions
-                        .entry(decision.as_str_name().to_string())
-                        .or_default() += 1;
-                    let n = NotificationStatus::try_from(outcome.notification).unwrap_or_default();
-                    *self
-                        .notifications
-                        .entry(n.as_str_name().to_string())
-                        .or_default() += 1;
-                    self.acked.push(Acked {
-                        id: outcome.id.clone(),
-                        offset: outcome.audit_offset,
-                    });
+                    self.record_ok(outcome);
+                    (tonic::Code::Ok, "")
                 }
             },
-            Err(status) => *self.errors.entry(code_name(status.code())).or_default() += 1,
+            Err(status) => (status.code(), status.message()),
+        };
+        let noted = || Noted {
+            id: txn.id.to_string(),
+            trace_id: txn.trace_id,
+            code: code_name(code),
+            message: message.to_string(),
+            latency: Some(latency),
+        };
+        self.slowest.offer(micros, noted);
+        if code != tonic::Code::Ok {
+            if self.failed.len() < DEFAULT_FAILED {
+                self.failed.push(noted());
+            }
+            *self.errors.entry(code_name(code)).or_default() += 1;
         }
     }
 
-    /// Records a sent transaction that will get no outcome (no latency: it never finished);
-    /// `hung` when it was still waiting past its deadline as the run ended.
-    pub fn record_no_outcome(&mut self, hung: bool) {
+    fn record_ok(&mut self, outcome: &Outcome) {
+        self.ok += 1;
+        let decision = Decision::try_from(outcome.decision).unwrap_or_default();
+        *self
+            .decisions
+            .entry(decision.as_str_name().to_string())
+            .or_default() += 1;
+        let n = NotificationStatus::try_from(outcome.notification).unwrap_or_default();
+        *self
+            .notifications
+            .entry(n.as_str_name().to_string())
+            .or_default() += 1;
+        self.acked.push(Acked {
+            id: outcome.id.clone(),
+            offset: outcome.audit_offset,
+        });
+    }
+
+    /// Records a sent transaction that will get no outcome (no latency: it never finished),
+    /// and `why`; `hung` when it was still waiting past its deadline as the run ended.
+    pub fn record_no_outcome(&mut self, txn: Sent<'_>, why: &str, hung: bool) {
         *self.errors.entry(NO_OUTCOME.to_string()).or_default() += 1;
         if hung {
             self.hung += 1;
+        }
+        if self.failed.len() < DEFAULT_FAILED {
+            self.failed.push(Noted {
+                id: txn.id.to_string(),
+                trace_id: txn.trace_id,
+                code: NO_OUTCOME.to_string(),
+                message: why.to_string(),
+                latency: None,
+            });
         }
     }
 
@@ -182,6 +230,17 @@ impl Recorder {
             timeline: run.timeline,
             hung: self.hung,
             stream_ends: run.stream_ends,
+            slowest: self
+                .slowest
+                .sorted()
+                .into_iter()
+                .map(|n| n.exemplar(run.trace_links.as_ref()))
+                .collect(),
+            failed: self
+                .failed
+                .iter()
+                .map(|n| n.exemplar(run.trace_links.as_ref()))
+                .collect(),
             acked: self.acked.clone(),
         }
     }
@@ -201,6 +260,8 @@ pub struct RunInfo {
     pub late: u64,
     /// SubmitStreams that ended with an error or with transactions unanswered.
     pub stream_ends: Vec<StreamEnd>,
+    /// Where trace ids link to, if anywhere.
+    pub trace_links: Option<TraceLinks>,
 }
 
 /// One second of the run (rates per second; warmup included).
@@ -318,6 +379,12 @@ pub struct Report {
     pub timeline: Vec<TimelinePoint>,
     /// The latency distribution at fixed quantiles (50 % … 99.999 %).
     pub percentiles: Vec<Percentile>,
+    /// The slowest transactions with an outcome (any result), slowest first, with their
+    /// traces: what the tail of `percentiles` is made of.
+    pub slowest: Vec<Exemplar>,
+    /// The first transactions that failed (`errors`, `NO_OUTCOME` included), in order, with
+    /// their codes, messages and traces.
+    pub failed: Vec<Exemplar>,
     /// Every acknowledged transaction with its audit offset.
     pub acked: Vec<Acked>,
 }
@@ -458,6 +525,37 @@ impl Report {
                 let _ = writeln!(s, "{}", p.line());
             }
         }
+        // Last, so they are what a terminal still shows: where to look next.
+        let traced = |list: &[Exemplar]| {
+            if list.iter().any(|e| e.trace_id.is_some()) {
+                ", trace"
+            } else {
+                ""
+            }
+        };
+        if !self.slowest.is_empty() {
+            let _ = writeln!(
+                s,
+                "slowest    {} by latency: ms, result, id{}",
+                self.slowest.len(),
+                traced(&self.slowest)
+            );
+            for e in &self.slowest {
+                let _ = writeln!(s, "{}", e.line());
+            }
+        }
+        if !self.failed.is_empty() {
+            let _ = writeln!(
+                s,
+                "failed     first {} of {}: ms, code, id{}, message",
+                self.failed.len(),
+                self.errors.values().sum::<u64>(),
+                traced(&self.failed)
+            );
+            for e in &self.failed {
+                let _ = writeln!(s, "{}", e.line());
+            }
+        }
         s
     }
 }
@@ -465,6 +563,29 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_proto::pb::Error as OutcomeError;
+
+    fn sent(id: &str, trace: Option<u128>) -> Sent<'_> {
+        Sent {
+            id,
+            trace_id: trace.map(TraceId::from),
+        }
+    }
+
+    fn run_info(sent: u64, trace_links: Option<TraceLinks>) -> RunInfo {
+        RunInfo {
+            mode: "unary".into(),
+            loop_kind: "open".into(),
+            target_rate: Some(sent as f64),
+            measured_seconds: 1.0,
+            sent,
+            timeline: Vec::new(),
+            scheduled: Some(sent),
+            late: 0,
+            stream_ends: Vec::new(),
+            trace_links,
+        }
+    }
 
     #[test]
     fn records_outcomes_errors_and_percentiles() {
@@ -476,23 +597,14 @@ mod tests {
                 audit_offset: i,
                 ..Default::default()
             };
-            r.record(Ok(&o), Duration::from_millis(i));
+            r.record(sent(&o.id, None), Ok(&o), Duration::from_millis(i));
         }
         r.record(
+            sent("t101", None),
             Err(&tonic::Status::unavailable("down")),
             Duration::from_millis(1),
         );
-        let rep = r.report(RunInfo {
-            mode: "unary".into(),
-            loop_kind: "open".into(),
-            target_rate: Some(101.0),
-            measured_seconds: 1.0,
-            sent: 101,
-            timeline: Vec::new(),
-            scheduled: Some(101),
-            late: 0,
-            stream_ends: Vec::new(),
-        });
+        let rep = r.report(run_info(101, None));
         assert_eq!(rep.ok, 100);
         assert_eq!(rep.errors["UNAVAILABLE"], 1);
         assert_eq!(rep.decisions["APPROVE"], 100);
@@ -502,7 +614,109 @@ mod tests {
             rep.latency_ms.p50
         );
         assert_eq!(rep.acked.len(), 100);
-        assert!(rep.text().contains("UNAVAILABLE 1"));
+        let text = rep.text();
+        assert!(text.contains("UNAVAILABLE 1"));
+        assert!(
+            text.contains("slowest    10 by latency: ms, result, id\n"),
+            "{text}"
+        );
+        assert!(text.contains("failed     first 1 of 1"), "{text}");
+    }
+
+    #[test]
+    fn the_json_report_names_the_slowest_and_failed_transactions_with_their_traces() {
+        let mut r = Recorder::default();
+        // 1000 OK transactions, 1..=1000 ms; every 100th in a trace.
+        for i in 1..=1000u64 {
+            let o = Outcome {
+                id: format!("ok-{i}"),
+                ..Default::default()
+            };
+            let trace = (i % 100 == 0).then_some(u128::from(i));
+            r.record(sent(&o.id, trace), Ok(&o), Duration::from_millis(i));
+        }
+        // 15 failures: a per-message error, a call status, and transactions never answered.
+        for i in 0..5u128 {
+            let refused = Outcome {
+                id: format!("refused-{i}"),
+                error: Some(OutcomeError {
+                    code: tonic::Code::ResourceExhausted as i32,
+                    message: "queue full".into(),
+                }),
+                ..Default::default()
+            };
+            r.record(
+                sent(&refused.id, Some(0xf00 + i)),
+                Ok(&refused),
+                Duration::from_millis(2),
+            );
+            let late = tonic::Status::deadline_exceeded("deadline passed in the queue");
+            r.record(
+                sent(&format!("late-{i}"), None),
+                Err(&late),
+                Duration::from_secs(5),
+            );
+            r.record_no_outcome(
+                sent(&format!("lost-{i}"), None),
+                "its stream ended first",
+                false,
+            );
+        }
+        let links = TraceLinks::parse("http://jaeger:16686").unwrap();
+        let rep = r.report(run_info(1015, Some(links)));
+        let json: serde_json::Value =
+            serde_json::from_slice(&serde_json::to_vec(&rep).unwrap()).unwrap();
+        assert_eq!(json["schema_version"], json::REPORT_SCHEMA_VERSION);
+
+        let slowest = json["slowest"].as_array().unwrap();
+        assert_eq!(slowest.len(), exemplars::DEFAULT_SLOWEST);
+        // The five 5 s deadlines first (in the order they came), then 1000 ms, 999 ms, ...
+        let ids: Vec<&str> = slowest.iter().map(|e| e["id"].as_str().unwrap()).collect();
+        assert_eq!(
+            ids,
+            [
+                "late-0", "late-1", "late-2", "late-3", "late-4", "ok-1000", "ok-999", "ok-998",
+                "ok-997", "ok-996"
+            ]
+        );
+        assert_eq!(slowest[0]["code"], "DEADLINE_EXCEEDED");
+        assert_eq!(slowest[0]["latency_ms"], 5000.0);
+        assert!(slowest[0].get("trace_id").is_none(), "sent in no trace");
+        let traced = &slowest[5];
+        assert_eq!(traced["code"], "OK");
+        assert_eq!(traced["message"], "");
+        assert_eq!(traced["trace_id"], format!("{:032x}", 1000));
+        assert_eq!(
+            traced["trace_url"],
+            format!("http://jaeger:16686/trace/{:032x}", 1000)
+        );
+
+        let failed = json["failed"].as_array().unwrap();
+        assert_eq!(
+            failed.len(),
+            exemplars::DEFAULT_FAILED,
+            "the first ten of 15"
+        );
+        assert_eq!(
+            (failed[0]["id"].as_str(), failed[0]["code"].as_str()),
+            (Some("refused-0"), Some("RESOURCE_EXHAUSTED"))
+        );
+        assert_eq!(failed[0]["message"], "queue full");
+        assert_eq!(failed[0]["trace_id"], format!("{:032x}", 0xf00));
+        assert_eq!(failed[1]["code"], "DEADLINE_EXCEEDED");
+        assert_eq!(failed[2]["code"], NO_OUTCOME);
+        assert_eq!(failed[2]["message"], "its stream ended first");
+        assert!(failed[2]["latency_ms"].is_null(), "it never finished");
+
+        let text = rep.text();
+        assert!(text.contains("failed     first 10 of 15: ms, code, id, trace, message"));
+        assert!(
+            text.contains(&format!(
+                "RESOURCE_EXHAUSTED refused-0                 http://jaeger:16686/trace/{:032x}  queue full",
+                0xf00
+            )),
+            "{text}"
+        );
     }
 
     #[test]

@@ -320,7 +320,7 @@ async fn the_json_report_follows_its_documented_schema() {
     )
     .unwrap();
     type Check = fn(&serde_json::Value) -> bool;
-    let fields: [(&str, Check); 22] = [
+    let fields: [(&str, Check); 24] = [
         ("schema_version", |v| v.as_u64() == Some(2)),
         ("mode", |v| v.is_string()),
         ("loop_kind", |v| v.is_string()),
@@ -375,6 +375,20 @@ async fn the_json_report_follows_its_documented_schema() {
                         .all(|p| p["quantile"].is_number() && p["ms"].is_number())
             })
         }),
+        ("slowest", |v| {
+            v.as_array().is_some_and(|a| {
+                a.len() == 10
+                    && a.iter().all(|x| {
+                        x["id"].is_string()
+                            && x["code"].is_string()
+                            && x["message"].is_string()
+                            && x["latency_ms"].is_number()
+                            // No OTLP endpoint: the generator sends no traces.
+                            && x.get("trace_id").is_none()
+                    })
+            })
+        }),
+        ("failed", |v| v.as_array().is_some_and(|a| a.is_empty())),
         ("acked", |v| {
             v.as_array().is_some_and(|a| {
                 a.iter()
