@@ -325,7 +325,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
                     Ok(true)
                 }
                 Ok((status, body)) => {
-                    println!("{} unhealthy: {status} {}", args.url, body.trim());
+                    let body = body.trim();
+                    let sep = if body.is_empty() { "" } else { ": " };
+                    println!("{} unhealthy: {status}{sep}{body}", args.url);
                     Ok(false)
                 }
                 Err(e) => {
