@@ -144,7 +144,7 @@ impl TraceLinks {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct TraceLinkArgs {
     /// The Jaeger UI (e.g. http://127.0.0.1:16686): each trace id in the report's slowest
-    /// and failed transactions also gets a link, URL/trace/<trace id>. Trace ids are those
+    /// and failed transactions also gets a link, URL/trace/TRACE_ID. Trace ids are those
     /// of the `traceparent` each transaction carried: with no OTLP endpoint
     /// (OTEL_EXPORTER_OTLP_ENDPOINT, or --otlp-endpoint before the command) the generator
     /// starts no traces and sends none, and the report lists the transactions without them.
