@@ -41,7 +41,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 256)]
     pub unary_concurrency: usize,
     /// Client connections to the gateway.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = crate::drive::spec::DEFAULT_CONNECTIONS)]
     pub connections: usize,
     /// Directory with the sluice-* binaries (default: this executable's directory).
     #[arg(long)]

@@ -83,7 +83,7 @@ pub struct ChaosArgs {
     #[arg(long, default_value = "5s", value_parser = sluice_core::parse_duration)]
     pub timeout: Duration,
     /// Connections per load (stream mode: one SubmitStream each, reopened when it ends).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = crate::drive::spec::DEFAULT_CONNECTIONS)]
     pub connections: usize,
     /// An extra flag for the gateway, e.g. --gateway-flag=--reconnect-max=500ms (repeatable).
     #[arg(long, allow_hyphen_values = true)]
