@@ -218,11 +218,18 @@ impl Gateway for Teller {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_report_names_its_slowest_and_failed_transactions_by_their_traces() {
-    // Tracing on, in this process: real spans, and the W3C + B3 propagators.
+    // Tracing on, in this process: real spans (tracing, bridged to an SDK provider), and the
+    // W3C + B3 propagators.
     sluice_core::propagation::install();
     opentelemetry::global::set_tracer_provider(
         opentelemetry_sdk::trace::SdkTracerProvider::builder().build(),
     );
+    {
+        use tracing_subscriber::prelude::*;
+        let spans =
+            tracing_opentelemetry::layer().with_tracer(opentelemetry::global::tracer("test"));
+        let _ = tracing_subscriber::registry().with(spans).try_init();
+    }
     let teller = Teller::default();
     let traceparents = teller.traceparents.clone();
     let url = serve(teller).await;

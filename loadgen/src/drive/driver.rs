@@ -26,8 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
-use opentelemetry::trace::{SpanKind, TraceContextExt, TraceId, Tracer};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::trace::TraceId;
 use sluice_core::{propagation, spans};
 use sluice_proto::pb::NotificationStatus;
 use sluice_proto::pb::gateway_client::GatewayClient;
@@ -37,6 +36,7 @@ use tokio::task::JoinSet;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::drive::schedule::Arrivals;
 use crate::drive::spec::{LoadSpec, Mode, Pacing};
@@ -150,8 +150,8 @@ struct Pending {
     intended: Instant,
     /// Its outstanding slot, freed with the entry.
     _slot: OwnedSemaphorePermit,
-    /// Its client span, ended with the outcome.
-    cx: Context,
+    /// Its client span, ended (dropped) with the outcome.
+    span: tracing::Span,
     /// The trace it was sent in, for the report's slowest and failed transactions.
     trace_id: Option<TraceId>,
 }
@@ -233,12 +233,12 @@ impl Shared {
         trace_id: Option<TraceId>,
         intended: Instant,
         slot: OwnedSemaphorePermit,
-        cx: Context,
+        span: tracing::Span,
     ) {
         let pending = Pending {
             intended,
             _slot: slot,
-            cx,
+            span,
             trace_id,
         };
         self.pending_map().insert(id, pending);
@@ -246,9 +246,8 @@ impl Shared {
 
     /// `id` could not be sent after all (every stream is gone): it was never counted.
     fn forget(&self, id: &str) {
-        if let Some(p) = self.pending_map().remove(id) {
-            p.cx.span().end();
-        }
+        // The span ends as the entry drops.
+        self.pending_map().remove(id);
     }
 
     /// `id` got its outcome (or call status). False when it was not pending.
@@ -256,7 +255,7 @@ impl Shared {
         let Some(p) = self.pending_map().remove(id) else {
             return false;
         };
-        end_client_span(&p.cx, result);
+        end_client_span(&p.span, result);
         if let (Some(signal), Ok(outcome)) = (&self.outcomes, result) {
             signal.observe(outcome);
         }
@@ -274,8 +273,7 @@ impl Shared {
         let Some(p) = self.pending_map().remove(id) else {
             return false;
         };
-        spans::fail_cx(&p.cx, "no_outcome", tonic::Code::Unknown as i32, why);
-        p.cx.span().end();
+        spans::fail(&p.span, "no_outcome", tonic::Code::Unknown as i32, why);
         self.interval.lock().expect("interval lock").errors += 1;
         if p.intended >= self.measure_from {
             let sent = Sent {
@@ -628,7 +626,7 @@ async fn drive_unary(
     let mut n = 0usize;
     while let Some((intended, slot)) = schedule.next(&shared).await {
         while tasks.try_join_next().is_some() {}
-        let (txn, cx) = traced(traffic.next_transaction().0, "Submit");
+        let (txn, span) = traced(traffic.next_transaction().0, "Submit");
         let mut client = clients[n % clients.len()].clone();
         n += 1;
         let shared = shared.clone();
@@ -637,8 +635,8 @@ async fn drive_unary(
         let trace_id = trace_id_sent(&txn);
         let mut request = tonic::Request::new(txn);
         request.set_timeout(timeout);
-        propagation::inject_metadata(&cx, request.metadata_mut());
-        shared.begin(id.clone(), trace_id, intended, slot, cx);
+        propagation::inject_metadata(&span.context(), request.metadata_mut());
+        shared.begin(id.clone(), trace_id, intended, slot, span);
         shared.sent_one();
         tasks.spawn(async move {
             match client.submit(request).await {
@@ -680,30 +678,28 @@ fn lost_in_transit(status: &tonic::Status) -> bool {
 
 /// Starts the transaction's root CLIENT span and writes its context into the transaction's
 /// own carrier (W3C and B3), so every hop continues this trace.
-fn traced(mut txn: Transaction, method: &'static str) -> (Transaction, Context) {
-    let tracer = spans::tracer();
-    let mut attributes = spans::rpc("mesh.v1.Gateway", method);
-    attributes.push(KeyValue::new("sluice.transaction.id", txn.id.clone()));
-    let span = tracer
-        .span_builder(format!("mesh.v1.Gateway/{method}"))
-        .with_kind(SpanKind::Client)
-        .with_attributes(attributes)
-        .start_with_context(&tracer, &Context::new());
-    let cx = Context::new().with_span(span);
-    propagation::inject_map(&cx, &mut txn.trace_context);
-    (txn, cx)
+fn traced(mut txn: Transaction, method: &'static str) -> (Transaction, tracing::Span) {
+    let span = tracing::info_span!(
+        parent: None,
+        "client",
+        otel.name = %format_args!("mesh.v1.Gateway/{method}"),
+        otel.kind = "client",
+        rpc.system = "grpc",
+        rpc.service = "mesh.v1.Gateway",
+        rpc.method = method,
+        sluice.transaction.id = %txn.id,
+    );
+    propagation::inject_map(&span.context(), &mut txn.trace_context);
+    (txn, span)
 }
 
-fn end_client_span(cx: &Context, result: Result<&Outcome, &tonic::Status>) {
+/// Marks the client span with the transaction's result (it ends as it drops).
+fn end_client_span(span: &tracing::Span, result: Result<&Outcome, &tonic::Status>) {
     let error = match result {
         Ok(o) => o.error.as_ref().map(|e| (e.code, e.message.as_str())),
         Err(s) => Some((s.code() as i32, s.message())),
     };
-    match error {
-        Some((code, message)) => spans::fail_cx(cx, "error", code, message),
-        None => spans::ok_cx(cx),
-    }
-    cx.span().end();
+    spans::finish(span, error, "error");
 }
 
 async fn drive_stream(
@@ -735,10 +731,10 @@ async fn drive_stream(
     let mut schedule = Schedule::new(&spec.pacing, start, end, spec.max_outstanding, spec.seed);
     let mut n = 0usize;
     'sending: while let Some((intended, slot)) = schedule.next(&shared).await {
-        let (mut txn, cx) = traced(traffic.next_transaction().0, "SubmitStream");
+        let (mut txn, span) = traced(traffic.next_transaction().0, "SubmitStream");
         let id = txn.id.clone();
         // Pending before it is sent: its outcome may come back before `send` returns.
-        shared.begin(id.clone(), trace_id_sent(&txn), intended, slot, cx);
+        shared.begin(id.clone(), trace_id_sent(&txn), intended, slot, span);
         loop {
             if senders.is_empty() {
                 // Every stream ended and none reopens: the run is over.
@@ -793,31 +789,32 @@ async fn send(
 struct SubmitStream {
     body: mpsc::Sender<Transaction>,
     responses: tonic::Streaming<Outcome>,
-    cx: Context,
+    span: tracing::Span,
 }
 
 impl SubmitStream {
     async fn open(client: &mut GatewayClient<Channel>) -> Result<SubmitStream, tonic::Status> {
         let (body, body_rx) = mpsc::channel::<Transaction>(STREAM_HANDOFF);
         // The stream's own span, in its metadata; each message carries its own trace.
-        let tracer = spans::tracer();
-        let span = tracer
-            .span_builder("mesh.v1.Gateway/SubmitStream stream")
-            .with_kind(SpanKind::Client)
-            .with_attributes(spans::rpc("mesh.v1.Gateway", "SubmitStream"))
-            .start_with_context(&tracer, &Context::new());
-        let cx = Context::new().with_span(span);
+        let span = tracing::info_span!(
+            parent: None,
+            "stream",
+            otel.name = "mesh.v1.Gateway/SubmitStream stream",
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.service = "mesh.v1.Gateway",
+            rpc.method = "SubmitStream",
+        );
         let mut request = tonic::Request::new(ReceiverStream::new(body_rx));
-        propagation::inject_metadata(&cx, request.metadata_mut());
+        propagation::inject_metadata(&span.context(), request.metadata_mut());
         match client.submit_stream(request).await {
             Ok(response) => Ok(SubmitStream {
                 body,
                 responses: response.into_inner(),
-                cx,
+                span,
             }),
             Err(status) => {
-                spans::fail_cx(&cx, "open_failed", status.code() as i32, status.message());
-                cx.span().end();
+                spans::fail(&span, "open_failed", status.code() as i32, status.message());
                 Err(status)
             }
         }
@@ -853,17 +850,17 @@ async fn stream_connection(
             },
         };
         let opened = Instant::now();
-        let cx = current.cx.clone();
+        let span = current.span.clone();
         let (end, unanswered, queue_done) = pump(&shared, current, &mut queue, &mut holding).await;
         let lost = unanswered
             .iter()
             .filter(|id| shared.abandon(id, "its stream ended first", false))
             .count() as u64;
         match &end {
-            Ok(()) => spans::ok_cx(&cx),
-            Err(s) => spans::fail_cx(&cx, "stream_ended", s.code() as i32, s.message()),
+            Ok(()) => spans::ok(&span),
+            Err(s) => spans::fail(&span, "stream_ended", s.code() as i32, s.message()),
         }
-        cx.span().end();
+        drop(span);
         if end.is_err() || lost > 0 {
             let (code, message) = match &end {
                 Ok(()) => ("OK".to_string(), String::new()),
@@ -908,7 +905,7 @@ async fn pump(
     let SubmitStream {
         body,
         mut responses,
-        cx: _,
+        span: _,
     } = stream;
     let mut body = Some(body);
     let mut handed: HashSet<String> = HashSet::new();
