@@ -11,11 +11,10 @@
 //! - [`log_format`]: log lines as text or JSON, each naming its span's trace.
 //! - [`log_limit`]: one log line per interval, with a count, for errors that repeat.
 //! - [`metrics`]: the Prometheus registry plus process metrics.
-//! - [`worker_pool`]: serve a bidirectional stream with a bounded pool of workers that pulls
-//!   the next message only when a worker is free: the service side of backpressure.
 //! - [`auth`]: the mesh token (bearer, constant-time) on data-path RPCs.
-//! - [`control`]: `mesh.v1.Control` fault injection behind a bearer token.
-//! - [`admin_token`]: where that token comes from (flag, file, or generated and written).
+//! - [`admin_token`]: where the Control API's token comes from (flag, file, or generated and
+//!   written). The Control API itself, like the worker pool, is the service side of a hop:
+//!   crate `sluice-runtime`.
 //! - [`deadline`]: per-message deadlines carried as Unix milliseconds across hops.
 //! - [`server`]: binding, the ready line, and running a tonic router until shutdown.
 //! - [`spans`]: the tracer, gRPC span attributes, failure marking.
@@ -26,7 +25,6 @@
 pub mod admin;
 pub mod admin_token;
 pub mod auth;
-pub mod control;
 pub mod deadline;
 pub mod h2;
 pub mod incoming;
@@ -39,7 +37,6 @@ pub mod server;
 pub mod shutdown;
 pub mod spans;
 pub mod telemetry;
-pub mod worker_pool;
 
 pub use tokio_util::sync::CancellationToken;
 

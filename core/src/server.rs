@@ -7,7 +7,7 @@
 //! is cancelled, then drain within a grace period.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -17,7 +17,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::admin::{self, Health};
-use crate::admin_token::{AdminAuth, AdminTokenArgs, AdminTokenError};
+use crate::admin_token::AdminTokenError;
 use crate::incoming::{Incoming, IncomingConfig};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -96,6 +96,11 @@ impl Listeners {
     /// required downstreams are live, logging while its disk takes writes.
     pub fn readiness(&self) -> Readiness {
         self.readiness.clone()
+    }
+
+    /// Names `path`, the file holding the Control API's token, in the ready line.
+    pub fn set_admin_token_file(&mut self, path: Option<PathBuf>) {
+        self.admin_token_file = path;
     }
 
     /// The gRPC address actually bound.
@@ -231,28 +236,6 @@ impl CommonServerArgs {
     }
 }
 
-/// Flags every downstream service shares: its worker pool and its Control API.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServiceArgs {
-    /// Messages processed at once across all streams. When every worker is busy the service
-    /// stops reading its inbound streams, which is what pushes back on the gateway.
-    #[arg(long, env = "SLUICE_WORKERS", default_value_t = crate::worker_pool::DEFAULT_WORKERS)]
-    pub workers: usize,
-    /// Replies each stream may hold that the transport has not yet taken. A stream reads
-    /// its next message only with room here, so a peer that stops reading replies stops
-    /// being read, holding no worker.
-    #[arg(long, env = "SLUICE_REPLY_QUEUE", default_value_t = crate::worker_pool::DEFAULT_REPLY_QUEUE)]
-    pub reply_queue: usize,
-    /// Most workers one inbound stream may hold at once, so no one stream (a rogue peer's)
-    /// can take the whole pool.
-    #[arg(long, env = "SLUICE_STREAM_WORKERS", default_value_t = crate::worker_pool::DEFAULT_STREAM_WORKERS)]
-    pub stream_workers: usize,
-    /// How the Control (fault injection) API authenticates: `--admin-token`,
-    /// `--admin-token-file`, a generated token, or `--insecure-no-auth`.
-    #[command(flatten)]
-    pub admin_token: AdminTokenArgs,
-}
-
 /// Runs a server binary's `main` body: logging, a multi-threaded runtime, span export, the
 /// ready line on stdout, shutdown on SIGINT/SIGTERM, span flush, and the exit code (0 clean,
 /// 1 failure, 64 bad configuration, 65 damaged data).
@@ -317,65 +300,6 @@ where
 enum Exit {
     Config(String),
     Serve(ServeError),
-}
-
-/// Serves one downstream service: gRPC health (`service` SERVING while the listeners'
-/// [`Readiness`] is set — it is set here as serving starts), the Control API over `pool`
-/// (guarded as `admin_token` says; a generated token's file is named in the ready line and
-/// removed on exit), `service` itself, and the admin endpoints, until `shutdown`; then drains
-/// within the grace period. The one place the three services' servers are put together.
-pub async fn run_service<S>(
-    mut listeners: Listeners,
-    common: &CommonServerArgs,
-    admin_token: AdminTokenArgs,
-    pool: crate::worker_pool::WorkerPool,
-    registry: prometheus_client::registry::Registry,
-    service: S,
-    shutdown: CancellationToken,
-) -> Result<(), ServeError>
-where
-    S: tower_service::Service<
-            axum::http::Request<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + tonic::server::NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Response: axum::response::IntoResponse,
-    S::Future: Send + 'static,
-{
-    let service_name = S::NAME.rsplit('.').next().unwrap_or(S::NAME).to_lowercase();
-    // Kept until the server stops: dropping it removes a generated token's file.
-    let auth = admin_token.resolve(&service_name)?;
-    listeners.admin_token_file = auth.token_file().map(Path::to_path_buf);
-    if let AdminAuth::Disabled = auth {
-        tracing::warn!(
-            grpc = %listeners.grpc_addr(),
-            "--insecure-no-auth: anyone who reaches this port can stall the service through Control"
-        );
-    }
-    let control = crate::control::server(pool, &auth);
-    let (reporter, health) = tonic_health::server::health_reporter();
-    listeners.readiness().set(true);
-    let router = common
-        .h2
-        .server()
-        .add_service(health)
-        .add_service(control)
-        .add_service(service);
-    let result = run(
-        listeners,
-        router,
-        crate::metrics::Metrics::new(registry),
-        reporter,
-        S::NAME,
-        shutdown,
-        common,
-    )
-    .await;
-    drop(auth);
-    result
 }
 
 #[cfg(test)]

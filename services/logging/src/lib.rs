@@ -13,11 +13,12 @@ use std::path::PathBuf;
 use clap::Parser;
 use prometheus_client::registry::Registry;
 use sluice_core::auth::RequireBearer;
-use sluice_core::server::{CommonServerArgs, Listeners, ServeError, ServiceArgs};
-use sluice_core::worker_pool::{Messages, ReplyStream, WorkerPool};
+use sluice_core::server::{CommonServerArgs, Listeners, ServeError};
 use sluice_core::{CancellationToken, deadline};
 use sluice_proto::pb::logging_server::{Logging, LoggingServer};
 use sluice_proto::pb::{self, AppendAck, AppendRequest, AuditEntry, ReadRequest, Transaction};
+use sluice_runtime::pool::PoolConfig;
+use sluice_runtime::{ReplyStream, ServiceArgs, WorkerPool};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -245,22 +246,6 @@ async fn append(log: AuditLog, request: AppendRequest) -> AppendAck {
     }
 }
 
-fn reject(request: &AppendRequest, status: Status) -> AppendAck {
-    AppendAck {
-        correlation_id: request.correlation_id,
-        error: Some(pb::Error::from_status(&status)),
-        ..Default::default()
-    }
-}
-
-const MESSAGES: Messages<AppendRequest, AppendAck> = sluice_core::downstream_messages!(
-    "mesh.v1.Logging",
-    "Append",
-    AppendRequest,
-    AppendAck,
-    reject
-);
-
 #[tonic::async_trait]
 impl Logging for LoggingService {
     type AppendStream = ReplyStream<AppendAck>;
@@ -271,12 +256,10 @@ impl Logging for LoggingService {
         request: Request<Streaming<AppendRequest>>,
     ) -> Result<Response<Self::AppendStream>, Status> {
         let log = self.log.clone();
-        Ok(Response::new(self.pool.serve(
-            request,
-            self.shutdown.clone(),
-            MESSAGES,
-            move |req| append(log.clone(), req),
-        )))
+        Ok(Response::new(
+            self.pool
+                .serve(request, move |req| append(log.clone(), req)),
+        ))
     }
 
     async fn read(
@@ -346,11 +329,14 @@ pub async fn serve(
     tracing::info!(path = %config.data_dir.display(), records = log.len(), "audit log open");
     log.report_health(listeners.readiness());
     let pool = WorkerPool::new(
-        config.service.workers,
-        config.service.reply_queue,
+        PoolConfig {
+            workers: config.service.workers,
+            reply_queue: config.service.reply_queue,
+            stream_workers: config.service.stream_workers,
+        },
         &mut registry,
-    )
-    .with_stream_workers(config.service.stream_workers);
+        shutdown.clone(),
+    );
     let service = LoggingService {
         log: log.clone(),
         pool: pool.clone(),
@@ -360,11 +346,11 @@ pub async fn serve(
         LoggingServer::new(service).max_decoding_message_size(config.server.h2.max_message_size),
         RequireBearer::new(config.mesh_token.clone(), "the service's --mesh-token"),
     );
-    let result = sluice_core::server::run_service(
+    let result = sluice_runtime::run_service(
         listeners,
         &config.server,
         // A generated Control token goes beside the audit log.
-        config
+        &config
             .service
             .admin_token
             .clone()

@@ -11,10 +11,11 @@ use std::time::Duration;
 use clap::Parser;
 use prometheus_client::registry::Registry;
 use sluice_core::CancellationToken;
-use sluice_core::server::{CommonServerArgs, Listeners, ServeError, ServiceArgs};
-use sluice_core::worker_pool::{Messages, ReplyStream, WorkerPool};
+use sluice_core::server::{CommonServerArgs, Listeners, ServeError};
 use sluice_proto::pb::notification_server::{Notification, NotificationServer};
-use sluice_proto::pb::{self, NotificationStatus, NotifyAck, NotifyRequest};
+use sluice_proto::pb::{NotificationStatus, NotifyAck, NotifyRequest};
+use sluice_runtime::pool::PoolConfig;
+use sluice_runtime::{ReplyStream, ServiceArgs, WorkerPool};
 use tonic::{Request, Response, Status, Streaming};
 
 /// Default gRPC address.
@@ -53,7 +54,6 @@ impl Config {
 struct NotificationService {
     latency: Duration,
     pool: WorkerPool,
-    shutdown: CancellationToken,
 }
 
 async fn deliver(request: NotifyRequest, latency: Duration) -> NotifyAck {
@@ -68,22 +68,6 @@ async fn deliver(request: NotifyRequest, latency: Duration) -> NotifyAck {
     }
 }
 
-fn reject(request: &NotifyRequest, status: Status) -> NotifyAck {
-    NotifyAck {
-        correlation_id: request.correlation_id,
-        status: NotificationStatus::Failed as i32,
-        error: Some(pb::Error::from_status(&status)),
-    }
-}
-
-const MESSAGES: Messages<NotifyRequest, NotifyAck> = sluice_core::downstream_messages!(
-    "mesh.v1.Notification",
-    "Deliver",
-    NotifyRequest,
-    NotifyAck,
-    reject
-);
-
 #[tonic::async_trait]
 impl Notification for NotificationService {
     type DeliverStream = ReplyStream<NotifyAck>;
@@ -93,12 +77,9 @@ impl Notification for NotificationService {
         request: Request<Streaming<NotifyRequest>>,
     ) -> Result<Response<Self::DeliverStream>, Status> {
         let latency = self.latency;
-        Ok(Response::new(self.pool.serve(
-            request,
-            self.shutdown.clone(),
-            MESSAGES,
-            move |req| deliver(req, latency),
-        )))
+        Ok(Response::new(
+            self.pool.serve(request, move |req| deliver(req, latency)),
+        ))
     }
 }
 
@@ -110,22 +91,24 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let mut registry = Registry::with_prefix("sluice_notification");
     let pool = WorkerPool::new(
-        config.service.workers,
-        config.service.reply_queue,
+        PoolConfig {
+            workers: config.service.workers,
+            reply_queue: config.service.reply_queue,
+            stream_workers: config.service.stream_workers,
+        },
         &mut registry,
-    )
-    .with_stream_workers(config.service.stream_workers);
+        shutdown.clone(),
+    );
     let service = NotificationService {
         latency: config.latency,
         pool: pool.clone(),
-        shutdown: shutdown.clone(),
     };
     let service = NotificationServer::new(service)
         .max_decoding_message_size(config.server.h2.max_message_size);
-    sluice_core::server::run_service(
+    sluice_runtime::run_service(
         listeners,
         &config.server,
-        config.service.admin_token.clone(),
+        &config.service.admin_token,
         pool,
         registry,
         service,

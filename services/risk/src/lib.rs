@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use prometheus_client::registry::Registry;
 use sluice_core::CancellationToken;
-use sluice_core::server::{CommonServerArgs, Listeners, ServeError, ServiceArgs};
-use sluice_core::worker_pool::ReplyStream;
-use sluice_core::worker_pool::{Messages, WorkerPool};
+use sluice_core::server::{CommonServerArgs, Listeners, ServeError};
+use sluice_proto::hop::HopReply as _;
 use sluice_proto::pb::risk_server::{Risk, RiskServer};
-use sluice_proto::pb::{self, RiskRequest, RiskVerdict};
+use sluice_proto::pb::{RiskRequest, RiskVerdict};
+use sluice_runtime::pool::PoolConfig;
+use sluice_runtime::{ReplyStream, ServiceArgs, WorkerPool};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::rules::{RiskRules, VelocityTracker};
@@ -94,7 +95,10 @@ impl Scorer {
     async fn assess(self: Arc<Self>, request: RiskRequest) -> RiskVerdict {
         let correlation_id = request.correlation_id;
         let Some(txn) = request.transaction else {
-            return reject(&request, Status::invalid_argument("transaction: missing"));
+            return RiskVerdict::failed(
+                correlation_id,
+                &Status::invalid_argument("transaction: missing"),
+            );
         };
         if !self.cost.is_zero() {
             let cost = self.cost;
@@ -118,17 +122,6 @@ impl Scorer {
     }
 }
 
-fn reject(request: &RiskRequest, status: Status) -> RiskVerdict {
-    RiskVerdict {
-        correlation_id: request.correlation_id,
-        error: Some(pb::Error::from_status(&status)),
-        ..Default::default()
-    }
-}
-
-const MESSAGES: Messages<RiskRequest, RiskVerdict> =
-    sluice_core::downstream_messages!("mesh.v1.Risk", "Assess", RiskRequest, RiskVerdict, reject);
-
 fn busy_work(cost: Duration) {
     let end = Instant::now() + cost;
     while Instant::now() < end {
@@ -139,7 +132,6 @@ fn busy_work(cost: Duration) {
 struct RiskService {
     scorer: Arc<Scorer>,
     pool: WorkerPool,
-    shutdown: CancellationToken,
 }
 
 #[tonic::async_trait]
@@ -151,12 +143,10 @@ impl Risk for RiskService {
         request: Request<Streaming<RiskRequest>>,
     ) -> Result<Response<Self::AssessStream>, Status> {
         let scorer = self.scorer.clone();
-        Ok(Response::new(self.pool.serve(
-            request,
-            self.shutdown.clone(),
-            MESSAGES,
-            move |req| scorer.clone().assess(req),
-        )))
+        Ok(Response::new(
+            self.pool
+                .serve(request, move |req| scorer.clone().assess(req)),
+        ))
     }
 }
 
@@ -168,11 +158,14 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let mut registry = Registry::with_prefix("sluice_risk");
     let pool = WorkerPool::new(
-        config.service.workers,
-        config.service.reply_queue,
+        PoolConfig {
+            workers: config.service.workers,
+            reply_queue: config.service.reply_queue,
+            stream_workers: config.service.stream_workers,
+        },
         &mut registry,
-    )
-    .with_stream_workers(config.service.stream_workers);
+        shutdown.clone(),
+    );
     let scorer = Arc::new(Scorer {
         rules: config.rules(),
         velocity: Mutex::new(VelocityTracker::new(
@@ -185,14 +178,13 @@ pub async fn serve(
     let service = RiskService {
         scorer,
         pool: pool.clone(),
-        shutdown: shutdown.clone(),
     };
     let service =
         RiskServer::new(service).max_decoding_message_size(config.server.h2.max_message_size);
-    sluice_core::server::run_service(
+    sluice_runtime::run_service(
         listeners,
         &config.server,
-        config.service.admin_token.clone(),
+        &config.service.admin_token,
         pool,
         registry,
         service,

@@ -1,35 +1,42 @@
 //! `mesh.v1.Control`: fault injection over gRPC, guarded by a bearer token (see
-//! [`crate::admin_token`] for where it comes from; only `--insecure-no-auth` turns it off).
+//! [`sluice_core::admin_token`] for where it comes from; only `--insecure-no-auth` turns it
+//! off).
 //!
-//! Every service serves it over the same [`WorkerPool`] that does its work, so `stall`,
-//! `workers`, `delay_ms`, `jitter_ms` and `error_rate` act exactly where real slowness would.
+//! Every service serves it over the same [`WorkerPool`] that does its work, so the faults
+//! act exactly where real slowness would: `stall` and `workers` in the pool (they are about
+//! reading), `delay_ms`, `jitter_ms` and `error_rate` in the [fault layer](crate::faults)
+//! around the work.
 
+use sluice_core::admin_token::AdminAuth;
+use sluice_core::auth::RequireBearer;
 use sluice_proto::pb::control_server::{Control, ControlServer};
 use sluice_proto::pb::{Faults, GetFaultsRequest};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
-use crate::admin_token::AdminAuth;
-use crate::auth::RequireBearer;
-use crate::worker_pool::{MAX_WORKERS, WorkerPool};
+use crate::pool::{MAX_WORKERS, WorkerPool};
 
-/// Largest `delay_ms` / `jitter_ms` accepted.
+/// Largest `delay_ms` / `jitter_ms` accepted: a minute per message is already far past any
+/// deadline the gateway sets.
 pub const MAX_DELAY_MS: u32 = 60_000;
 
 /// Checks a `Faults` message; the error names the field.
 pub fn validate(f: &Faults) -> Result<(), Status> {
-    let bad = |field: &str, rule: &str| Err(Status::invalid_argument(format!("{field}: {rule}")));
+    let bad = |field: &str, rule: String| Err(Status::invalid_argument(format!("{field}: {rule}")));
     if f.delay_ms > MAX_DELAY_MS {
-        return bad("delay_ms", "must be 0-60000");
+        return bad("delay_ms", format!("must be 0-{MAX_DELAY_MS}"));
     }
     if f.jitter_ms > MAX_DELAY_MS {
-        return bad("jitter_ms", "must be 0-60000");
+        return bad("jitter_ms", format!("must be 0-{MAX_DELAY_MS}"));
     }
     if !(0.0..=1.0).contains(&f.error_rate) {
-        return bad("error_rate", "must be between 0 and 1");
+        return bad("error_rate", "must be between 0 and 1".into());
     }
     if f.workers as usize > MAX_WORKERS {
-        return bad("workers", "must be 0 (the configured size) to 10000");
+        return bad(
+            "workers",
+            format!("must be 0 (the configured size) to {MAX_WORKERS}"),
+        );
     }
     Ok(())
 }
