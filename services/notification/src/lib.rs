@@ -4,52 +4,25 @@
 //!
 //! The gateway treats notification as best effort: when this service is slow its queue in
 //! the gateway fills and new notices are shed, never holding a transaction back.
+//!
+//! - [`flags`]: the command line as given; [`config`]: what it means, checked.
+//! - this module: the gRPC service over the [worker pool](sluice_runtime::pool).
 
-use std::net::SocketAddr;
+pub mod config;
+pub mod flags;
+
 use std::time::Duration;
 
-use clap::Parser;
 use prometheus_client::registry::Registry;
 use sluice_core::CancellationToken;
-use sluice_core::server::{CommonServerArgs, Listeners, ServeError};
+use sluice_core::server::{Listeners, ServeError};
 use sluice_proto::pb::notification_server::{Notification, NotificationServer};
 use sluice_proto::pb::{NotificationStatus, NotifyAck, NotifyRequest};
-use sluice_runtime::pool::PoolConfig;
-use sluice_runtime::{ReplyStream, ServiceArgs, WorkerPool};
+use sluice_runtime::{ReplyStream, WorkerPool};
 use tonic::{Request, Response, Status, Streaming};
 
-/// Default gRPC address.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:50053";
-/// Default admin (metrics, health) address.
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9103";
-
-/// `sluice-notification`: simulated best-effort delivery of transaction notices.
-///
-/// Every flag can also be set through the environment variable shown.
-#[derive(Debug, Clone, Parser)]
-#[command(name = "sluice-notification", version)]
-pub struct Config {
-    /// gRPC listen address.
-    #[arg(long, env = "SLUICE_LISTEN", default_value = DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
-    /// Admin HTTP listen address (/metrics, /healthz).
-    #[arg(long, env = "SLUICE_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
-    pub admin_listen: SocketAddr,
-    /// Simulated delivery latency per notice, e.g. 2ms.
-    #[arg(long, env = "SLUICE_LATENCY", default_value = "2ms", value_parser = sluice_core::parse_duration)]
-    pub latency: Duration,
-    #[command(flatten)]
-    pub service: ServiceArgs,
-    #[command(flatten)]
-    pub server: CommonServerArgs,
-}
-
-impl Config {
-    /// Defaults, as if no flag were given.
-    pub fn defaults() -> Self {
-        Self::parse_from(["sluice-notification"])
-    }
-}
+pub use crate::config::Config;
+pub use crate::flags::Flags;
 
 struct NotificationService {
     latency: Duration,
@@ -90,15 +63,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let mut registry = Registry::with_prefix("sluice_notification");
-    let pool = WorkerPool::new(
-        PoolConfig {
-            workers: config.service.workers,
-            reply_queue: config.service.reply_queue,
-            stream_workers: config.service.stream_workers,
-        },
-        &mut registry,
-        shutdown.clone(),
-    );
+    let pool = WorkerPool::new(config.service.pool, &mut registry, shutdown.clone());
     let service = NotificationService {
         latency: config.latency,
         pool: pool.clone(),
@@ -115,13 +80,4 @@ pub async fn serve(
         shutdown,
     )
     .await
-}
-
-#[cfg(test)]
-mod cli_tests {
-    #[test]
-    fn cli_is_well_formed() {
-        use clap::CommandFactory;
-        super::Config::command().debug_assert();
-    }
 }

@@ -1,8 +1,10 @@
-use clap::Parser;
-use sluice_notification::{Config, serve};
+use sluice_notification::{Config, Flags, serve};
 
 fn main() -> std::process::ExitCode {
-    let config = Config::parse();
+    let config: Config = match sluice_runtime::flags::config::<Flags, _>("sluice-notification") {
+        Ok(config) => config,
+        Err(exit) => return exit,
+    };
     let telemetry = config.server.telemetry.clone();
     sluice_core::server::main_with(
         "sluice-notification",

@@ -53,6 +53,21 @@ where
     Ok(value)
 }
 
+/// `Err` naming `flag` unless `min <= value`.
+pub fn at_least<T>(flag: &'static str, value: T, min: T) -> Result<T, BadFlag>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if value < min {
+        return Err(BadFlag::new(
+            flag,
+            &value,
+            format!("must be at least {min}"),
+        ));
+    }
+    Ok(value)
+}
+
 /// Parses a duration flag such as `250ms`, `5s` or `2m` (clap `value_parser`). The flag's
 /// type is [`humantime::Duration`] because it prints back in the same form, which lets
 /// clap show a `DEFAULT_*` `std::time::Duration` constant as the default
