@@ -2,197 +2,65 @@
 //! `mesh.v1.Logging/Append` (one long-lived bidirectional stream per gateway worker; each
 //! append acknowledged only after fsync) and `mesh.v1.Logging/Read` (stored records, in
 //! offset order).
+//!
+//! - [`flags`]: the command line as given; [`config`]: what serving it means, checked;
+//!   [`commands`]: `check` and `repair`, run instead of the server.
+//! - [`frame`] → [`recovery`] → [`log`]: one record on disk, the scan on open, the log.
+//! - this module: the gRPC service, Append over the [worker pool](sluice_runtime::pool).
 
+pub mod commands;
+pub mod config;
+pub mod flags;
 pub mod frame;
 pub mod log;
 pub mod recovery;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-
-use clap::Parser;
 use prometheus_client::registry::Registry;
 use sluice_core::auth::RequireBearer;
-use sluice_core::server::{CommonServerArgs, Listeners, ServeError};
+use sluice_core::server::{Listeners, ServeError};
 use sluice_core::{CancellationToken, deadline};
+use sluice_proto::hop::HopReply as _;
 use sluice_proto::pb::logging_server::{Logging, LoggingServer};
-use sluice_proto::pb::{self, AppendAck, AppendRequest, AuditEntry, ReadRequest, Transaction};
-use sluice_runtime::pool::PoolConfig;
-use sluice_runtime::{ReplyStream, ServiceArgs, WorkerPool};
+use sluice_proto::pb::{AppendAck, AppendRequest, AuditEntry, ReadRequest, Transaction};
+use sluice_proto::validate;
+use sluice_runtime::{ReplyStream, WorkerPool};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::log::{AuditError, AuditLog};
+pub use crate::config::Config;
+pub use crate::flags::Flags;
+use crate::log::{Appended, AuditError, AuditLog};
 
-/// Default gRPC address.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:50054";
-/// Default admin (metrics, health) address.
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9104";
-/// Default data directory.
-pub const DEFAULT_DATA_DIR: &str = "data/logging";
-/// Records read from disk per step of a `Read` stream; also its send queue's capacity.
+/// Records read from disk per step of a `Read` stream; also its send queue's capacity. A
+/// reader that does not keep up holds at most this many records here.
 pub const DEFAULT_READ_CHUNK: usize = 256;
-
-/// `sluice-logging`: the durable audit log of the Sluice mesh.
-///
-/// Appends are written to `<data-dir>/audit.log` and acknowledged only after fsync; many
-/// appends share one fsync (group commit). Appending an id already in the log with the same
-/// payload writes nothing and returns the original offset; with a different payload it is
-/// refused (ALREADY_EXISTS). On start the log rebuilds its index and cuts a torn tail (the
-/// last write, never acknowledged); any other damage stops the start with exit code 65 —
-/// see `check` and `repair`. Every flag can also be set through the environment variable
-/// shown.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "sluice-logging",
-    version,
-    args_conflicts_with_subcommands = true
-)]
-pub struct Config {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    /// gRPC listen address.
-    #[arg(long, env = "SLUICE_LISTEN", default_value = DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
-    /// Admin HTTP listen address (/metrics, /healthz).
-    #[arg(long, env = "SLUICE_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
-    pub admin_listen: SocketAddr,
-    /// Directory holding the audit log (created if missing).
-    #[arg(long, env = "SLUICE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-    pub data_dir: PathBuf,
-    /// Appends waiting for the writer thread. When full, appending workers wait.
-    #[arg(long, env = "SLUICE_APPEND_QUEUE", default_value_t = log::DEFAULT_APPEND_QUEUE)]
-    pub append_queue: usize,
-    /// Most records written and fsync'ed together (group commit).
-    #[arg(long, env = "SLUICE_MAX_BATCH", default_value_t = log::DEFAULT_MAX_BATCH)]
-    pub max_batch: usize,
-    /// Token that Append and Read require (`authorization: Bearer <token>`); the gateway
-    /// and `sluice-loadgen verify` send theirs with the same flag. Unset = no check.
-    #[arg(long, env = "SLUICE_MESH_TOKEN", hide_env_values = true)]
-    pub mesh_token: Option<String>,
-    #[command(flatten)]
-    pub service: ServiceArgs,
-    #[command(flatten)]
-    pub server: CommonServerArgs,
-}
-
-/// Operator commands on a data directory, run instead of the server.
-#[derive(Debug, Clone, clap::Subcommand)]
-pub enum Command {
-    /// Scans the audit log and reports what it finds; changes nothing. Exit code 0 when the
-    /// log would open (clean, or only a torn tail, which a start cuts), 65 when it is damaged.
-    Check {
-        /// Directory holding the audit log.
-        #[arg(long, env = "SLUICE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
-    },
-    /// Moves every damaged region (and a torn tail) to a quarantine file beside the log
-    /// (`audit.log.quarantine.<start>-<end>`) and rewrites the log without it: valid records
-    /// keep their offsets, quarantined offsets are never handed out again. Stop the service
-    /// first.
-    Repair {
-        /// Directory holding the audit log.
-        #[arg(long, env = "SLUICE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
-    },
-}
-
-/// Runs `check` or `repair`, printing a report on stdout; returns the exit code.
-pub fn run_command(command: &Command) -> std::process::ExitCode {
-    use std::process::ExitCode;
-    let (dir, repairing) = match command {
-        Command::Check { data_dir } => (data_dir, false),
-        Command::Repair { data_dir } => (data_dir, true),
-    };
-    let path = dir.join(log::LOG_FILE);
-    let scanned = if repairing {
-        recovery::repair(dir).map(|r| (r.before, Some(r.quarantined)))
-    } else {
-        recovery::check(dir).map(|s| (s, None))
-    };
-    let (scan, quarantined) = match scanned {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("sluice-logging: cannot read {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
-    };
-    println!("{}: {} bytes", path.display(), scan.len);
-    println!(
-        "records: {} (offsets 1-{}{})",
-        scan.records,
-        scan.next_offset - 1,
-        if scan.gap_offsets > 0 {
-            format!(", {} quarantined earlier", scan.gap_offsets)
-        } else {
-            String::new()
-        }
-    );
-    for d in &scan.damage {
-        let lost = if d.lost_through >= d.lost_from {
-            format!("offsets {}-{}", d.lost_from, d.lost_through)
-        } else {
-            "no offset".to_string()
-        };
-        println!(
-            "DAMAGED bytes {}-{} ({} bytes, {}; first frame: {}); valid records follow",
-            d.start,
-            d.end,
-            d.end - d.start,
-            lost,
-            d.reason
-        );
-    }
-    if let Some(t) = &scan.torn_tail {
-        println!(
-            "torn tail: bytes {}-{} ({} bytes: {}), the last write, never acknowledged",
-            t.start, scan.len, t.len, t.reason
-        );
-    }
-    match quarantined {
-        Some(files) if files.is_empty() => println!("nothing to repair"),
-        Some(files) => {
-            for f in &files {
-                println!("quarantined: {}", f.display());
-            }
-            println!(
-                "repaired: the log now holds {} records; the next record gets offset {}",
-                scan.records, scan.next_offset
-            );
-        }
-        None if !scan.damage.is_empty() => {
-            println!(
-                "verdict: DAMAGED — the service will not start; run `sluice-logging repair --data-dir {}`",
-                dir.display()
-            );
-            return ExitCode::from(sluice_core::server::EXIT_DATA_DAMAGED);
-        }
-        None if scan.torn_tail.is_some() => {
-            println!("verdict: OK — the torn tail is cut on the next start")
-        }
-        None => println!("verdict: OK"),
-    }
-    ExitCode::SUCCESS
-}
-
-impl Config {
-    /// Defaults, as if no flag were given.
-    pub fn defaults() -> Self {
-        Self::parse_from(["sluice-logging"])
-    }
-}
 
 struct LoggingService {
     log: AuditLog,
     pool: WorkerPool,
+    /// Ends `Read` streams (Append streams end through the pool).
     shutdown: CancellationToken,
 }
 
-fn error(code: tonic::Code, message: impl Into<String>) -> Option<pb::Error> {
-    Some(pb::Error {
-        code: code as i32,
-        message: message.into(),
-    })
+/// Why an append stored nothing.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("transaction: missing")]
+    Missing,
+    /// The gateway's own rules: a peer that skips the gateway stores nothing it would refuse.
+    #[error(transparent)]
+    Invalid(#[from] validate::Invalid),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+impl From<Refused> for Status {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Audit(e) => e.into(),
+            Refused::Missing | Refused::Invalid(_) => Status::invalid_argument(refused.to_string()),
+        }
+    }
 }
 
 /// The trace id the transaction's own trace context carries (W3C or B3, through the
@@ -208,20 +76,23 @@ fn trace_id(txn: &Transaction) -> String {
     }
 }
 
+/// One Append message: the work the pool runs.
 async fn append(log: AuditLog, request: AppendRequest) -> AppendAck {
     let correlation_id = request.correlation_id;
-    let refuse = |code, message: &str| AppendAck {
-        correlation_id,
-        error: error(code, message),
-        ..Default::default()
-    };
-    let Some(txn) = request.transaction else {
-        return refuse(tonic::Code::InvalidArgument, "transaction: missing");
-    };
-    // The gateway's own rules: a peer that skips the gateway stores nothing it would refuse.
-    if let Err(invalid) = sluice_proto::validate::transaction(&txn) {
-        return refuse(tonic::Code::InvalidArgument, &invalid.to_string());
+    match store(&log, request.transaction).await {
+        Ok(appended) => AppendAck {
+            correlation_id,
+            offset: appended.offset,
+            duplicate: appended.duplicate,
+            error: None,
+        },
+        Err(refused) => AppendAck::failed(correlation_id, &refused.into()),
     }
+}
+
+async fn store(log: &AuditLog, txn: Option<Transaction>) -> Result<Appended, Refused> {
+    let txn = txn.ok_or(Refused::Missing)?;
+    validate::transaction(&txn)?;
     let record = AuditEntry {
         offset: 0,
         trace_id: trace_id(&txn),
@@ -233,17 +104,7 @@ async fn append(log: AuditLog, request: AppendRequest) -> AppendAck {
         appended_unix_ms: deadline::now_unix_ms(),
         ..Default::default()
     };
-    match log.append(record).await {
-        Ok(a) => AppendAck {
-            correlation_id,
-            offset: a.offset,
-            duplicate: a.duplicate,
-            error: None,
-        },
-        Err(e @ AuditError::TooLarge(_)) => refuse(tonic::Code::InvalidArgument, &e.to_string()),
-        Err(e @ AuditError::Conflict) => refuse(tonic::Code::AlreadyExists, &e.to_string()),
-        Err(e) => refuse(tonic::Code::Unavailable, &e.to_string()),
-    }
+    Ok(log.append(record).await?)
 }
 
 #[tonic::async_trait]
@@ -287,7 +148,7 @@ impl Logging for LoggingService {
                         Ok(Ok(entries)) if !entries.is_empty() => entries,
                         Ok(Ok(_)) => break,
                         Ok(Err(e)) => {
-                            let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                            let _ = tx.send(Err(e.into())).await;
                             return;
                         }
                         Err(e) => {
@@ -328,15 +189,7 @@ pub async fn serve(
     })?;
     tracing::info!(path = %config.data_dir.display(), records = log.len(), "audit log open");
     log.report_health(listeners.readiness());
-    let pool = WorkerPool::new(
-        PoolConfig {
-            workers: config.service.workers,
-            reply_queue: config.service.reply_queue,
-            stream_workers: config.service.stream_workers,
-        },
-        &mut registry,
-        shutdown.clone(),
-    );
+    let pool = WorkerPool::new(config.service.pool, &mut registry, shutdown.clone());
     let service = LoggingService {
         log: log.clone(),
         pool: pool.clone(),
@@ -346,15 +199,16 @@ pub async fn serve(
         LoggingServer::new(service).max_decoding_message_size(config.server.h2.max_message_size),
         RequireBearer::new(config.mesh_token.clone(), "the service's --mesh-token"),
     );
+    // A generated Control token goes beside the audit log.
+    let admin_token = config
+        .service
+        .admin_token
+        .clone()
+        .generate_in(&config.data_dir);
     let result = sluice_runtime::run_service(
         listeners,
         &config.server,
-        // A generated Control token goes beside the audit log.
-        &config
-            .service
-            .admin_token
-            .clone()
-            .generate_in(&config.data_dir),
+        &admin_token,
         pool,
         registry,
         service,
@@ -393,13 +247,19 @@ mod tests {
         );
         assert_eq!(trace_id(&txn), "4bf92f3577b34da6a3ce929d0e0e4736");
     }
-}
 
-#[cfg(test)]
-mod cli_tests {
     #[test]
-    fn cli_is_well_formed() {
-        use clap::CommandFactory;
-        super::Config::command().debug_assert();
+    fn refusals_become_the_status_a_client_can_act_on() {
+        let code = |r: Refused| Status::from(r).code();
+        assert_eq!(code(Refused::Missing), tonic::Code::InvalidArgument);
+        let invalid = validate::transaction(&Transaction::default()).unwrap_err();
+        assert_eq!(code(invalid.into()), tonic::Code::InvalidArgument);
+        assert_eq!(
+            code(AuditError::Conflict.into()),
+            tonic::Code::AlreadyExists
+        );
+        assert_eq!(code(AuditError::Closed.into()), tonic::Code::Unavailable);
+        let too_large = AuditError::TooLarge(frame::TooLarge(70_000));
+        assert_eq!(code(too_large.into()), tonic::Code::InvalidArgument);
     }
 }

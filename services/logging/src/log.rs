@@ -90,6 +90,24 @@ pub enum AuditError {
     },
 }
 
+/// The status a caller sees for an audit failure; the one place the audit log's errors
+/// become gRPC codes.
+impl From<AuditError> for tonic::Status {
+    fn from(e: AuditError) -> Self {
+        let code = match &e {
+            // The record itself is at fault: retrying it cannot help.
+            AuditError::TooLarge(_) => tonic::Code::InvalidArgument,
+            AuditError::Conflict => tonic::Code::AlreadyExists,
+            // The disk or the writer: another replica, or this one later, may take it.
+            AuditError::Io { .. } | AuditError::Closed | AuditError::Poisoned(_) => {
+                tonic::Code::Unavailable
+            }
+            AuditError::Damaged { .. } => tonic::Code::DataLoss,
+        };
+        tonic::Status::new(code, e.to_string())
+    }
+}
+
 /// What an append returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {

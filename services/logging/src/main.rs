@@ -1,11 +1,18 @@
-use clap::Parser;
-use sluice_logging::{Config, serve};
+use sluice_logging::{Config, Flags, commands, serve};
+use sluice_runtime::flags;
 
 fn main() -> std::process::ExitCode {
-    let config = Config::parse();
-    if let Some(command) = &config.command {
-        return sluice_logging::run_command(command);
+    let parsed: Flags = match flags::parse() {
+        Ok(parsed) => parsed,
+        Err(exit) => return exit,
+    };
+    if let Some(command) = &parsed.command {
+        return commands::run(command);
     }
+    let config: Config = match flags::validate("sluice-logging", parsed) {
+        Ok(config) => config,
+        Err(exit) => return exit,
+    };
     let telemetry = config.server.telemetry.clone();
     sluice_core::server::main_with(
         "sluice-logging",

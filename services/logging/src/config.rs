@@ -1,0 +1,103 @@
+//! The logging service's configuration: the serving flags of [`crate::Flags`] checked. A
+//! value that cannot work is refused here, by flag name, before anything starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser as _;
+use sluice_core::server::CommonServerArgs;
+use sluice_runtime::ServiceConfig;
+use sluice_runtime::flags::{BadFlag, in_range};
+
+use crate::flags::Flags;
+
+/// Largest `--append-queue`: far past any useful depth, low enough that a typo cannot ask
+/// for gigabytes.
+pub const MAX_APPEND_QUEUE: usize = 1 << 20;
+/// Largest `--max-batch`: one write of this many records (each up to 64 KiB) is buffered
+/// before its fsync.
+pub const MAX_BATCH: usize = 1 << 14;
+
+/// What the logging service runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// Holds `audit.log` (and a generated Control token).
+    pub data_dir: PathBuf,
+    /// Appends waiting for the writer thread.
+    pub append_queue: usize,
+    /// Most records written and fsync'ed together.
+    pub max_batch: usize,
+    /// The token Append and Read require; `None`: no check.
+    pub mesh_token: Option<String>,
+    pub service: ServiceConfig,
+    pub server: CommonServerArgs,
+}
+
+impl Config {
+    /// Defaults, as if no flag were given.
+    pub fn defaults() -> Self {
+        Self::try_from(Flags::parse_from(["sluice-logging"]))
+            .expect("the default flags are valid (tested)")
+    }
+}
+
+impl TryFrom<Flags> for Config {
+    type Error = BadFlag;
+
+    /// The serving flags; a subcommand (`check`, `repair`) is not looked at.
+    fn try_from(flags: Flags) -> Result<Self, BadFlag> {
+        Ok(Self {
+            listen: flags.listen,
+            admin_listen: flags.admin_listen,
+            data_dir: flags.data_dir,
+            append_queue: in_range("append-queue", flags.append_queue, 1, MAX_APPEND_QUEUE)?,
+            max_batch: in_range("max-batch", flags.max_batch, 1, MAX_BATCH)?,
+            mesh_token: flags.mesh_token.filter(|t| !t.is_empty()),
+            service: flags.service.try_into()?,
+            server: flags.server,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+    use crate::log;
+
+    fn config(args: &[&str]) -> Result<Config, BadFlag> {
+        let mut argv = vec!["sluice-logging"];
+        argv.extend_from_slice(args);
+        Config::try_from(Flags::parse_from(argv))
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Flags::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_are_valid_and_are_the_named_constants() {
+        let c = Config::defaults();
+        assert_eq!(c.append_queue, log::DEFAULT_APPEND_QUEUE);
+        assert_eq!(c.max_batch, log::DEFAULT_MAX_BATCH);
+        assert_eq!(c.data_dir, PathBuf::from(crate::flags::DEFAULT_DATA_DIR));
+        assert_eq!(c.mesh_token, None);
+    }
+
+    #[test]
+    fn values_that_cannot_work_are_refused_by_flag() {
+        for (args, flag) in [
+            (&["--append-queue", "0"][..], "append-queue"),
+            (&["--max-batch", "0"], "max-batch"),
+            (&["--max-batch", "16385"], "max-batch"),
+            (&["--reply-queue", "0"], "reply-queue"),
+        ] {
+            assert_eq!(config(args).unwrap_err().flag, flag, "{args:?}");
+        }
+        assert_eq!(config(&["--mesh-token", ""]).unwrap().mesh_token, None);
+    }
+}

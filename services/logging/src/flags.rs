@@ -1,0 +1,82 @@
+//! The logging service's command line, as given: serve (the default) or an operator command
+//! on a data directory. [`crate::Config`] is what the serving flags mean once checked.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use sluice_core::server::CommonServerArgs;
+use sluice_runtime::ServiceArgs;
+
+use crate::log;
+
+/// Default gRPC address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50054";
+/// Default admin (metrics, health) address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9104";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "data/logging";
+
+/// `sluice-logging`: the durable audit log of the Sluice mesh.
+///
+/// Appends are written to `<data-dir>/audit.log` and acknowledged only after fsync; many
+/// appends share one fsync (group commit). Appending an id already in the log with the same
+/// payload writes nothing and returns the original offset; with a different payload it is
+/// refused (ALREADY_EXISTS). On start the log rebuilds its index and cuts a torn tail (the
+/// last write, never acknowledged); any other damage stops the start with exit code 65 —
+/// see `check` and `repair`. Every flag can also be set through the environment variable
+/// shown.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "sluice-logging",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Flags {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// gRPC listen address.
+    #[arg(long, env = "SLUICE_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Admin HTTP listen address (/metrics, /healthz).
+    #[arg(long, env = "SLUICE_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: SocketAddr,
+    /// Directory holding the audit log (created if missing).
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Appends waiting for the writer thread. When full, appending workers wait.
+    #[arg(long, env = "SLUICE_APPEND_QUEUE", default_value_t = log::DEFAULT_APPEND_QUEUE)]
+    pub append_queue: usize,
+    /// Most records written and fsync'ed together (group commit).
+    #[arg(long, env = "SLUICE_MAX_BATCH", default_value_t = log::DEFAULT_MAX_BATCH)]
+    pub max_batch: usize,
+    /// Token that Append and Read require (`authorization: Bearer <token>`); the gateway
+    /// and `sluice-loadgen verify` send theirs with the same flag. Unset or empty = no check.
+    #[arg(long, env = "SLUICE_MESH_TOKEN", hide_env_values = true)]
+    pub mesh_token: Option<String>,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    #[command(flatten)]
+    pub server: CommonServerArgs,
+}
+
+/// Operator commands on a data directory, run instead of the server.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Scans the audit log and reports what it finds; changes nothing. Exit code 0 when the
+    /// log would open (clean, or only a torn tail, which a start cuts), 65 when it is damaged.
+    Check {
+        /// Directory holding the audit log.
+        #[arg(long, env = "SLUICE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+    /// Moves every damaged region (and a torn tail) to a quarantine file beside the log
+    /// (`audit.log.quarantine.<start>-<end>`) and rewrites the log without it: valid records
+    /// keep their offsets, quarantined offsets are never handed out again. Stop the service
+    /// first.
+    Repair {
+        /// Directory holding the audit log.
+        #[arg(long, env = "SLUICE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+}
