@@ -21,15 +21,6 @@ pub fn tracer() -> BoxedTracer {
     global::tracer("sluice")
 }
 
-/// `rpc.*` attributes for a gRPC method, e.g. `("mesh.v1.Risk", "Assess")`.
-pub fn rpc(service: &'static str, method: &'static str) -> Vec<KeyValue> {
-    vec![
-        KeyValue::new("rpc.system", "grpc"),
-        KeyValue::new("rpc.service", service),
-        KeyValue::new("rpc.method", method),
-    ]
-}
-
 /// Sets `span`'s OpenTelemetry parent to `parent` (a context extracted from metadata or a
 /// message) before the span is first entered, and returns it. A parent without a valid span
 /// leaves the span a root.
@@ -77,27 +68,6 @@ pub fn child_since(parent: &tracing::Span, name: &'static str, since: SystemTime
         .with_start_time(since)
         .start_with_context(&tracer, &cx);
     span.end();
-}
-
-/// Marks the OpenTelemetry span in `cx` failed with a gRPC code and message, and records
-/// an event.
-pub fn fail_cx(cx: &Context, event: &'static str, code: i32, message: &str) {
-    let span = cx.span();
-    span.add_event(
-        event,
-        vec![
-            KeyValue::new("rpc.grpc.status_code", i64::from(code)),
-            KeyValue::new("message", message.to_string()),
-        ],
-    );
-    span.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
-    span.set_status(Status::error(message.to_string()));
-}
-
-/// Marks the OpenTelemetry span in `cx` OK (gRPC code 0).
-pub fn ok_cx(cx: &Context) {
-    cx.span()
-        .set_attribute(KeyValue::new("rpc.grpc.status_code", 0i64));
 }
 
 /// A Unix-microsecond timestamp as a `SystemTime` (None for 0).

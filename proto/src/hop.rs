@@ -59,7 +59,7 @@ pub trait HopReply: prost::Message + Default + Send + Sync + 'static {
 
 /// One `HopRequest` impl: the requests differ only in type and names.
 macro_rules! hop_request {
-    ($req:ty, $reply:ty, $name:literal, $service:literal, $method:literal) => {
+    ($req:ty, $reply:ty, $name:literal, $service:literal, $method:literal $(, failed: { $($field:ident: $value:expr),* })?) => {
         impl HopRequest for $req {
             type Reply = $reply;
             const NAME: &'static str = $name;
@@ -101,10 +101,13 @@ macro_rules! hop_request {
             fn error(&self) -> Option<&pb::Error> {
                 self.error.as_ref()
             }
+            // Some replies have no fields beyond these: the update is then empty.
+            #[allow(clippy::needless_update)]
             fn failed(correlation_id: u64, status: &tonic::Status) -> Self {
                 Self {
                     correlation_id,
                     error: Some(pb::Error::from_status(status)),
+                    $($($field: $value,)*)?
                     ..Default::default()
                 }
             }
@@ -118,7 +121,8 @@ hop_request!(
     NotifyAck,
     "notification",
     "mesh.v1.Notification",
-    "Deliver"
+    "Deliver",
+    failed: { status: pb::NotificationStatus::Failed as i32 }
 );
 hop_request!(
     AppendRequest,
@@ -148,5 +152,8 @@ mod tests {
         let e = ack.error().expect("an error");
         assert_eq!(e.code, tonic::Code::Unavailable as i32);
         assert_eq!(r.deadline_unix_ms(), 7);
+        let notice =
+            NotifyRequest::new(Transaction::default(), 0).reject(&tonic::Status::internal("boom"));
+        assert_eq!(notice.status, pb::NotificationStatus::Failed as i32);
     }
 }
