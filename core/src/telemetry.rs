@@ -133,10 +133,11 @@ pub fn sampler_from_env(name: Option<&str>, arg: Option<&str>) -> Result<Sampler
 /// B3 propagator; the OTLP exporter when an endpoint is configured; and one `tracing`
 /// subscriber with two layers, each with its own filter:
 ///
-/// - **spans → OpenTelemetry** (`tracing-opentelemetry`): Sluice's own spans (targets
-///   `sluice*`), whatever `RUST_LOG` says, so quieting logs never breaks traces. With no
-///   endpoint the global tracer is a no-op that still carries a received trace context from
-///   parent to child, so propagation works with export off.
+/// - **spans → OpenTelemetry** (`tracing-opentelemetry`), when spans are exported: Sluice's
+///   own spans (targets `sluice*`), whatever `RUST_LOG` says, so quieting logs never breaks
+///   traces. With no endpoint there is no such layer and the spans are disabled where they
+///   are made (nearly free); a trace context a client sent is still passed on (see the
+///   gateway's fan-out), but log lines carry no trace ids.
 /// - **events → stderr**, filtered by `RUST_LOG` (default `default_filter`), as text or JSON
 ///   with the current span's trace ids ([`crate::log_format`]).
 ///
@@ -147,7 +148,11 @@ pub fn init(
     default_filter: &str,
 ) -> Result<Telemetry, String> {
     let telemetry = init_export(default_service, args)?;
-    install_subscriber(args.log_format, default_filter);
+    install_subscriber(
+        args.log_format,
+        default_filter,
+        telemetry.provider.is_some(),
+    );
     if let Some(endpoint) = args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
         tracing::info!(%endpoint, queue = args.otlp_queue, "exporting spans over OTLP/gRPC");
     }
@@ -155,7 +160,7 @@ pub fn init(
 }
 
 /// The global subscriber: spans to OpenTelemetry, events to stderr (see [`init`]).
-fn install_subscriber(format: LogFormat, default_filter: &str) {
+fn install_subscriber(format: LogFormat, default_filter: &str, exporting: bool) {
     use tracing_subscriber::filter::{FilterExt as _, LevelFilter, filter_fn};
     use tracing_subscriber::prelude::*;
 
@@ -164,13 +169,21 @@ fn install_subscriber(format: LogFormat, default_filter: &str) {
     // evaluated at run time. Sluice's spans are INFO.
     let sluice_spans = filter_fn(|meta| meta.is_span() && meta.target().starts_with("sluice"))
         .with_max_level_hint(LevelFilter::INFO);
-    let spans = tracing_opentelemetry::layer()
-        .with_tracer(crate::spans::tracer())
-        // Lean spans: the attributes Sluice sets, not code locations, threads or timings.
-        .with_location(false)
-        .with_threads(false)
-        .with_tracked_inactivity(false)
-        .with_filter(sluice_spans);
+    // Only when spans go somewhere: with no layer interested in them, Sluice's spans are
+    // disabled at their call sites and cost next to nothing on the data path.
+    let spans = exporting.then(|| {
+        tracing_opentelemetry::layer()
+            .with_tracer(crate::spans::tracer())
+            // Lean spans: the attributes Sluice sets, not code locations, threads or timings.
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            // Sluice passes contexts explicitly (`span.context()`), never through
+            // `Context::current()`: attaching one on every poll of an instrumented future
+            // would be work for nothing.
+            .with_context_activation(false)
+            .with_filter(sluice_spans)
+    });
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     // Events only: formatting span fields for every span would cost on the data path; a
     // line's trace ids come from the OpenTelemetry layer instead.
@@ -402,6 +415,97 @@ impl SpanProcessor for BoundedExport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An exporter that says when an export starts, holds it until the test opens the
+    /// gate, then succeeds or fails as told, counting the spans it was given.
+    #[derive(Debug)]
+    struct Gated {
+        started: tokio::sync::mpsc::Sender<()>,
+        gate: std::sync::Arc<tokio::sync::Semaphore>,
+        fail: bool,
+        exported: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl SpanExporter for Gated {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            let _ = self.started.try_send(());
+            self.gate.acquire().await.expect("gate").forget();
+            self.exported.fetch_add(batch.len(), Ordering::SeqCst);
+            if self.fail {
+                Err(OTelSdkError::InternalFailure("told to fail".into()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    struct Rig {
+        provider: SdkTracerProvider,
+        started: tokio::sync::mpsc::Receiver<()>,
+        gate: std::sync::Arc<tokio::sync::Semaphore>,
+        exported: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    fn rig(capacity: usize, fail: bool) -> Rig {
+        let (started_tx, started) = tokio::sync::mpsc::channel(64);
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        let exported = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let exporter = Gated {
+            started: started_tx,
+            gate: gate.clone(),
+            fail,
+            exported: exported.clone(),
+        };
+        let processor =
+            BoundedExport::new(exporter, capacity, Duration::from_millis(1), "test".into());
+        Rig {
+            provider: SdkTracerProvider::builder()
+                .with_span_processor(processor)
+                .build(),
+            started,
+            gate,
+            exported,
+        }
+    }
+
+    fn dropped(reason: &'static str) -> u64 {
+        dropped_spans().get_or_create(&DropLabels { reason }).get()
+    }
+
+    /// Ends `n` sampled spans.
+    fn end_spans(provider: &SdkTracerProvider, n: usize) {
+        use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+        let tracer = provider.tracer("test");
+        for _ in 0..n {
+            tracer.start("s").end();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_export_queue_drops_and_counts_and_never_blocks() {
+        let mut rig = rig(4, false);
+        let before = dropped("queue_full");
+        // One span goes out and its export hangs at the gate...
+        end_spans(&rig.provider, 1);
+        rig.started.recv().await.expect("export started");
+        // ...so of the next 20 the queue holds 4 and drops 16, without blocking anyone.
+        end_spans(&rig.provider, 20);
+        assert_eq!(dropped("queue_full") - before, 16);
+        rig.gate.add_permits(1000);
+        rig.provider.force_flush().expect("flush");
+        assert_eq!(rig.exported.load(Ordering::SeqCst), 1 + 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_export_drops_its_batch_and_counts_it() {
+        let rig = rig(64, true);
+        rig.gate.add_permits(1000);
+        let before = dropped("export_failed");
+        end_spans(&rig.provider, 3);
+        rig.provider.force_flush().expect("flush");
+        assert_eq!(rig.exported.load(Ordering::SeqCst), 3);
+        assert_eq!(dropped("export_failed") - before, 3);
+    }
 
     #[test]
     fn sampler_from_env_vars() {

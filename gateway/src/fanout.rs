@@ -44,11 +44,24 @@ fn hop<R: HopRequest>(parent: &tracing::Span) -> tracing::Span {
     )
 }
 
-/// `txn` with its trace context replaced by the hop's (every format, nothing stale).
-fn carrying(txn: &Transaction, hop: &tracing::Span) -> Transaction {
+/// `txn` with its trace context replaced by the hop's (every format, nothing stale). With
+/// spans off (no export), the hop span has no context: the caller's own context (`parent`)
+/// goes on instead, so a client's trace still reaches every hop and the audit record.
+fn carrying(
+    txn: &Transaction,
+    hop: &tracing::Span,
+    parent: &opentelemetry::Context,
+) -> Transaction {
+    use opentelemetry::trace::TraceContextExt as _;
     let mut t = txn.clone();
     t.trace_context.clear();
-    sluice_core::propagation::inject_map(&hop.context(), &mut t.trace_context);
+    let cx = hop.context();
+    let cx = if cx.span().span_context().is_valid() {
+        &cx
+    } else {
+        parent
+    };
+    sluice_core::propagation::inject_map(cx, &mut t.trace_context);
     t
 }
 
@@ -99,13 +112,14 @@ impl Fanout {
     }
 
     /// Admits `txn` (already validated) to the downstream queues; `parent` is the ingress
-    /// span the hop spans go under.
+    /// span the hop spans go under, `caller` the context the client sent.
     pub async fn dispatch(
         &self,
         txn: Transaction,
         deadline: Instant,
         admission: Admission,
         parent: &tracing::Span,
+        caller: &opentelemetry::Context,
     ) -> Result<Dispatched, Status> {
         let (risk_hop, audit_hop) = (hop::<RiskRequest>(parent), hop::<AppendRequest>(parent));
         let (mut risk, mut logging) = (
@@ -142,14 +156,16 @@ impl Fanout {
             return Err(status);
         }
         let deadline_unix_ms = sluice_core::deadline::to_unix_ms(deadline);
-        let notification = self.notify(&txn, deadline, deadline_unix_ms, parent).await;
+        let notification = self
+            .notify(&txn, deadline, deadline_unix_ms, parent, caller)
+            .await;
         let risk = risk.call(HopCall {
-            request: RiskRequest::new(carrying(&txn, &risk_hop), deadline_unix_ms),
+            request: RiskRequest::new(carrying(&txn, &risk_hop, caller), deadline_unix_ms),
             deadline,
             span: risk_hop,
         });
         let audit = logging.call(HopCall {
-            request: AppendRequest::new(carrying(&txn, &audit_hop), deadline_unix_ms),
+            request: AppendRequest::new(carrying(&txn, &audit_hop, caller), deadline_unix_ms),
             deadline,
             span: audit_hop,
         });
@@ -170,12 +186,13 @@ impl Fanout {
         deadline: Instant,
         deadline_unix_ms: i64,
         parent: &tracing::Span,
+        caller: &opentelemetry::Context,
     ) -> NotificationStatus {
         let span = hop::<NotifyRequest>(parent);
         let mut notification = self.notification.service(Admission::Immediate);
         match notification.ready().await {
             Ok(_) => {
-                let request = NotifyRequest::new(carrying(txn, &span), deadline_unix_ms);
+                let request = NotifyRequest::new(carrying(txn, &span, caller), deadline_unix_ms);
                 // Best effort: the reply future is dropped; the hop span ends on the reply.
                 drop(notification.call(HopCall {
                     request,

@@ -45,7 +45,13 @@ impl Service<TxnRequest> for Dispatch {
             let txn = std::mem::take(&mut request.txn);
             let dispatched = this
                 .fanout
-                .dispatch(txn, request.deadline, admission, &request.span)
+                .dispatch(
+                    txn,
+                    request.deadline,
+                    admission,
+                    &request.span,
+                    &request.caller,
+                )
                 .await;
             if api == Api::Stream {
                 let waited = request.arrived.elapsed().as_secs_f64();

@@ -47,6 +47,9 @@ pub(crate) struct TxnRequest {
     pub(crate) deadline: Instant,
     /// The ingress span, set by the trace layer; the hop spans go under it.
     pub(crate) span: tracing::Span,
+    /// The context the caller sent (set by the trace layer): what the hops carry on when
+    /// spans are off.
+    pub(crate) caller: Context,
     /// SubmitStream only: told (or dropped) once the transaction is admitted to every
     /// required queue or refused, so the reader may read the next message.
     pub(crate) admitted: Option<oneshot::Sender<()>>,
@@ -61,6 +64,7 @@ impl TxnRequest {
             arrived,
             deadline: arrived,
             span: tracing::Span::none(),
+            caller: Context::new(),
             admitted: None,
         }
     }
@@ -83,6 +87,7 @@ impl TxnRequest {
             arrived,
             deadline: arrived,
             span: tracing::Span::none(),
+            caller: Context::new(),
             admitted: Some(admitted),
         }
     }

@@ -50,8 +50,9 @@ where
     }
 
     fn call(&mut self, mut request: TxnRequest) -> Self::Future {
-        let span = ingress_span(&request);
+        let (span, caller) = ingress_span(&request);
         request.span = span.clone();
+        request.caller = caller;
         let ending = SpanEnd(Some(span.clone()));
         let outcome = self.inner.call(request).instrument(span);
         Box::pin(async move {
@@ -62,9 +63,10 @@ where
     }
 }
 
-/// The ingress span of one transaction: SERVER `mesh.v1.Gateway/Submit` for a unary call,
-/// CONSUMER `mesh.v1.Gateway/SubmitStream process` for a stream message.
-fn ingress_span(request: &TxnRequest) -> tracing::Span {
+/// The ingress span of one transaction — SERVER `mesh.v1.Gateway/Submit` for a unary call,
+/// CONSUMER `mesh.v1.Gateway/SubmitStream process` for a stream message — and the context
+/// the caller sent (its parent).
+fn ingress_span(request: &TxnRequest) -> (tracing::Span, OtelContext) {
     let own = || propagation::extract_map(&request.txn.trace_context);
     let (span, parent, received) = match &request.origin {
         Origin::Unary { metadata } => {
@@ -117,7 +119,7 @@ fn ingress_span(request: &TxnRequest) -> tracing::Span {
     if !received.is_empty() {
         span.record("sluice.propagation.received", received.as_str());
     }
-    spans::with_parent(span, parent)
+    (spans::with_parent(span, parent.clone()), parent)
 }
 
 /// Ends the ingress span with the transaction's result; dropped unfinished (the caller went

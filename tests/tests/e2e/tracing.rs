@@ -537,3 +537,26 @@ async fn latency_buckets_carry_trace_ids_as_exemplars() {
         })
         .await;
 }
+
+/// With span export off, the gateway makes no spans of its own, yet a client's trace
+/// context still reaches every hop: the audit record names the client's trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_export_off_a_clients_trace_still_reaches_the_audit_log() {
+    let mesh = Mesh::start().await;
+    let mut gw = mesh.gateway().await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request = tonic::Request::new(txn("export-off-1"));
+    request.metadata_mut().insert(
+        "traceparent",
+        MetadataValue::try_from(format!("00-{trace}-00f067aa0ba902b7-01")).unwrap(),
+    );
+    let outcome = gw.submit(request).await.expect("submitted").into_inner();
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    let entry = mesh
+        .audit_entries()
+        .await
+        .into_iter()
+        .find(|e| e.id == "export-off-1")
+        .expect("audited");
+    assert_eq!(entry.trace_id, trace);
+}
