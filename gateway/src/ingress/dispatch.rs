@@ -13,7 +13,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use super::admission::exhausted;
 use super::metrics::{IngressMetrics, reject_reason};
 use super::request::{Api, TxnRequest};
-use crate::fanout::{Admission, Fanout};
+use crate::fanout::{Admission, Dispatched, Fanout};
+use sluice_core::metrics::GaugeGuard;
 
 #[derive(Clone)]
 pub(crate) struct Dispatch {
@@ -34,50 +35,61 @@ impl Service<TxnRequest> for Dispatch {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: TxnRequest) -> Self::Future {
-        let this = self.clone();
+    fn call(&mut self, request: TxnRequest) -> Self::Future {
+        // Two phases, two allocations: admission (large: the fan-out's state, waiting for
+        // queue room) is boxed on its own and freed once the transaction is queued, so what
+        // a pending transaction holds until its outcome is only its replies and a guard.
+        let admission = Box::pin(admit(self.clone(), request));
         Box::pin(async move {
-            let api = request.api();
-            let admission = match api {
-                Api::Unary => Admission::Immediate,
-                Api::Stream => Admission::Wait,
-            };
-            let txn = std::mem::take(&mut request.txn);
-            let dispatched = this
-                .fanout
-                .dispatch(
-                    txn,
-                    request.deadline,
-                    admission,
-                    &request.span,
-                    &request.caller,
-                )
-                .await;
-            if api == Api::Stream {
-                let waited = request.arrived.elapsed().as_secs_f64();
-                this.metrics.admission_wait.observe(waited);
-                this.metrics.blocked_seconds.inc_by(waited);
-                request
-                    .span
-                    .set_attribute("sluice.admission_wait_ms", waited * 1000.0);
-            }
-            request.release_reader();
-            match dispatched {
-                Ok(d) => {
-                    let _inflight = this.metrics.admitted(api);
-                    d.outcome().await
-                }
-                Err(status) => {
-                    this.metrics.reject(api, reject_reason(&status));
-                    Err(
-                        if api == Api::Unary && status.code() == tonic::Code::ResourceExhausted {
-                            exhausted(status.message(), this.pushback)
-                        } else {
-                            status
-                        },
-                    )
-                }
-            }
+            // A statement of its own, so the admission box is dropped before the next await.
+            let admitted = admission.await;
+            let (dispatched, _inflight) = admitted?;
+            dispatched.outcome().await
         })
+    }
+}
+
+/// Admits one transaction; on success its replies to come and its place in `inflight`.
+async fn admit(
+    this: Dispatch,
+    mut request: TxnRequest,
+) -> Result<(Dispatched, GaugeGuard), Status> {
+    let api = request.api();
+    let admission = match api {
+        Api::Unary => Admission::Immediate,
+        Api::Stream => Admission::Wait,
+    };
+    let txn = std::mem::take(&mut request.txn);
+    let dispatched = this
+        .fanout
+        .dispatch(
+            txn,
+            request.deadline,
+            admission,
+            &request.span,
+            &request.caller,
+        )
+        .await;
+    if api == Api::Stream {
+        let waited = request.arrived.elapsed().as_secs_f64();
+        this.metrics.admission_wait.observe(waited);
+        this.metrics.blocked_seconds.inc_by(waited);
+        request
+            .span
+            .set_attribute("sluice.admission_wait_ms", waited * 1000.0);
+    }
+    request.release_reader();
+    match dispatched {
+        Ok(d) => Ok((d, this.metrics.admitted(api))),
+        Err(status) => {
+            this.metrics.reject(api, reject_reason(&status));
+            Err(
+                if api == Api::Unary && status.code() == tonic::Code::ResourceExhausted {
+                    exhausted(status.message(), this.pushback)
+                } else {
+                    status
+                },
+            )
+        }
     }
 }
