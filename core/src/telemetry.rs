@@ -208,7 +208,13 @@ fn install_subscriber(format: LogFormat, default_filter: &str, exporting: bool) 
             .with_filter(events_only)
             .boxed(),
     };
-    let dispatch: tracing::Dispatch = tracing_subscriber::registry().with(spans).with(logs).into();
+    // Not `.with(Option<layer>)`: an absent layer (`None`) claims interest in every call
+    // site, which would make the registry create every span after all.
+    let subscriber = tracing_subscriber::registry().with(logs);
+    let dispatch: tracing::Dispatch = match spans {
+        Some(spans) => subscriber.with(spans).into(),
+        None => subscriber.into(),
+    };
     if tracing::dispatcher::set_global_default(dispatch.clone()).is_ok() {
         crate::log_format::remember(&dispatch);
     }
