@@ -422,6 +422,10 @@ impl SpanProcessor for BoundedExport {
 mod tests {
     use super::*;
 
+    /// Room for "an export started" signals: more exports than any test here makes (a
+    /// signal that does not fit is dropped, and the test waiting for it fails).
+    const EXPORT_STARTS: usize = 64;
+
     /// An exporter that says when an export starts, holds it until the test opens the
     /// gate, then succeeds or fails as told, counting the spans it was given.
     #[derive(Debug)]
@@ -453,7 +457,7 @@ mod tests {
     }
 
     fn rig(capacity: usize, fail: bool) -> Rig {
-        let (started_tx, started) = tokio::sync::mpsc::channel(64);
+        let (started_tx, started) = tokio::sync::mpsc::channel(EXPORT_STARTS);
         let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
         let exported = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let exporter = Gated {

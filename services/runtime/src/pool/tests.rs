@@ -96,14 +96,14 @@ fn approve(r: &RiskRequest) -> RiskVerdict {
     }
 }
 
+/// Room for the ids of started work: more messages than any test here sends, so a report is
+/// never lost (a lost one would fail the test that waits for it, not pass it).
+const STARTED_REPORTS: usize = 256;
+
 /// Work that reports each message it starts on `started`, then waits for a pass from
 /// `passes` before it answers.
-async fn gated(
-    r: RiskRequest,
-    passes: Arc<Semaphore>,
-    started: mpsc::UnboundedSender<u64>,
-) -> RiskVerdict {
-    let _ = started.send(r.correlation_id);
+async fn gated(r: RiskRequest, passes: Arc<Semaphore>, started: mpsc::Sender<u64>) -> RiskVerdict {
+    let _ = started.try_send(r.correlation_id);
     if let Ok(pass) = passes.acquire().await {
         pass.forget();
     }
@@ -111,12 +111,8 @@ async fn gated(
 }
 
 /// A gate with no passes yet, and the receiver of the ids of messages whose work started.
-fn gate() -> (
-    Arc<Semaphore>,
-    mpsc::UnboundedSender<u64>,
-    mpsc::UnboundedReceiver<u64>,
-) {
-    let (tx, rx) = mpsc::unbounded_channel();
+fn gate() -> (Arc<Semaphore>, mpsc::Sender<u64>, mpsc::Receiver<u64>) {
+    let (tx, rx) = mpsc::channel(STARTED_REPORTS);
     (Arc::new(Semaphore::new(0)), tx, rx)
 }
 
