@@ -6,13 +6,15 @@
 //! clap.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Parser;
 use sluice_core::HumanDuration;
 use sluice_core::server::{CommonServerArgs, ServeError};
 use tonic::transport::Endpoint;
 
-use crate::downstream::{self, DownstreamConfig};
+use crate::downstream::route::DEFAULT_AFFINITY_EPSILON;
+use crate::downstream::{self, Balancer, DownstreamConfig, Routing, Target};
 use crate::ingress::{self, IngressLimits};
 
 /// Default gRPC address.
@@ -41,15 +43,36 @@ pub struct Config {
     /// Admin HTTP listen address (/metrics, /healthz).
     #[arg(long, env = "SLUICE_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
     pub admin_listen: SocketAddr,
-    /// Risk service URL (http://host:port).
+    /// Risk service replicas: comma-separated http://host:port URLs. A host name is
+    /// re-resolved every --resolve-interval and each of its addresses is one replica (a
+    /// Docker service scaled with --scale, a Kubernetes headless Service).
     #[arg(long, env = "SLUICE_RISK", default_value = DEFAULT_RISK_URL)]
     pub risk: String,
-    /// Notification service URL (http://host:port).
+    /// Notification service replicas, as --risk.
     #[arg(long, env = "SLUICE_NOTIFICATION", default_value = DEFAULT_NOTIFICATION_URL)]
     pub notification: String,
-    /// Logging (audit) service URL (http://host:port).
+    /// Audit-log partitions, one URL each, in partition order: entry K must be the logging
+    /// process started with --partition K (and --partitions = the number of entries). A
+    /// transaction's partition is a fixed hash of its id, so keep the count fixed.
     #[arg(long, env = "SLUICE_LOGGING", default_value = DEFAULT_LOGGING_URL)]
     pub logging: String,
+    /// How often downstream host names are resolved again, e.g. 5s.
+    #[arg(long, env = "SLUICE_RESOLVE_INTERVAL", default_value_t = HumanDuration(downstream::replicas::DEFAULT_RESOLVE_INTERVAL))]
+    pub resolve_interval: HumanDuration,
+    /// How the replicas of a stateless service share requests: p2c (power of two choices
+    /// by load: requests queued + in flight) or round-robin (blind to load; for comparison).
+    /// Applies to notification, and to risk with --risk-routing balance.
+    #[arg(long, env = "SLUICE_BALANCE", value_enum, default_value_t = Balancer::P2c)]
+    pub balance: Balancer,
+    /// How risk requests pick a replica: account (consistent hashing with bounded loads,
+    /// so one account's transactions meet one replica's velocity counter while no replica
+    /// takes more than (1 + --risk-affinity-epsilon) × the average) or balance (--balance).
+    #[arg(long, env = "SLUICE_RISK_ROUTING", value_enum, default_value_t = RiskRouting::Account)]
+    pub risk_routing: RiskRouting,
+    /// The ε of --risk-routing account: how far above the average load a replica may go
+    /// before an account's requests spill to the next replica.
+    #[arg(long, env = "SLUICE_RISK_AFFINITY_EPSILON", default_value_t = DEFAULT_AFFINITY_EPSILON)]
+    pub risk_affinity_epsilon: f64,
     /// Token presented to the downstream services when streams open (`authorization:
     /// Bearer`); the logging service requires it for Append when started with the same
     /// flag. Unset = none sent.
@@ -113,6 +136,15 @@ pub struct Config {
     pub server: CommonServerArgs,
 }
 
+/// How risk requests pick a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RiskRouting {
+    /// By account: consistent hashing with bounded loads.
+    Account,
+    /// As --balance says.
+    Balance,
+}
+
 /// What "unbounded" means for `--unbounded-for-comparison`: more than memory can hold.
 const UNBOUNDED: usize = 1 << 40;
 
@@ -158,45 +190,86 @@ impl Config {
             default_deadline: self.default_deadline.0,
             retry_pushback: self.retry_pushback.0,
         };
+        let epsilon = self.risk_affinity_epsilon;
+        if !(epsilon > 0.0 && epsilon <= MAX_AFFINITY_EPSILON) {
+            return Err(ConfigError::Value {
+                flag: "risk-affinity-epsilon",
+                value: epsilon.to_string(),
+                rule: format!("must be above 0 and at most {MAX_AFFINITY_EPSILON}"),
+            });
+        }
+        let logging = targets("logging", &self.logging)?;
+        if logging.len() > MAX_PARTITIONS {
+            return Err(ConfigError::Value {
+                flag: "logging",
+                value: self.logging.clone(),
+                rule: format!("at most {MAX_PARTITIONS} partitions"),
+            });
+        }
         Ok(Settings {
-            risk: self.endpoint("risk", &self.risk)?,
-            notification: self.endpoint("notification", &self.notification)?,
-            logging: self.endpoint("logging", &self.logging)?,
+            risk: targets("risk", &self.risk)?,
+            notification: targets("notification", &self.notification)?,
+            logging,
+            risk_routing: match self.risk_routing {
+                RiskRouting::Account => Routing::Affinity { epsilon },
+                RiskRouting::Balance => Routing::Balance(self.balance),
+            },
+            notification_routing: Routing::Balance(self.balance),
+            resolve_interval: self.resolve_interval.0.max(MIN_RESOLVE_INTERVAL),
+            h2: self.server.h2.clone(),
+            windows: self.downstream_windows.clone(),
             downstream,
             limits,
         })
     }
+}
 
-    /// A downstream's endpoint with the gateway's HTTP/2 windows.
-    fn endpoint(&self, flag: &'static str, url: &str) -> Result<Endpoint, ConfigError> {
-        let bad = |reason: String| ConfigError::Url {
-            flag,
-            url: url.to_string(),
-            reason,
-        };
-        let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| bad(e.to_string()))?;
-        match endpoint.uri().scheme_str() {
-            Some("http" | "https") if endpoint.uri().host().is_some() => {}
-            _ => return Err(bad("it needs a scheme and a host".into())),
-        }
-        let w = &self.downstream_windows;
-        Ok(self.server.h2.with_windows(
-            w.stream_window,
-            w.connection_window,
-            w.adaptive_window,
-            endpoint,
-        ))
-    }
+/// Largest --risk-affinity-epsilon (past it affinity never spills: plain consistent hashing).
+const MAX_AFFINITY_EPSILON: f64 = 100.0;
+/// Most audit-log partitions (the logging service's own limit).
+const MAX_PARTITIONS: usize = 1024;
+/// Shortest --resolve-interval: DNS servers are shared.
+const MIN_RESOLVE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The URLs of a downstream flag, or the error naming it.
+fn targets(flag: &'static str, list: &str) -> Result<Vec<Target>, ConfigError> {
+    Target::parse_list(list).map_err(|reason| ConfigError::Url {
+        flag,
+        url: list.to_string(),
+        reason,
+    })
 }
 
 /// The gateway's settings, checked: what [`crate::serve`] runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub risk: Endpoint,
-    pub notification: Endpoint,
-    pub logging: Endpoint,
+    pub risk: Vec<Target>,
+    pub notification: Vec<Target>,
+    /// One per partition, in order.
+    pub logging: Vec<Target>,
+    pub risk_routing: Routing,
+    pub notification_routing: Routing,
+    pub resolve_interval: Duration,
+    h2: sluice_core::h2::H2Settings,
+    windows: sluice_core::h2::DownstreamWindows,
     pub downstream: DownstreamConfig,
     pub limits: IngressLimits,
+}
+
+impl Settings {
+    /// The endpoint of one downstream replica: the gateway's HTTP/2 windows and keepalive.
+    pub fn endpoint(&self, addr: SocketAddr) -> Endpoint {
+        let w = &self.windows;
+        self.h2.with_windows(
+            w.stream_window,
+            w.connection_window,
+            w.adaptive_window,
+            Endpoint::from(
+                tonic::codegen::http::Uri::try_from(format!("http://{addr}"))
+                    .expect("a socket address makes a valid URI"),
+            ),
+        )
+    }
 }
 
 /// A flag the gateway cannot run with (exit code 64).
@@ -207,6 +280,12 @@ pub enum ConfigError {
         flag: &'static str,
         url: String,
         reason: String,
+    },
+    #[error("--{flag} {value}: {rule}")]
+    Value {
+        flag: &'static str,
+        value: String,
+        rule: String,
     },
     #[error("--mesh-token: {0}")]
     MeshToken(String),
@@ -241,5 +320,32 @@ mod tests {
         let c = Config::parse_from(["sluice-gateway", "--risk", "risk:50052"]);
         let e = c.settings().expect_err("no scheme").to_string();
         assert!(e.starts_with("--risk \"risk:50052\""), "{e}");
+        let c = Config::parse_from(["sluice-gateway", "--logging", "http://a:1,b:2"]);
+        let e = c.settings().expect_err("second entry").to_string();
+        assert!(e.starts_with("--logging") && e.contains("\"b:2\""), "{e}");
+        let c = Config::parse_from(["sluice-gateway", "--risk-affinity-epsilon", "0"]);
+        let e = c.settings().expect_err("epsilon").to_string();
+        assert!(e.starts_with("--risk-affinity-epsilon 0"), "{e}");
+    }
+
+    #[test]
+    fn downstream_lists_become_replicas_and_partitions() {
+        let c = Config::parse_from([
+            "sluice-gateway",
+            "--risk",
+            "http://risk:50052",
+            "--logging",
+            "http://logging-0:50054,http://logging-1:50054",
+            "--risk-routing",
+            "balance",
+            "--balance",
+            "round-robin",
+        ]);
+        let s = c.settings().unwrap();
+        assert_eq!(s.logging.len(), 2);
+        assert_eq!(s.logging[1].host, "logging-1");
+        assert_eq!(s.risk_routing, Routing::Balance(Balancer::RoundRobin));
+        let e = s.endpoint("10.1.2.3:50052".parse().unwrap());
+        assert_eq!(e.uri().to_string(), "http://10.1.2.3:50052/");
     }
 }

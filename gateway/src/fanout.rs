@@ -9,7 +9,14 @@
 //! Splitting admission from completion is what lets SubmitStream read the next message
 //! only once the current one is admitted: the queues' bounds become the client's
 //! backpressure.
+//!
+//! Each service may have several replicas: risk and notification go where their [`Route`]
+//! says (load, or the account), the audit record to its id's partition ([`Partitions`]). A
+//! risk request whose replica's stream breaks before it answers is sent once more, to
+//! another replica: assessing is idempotent per transaction, so the client sees no error.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -23,11 +30,11 @@ use sluice_proto::pb::{
     RiskVerdict, Transaction,
 };
 use tonic::Status;
-use tower::{Service, ServiceExt};
+use tower::Service;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 pub use crate::downstream::Admission;
-use crate::downstream::{Downstream, HopCall, ReplyFuture};
+use crate::downstream::{HopCall, Partitions, ReplyFuture, Route};
 
 /// The hop span (PRODUCER `<service>/<method> send`) of request type `R`, under `parent`
 /// (the ingress span): it covers the wait for queue room, the time in the queue (and so for
@@ -75,26 +82,31 @@ struct ShedLabels {
 /// The three downstreams.
 #[derive(Clone)]
 pub struct Fanout {
-    pub risk: Downstream<RiskRequest>,
-    pub logging: Downstream<AppendRequest>,
-    pub notification: Downstream<NotifyRequest>,
+    pub risk: Route<RiskRequest>,
+    pub logging: Partitions<AppendRequest>,
+    pub notification: Route<NotifyRequest>,
     shed: Family<ShedLabels, Counter>,
+    risk_retries: Counter,
 }
+
+/// The risk verdict to come, a second replica included.
+type RiskReply = Pin<Box<dyn Future<Output = Result<RiskVerdict, Status>> + Send>>;
 
 /// A transaction admitted to every queue, its replies still to come.
 pub struct Dispatched {
     id: String,
     deadline: Instant,
-    risk: ReplyFuture<RiskRequest>,
+    risk: RiskReply,
     audit: ReplyFuture<AppendRequest>,
+    audit_partition: u32,
     notification: NotificationStatus,
 }
 
 impl Fanout {
     pub fn new(
-        risk: Downstream<RiskRequest>,
-        logging: Downstream<AppendRequest>,
-        notification: Downstream<NotifyRequest>,
+        risk: Route<RiskRequest>,
+        logging: Partitions<AppendRequest>,
+        notification: Route<NotifyRequest>,
         registry: &mut Registry,
     ) -> Self {
         let shed = Family::<ShedLabels, Counter>::default();
@@ -103,11 +115,18 @@ impl Fanout {
             "Notices not queued: reason=queue_full (best-effort shedding) or unavailable",
             shed.clone(),
         );
+        let risk_retries = Counter::default();
+        registry.register(
+            "risk_retries",
+            "Risk requests sent to a second replica because the first one's stream broke before it answered",
+            risk_retries.clone(),
+        );
         Self {
             risk,
             logging,
             notification,
             shed,
+            risk_retries,
         }
     }
 
@@ -122,16 +141,12 @@ impl Fanout {
         caller: &opentelemetry::Context,
     ) -> Result<Dispatched, Status> {
         let (risk_hop, audit_hop) = (hop::<RiskRequest>(parent), hop::<AppendRequest>(parent));
-        let (mut risk, mut logging) = (
-            self.risk.service(admission),
-            self.logging.service(admission),
-        );
         // Readiness is queue room: Wait parks here (the backpressure), Immediate never does.
         let waiting = Instant::now();
         let both = async {
-            risk.ready().await?;
-            logging.ready().await?;
-            Ok::<_, Status>(())
+            let risk = self.risk.ready(admission, &txn.account).await?;
+            let logging = self.logging.ready(admission, &txn.id).await?;
+            Ok::<_, Status>((risk, logging))
         };
         let room = tokio::time::timeout_at(deadline.into(), both)
             .await
@@ -144,26 +159,31 @@ impl Fanout {
         for span in [&risk_hop, &audit_hop] {
             span.set_attribute("sluice.admission_wait_ms", waited_ms);
         }
-        if let Err(status) = room {
-            let event = if status.code() == tonic::Code::ResourceExhausted {
+        let (mut risk, (audit_partition, mut logging)) = match room {
+            Ok(services) => services,
+            Err(status) => {
+                let event = if status.code() == tonic::Code::ResourceExhausted {
                 "rejected"
             } else {
                 "not_admitted"
             };
-            for span in [&risk_hop, &audit_hop] {
-                spans::fail(span, event, status.code() as i32, status.message());
+                for span in [&risk_hop, &audit_hop] {
+                    spans::fail(span, event, status.code() as i32, status.message());
+                }
+                return Err(status);
             }
-            return Err(status);
-        }
+        };
         let deadline_unix_ms = sluice_core::deadline::to_unix_ms(deadline);
         let notification = self
             .notify(&txn, deadline, deadline_unix_ms, parent, caller)
             .await;
-        let risk = risk.call(HopCall {
-            request: RiskRequest::new(carrying(&txn, &risk_hop, caller), deadline_unix_ms),
+        let request = RiskRequest::new(carrying(&txn, &risk_hop, caller), deadline_unix_ms);
+        let first = risk.call(HopCall {
+            request: request.clone(),
             deadline,
             span: risk_hop,
         });
+        let risk = self.risk_with_retry(first, request, &txn.account, (admission, deadline), parent);
         let audit = logging.call(HopCall {
             request: AppendRequest::new(carrying(&txn, &audit_hop, caller), deadline_unix_ms),
             deadline,
@@ -174,7 +194,41 @@ impl Fanout {
             deadline,
             risk,
             audit,
+            audit_partition,
             notification,
+        })
+    }
+
+    /// The verdict of `first`; if its replica's stream broke before answering (or it had
+    /// none live by the time the request left the queue), `request` once more through the
+    /// route, which no longer offers that replica. Never past the deadline (the caller's).
+    fn risk_with_retry(
+        &self,
+        first: ReplyFuture<RiskRequest>,
+        request: RiskRequest,
+        account: &str,
+        (admission, deadline): (Admission, Instant),
+        parent: &tracing::Span,
+    ) -> RiskReply {
+        let (route, retries, parent) = (self.risk.clone(), self.risk_retries.clone(), parent.clone());
+        let account = account.to_string();
+        Box::pin(async move {
+            match first.await {
+                Err(status) if status.code() == tonic::Code::Unavailable && route.is_live() => {
+                    retries.inc();
+                    let span = hop::<RiskRequest>(&parent);
+                    span.set_attribute("sluice.retry_of", status.message().to_string());
+                    let mut again = route.ready(admission, &account).await?;
+                    again
+                        .call(HopCall {
+                            request,
+                            deadline,
+                            span,
+                        })
+                        .await
+                }
+                result => result,
+            }
         })
     }
 
@@ -189,9 +243,12 @@ impl Fanout {
         caller: &opentelemetry::Context,
     ) -> NotificationStatus {
         let span = hop::<NotifyRequest>(parent);
-        let mut notification = self.notification.service(Admission::Immediate);
-        match notification.ready().await {
-            Ok(_) => {
+        match self
+            .notification
+            .ready(Admission::Immediate, &txn.account)
+            .await
+        {
+            Ok(mut notification) => {
                 let request = NotifyRequest::new(carrying(txn, &span, caller), deadline_unix_ms);
                 // Best effort: the reply future is dropped; the hop span ends on the reply.
                 drop(notification.call(HopCall {
@@ -256,6 +313,7 @@ impl Dispatched {
             reasons: verdict.reasons,
             notification: self.notification as i32,
             audit_offset: ack.offset,
+            audit_partition: self.audit_partition,
             replayed: ack.duplicate,
             error: None,
         })

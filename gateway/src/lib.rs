@@ -15,7 +15,8 @@ use sluice_core::CancellationToken;
 use sluice_core::server::{Listeners, ServeError};
 use sluice_proto::pb::gateway_server::GatewayServer;
 
-use crate::downstream::Downstream;
+use crate::downstream::replicas::{Setup, Take};
+use crate::downstream::{Partitions, Replicas, Route, ServiceMetrics, Workers};
 use crate::fanout::Fanout;
 use crate::ingress::Ingress;
 
@@ -31,25 +32,51 @@ pub async fn serve(
     let mut registry = Registry::with_prefix("sluice_gateway");
     let downstream_shutdown = CancellationToken::new();
     let settings = config.settings()?;
-    let dc = settings.downstream;
-    // Lazy: the gateway starts even when a downstream is not up yet; streams reconnect.
-    let (risk, risk_workers) = Downstream::start(
-        settings.risk.connect_lazy(),
-        dc.clone(),
-        &mut registry,
-        downstream_shutdown.clone(),
+    // Lazy: the gateway starts even when a downstream is not up yet; streams reconnect,
+    // and discovery keeps looking for names that do not resolve yet.
+    let setup = Setup {
+        config: settings.downstream.clone(),
+        endpoint: {
+            let settings = settings.clone();
+            std::sync::Arc::new(move |addr| settings.endpoint(addr))
+        },
+        resolve_interval: settings.resolve_interval,
+    };
+    let mut workers: Vec<Workers> = Vec::new();
+    let ds = &downstream_shutdown;
+    let risk_metrics = ServiceMetrics::new("risk", &mut registry);
+    let (risk, w) = Replicas::start(settings.risk.clone(), Take::All, &setup, risk_metrics, ds.clone());
+    workers.push(w);
+    let risk = Route::new(risk, settings.risk_routing);
+    let notification_metrics = ServiceMetrics::new("notification", &mut registry);
+    let (notification, w) = Replicas::start(
+        settings.notification.clone(),
+        Take::All,
+        &setup,
+        notification_metrics,
+        ds.clone(),
     );
-    let (logging, logging_workers) = Downstream::start(
-        settings.logging.connect_lazy(),
-        dc.clone(),
-        &mut registry,
-        downstream_shutdown.clone(),
-    );
-    let (notification, notification_workers) = Downstream::start(
-        settings.notification.connect_lazy(),
-        dc,
-        &mut registry,
-        downstream_shutdown.clone(),
+    workers.push(w);
+    let notification = Route::new(notification, settings.notification_routing);
+    // One partition per URL; all partitions' metrics under downstream="logging", each
+    // replica label the partition's address.
+    let logging_metrics = ServiceMetrics::new("logging", &mut registry);
+    let logging = Partitions::new(
+        settings
+            .logging
+            .iter()
+            .map(|t| {
+                let (part, w) = Replicas::start(
+                    vec![t.clone()],
+                    Take::First,
+                    &setup,
+                    logging_metrics.clone(),
+                    ds.clone(),
+                );
+                workers.push(w);
+                part
+            })
+            .collect(),
     );
     let fanout = Fanout::new(risk, logging, notification, &mut registry);
     if config.unbounded_for_comparison {
@@ -85,11 +112,7 @@ pub async fn serve(
         "downstream streams",
         config.server.grace_period.min(Duration::from_secs(5)),
         async {
-            tokio::join!(
-                risk_workers.join(),
-                logging_workers.join(),
-                notification_workers.join()
-            );
+            futures::future::join_all(workers.into_iter().map(Workers::join)).await;
         },
     )
     .await;
@@ -115,7 +138,9 @@ async fn report_readiness(
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => break,
         }
-        let now = fanout.risk.is_live() && fanout.logging.is_live();
+        // One live audit partition is enough: a partition that is down fails only its own
+        // transactions, and taking the gateway out of rotation would fail everyone's.
+        let now = fanout.risk.is_live() && fanout.logging.any_live();
         if ready != Some(now) {
             readiness.set(now);
             if now {
@@ -125,7 +150,7 @@ async fn report_readiness(
             } else {
                 tracing::warn!(
                     risk = fanout.risk.is_live(),
-                    logging = fanout.logging.is_live(),
+                    logging = ?fanout.logging.live(),
                     "not ready: a required downstream has no live stream"
                 );
             }

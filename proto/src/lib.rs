@@ -3,9 +3,11 @@
 //! Everything generated lives under [`pb`]; the rest of the workspace imports from there.
 //! [`validate`] holds the rules a `Transaction` must satisfy, shared by every side that
 //! accepts one; [`hop`] the contract of a downstream stream (requests, replies, correlation),
-//! shared by the gateway's stream clients and the services' worker pool.
+//! shared by the gateway's stream clients and the services' worker pool; [`partition`] which
+//! audit-log partition owns a transaction id.
 
 pub mod hop;
+pub mod partition;
 pub mod validate;
 
 pub use hop::{HopReply, HopRequest};

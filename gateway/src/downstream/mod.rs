@@ -8,13 +8,22 @@
 //! Whoever calls waits for readiness (SubmitStream) or refuses when not ready (unary), and a
 //! `tower::balance` can sit over several replicas' services.
 //!
+//! A service may run as several replicas: [`replicas`] finds them (a list of URLs, DNS names
+//! re-resolved) and gives each its own [`Downstream`]; [`route`] picks one per request.
+//!
 //! - [`service`]: the `Service<HopCall<R>>` and its readiness (queue room, live streams).
 //! - [`stream`]: one stream: request body, correlation of replies, reconnect loop.
 //! - [`backoff`]: the reconnect policy.
-//! - [`metrics`]: per-downstream metrics.
+//! - [`metrics`]: per-downstream and per-replica metrics.
+//! - [`replicas`]: discovery: the replicas of one service, kept current.
+//! - [`route`]: which replica takes a request (p2c, round-robin, account affinity, partition).
 
 mod backoff;
+mod balance;
 mod metrics;
+pub mod replicas;
+mod ring;
+pub mod route;
 mod service;
 mod stream;
 
@@ -30,6 +39,9 @@ use tokio::task::JoinSet;
 use tonic::Status;
 use tonic::transport::Channel;
 
+pub use metrics::ServiceMetrics;
+pub use replicas::{Replicas, Target};
+pub use route::{Balancer, Partitions, Route, Routing};
 pub use service::{DownstreamService, ReplyFuture};
 
 /// Default capacity of each downstream's queue: requests accepted by ingress and not yet
@@ -66,6 +78,34 @@ pub(crate) struct Envelope<R: HopRequest> {
     enqueued_at: Instant,
     /// A waiting admission's share of the queue, given back when the envelope leaves it.
     _share: Option<OwnedSemaphorePermit>,
+    /// Counts the request against its replica's load until its reply (or failure).
+    outstanding: Outstanding,
+}
+
+/// One request queued or in flight on a replica: the load estimate the balancers compare.
+/// Counted on creation, uncounted when dropped — with the reply, a failure, or a deadline
+/// drop — so no path can leak a count.
+pub(crate) struct Outstanding {
+    count: Arc<AtomicUsize>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Outstanding {
+    fn new(count: &Arc<AtomicUsize>, gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        gauge.inc();
+        Self {
+            count: count.clone(),
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
+    }
 }
 
 /// Bounds and timings of one downstream.
@@ -117,9 +157,16 @@ pub(crate) struct Shared<R: HopRequest> {
     /// The part of the queue waiting admissions may use: capacity − `immediate_reserved`.
     waiting_share: Arc<Semaphore>,
     live: AtomicUsize,
+    /// Told whenever `live` changes, so a balancer waiting on a dead replica looks again.
+    live_changed: Arc<tokio::sync::Notify>,
+    /// Requests queued or in flight: this replica's load.
+    outstanding: Arc<AtomicUsize>,
     next_correlation: AtomicU64,
     config: DownstreamConfig,
+    /// The service's metrics, shared by all its replicas (sums over them).
     metrics: metrics::Metrics,
+    /// This replica's own.
+    replica: metrics::ReplicaMetrics,
 }
 
 /// Handle to one downstream. Cheap to clone; [`Downstream::service`] gives a tower
@@ -149,19 +196,31 @@ impl Workers {
 }
 
 impl<R: HopRequest> Downstream<R> {
-    /// Starts `config.streams` stream workers over `channel`. They run until `shutdown` is
-    /// cancelled, then half-close their streams and finish reading replies.
+    /// Starts `config.streams` stream workers over `channel`, a service of one replica
+    /// with metrics of its own in `registry`. They run until `shutdown` is cancelled, then
+    /// half-close their streams and finish reading replies.
     pub fn start(
         channel: Channel,
         config: DownstreamConfig,
         registry: &mut Registry,
         shutdown: CancellationToken,
     ) -> (Self, Workers) {
-        let metrics = metrics::Metrics::new(
-            registry.sub_registry_with_label(("downstream".into(), R::NAME.into())),
-        );
+        let metrics = ServiceMetrics::new(R::NAME, registry);
+        Self::start_replica(channel, config, &metrics, "0", shutdown)
+    }
+
+    /// [`Downstream::start`] for one replica of a service: its metrics add to `metrics` and
+    /// carry `replica="<replica>"` where they are its own.
+    pub fn start_replica(
+        channel: Channel,
+        config: DownstreamConfig,
+        metrics: &ServiceMetrics,
+        replica: &str,
+        shutdown: CancellationToken,
+    ) -> (Self, Workers) {
         let queue_len = config.queue.max(1);
-        metrics.queue_capacity.set(queue_len as i64);
+        let (metrics, replica) = (metrics.service.clone(), metrics.replica(replica));
+        metrics.queue_capacity.inc_by(queue_len as i64);
         let (queue, rx) = mpsc::channel(queue_len);
         // At most a quarter of the queue is held back, so a small queue stays usable.
         let reserved = config.immediate_reserved.min(queue_len / 4);
@@ -170,9 +229,12 @@ impl<R: HopRequest> Downstream<R> {
             rx: tokio::sync::Mutex::new(rx),
             waiting_share: Arc::new(Semaphore::new(waiting_share)),
             live: AtomicUsize::new(0),
+            live_changed: Arc::new(tokio::sync::Notify::new()),
+            outstanding: Arc::new(AtomicUsize::new(0)),
             next_correlation: AtomicU64::new(1),
             config,
             metrics,
+            replica,
         });
         let mut workers = JoinSet::new();
         for index in 0..shared.config.streams.max(1) {
@@ -196,9 +258,33 @@ impl<R: HopRequest> Downstream<R> {
         self.queue.max_capacity() - self.queue.capacity()
     }
 
+    /// Requests queued or awaiting a reply: the load the balancers compare.
+    pub fn outstanding(&self) -> usize {
+        self.shared.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Gives back this replica's share of the service's queue capacity (it is leaving).
+    pub(crate) fn retire(&self) {
+        let capacity = self.queue.max_capacity() as i64;
+        self.shared.metrics.queue_capacity.dec_by(capacity);
+    }
+
     /// A tower service over this downstream whose readiness is room in its queue, taken
     /// as `admission` says.
     pub fn service(&self, admission: Admission) -> DownstreamService<R> {
         DownstreamService::new(self.queue.clone(), self.shared.clone(), admission)
+    }
+
+    /// The service a balancer holds for this replica: it waits for room however `admission`
+    /// says (an immediate caller's balancer waits for any slot, reserved ones included) and
+    /// leaves liveness to the balancer, which must never see an error from a replica that
+    /// is only down for now — tower's balancers evict such a replica for good.
+    pub(crate) fn balanced_service(&self, admission: Admission) -> DownstreamService<R> {
+        DownstreamService::balanced(self.queue.clone(), self.shared.clone(), admission)
+    }
+
+    /// True while this replica has a live stream; `notify` is told when that changes.
+    pub(crate) fn live_signal(&self) -> Arc<tokio::sync::Notify> {
+        self.shared.live_changed.clone()
     }
 }

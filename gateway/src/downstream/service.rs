@@ -11,6 +11,10 @@
 //!
 //! The reservation is held by this service value until `call`, so clone it per request
 //! (tower's usual contract); dropping it unused gives the slot back.
+//!
+//! A balancer's replica service ([`DownstreamService::balanced`]) always waits for room,
+//! from the waiting share or from the whole queue, and never fails for want of a live
+//! stream: the balancer checks liveness itself (see `balance.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,18 +28,21 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::sync::{PollSemaphore, PollSender};
 use tonic::Status;
 
-use super::{Admission, Envelope, HopCall, Shared};
+use super::{Admission, Envelope, HopCall, Outstanding, Shared};
 
 /// A tower service over one downstream. See the module docs.
 pub struct DownstreamService<R: HopRequest> {
     shared: Arc<Shared<R>>,
     room: Room<R>,
+    /// Fail UNAVAILABLE in `poll_ready` while no stream is live (not for balancers).
+    check_live: bool,
 }
 
 enum Room<R: HopRequest> {
     Wait {
         sender: PollSender<Envelope<R>>,
-        share: PollSemaphore,
+        /// The waiting share to take a permit from first; `None`: any slot will do.
+        share: Option<PollSemaphore>,
         /// This caller's permit from the waiting share, once had.
         permit: Option<OwnedSemaphorePermit>,
     },
@@ -54,12 +61,50 @@ impl<R: HopRequest> DownstreamService<R> {
         let room = match admission {
             Admission::Wait => Room::Wait {
                 sender: PollSender::new(queue),
-                share: PollSemaphore::new(shared.waiting_share.clone()),
+                share: Some(PollSemaphore::new(shared.waiting_share.clone())),
                 permit: None,
             },
             Admission::Immediate => Room::Immediate { queue, slot: None },
         };
-        Self { shared, room }
+        Self {
+            shared,
+            room,
+            check_live: true,
+        }
+    }
+
+    /// A replica service for a balancer: waits for room (immediate callers' from the whole
+    /// queue) and leaves liveness to the balancer.
+    pub(super) fn balanced(
+        queue: mpsc::Sender<Envelope<R>>,
+        shared: Arc<Shared<R>>,
+        admission: Admission,
+    ) -> Self {
+        let share = match admission {
+            Admission::Wait => Some(PollSemaphore::new(shared.waiting_share.clone())),
+            Admission::Immediate => None,
+        };
+        Self {
+            shared,
+            room: Room::Wait {
+                sender: PollSender::new(queue),
+                share,
+                permit: None,
+            },
+            check_live: false,
+        }
+    }
+
+    /// Requests queued or in flight on this replica.
+    pub(super) fn outstanding(&self) -> usize {
+        self.shared
+            .outstanding
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// True while the replica has a live stream.
+    pub(super) fn is_live(&self) -> bool {
+        self.shared.live.load(std::sync::atomic::Ordering::Relaxed) > 0
     }
 
     fn shutting_down() -> Status {
@@ -97,6 +142,7 @@ impl<R: HopRequest> Clone for DownstreamService<R> {
         Self {
             shared: self.shared.clone(),
             room,
+            check_live: self.check_live,
         }
     }
 }
@@ -107,7 +153,7 @@ impl<R: HopRequest> tower::Service<HopCall<R>> for DownstreamService<R> {
     type Future = ReplyFuture<R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        if self.shared.live.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        if self.check_live && !self.is_live() {
             return Poll::Ready(Err(Status::unavailable(format!(
                 "{} has no live stream; retry later",
                 R::NAME
@@ -119,7 +165,9 @@ impl<R: HopRequest> tower::Service<HopCall<R>> for DownstreamService<R> {
                 share,
                 permit,
             } => {
-                if permit.is_none() {
+                if let Some(share) = share
+                    && permit.is_none()
+                {
                     match ready!(share.poll_acquire(cx)) {
                         Some(p) => *permit = Some(p),
                         None => return Poll::Ready(Err(Self::shutting_down())),
@@ -153,11 +201,13 @@ impl<R: HopRequest> tower::Service<HopCall<R>> for DownstreamService<R> {
     /// failure). Dropping the future does not withdraw the request.
     fn call(&mut self, call: HopCall<R>) -> ReplyFuture<R> {
         let (tx, rx) = oneshot::channel();
+        let outstanding = &self.shared.outstanding;
         let envelope = |share| Envelope {
             call,
             reply: tx,
             enqueued_at: Instant::now(),
             _share: share,
+            outstanding: Outstanding::new(outstanding, &self.shared.replica.outstanding),
         };
         let sent = match &mut self.room {
             Room::Wait { sender, permit, .. } => sender.send_item(envelope(permit.take())).is_ok(),
@@ -171,6 +221,7 @@ impl<R: HopRequest> tower::Service<HopCall<R>> for DownstreamService<R> {
         };
         if sent {
             self.shared.metrics.queue_depth.inc();
+            self.shared.replica.requests.inc();
             ReplyFuture::Waiting(rx)
         } else {
             ReplyFuture::Failed(Some(Status::internal(format!(

@@ -23,7 +23,7 @@ use tonic::{GrpcMethod, Status, Streaming};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::backoff::Backoff;
-use super::{Envelope, ReplyTx, Shared};
+use super::{Envelope, Outstanding, ReplyTx, Shared};
 
 /// The outbound request stream handed to tonic. A named type rather than a bare
 /// `Pin<Box<dyn Stream>>`, which trips rustc's higher-ranked `Send` inference inside tonic's
@@ -55,6 +55,8 @@ struct Waiting<R: HopRequest> {
     span: tracing::Span,
     /// This request's place under `stream_inflight`.
     _slot: OwnedSemaphorePermit,
+    /// Its count in the replica's load, until the reply.
+    _outstanding: Outstanding,
 }
 
 /// Answers a request that failed before (or instead of) a reply, ending its span.
@@ -133,11 +135,15 @@ pub(super) async fn run<R: HopRequest>(
                 backoff.reset();
                 was_live = true;
                 shared.live.fetch_add(1, Ordering::Relaxed);
+                shared.live_changed.notify_waiters();
                 shared.metrics.live_streams.inc();
-                tracing::info!(downstream = R::NAME, stream = index, "stream open");
+                shared.replica.live_streams.inc();
+                tracing::info!(downstream = R::NAME, replica = %shared.replica.name, stream = index, "stream open");
                 read_replies(index, replies, &shared, &pending).await;
                 shared.live.fetch_sub(1, Ordering::Relaxed);
+                shared.live_changed.notify_waiters();
                 shared.metrics.live_streams.dec();
+                shared.replica.live_streams.dec();
             }
             Err(status) => {
                 spans::fail(
@@ -148,9 +154,9 @@ pub(super) async fn run<R: HopRequest>(
                 );
                 // The first failure loudly, repeats quietly: a down service is one event.
                 if was_live {
-                    tracing::warn!(downstream = R::NAME, stream = index, %status, "cannot open stream; retrying with backoff");
+                    tracing::warn!(downstream = R::NAME, replica = %shared.replica.name, stream = index, %status, "cannot open stream; retrying with backoff");
                 } else {
-                    tracing::debug!(downstream = R::NAME, stream = index, %status, "cannot open stream");
+                    tracing::debug!(downstream = R::NAME, replica = %shared.replica.name, stream = index, %status, "cannot open stream");
                 }
                 was_live = false;
             }
@@ -204,13 +210,14 @@ async fn read_replies<R: HopRequest>(
             Ok(None) => {
                 tracing::info!(
                     downstream = R::NAME,
+                    replica = %shared.replica.name,
                     stream = index,
                     "stream closed by the service"
                 );
                 return;
             }
             Err(status) => {
-                tracing::warn!(downstream = R::NAME, stream = index, %status, "stream broke");
+                tracing::warn!(downstream = R::NAME, replica = %shared.replica.name, stream = index, %status, "stream broke");
                 return;
             }
         }
@@ -268,7 +275,7 @@ fn outbound<R: HopRequest>(
                 }
             };
             let Some(envelope) = envelope else { break };
-            let Envelope { call, reply, enqueued_at, .. } = envelope;
+            let Envelope { call, reply, enqueued_at, outstanding, .. } = envelope;
             let (mut request, span) = (call.request, call.span);
             shared.metrics.queue_depth.dec();
             let queued = enqueued_at.elapsed();
@@ -292,7 +299,7 @@ fn outbound<R: HopRequest>(
                     refuse::<R>(reply, &span, "stream_broke", status);
                     break;
                 }
-                p.waiting.insert(id, Waiting { reply, sent_at: Instant::now(), span, _slot: permit });
+                p.waiting.insert(id, Waiting { reply, sent_at: Instant::now(), span, _slot: permit, _outstanding: outstanding });
             }
             shared.metrics.inflight.inc();
             let handed = Instant::now();

@@ -17,6 +17,68 @@ pub const MAX_APPEND_QUEUE: usize = 1 << 20;
 /// Largest `--max-batch`: one write of this many records (each up to 64 KiB) is buffered
 /// before its fsync.
 pub const MAX_BATCH: usize = 1 << 14;
+/// Largest `--partitions`.
+pub const MAX_PARTITIONS: u32 = 1024;
+
+/// One partition of the audit log: `index` of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Partition {
+    /// Whether transaction `id` belongs here.
+    pub fn owns(&self, id: &str) -> bool {
+        sluice_proto::partition::of(id, self.count) == self.index
+    }
+
+    /// From `--partition` (a number or `auto`) and `--partitions`; `hostname` is asked
+    /// only for `auto`.
+    fn parse(
+        partition: &str,
+        count: u32,
+        hostname: impl FnOnce() -> Option<String>,
+    ) -> Result<Self, BadFlag> {
+        let count = in_range("partitions", count, 1, MAX_PARTITIONS)?;
+        let index = if partition == "auto" {
+            let name = hostname().unwrap_or_default();
+            ordinal(&name).ok_or_else(|| {
+                BadFlag::new(
+                    "partition",
+                    "auto",
+                    format!("needs a host name ending in -<number> (a StatefulSet pod such as logging-1); this host is {name:?}"),
+                )
+            })?
+        } else {
+            partition.parse().map_err(|_| {
+                BadFlag::new("partition", partition, "must be a number or `auto`")
+            })?
+        };
+        if index >= count {
+            return Err(BadFlag::new(
+                "partition",
+                index,
+                format!("must be below --partitions ({count})"),
+            ));
+        }
+        Ok(Self { index, count })
+    }
+}
+
+/// The ordinal of a StatefulSet pod's host name: `logging-1` → 1.
+fn ordinal(hostname: &str) -> Option<u32> {
+    hostname.trim().rsplit_once('-')?.1.parse().ok()
+}
+
+/// This machine's host name (the pod name under Kubernetes).
+fn hostname() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+}
 
 /// What the logging service runs with.
 #[derive(Debug, Clone)]
@@ -29,6 +91,8 @@ pub struct Config {
     pub append_queue: usize,
     /// Most records written and fsync'ed together.
     pub max_batch: usize,
+    /// The partition this process owns.
+    pub partition: Partition,
     /// The token Append and Read require; `None`: no check.
     pub mesh_token: Option<String>,
     pub service: ServiceConfig,
@@ -54,6 +118,7 @@ impl TryFrom<Flags> for Config {
             data_dir: flags.data_dir,
             append_queue: in_range("append-queue", flags.append_queue, 1, MAX_APPEND_QUEUE)?,
             max_batch: in_range("max-batch", flags.max_batch, 1, MAX_BATCH)?,
+            partition: Partition::parse(&flags.partition, flags.partitions, hostname)?,
             mesh_token: flags.mesh_token.filter(|t| !t.is_empty()),
             service: flags.service.try_into()?,
             server: flags.server,
@@ -95,9 +160,35 @@ mod tests {
             (&["--max-batch", "0"], "max-batch"),
             (&["--max-batch", "16385"], "max-batch"),
             (&["--reply-queue", "0"], "reply-queue"),
+            (&["--partition", "2", "--partitions", "2"], "partition"),
+            (&["--partition", "x"], "partition"),
+            (&["--partitions", "0"], "partitions"),
         ] {
             assert_eq!(config(args).unwrap_err().flag, flag, "{args:?}");
         }
         assert_eq!(config(&["--mesh-token", ""]).unwrap().mesh_token, None);
+    }
+
+    #[test]
+    fn partition_auto_is_the_pod_ordinal() {
+        let host = |h: &str| {
+            let h = h.to_string();
+            move || Some(h)
+        };
+        let p = Partition::parse("auto", 3, host("logging-2")).unwrap();
+        assert_eq!(p, Partition { index: 2, count: 3 });
+        let e = Partition::parse("auto", 3, host("laptop")).unwrap_err();
+        assert!(e.rule.contains("-<number>"), "{e}");
+        assert_eq!(Partition::parse("auto", 2, host("logging-5")).unwrap_err().flag, "partition");
+        assert_eq!(config(&[]).unwrap().partition, Partition { index: 0, count: 1 });
+    }
+
+    #[test]
+    fn a_partition_owns_exactly_its_share_of_ids() {
+        let parts: Vec<_> = (0..3).map(|index| Partition { index, count: 3 }).collect();
+        for i in 0..300 {
+            let id = format!("t-{i}");
+            assert_eq!(parts.iter().filter(|p| p.owns(&id)).count(), 1, "{id}");
+        }
     }
 }

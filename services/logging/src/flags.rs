@@ -50,6 +50,17 @@ pub struct Flags {
     /// Most records written and fsync'ed together (group commit).
     #[arg(long, env = "SLUICE_MAX_BATCH", default_value_t = log::DEFAULT_MAX_BATCH)]
     pub max_batch: usize,
+    /// This process's audit-log partition, 0-based: a number, or `auto` for the ordinal at
+    /// the end of the host name (a Kubernetes StatefulSet pod `logging-1` is partition 1).
+    /// It appends only the transactions whose id hashes to it and refuses the rest
+    /// (FAILED_PRECONDITION), so a misordered gateway `--logging` list cannot scatter records.
+    #[arg(long, env = "SLUICE_PARTITION", default_value = "0")]
+    pub partition: String,
+    /// How many partitions the audit log has (the gateway's `--logging` list has one URL
+    /// per partition, in order). Fixed for the life of the log: an id's partition is a hash
+    /// of the id over this count.
+    #[arg(long, env = "SLUICE_PARTITIONS", default_value_t = 1)]
+    pub partitions: u32,
     /// Token that Append and Read require (`authorization: Bearer <token>`); the gateway
     /// and `sluice-loadgen verify` send theirs with the same flag. Unset or empty = no check.
     #[arg(long, env = "SLUICE_MESH_TOKEN", hide_env_values = true)]

@@ -27,7 +27,7 @@ use sluice_runtime::{ReplyStream, WorkerPool};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-pub use crate::config::Config;
+pub use crate::config::{Config, Partition};
 pub use crate::flags::Flags;
 use crate::log::{Appended, AuditError, AuditLog};
 
@@ -37,6 +37,7 @@ pub const DEFAULT_READ_CHUNK: usize = 256;
 
 struct LoggingService {
     log: AuditLog,
+    partition: Partition,
     pool: WorkerPool,
     /// Ends `Read` streams (Append streams end through the pool).
     shutdown: CancellationToken,
@@ -50,6 +51,15 @@ enum Refused {
     /// The gateway's own rules: a peer that skips the gateway stores nothing it would refuse.
     #[error(transparent)]
     Invalid(#[from] validate::Invalid),
+    #[error(
+        "transaction {id:?} belongs to audit partition {belongs} of {count}; this is partition {this} (list the gateway's --logging URLs in partition order)"
+    )]
+    WrongPartition {
+        id: String,
+        belongs: u32,
+        this: u32,
+        count: u32,
+    },
     #[error(transparent)]
     Audit(#[from] AuditError),
 }
@@ -59,6 +69,7 @@ impl From<Refused> for Status {
         match refused {
             Refused::Audit(e) => e.into(),
             Refused::Missing | Refused::Invalid(_) => Status::invalid_argument(refused.to_string()),
+            Refused::WrongPartition { .. } => Status::failed_precondition(refused.to_string()),
         }
     }
 }
@@ -77,9 +88,9 @@ fn trace_id(txn: &Transaction) -> String {
 }
 
 /// One Append message: the work the pool runs.
-async fn append(log: AuditLog, request: AppendRequest) -> AppendAck {
+async fn append(log: AuditLog, partition: Partition, request: AppendRequest) -> AppendAck {
     let correlation_id = request.correlation_id;
-    match store(&log, request.transaction).await {
+    match store(&log, partition, request.transaction).await {
         Ok(appended) => AppendAck {
             correlation_id,
             offset: appended.offset,
@@ -90,9 +101,21 @@ async fn append(log: AuditLog, request: AppendRequest) -> AppendAck {
     }
 }
 
-async fn store(log: &AuditLog, txn: Option<Transaction>) -> Result<Appended, Refused> {
+async fn store(
+    log: &AuditLog,
+    partition: Partition,
+    txn: Option<Transaction>,
+) -> Result<Appended, Refused> {
     let txn = txn.ok_or(Refused::Missing)?;
     validate::transaction(&txn)?;
+    if !partition.owns(&txn.id) {
+        return Err(Refused::WrongPartition {
+            belongs: sluice_proto::partition::of(&txn.id, partition.count),
+            id: txn.id,
+            this: partition.index,
+            count: partition.count,
+        });
+    }
     let record = AuditEntry {
         offset: 0,
         trace_id: trace_id(&txn),
@@ -116,10 +139,10 @@ impl Logging for LoggingService {
         &self,
         request: Request<Streaming<AppendRequest>>,
     ) -> Result<Response<Self::AppendStream>, Status> {
-        let log = self.log.clone();
+        let (log, partition) = (self.log.clone(), self.partition);
         Ok(Response::new(
             self.pool
-                .serve(request, move |req| append(log.clone(), req)),
+                .serve(request, move |req| append(log.clone(), partition, req)),
         ))
     }
 
@@ -169,6 +192,30 @@ impl Logging for LoggingService {
     }
 }
 
+/// The file in a data directory naming the partition its log belongs to.
+const PARTITION_FILE: &str = "partition";
+
+/// Marks `dir` as holding `partition`, or refuses a directory written as another one:
+/// offsets count within a partition, so serving one partition's log as another's would
+/// misreport every record in it.
+fn claim_data_dir(dir: &std::path::Path, partition: Partition) -> Result<(), String> {
+    let path = dir.join(PARTITION_FILE);
+    let this = format!("{}/{}", partition.index, partition.count);
+    match std::fs::read_to_string(&path) {
+        Ok(found) if found.trim() == this => Ok(()),
+        Ok(found) => Err(format!(
+            "--data-dir {} holds audit partition {} (index/count), but this process is {this}: give each partition its own data directory, and keep --partitions fixed",
+            dir.display(),
+            found.trim()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, format!("{this}\n"))
+                .map_err(|e| format!("cannot write {}: {e} (check --data-dir)", path.display()))
+        }
+        Err(e) => Err(format!("cannot read {}: {e} (check --data-dir)", path.display())),
+    }
+}
+
 /// Serves the logging service on `listeners` until `shutdown` is cancelled, then drains and
 /// closes the audit log (everything queued is written and fsync'ed first).
 pub async fn serve(
@@ -187,11 +234,20 @@ pub async fn serve(
         AuditError::Damaged { .. } => ServeError::DataDamaged(e.to_string()),
         e => ServeError::Other(format!("{e} (check --data-dir)")),
     })?;
-    tracing::info!(path = %config.data_dir.display(), records = log.len(), "audit log open");
+    let partition = config.partition;
+    claim_data_dir(&config.data_dir, partition).map_err(ServeError::Config)?;
+    tracing::info!(
+        path = %config.data_dir.display(),
+        records = log.len(),
+        partition = partition.index,
+        partitions = partition.count,
+        "audit log open"
+    );
     log.report_health(listeners.readiness());
     let pool = WorkerPool::new(config.service.pool, &mut registry, shutdown.clone());
     let service = LoggingService {
         log: log.clone(),
+        partition,
         pool: pool.clone(),
         shutdown: shutdown.clone(),
     };
