@@ -247,7 +247,8 @@ impl LoadArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Gateway URL.
+    /// Gateway URL; several gateways comma-separated, or a host name with one address per
+    /// gateway (a scaled service): the connections are spread over every address.
     #[arg(long, env = "SLUICE_TARGET", default_value = spec::DEFAULT_TARGET)]
     pub target: String,
     #[command(flatten)]
@@ -265,7 +266,8 @@ pub struct DemoArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Logging service URL.
+    /// Logging service URL; with a partitioned audit log, every partition's, comma-separated
+    /// in partition order (as the gateway's --logging).
     #[arg(long, env = "SLUICE_LOGGING", default_value = "http://127.0.0.1:50054")]
     pub logging: String,
     /// A report written by `run --json`.

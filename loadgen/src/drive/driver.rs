@@ -125,24 +125,66 @@ pub async fn wait_ready_at(target: &str) -> anyhow::Result<()> {
 }
 
 /// Connects `n` channels to the gateway, failing with a message that says what to do.
+///
+/// `target` may list several gateways (comma-separated URLs) and a host may be a DNS name
+/// with several addresses (a scaled compose service, a Kubernetes headless Service): the
+/// connections go round the addresses in turn, so every gateway gets its share.
 pub async fn connect(
     target: &str,
     n: usize,
     h2: &sluice_core::h2::H2Settings,
 ) -> anyhow::Result<Vec<Channel>> {
-    let endpoint =
-        h2.endpoint(Endpoint::from_shared(target.to_string()).with_context(|| {
+    let mut addresses = gateway_addresses(target).await?;
+    let mut clients = Vec::with_capacity(n);
+    let mut last_error = None;
+    while clients.len() < n.max(1) && !addresses.is_empty() {
+        let i = clients.len() % addresses.len();
+        let endpoint = h2.endpoint(Endpoint::from_shared(addresses[i].clone()).with_context(|| {
             format!("--target {target:?} is not a URL; expected http://host:port")
         })?);
-    let mut clients = Vec::with_capacity(n);
-    for _ in 0..n.max(1) {
-        let channel = endpoint
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to the gateway at {target}: is it running? (start the mesh, or try `sluice-loadgen demo`)"))?;
-        clients.push(channel);
+        match endpoint.connect().await {
+            Ok(channel) => clients.push(channel),
+            // A name may also resolve to an address nothing listens on (localhost's ::1):
+            // use the others.
+            Err(e) => last_error = Some((addresses.remove(i), e)),
+        }
+    }
+    if let (true, Some((url, e))) = (addresses.is_empty(), last_error) {
+        return Err(anyhow::Error::new(e)).with_context(|| format!("cannot connect to the gateway at {url} (from --target {target}): is it running? (start the mesh, or try `sluice-loadgen demo`)"));
     }
     Ok(clients)
+}
+
+/// Every gateway address `target` names, as URLs: each comma-separated URL, its host
+/// resolved (a literal address stays as given).
+async fn gateway_addresses(target: &str) -> anyhow::Result<Vec<String>> {
+    let mut urls = Vec::new();
+    for given in target.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let uri: tonic::codegen::http::Uri = given
+            .parse()
+            .with_context(|| format!("--target {given:?} is not a URL; expected http://host:port"))?;
+        let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+            anyhow::bail!("--target {given:?} is not a URL; expected http://host:port");
+        };
+        let port = uri.port_u16().unwrap_or(80);
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if bare.parse::<std::net::IpAddr>().is_ok() {
+            urls.push(given.to_string());
+            continue;
+        }
+        let mut addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((bare, port))
+            .await
+            .with_context(|| format!("cannot resolve the gateway host in --target {given}"))?
+            .collect();
+        addrs.sort();
+        addrs.dedup();
+        if addrs.is_empty() {
+            anyhow::bail!("--target {given}: {bare} resolves to no address");
+        }
+        urls.extend(addrs.into_iter().map(|a| format!("{scheme}://{a}")));
+    }
+    anyhow::ensure!(!urls.is_empty(), "--target is empty; expected http://host:port");
+    Ok(urls)
 }
 
 /// A transaction sent and waiting for its outcome.

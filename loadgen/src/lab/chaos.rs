@@ -424,7 +424,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         .chain(unary.acked.iter())
         .cloned()
         .collect();
-    let audit = crate::report::audit::check(&mesh.logging.url(), &acked).await?;
+    let audit = crate::report::audit::check(&mesh.logging_urls(), &acked).await?;
     drop(mesh);
 
     let mut errors = BTreeMap::new();

@@ -202,13 +202,24 @@ pub struct MeshOptions {
     pub logging: Vec<String>,
     /// Environment for every binary (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`).
     pub env: Vec<(String, String)>,
+    /// Risk replicas (0 or 1: one).
+    pub risk_replicas: usize,
+    /// Audit-log partitions, one logging process each (0 or 1: one).
+    pub logging_partitions: usize,
 }
 
 /// The four server binaries, started in dependency order.
 pub struct ProcMesh {
+    /// Risk replica 0.
     pub risk: Proc,
+    /// Risk replicas 1.. (with [`MeshOptions::risk_replicas`]).
+    pub more_risk: Vec<Proc>,
     pub notification: Proc,
+    /// Audit partition 0, whose data directory is `data_dir`.
     pub logging: Proc,
+    /// Partitions 1.. (with [`MeshOptions::logging_partitions`]), partition K's data in
+    /// `data_dir/partition-K`.
+    pub more_logging: Vec<Proc>,
     pub gateway: Proc,
     pub data_dir: tempfile::TempDir,
     /// The Control API token every service was started with.
@@ -240,38 +251,51 @@ impl ProcMesh {
             a.extend(["--admin-token".to_string(), admin_token.clone()]);
             a
         };
-        let risk = Proc::spawn_with_env(
-            bin_dir,
-            "sluice-risk",
-            &service(&options.risk),
-            &options.env,
-        )?;
+        let risks = (0..options.risk_replicas.max(1))
+            .map(|_| {
+                Proc::spawn_with_env(bin_dir, "sluice-risk", &service(&options.risk), &options.env)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let notification = Proc::spawn_with_env(
             bin_dir,
             "sluice-notification",
             &service(&options.notification),
             &options.env,
         )?;
-        let mut logging_args = service(&options.logging);
-        logging_args.extend(strings(&[
-            "--data-dir",
-            data_dir.path().to_str().context("non-UTF-8 temp path")?,
-        ]));
-        let logging = Proc::spawn_with_env(bin_dir, "sluice-logging", &logging_args, &options.env)?;
+        let partitions = options.logging_partitions.max(1);
+        let loggings = (0..partitions)
+            .map(|k| {
+                let dir = partition_dir(data_dir.path(), k);
+                let mut args = service(&options.logging);
+                args.extend(strings(&[
+                    "--data-dir",
+                    dir.to_str().context("non-UTF-8 temp path")?,
+                    "--partition",
+                    &k.to_string(),
+                    "--partitions",
+                    &partitions.to_string(),
+                ]));
+                Proc::spawn_with_env(bin_dir, "sluice-logging", &args, &options.env)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let urls = |procs: &[Proc]| procs.iter().map(Proc::url).collect::<Vec<_>>().join(",");
         let mut gateway_args = with(&options.gateway);
         gateway_args.extend(strings(&[
             "--risk",
-            &risk.url(),
+            &urls(&risks),
             "--notification",
             &notification.url(),
             "--logging",
-            &logging.url(),
+            &urls(&loggings),
         ]));
         let gateway = Proc::spawn_with_env(bin_dir, "sluice-gateway", &gateway_args, &options.env)?;
+        let (mut risks, mut loggings) = (risks.into_iter(), loggings.into_iter());
         Ok(ProcMesh {
-            risk,
+            risk: risks.next().context("one risk replica")?,
+            more_risk: risks.collect(),
             notification,
-            logging,
+            logging: loggings.next().context("one audit partition")?,
+            more_logging: loggings.collect(),
             gateway,
             data_dir,
             admin_token,
@@ -290,12 +314,27 @@ impl ProcMesh {
         Ok(mesh)
     }
 
+    /// Every risk replica, replica 0 first.
+    pub fn risks(&self) -> impl Iterator<Item = &Proc> {
+        std::iter::once(&self.risk).chain(&self.more_risk)
+    }
+
+    /// Every audit partition's logging process, in partition order.
+    pub fn loggings(&self) -> impl Iterator<Item = &Proc> {
+        std::iter::once(&self.logging).chain(&self.more_logging)
+    }
+
+    /// The logging URLs, in partition order, comma-separated (as `--logging` takes them).
+    pub fn logging_urls(&self) -> String {
+        self.loggings().map(Proc::url).collect::<Vec<_>>().join(",")
+    }
+
     /// A Control client for `service` (one of this mesh's services), with the mesh's token.
     pub async fn control(&self, service: &Proc) -> anyhow::Result<Control> {
         Control::connect(&service.url(), Some(&self.admin_token)).await
     }
 
-    /// Restarts logging on its previous address and data directory.
+    /// Restarts logging (partition 0) on its previous address and data directory.
     pub fn restart_logging(&mut self) -> anyhow::Result<()> {
         let mut a = strings(&[
             "--listen",
@@ -314,10 +353,22 @@ impl ProcMesh {
                 .path()
                 .to_str()
                 .context("non-UTF-8 temp path")?,
+            "--partitions",
+            &self.options.logging_partitions.max(1).to_string(),
         ]));
         self.logging =
             Proc::spawn_with_env(&self.bin_dir, "sluice-logging", &a, &self.options.env)?;
         Ok(())
+    }
+}
+
+/// Partition `k`'s data directory under the mesh's: partition 0 uses it directly (as a
+/// mesh of one partition always has).
+fn partition_dir(root: &Path, k: usize) -> PathBuf {
+    if k == 0 {
+        root.to_path_buf()
+    } else {
+        root.join(format!("partition-{k}"))
     }
 }
 

@@ -305,7 +305,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
         risk: m.risk.clone(),
         notification: m.notification.clone(),
         logging: m.logging.clone(),
-        env: Vec::new(),
+        ..MeshOptions::default()
     };
     let mesh = ProcMesh::start_ready(dir, options).await?;
     let gateway_metrics = mesh.gateway.metrics_url()?;
@@ -435,7 +435,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
             },
         );
     }
-    let audit = crate::report::audit::check(&mesh.logging.url(), &acked).await?;
+    let audit = crate::report::audit::check(&mesh.logging_urls(), &acked).await?;
     drop(mesh);
 
     let mut failed = 0;

@@ -20,11 +20,14 @@ use sluice_proto::pb::{Decision, NotificationStatus, Outcome};
 
 use exemplars::{DEFAULT_FAILED, DEFAULT_SLOWEST, Exemplar, Noted, TopK, TraceLinks};
 
-/// One acknowledged transaction: its id and audit offset.
+/// One acknowledged transaction: its id and where its audit record is (partition, offset).
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Acked {
     pub id: String,
     pub offset: u64,
+    /// Reports written before partitions existed have none: partition 0.
+    #[serde(default)]
+    pub partition: u32,
 }
 
 /// Which transaction a result belongs to: its id and the trace it carried.
@@ -155,6 +158,7 @@ impl Recorder {
         self.acked.push(Acked {
             id: outcome.id.clone(),
             offset: outcome.audit_offset,
+            partition: outcome.audit_partition,
         });
     }
 
