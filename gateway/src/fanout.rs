@@ -89,7 +89,10 @@ pub struct Fanout {
     risk_retries: Counter,
 }
 
-/// The risk verdict to come, a second replica included.
+/// Most replicas one risk request is sent to (the first included).
+pub const RISK_ATTEMPTS: usize = 3;
+
+/// The risk verdict to come, other replicas included.
 type RiskReply = Pin<Box<dyn Future<Output = Result<RiskVerdict, Status>> + Send>>;
 
 /// A transaction admitted to every queue, its replies still to come.
@@ -163,10 +166,10 @@ impl Fanout {
             Ok(services) => services,
             Err(status) => {
                 let event = if status.code() == tonic::Code::ResourceExhausted {
-                "rejected"
-            } else {
-                "not_admitted"
-            };
+                    "rejected"
+                } else {
+                    "not_admitted"
+                };
                 for span in [&risk_hop, &audit_hop] {
                     spans::fail(span, event, status.code() as i32, status.message());
                 }
@@ -183,7 +186,8 @@ impl Fanout {
             deadline,
             span: risk_hop,
         });
-        let risk = self.risk_with_retry(first, request, &txn.account, (admission, deadline), parent);
+        let risk =
+            self.risk_with_retry(first, request, &txn.account, (admission, deadline), parent);
         let audit = logging.call(HopCall {
             request: AppendRequest::new(carrying(&txn, &audit_hop, caller), deadline_unix_ms),
             deadline,
@@ -200,8 +204,10 @@ impl Fanout {
     }
 
     /// The verdict of `first`; if its replica's stream broke before answering (or it had
-    /// none live by the time the request left the queue), `request` once more through the
-    /// route, which no longer offers that replica. Never past the deadline (the caller's).
+    /// none live by the time the request left the queue), `request` again through the
+    /// route, which no longer offers a replica it knows is down — up to
+    /// [`RISK_ATTEMPTS`] in all, since a replica's second stream may not have noticed yet
+    /// that their connection is gone. Never past the deadline (the caller's).
     fn risk_with_retry(
         &self,
         first: ReplyFuture<RiskRequest>,
@@ -210,25 +216,30 @@ impl Fanout {
         (admission, deadline): (Admission, Instant),
         parent: &tracing::Span,
     ) -> RiskReply {
-        let (route, retries, parent) = (self.risk.clone(), self.risk_retries.clone(), parent.clone());
+        let (route, retries, parent) =
+            (self.risk.clone(), self.risk_retries.clone(), parent.clone());
         let account = account.to_string();
         Box::pin(async move {
-            match first.await {
-                Err(status) if status.code() == tonic::Code::Unavailable && route.is_live() => {
-                    retries.inc();
-                    let span = hop::<RiskRequest>(&parent);
-                    span.set_attribute("sluice.retry_of", status.message().to_string());
-                    let mut again = route.ready(admission, &account).await?;
-                    again
-                        .call(HopCall {
-                            request,
-                            deadline,
-                            span,
-                        })
-                        .await
+            let mut result = first.await;
+            for _ in 1..RISK_ATTEMPTS {
+                match &result {
+                    Err(status) if status.code() == tonic::Code::Unavailable && route.is_live() => {
+                        retries.inc();
+                        let span = hop::<RiskRequest>(&parent);
+                        span.set_attribute("sluice.retry_of", status.message().to_string());
+                        let mut again = route.ready(admission, &account).await?;
+                        result = again
+                            .call(HopCall {
+                                request: request.clone(),
+                                deadline,
+                                span,
+                            })
+                            .await;
+                    }
+                    _ => break,
                 }
-                result => result,
             }
+            result
         })
     }
 

@@ -45,7 +45,13 @@ pub async fn serve(
     let mut workers: Vec<Workers> = Vec::new();
     let ds = &downstream_shutdown;
     let risk_metrics = ServiceMetrics::new("risk", &mut registry);
-    let (risk, w) = Replicas::start(settings.risk.clone(), Take::All, &setup, risk_metrics, ds.clone());
+    let (risk, w) = Replicas::start(
+        settings.risk.clone(),
+        Take::All,
+        &setup,
+        risk_metrics,
+        ds.clone(),
+    );
     workers.push(w);
     let risk = Route::new(risk, settings.risk_routing);
     let notification_metrics = ServiceMetrics::new("notification", &mut registry);

@@ -47,6 +47,9 @@ mod tests {
         for i in 0..4000 {
             counts[of(&format!("txn-{i}"), 4) as usize] += 1;
         }
-        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
     }
 }

@@ -155,8 +155,12 @@ pub(crate) struct P2c<R: HopRequest> {
 
 impl<R: HopRequest> P2c<R> {
     pub(crate) fn new(replicas: &Replicas<R>) -> Self {
-        let balance =
-            |admission| Mutex::new(Balance::new(MemberDiscover::new(replicas.subscribe(), admission)));
+        let balance = |admission| {
+            Mutex::new(Balance::new(MemberDiscover::new(
+                replicas.subscribe(),
+                admission,
+            )))
+        };
         Self {
             wait: balance(Admission::Wait),
             immediate: balance(Admission::Immediate),
@@ -178,7 +182,8 @@ impl<R: HopRequest> P2c<R> {
             }
             Admission::Immediate => {
                 let mut balance = self.immediate.lock().await;
-                let ready = futures::future::poll_fn(|cx| Poll::Ready(balance.poll_ready(cx))).await;
+                let ready =
+                    futures::future::poll_fn(|cx| Poll::Ready(balance.poll_ready(cx))).await;
                 match ready {
                     Poll::Ready(Ok(())) => balance.call(()).await.map_err(balancer_failed),
                     Poll::Ready(Err(e)) => Err(balancer_failed(e)),

@@ -57,7 +57,10 @@ impl Target {
         }
         let host = uri.host().ok_or("it needs a scheme and a host")?;
         // An IPv6 literal comes bracketed.
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         Ok(Self {
             url: url.to_string(),
             host,
@@ -193,13 +196,7 @@ impl<R: HopRequest> Replicas<R> {
         };
         let mut workers = JoinSet::new();
         workers.spawn(discovery.run());
-        (
-            Self {
-                members: rx,
-                given,
-            },
-            Workers(workers),
-        )
+        (Self { members: rx, given }, Workers(workers))
     }
 
     /// The replicas now.
@@ -386,6 +383,9 @@ mod tests {
         assert!(!addrs.is_empty());
         assert!(addrs.iter().all(|a| a.port() == 7 && a.ip().is_loopback()));
         let ip = Target::parse("http://127.0.0.2:8").unwrap();
-        assert_eq!(ip.resolve().await.unwrap(), vec!["127.0.0.2:8".parse().unwrap()]);
+        assert_eq!(
+            ip.resolve().await.unwrap(),
+            vec!["127.0.0.2:8".parse().unwrap()]
+        );
     }
 }

@@ -113,7 +113,10 @@ mod tests {
             assert_eq!(ring.pick(&key, 0.25, idle), Some(home));
             counts[home] += 1;
         }
-        assert!(counts.iter().all(|&c| (700..1300).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (700..1300).contains(&c)),
+            "{counts:?}"
+        );
     }
 
     #[test]

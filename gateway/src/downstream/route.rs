@@ -40,7 +40,9 @@ pub enum Balancer {
 pub enum Routing {
     Balance(Balancer),
     /// By the request's key (the account), consistent hashing with bounded loads.
-    Affinity { epsilon: f64 },
+    Affinity {
+        epsilon: f64,
+    },
 }
 
 enum Policy<R: HopRequest> {
@@ -118,10 +120,9 @@ impl<R: HopRequest> Route<R> {
                     let d = &members.list[i].downstream;
                     d.is_live().then(|| d.outstanding())
                 };
-                let i = members
-                    .ring
-                    .pick(key, *epsilon, load)
-                    .ok_or_else(|| Status::unavailable(format!("{} has no live replica", R::NAME)))?;
+                let i = members.ring.pick(key, *epsilon, load).ok_or_else(|| {
+                    Status::unavailable(format!("{} has no live replica", R::NAME))
+                })?;
                 members.list[i]
                     .downstream
                     .service(admission)
@@ -147,7 +148,9 @@ impl<R: HopRequest> Clone for Partitions<R> {
 
 impl<R: HopRequest> Partitions<R> {
     pub fn new(parts: Vec<Replicas<R>>) -> Self {
-        Self { parts: parts.into() }
+        Self {
+            parts: parts.into(),
+        }
     }
 
     /// How many partitions there are.

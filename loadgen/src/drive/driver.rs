@@ -139,9 +139,9 @@ pub async fn connect(
     let mut last_error = None;
     while clients.len() < n.max(1) && !addresses.is_empty() {
         let i = clients.len() % addresses.len();
-        let endpoint = h2.endpoint(Endpoint::from_shared(addresses[i].clone()).with_context(|| {
-            format!("--target {target:?} is not a URL; expected http://host:port")
-        })?);
+        let endpoint = h2.endpoint(Endpoint::from_shared(addresses[i].clone()).with_context(
+            || format!("--target {target:?} is not a URL; expected http://host:port"),
+        )?);
         match endpoint.connect().await {
             Ok(channel) => clients.push(channel),
             // A name may also resolve to an address nothing listens on (localhost's ::1):
@@ -160,9 +160,9 @@ pub async fn connect(
 async fn gateway_addresses(target: &str) -> anyhow::Result<Vec<String>> {
     let mut urls = Vec::new();
     for given in target.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-        let uri: tonic::codegen::http::Uri = given
-            .parse()
-            .with_context(|| format!("--target {given:?} is not a URL; expected http://host:port"))?;
+        let uri: tonic::codegen::http::Uri = given.parse().with_context(|| {
+            format!("--target {given:?} is not a URL; expected http://host:port")
+        })?;
         let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
             anyhow::bail!("--target {given:?} is not a URL; expected http://host:port");
         };
@@ -183,7 +183,10 @@ async fn gateway_addresses(target: &str) -> anyhow::Result<Vec<String>> {
         }
         urls.extend(addrs.into_iter().map(|a| format!("{scheme}://{a}")));
     }
-    anyhow::ensure!(!urls.is_empty(), "--target is empty; expected http://host:port");
+    anyhow::ensure!(
+        !urls.is_empty(),
+        "--target is empty; expected http://host:port"
+    );
     Ok(urls)
 }
 

@@ -253,7 +253,12 @@ impl ProcMesh {
         };
         let risks = (0..options.risk_replicas.max(1))
             .map(|_| {
-                Proc::spawn_with_env(bin_dir, "sluice-risk", &service(&options.risk), &options.env)
+                Proc::spawn_with_env(
+                    bin_dir,
+                    "sluice-risk",
+                    &service(&options.risk),
+                    &options.env,
+                )
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let notification = Proc::spawn_with_env(

@@ -51,9 +51,9 @@ impl Partition {
                 )
             })?
         } else {
-            partition.parse().map_err(|_| {
-                BadFlag::new("partition", partition, "must be a number or `auto`")
-            })?
+            partition
+                .parse()
+                .map_err(|_| BadFlag::new("partition", partition, "must be a number or `auto`"))?
         };
         if index >= count {
             return Err(BadFlag::new(
@@ -179,8 +179,16 @@ mod tests {
         assert_eq!(p, Partition { index: 2, count: 3 });
         let e = Partition::parse("auto", 3, host("laptop")).unwrap_err();
         assert!(e.rule.contains("-<number>"), "{e}");
-        assert_eq!(Partition::parse("auto", 2, host("logging-5")).unwrap_err().flag, "partition");
-        assert_eq!(config(&[]).unwrap().partition, Partition { index: 0, count: 1 });
+        assert_eq!(
+            Partition::parse("auto", 2, host("logging-5"))
+                .unwrap_err()
+                .flag,
+            "partition"
+        );
+        assert_eq!(
+            config(&[]).unwrap().partition,
+            Partition { index: 0, count: 1 }
+        );
     }
 
     #[test]

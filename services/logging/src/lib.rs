@@ -140,10 +140,9 @@ impl Logging for LoggingService {
         request: Request<Streaming<AppendRequest>>,
     ) -> Result<Response<Self::AppendStream>, Status> {
         let (log, partition) = (self.log.clone(), self.partition);
-        Ok(Response::new(
-            self.pool
-                .serve(request, move |req| append(log.clone(), partition, req)),
-        ))
+        Ok(Response::new(self.pool.serve(request, move |req| {
+            append(log.clone(), partition, req)
+        })))
     }
 
     async fn read(
@@ -212,7 +211,10 @@ fn claim_data_dir(dir: &std::path::Path, partition: Partition) -> Result<(), Str
             std::fs::write(&path, format!("{this}\n"))
                 .map_err(|e| format!("cannot write {}: {e} (check --data-dir)", path.display()))
         }
-        Err(e) => Err(format!("cannot read {}: {e} (check --data-dir)", path.display())),
+        Err(e) => Err(format!(
+            "cannot read {}: {e} (check --data-dir)",
+            path.display()
+        )),
     }
 }
 

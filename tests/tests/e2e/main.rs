@@ -12,6 +12,7 @@ mod hostile;
 mod loadgen;
 mod loadgen_features;
 mod readiness;
+mod replicas;
 mod shutdown;
 mod stream;
 mod stream_errors;
