@@ -42,6 +42,9 @@ pub enum Command {
     /// Measure saturation throughput and latency at half load against the real binaries
     /// (started from this executable's directory as separate processes).
     Bench(crate::lab::bench::BenchArgs),
+    /// Compare the gateway's routing policies (p2c, round-robin, account affinity) with one
+    /// of three risk replicas slowed: goodput, p50/p99, the slow replica's share.
+    Balance(crate::lab::balance::BalanceArgs),
     /// Show or change the faults in force on a service (risk, notification or logging)
     /// through its Control API; prints the faults now in force.
     Fault(crate::lab::fault::FaultArgs),
@@ -307,6 +310,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
             Ok(check.passed() && report.ok > 0)
         }
         Command::Bench(args) => crate::lab::bench::bench(args).await.map(|()| true),
+        Command::Balance(args) => crate::lab::balance::balance(args).await.map(|()| true),
         Command::Scenario(args) => crate::lab::scenario::run(args).await,
         Command::Chaos(args) => crate::lab::chaos::run(args).await,
         Command::Sink(args) => crate::lab::sink::run(args).await.map(|()| true),

@@ -3,11 +3,16 @@
 # binaries built on this host: no registry needed). Run by .ci/run when a Docker engine is
 # present; prints SKIPPED otherwise.
 #
-#  1. build the images, `up` risk, notification, logging, gateway (no Jaeger: it cannot be
-#     pulled offline; the mesh logs once that export fails), wait for readiness; the one-shot
-#     `token` service writes the admin token they all read (no default secret)
-#  2. load from the loadgen container; `kill` logging mid-run, start it again: no hung
-#     requests, no acknowledged audit record lost, throughput recovers
+#  1. build the images, `up` three risk replicas, two notification replicas, the two audit
+#     partitions and the gateway (no Jaeger: it cannot be pulled offline; the mesh logs once
+#     that export fails), wait for readiness; the one-shot `token` service writes the admin
+#     token they all read (no default secret)
+#  2. replicas under load: `docker kill` one of three risk replicas → no client error,
+#     throughput steady; `docker network disconnect` another (silence, not a reset) → the
+#     gateway ejects it within 2 s (HTTP/2 keepalive), no request hangs or fails
+#  3. load; `kill` audit partition 1 mid-run, start it again: only its transactions fail
+#     (partition 0's go on), no hung requests, no acknowledged record lost in either
+#     partition, throughput recovers
 #  3. stall logging through the Control API (the old default token is refused; the shared
 #     token file works): the load generator's sends block
 #  4. `stop`: every container exits 0 within the grace period; `down -v` cleans up
@@ -46,47 +51,92 @@ docker/stage-local.sh >/dev/null
 compose build -q gateway >/dev/null 2>&1 || compose build gateway
 size=$(docker image inspect -f '{{.Size}}' "sluice:e2e" | awk '{printf "%.1f MB", $1/1e6}')
 
-echo "== up (without jaeger)"
+echo "== up (without jaeger): risk x3, notification x2, logging-0, logging-1, gateway"
 t0=$(now)
-compose up -d risk notification logging gateway >/dev/null 2>&1
+compose up -d --scale risk=3 --scale notification=2 risk notification logging-0 logging-1 gateway >/dev/null 2>&1
 until_ok 60 healthy gateway || fail "gateway never became healthy (ready)"
 [ "$(docker inspect -f '{{.State.ExitCode}}' "$(compose ps -a -q token)")" = 0 ] || fail "the token init service failed"
 t_healthy=$(echo "$(now) - $t0" | bc)
 admin=$(compose port gateway 9101)
 idle=$(docker stats --no-stream --format '{{.Name}}={{.MemUsage}}' $(compose ps -q) | sed 's/ \/.*//' | tr '\n' ' ')
 
-echo "== load, kill logging mid-run, start it again"
+echo "== replicas: kill one of three risk replicas under load"
+until_ok 30 at_least 'sluice_gateway_downstream_live_streams{downstream="risk"}' 6 || fail "the gateway never found three risk replicas"
+read -r -a risks <<<"$(compose ps -q risk | tr '\n' ' ')"
+[ "${#risks[@]}" = 3 ] || fail "expected 3 risk containers, found ${#risks[@]}"
+compose run --rm --no-deps -v "$out:/out" loadgen run --target http://gateway:50051 --mode unary --rate 300 \
+  --duration 12s --timeout 5s -q --json /out/risk-kill.json >/dev/null 2>"$out/risk-kill.err" &
+load=$!
+until_ok 60 at_least 'sluice_gateway_transactions_total{api="unary",result="ok"}' 900 || fail "load never got going"
+docker kill "${risks[0]}" >/dev/null
+until_ok 10 at_most 'sluice_gateway_downstream_live_streams{downstream="risk"}' 4 || fail "the gateway never noticed the killed risk replica"
+wait "$load" || fail "load generator failed: $(cat "$out/risk-kill.err")"
+[ "$(json "$out/risk-kill.json" "not r['errors'] and r['completed'] == r['sent']")" = True ] \
+  || fail "a killed risk replica cost the client: errors $(json "$out/risk-kill.json" "r['errors']"), sent/completed $(json "$out/risk-kill.json" "(r['sent'], r['completed'])")"
+[ "$(json "$out/risk-kill.json" "min(p['ok'] for p in r['timeline'][1:-1]) >= 270")" = True ] \
+  || fail "throughput dipped: $(json "$out/risk-kill.json" "[p['ok'] for p in r['timeline']]")"
+risk_kill_ok=$(json "$out/risk-kill.json" "r['ok']")
+docker start "${risks[0]}" >/dev/null
+until_ok 30 at_least 'sluice_gateway_downstream_live_streams{downstream="risk"}' 6 || fail "the restarted risk replica never rejoined"
+
+echo "== replicas: cut one risk replica off the network under load"
+net=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}' "${risks[1]}" | awk '{print $1}')
+compose run --rm --no-deps -v "$out:/out" loadgen run --target http://gateway:50051 --mode unary --rate 300 \
+  --duration 10s --timeout 5s -q --json /out/risk-cut.json >/dev/null 2>"$out/risk-cut.err" &
+load=$!
+until_ok 60 at_least 'sluice_gateway_transactions_total{api="unary",result="ok"}' "$(( $(metric 'sluice_gateway_transactions_total{api="unary",result="ok"}' | cut -d. -f1) + 600 ))" || fail "load never got going"
+t0=$(now)
+docker network disconnect "$net" "${risks[1]}"
+until_ok 10 at_most 'sluice_gateway_downstream_live_streams{downstream="risk"}' 4 || fail "the cut-off risk replica was never ejected"
+t_eject=$(echo "$(now) - $t0" | bc)
+awk -v t="$t_eject" 'BEGIN{exit !(t < 2.5)}' || fail "ejecting the cut-off replica took ${t_eject}s (keepalive 1s + 1s)"
+wait "$load" || fail "load generator failed: $(cat "$out/risk-cut.err")"
+[ "$(json "$out/risk-cut.json" "r['completed'] == r['sent']")" = True ] || fail "hung requests behind the partition: $(json "$out/risk-cut.json" "(r['sent'], r['completed'])")"
+[ "$(json "$out/risk-cut.json" "not r['errors']")" = True ] || fail "the partition cost the client: $(json "$out/risk-cut.json" "r['errors']")"
+docker network connect "$net" "${risks[1]}"
+
+echo "== load, kill audit partition 1 mid-run, start it again"
 compose run --rm --no-deps -v "$out:/out" loadgen run --target http://gateway:50051 --mode unary --rate 300 \
   --duration 25s --timeout 5s -q --json /out/kill.json >/dev/null 2>"$out/kill.err" &
 load=$!
-until_ok 60 at_least 'sluice_gateway_transactions_total{api="unary",result="ok"}' 1500 || fail "load never got going"
+until_ok 60 at_least 'sluice_gateway_transactions_total{api="unary",result="ok"}' "$(( $(metric 'sluice_gateway_transactions_total{api="unary",result="ok"}' | cut -d. -f1) + 1500 ))" || fail "load never got going"
 loaded=$(docker stats --no-stream --format '{{.Name}}={{.MemUsage}}' $(compose ps -q) | sed 's/ \/.*//' | tr '\n' ' ')
-compose kill logging >/dev/null 2>&1
-until_ok 30 at_most 'sluice_gateway_downstream_live_streams{downstream="logging"}' 0 || fail "gateway never noticed logging was gone"
+compose kill logging-1 >/dev/null 2>&1
+until_ok 30 at_most 'sluice_gateway_downstream_live_streams{downstream="logging"}' 2 || fail "gateway never noticed partition 1 was gone"
 until_ok 30 at_least 'sluice_gateway_rejected_total{api="unary",reason="unavailable"}' 1 || fail "no request failed fast during the outage"
-compose start logging >/dev/null 2>&1
-until_ok 60 at_least 'sluice_gateway_downstream_live_streams{downstream="logging"}' 1 || fail "gateway never reconnected"
+# Partition 0's transactions go on meanwhile.
+ok_down=$(metric 'sluice_gateway_transactions_total{api="unary",result="ok"}' | cut -d. -f1)
+until_ok 10 at_least 'sluice_gateway_transactions_total{api="unary",result="ok"}' $((ok_down + 300)) || fail "partition 0 stopped with partition 1"
+compose start logging-1 >/dev/null 2>&1
+until_ok 60 at_least 'sluice_gateway_downstream_live_streams{downstream="logging"}' 4 || fail "gateway never reconnected"
 wait "$load" || fail "load generator failed: $(cat "$out/kill.err")"
 [ "$(json "$out/kill.json" "r['completed'] == r['sent']")" = True ] || fail "hung requests: $(json "$out/kill.json" "(r['sent'], r['completed'])")"
 [ "$(json "$out/kill.json" "set(r['errors']) <= {'UNAVAILABLE', 'DEADLINE_EXCEEDED'}")" = True ] || fail "unexpected errors $(json "$out/kill.json" "r['errors']")"
 [ "$(json "$out/kill.json" "r['errors'].get('UNAVAILABLE', 0) > 0")" = True ] || fail "the outage was not seen"
+[ "$(json "$out/kill.json" "any(a.get('partition', 0) == 1 for a in r['acked'][-200:])")" = True ] || fail "partition 1 acknowledged nothing after its restart"
 [ "$(json "$out/kill.json" "min(p['ok'] for p in r['timeline'][-4:-1]) >= 270")" = True ] || fail "throughput did not recover: $(json "$out/kill.json" "[p['ok'] for p in r['timeline']]")"
-compose run --rm --no-deps -v "$out:/out" loadgen verify --logging http://logging:50054 --report /out/kill.json >"$out/verify.txt" 2>&1 \
+compose run --rm --no-deps -v "$out:/out" loadgen verify --report /out/kill.json >"$out/verify.txt" 2>&1 \
   || fail "acknowledged records missing: $(cat "$out/verify.txt")"
 acked=$(json "$out/kill.json" "len(r['acked'])")
 outage=$(json "$out/kill.json" "r['errors']")
 
 echo "== stall logging through the Control API"
-compose run --rm --no-deps loadgen fault --target http://logging:50054 --stall --token sluice-admin >/dev/null 2>&1 && fail "Control accepted the old default token"
-compose run --rm --no-deps loadgen fault --target http://logging:50054 --stall >/dev/null 2>&1 || fail "cannot stall logging with the shared token file"
+for part in logging-0 logging-1; do
+  compose run --rm --no-deps loadgen fault --target "http://$part:50054" --stall --token sluice-admin >/dev/null 2>&1 && fail "Control accepted the old default token"
+  compose run --rm --no-deps loadgen fault --target "http://$part:50054" --stall >/dev/null 2>&1 || fail "cannot stall $part with the shared token file"
+done
 compose run --rm --no-deps -v "$out:/out" loadgen run --target http://gateway:50051 --mode stream --rate 2000 \
   --duration 6s --timeout 60s -q --json /out/stall.json >/dev/null 2>"$out/stall.err" &
 load=$!
 # Stream clients fill the queue up to its share for waiting admissions: 1024 less the 256
 # slots --unary-reserved keeps for unary calls.
-until_ok 30 at_least 'sluice_gateway_downstream_queue_depth{downstream="logging"}' 768 || fail "pressure never built up at the gateway (logging queue not at the streams' share, 768 of 1024)"
+# Both partitions' queues (1024 each) fill to their share for waiting admissions: 1024 less
+# the 256 slots --unary-reserved keeps for unary calls.
+until_ok 30 at_least 'sluice_gateway_downstream_queue_depth{downstream="logging"}' 1536 || fail "pressure never built up at the gateway (logging queues not at the streams' share, 2 x 768 of 1024)"
 sleep 3   # hold the stall: the scenario, not a synchronisation
-compose run --rm --no-deps loadgen fault --target http://logging:50054 --unstall >/dev/null 2>&1 || fail "cannot unstall"
+for part in logging-0 logging-1; do
+  compose run --rm --no-deps loadgen fault --target "http://$part:50054" --unstall >/dev/null 2>&1 || fail "cannot unstall $part"
+done
 wait "$load" || fail "stream load failed: $(cat "$out/stall.err")"
 blocked=$(json "$out/stall.json" "round(r['blocked_send_seconds'], 2)")
 [ "$(json "$out/stall.json" "r['blocked_send_seconds'] >= 2.0 and not r['errors'] and r['completed'] == r['sent']")" = True ] \
@@ -96,9 +146,11 @@ echo "== stop"
 t0=$(now)
 compose stop -t 15 >/dev/null 2>&1
 t_stop=$(echo "$(now) - $t0" | bc)
-for s in gateway risk notification logging; do
-  code=$(docker inspect -f '{{.State.ExitCode}}' "$(compose ps -q "$s")")
-  [ "$code" = 0 ] || fail "$s exited $code on stop"
+for s in gateway risk notification logging-0 logging-1; do
+  for c in $(compose ps -q "$s"); do
+    code=$(docker inspect -f '{{.State.ExitCode}}' "$c")
+    [ "$code" = 0 ] || fail "$s exited $code on stop"
+  done
 done
 awk -v t="$t_stop" 'BEGIN{exit !(t < 15)}' || fail "stop took ${t_stop}s, beyond the grace period"
 compose down -v >/dev/null 2>&1
@@ -109,7 +161,9 @@ docker e2e figures
   up to healthy: ${t_healthy}s
   memory idle:   ${idle//${P}_/}
   memory loaded: ${loaded//${P}_/}(unary 300/s)
-  logging killed and restarted under load: $acked acknowledged, none missing; outage errors $outage
+  one of three risk replicas killed under 300/s: $risk_kill_ok ok, no error
+  one risk replica cut off the network: ejected in ${t_eject}s, no error, no hung request
+  audit partition 1 killed and restarted under load: $acked acknowledged, none missing; outage errors $outage
   logging stalled: load generator blocked ${blocked}s of a 6 s run
   stop: ${t_stop}s, every container exit 0
 docker e2e: PASSED

@@ -46,7 +46,7 @@ pub enum Routing {
 }
 
 enum Policy<R: HopRequest> {
-    P2c(P2c<R>),
+    P2c(Box<P2c<R>>),
     RoundRobin(AtomicUsize),
     Affinity { epsilon: f64 },
 }
@@ -69,7 +69,7 @@ impl<R: HopRequest> Clone for Route<R> {
 impl<R: HopRequest> Route<R> {
     pub fn new(replicas: Replicas<R>, routing: Routing) -> Self {
         let policy = match routing {
-            Routing::Balance(Balancer::P2c) => Policy::P2c(P2c::new(&replicas)),
+            Routing::Balance(Balancer::P2c) => Policy::P2c(Box::new(P2c::new(&replicas))),
             Routing::Balance(Balancer::RoundRobin) => Policy::RoundRobin(AtomicUsize::new(0)),
             Routing::Affinity { epsilon } => Policy::Affinity { epsilon },
         };

@@ -3,6 +3,7 @@
 //! Two ways to have a mesh: [`mesh`] runs all four servers inside this process (the
 //! [`demo`]), [`procs`] spawns the real binaries as processes on loopback (everything else,
 //! and the end-to-end tests). On those: [`bench`](mod@bench) (saturation and latency),
+//! [`balance`](mod@balance) (routing policies around one slow replica of three),
 //! [`pressure`] (bounded vs unbounded backpressure), [`scenario`] (phases, faults and
 //! expectations from a file), [`chaos`] (kill and freeze each process under load), and
 //! [`fault`] (the `fault` command against any running service). [`sink`] is the opposite: a
@@ -11,6 +12,7 @@
 //! None of this is on the measuring path: it only starts, disturbs and stops what the
 //! [`crate::drive`] modules measure.
 
+pub mod balance;
 pub mod bench;
 pub mod chaos;
 pub mod demo;

@@ -194,7 +194,7 @@ async fn a_killed_risk_replica_costs_the_client_no_error() {
     for t in tasks {
         t.await.unwrap();
     }
-    let errors = errors.lock().unwrap();
+    let errors = std::mem::take(&mut *errors.lock().unwrap());
     assert!(
         errors.is_empty(),
         "{} errors: {:?}",

@@ -1,0 +1,189 @@
+//! `sluice-loadgen balance`: one slow risk replica of three, and how each routing policy
+//! copes — p2c (load-aware), round-robin (blind), account (consistent hashing with bounded
+//! loads, risk's default).
+//!
+//! For each policy a fresh mesh runs three risk replicas; the third is slowed by `--delay`
+//! through Control, then `runs` open-loop runs at `--rate` measure goodput (OK/s), p50/p99,
+//! and the slow replica's share of risk requests (from the gateway's per-replica counters).
+//! A first set of runs with no replica slowed gives the all-healthy p99 to compare with.
+//! Medians of the runs; quote them with the command.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use sluice_proto::pb::Faults;
+
+use crate::admin::metrics;
+use crate::drive::driver;
+use crate::drive::spec::{LoadSpec, Mode, Pacing};
+use crate::lab::procs::{MeshOptions, ProcMesh, bin_dir};
+
+#[derive(Debug, Clone, Args)]
+pub struct BalanceArgs {
+    /// Routing policies to compare (the gateway's risk routing).
+    #[arg(long, value_delimiter = ',', default_value = "p2c,round-robin,account")]
+    pub policies: Vec<String>,
+    /// Delay injected on the slow replica.
+    #[arg(long, default_value = "50ms", value_parser = sluice_core::parse_duration)]
+    pub delay: Duration,
+    /// Offered load, transactions per second (open loop).
+    #[arg(long, default_value_t = 2000.0)]
+    pub rate: f64,
+    /// Ingress mode.
+    #[arg(long, value_enum, default_value = "stream")]
+    pub mode: Mode,
+    /// Runs per policy; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Measured time per run, e.g. 8s.
+    #[arg(long, default_value = "8s", value_parser = sluice_core::parse_duration)]
+    pub duration: Duration,
+    /// Unmeasured warmup per run, e.g. 2s (the balancer's 2 s to react fall in it).
+    #[arg(long, default_value = "2s", value_parser = sluice_core::parse_duration)]
+    pub warmup: Duration,
+    /// Directory with the sluice-* binaries (default: this executable's directory).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The gateway flags for a policy.
+fn gateway_flags(policy: &str) -> anyhow::Result<Vec<String>> {
+    let flags: &[&str] = match policy {
+        "p2c" => &["--risk-routing", "balance", "--balance", "p2c"],
+        "round-robin" => &["--risk-routing", "balance", "--balance", "round-robin"],
+        "account" => &["--risk-routing", "account"],
+        other => anyhow::bail!("--policies: unknown policy {other:?} (p2c, round-robin, account)"),
+    };
+    Ok(flags.iter().map(|s| s.to_string()).collect())
+}
+
+/// Risk requests routed to each replica so far.
+async fn per_replica(mesh: &ProcMesh) -> anyhow::Result<Vec<f64>> {
+    let url = mesh.gateway.metrics_url()?;
+    let samples = metrics::samples(&url)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("cannot scrape the gateway's metrics"))?;
+    Ok(mesh
+        .risks()
+        .map(|p| {
+            let key = format!(
+                "sluice_gateway_downstream_replica_requests_total{{downstream=\"risk\",replica=\"{}\"}}",
+                p.grpc
+            );
+            samples.get(&key).copied().unwrap_or(0.0)
+        })
+        .collect())
+}
+
+/// One policy's medians.
+struct Figures {
+    ok_rate: f64,
+    p50: f64,
+    p99: f64,
+    slow_share: f64,
+}
+
+async fn measure(args: &BalanceArgs, mesh: &ProcMesh, label: &str) -> anyhow::Result<Figures> {
+    let (mut ok, mut p50, mut p99, mut share) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 0..args.runs {
+        let before = per_replica(mesh).await?;
+        let spec = LoadSpec::builder(mesh.gateway.url())
+            .mode(args.mode)
+            .pacing(Pacing::Open { rate: args.rate })
+            .duration(args.duration)
+            .warmup(args.warmup)
+            .seed(run as u64 + 1)
+            .id_prefix(format!("balance-{}-{label}-{run}", std::process::id()))
+            .build()?;
+        let r = driver::run(spec).await?;
+        let after = per_replica(mesh).await?;
+        let delta: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        let total: f64 = delta.iter().sum();
+        let slow_share = if total > 0.0 { delta[2] / total } else { 0.0 };
+        eprintln!(
+            "  {label} run {}: {:.0} ok/s, p50 {:.2} ms, p99 {:.2} ms, slow replica {:.1} % {}{:?}",
+            run + 1,
+            r.ok_rate,
+            r.latency_ms.p50,
+            r.latency_ms.p99,
+            slow_share * 100.0,
+            if r.errors.is_empty() { "" } else { "errors " },
+            if r.errors.is_empty() {
+                None
+            } else {
+                Some(&r.errors)
+            },
+        );
+        ok.push(r.ok_rate);
+        p50.push(r.latency_ms.p50);
+        p99.push(r.latency_ms.p99);
+        share.push(slow_share);
+    }
+    Ok(Figures {
+        ok_rate: median(ok),
+        p50: median(p50),
+        p99: median(p99),
+        slow_share: median(share),
+    })
+}
+
+/// Runs the comparison and prints its table.
+pub async fn balance(args: BalanceArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
+    let dir = bin_dir(args.bin_dir.as_deref())?;
+    println!(
+        "balance: 3 risk replicas, one slowed by {:?}; {} {:?} run(s) of {:?} (+{:?} warmup) at {:.0}/s per policy; medians",
+        args.delay, args.runs, args.mode, args.duration, args.warmup, args.rate
+    );
+    let mut rows = Vec::new();
+    for (i, policy) in args.policies.iter().enumerate() {
+        let options = MeshOptions {
+            gateway: gateway_flags(policy)?,
+            risk_replicas: 3,
+            ..MeshOptions::default()
+        };
+        let mesh = ProcMesh::start_ready(dir.clone(), options).await?;
+        if i == 0 {
+            let healthy = measure(&args, &mesh, &format!("{policy} all healthy")).await?;
+            rows.push((format!("{policy}, all healthy"), healthy));
+        }
+        let slow = mesh.more_risk.get(1).expect("three risk replicas");
+        mesh.control(slow)
+            .await?
+            .set(Faults {
+                delay_ms: args.delay.as_millis() as u32,
+                ..Default::default()
+            })
+            .await?;
+        let figures = measure(&args, &mesh, policy).await?;
+        rows.push((format!("{policy}, one slow"), figures));
+    }
+    println!();
+    println!(
+        "| policy | goodput (ok/s) | p50 ms | p99 ms | slow replica's share |\n|---|---|---|---|---|"
+    );
+    for (label, f) in &rows {
+        println!(
+            "| {label} | {:.0} | {:.2} | {:.2} | {:.1} % |",
+            f.ok_rate,
+            f.p50,
+            f.p99,
+            f.slow_share * 100.0
+        );
+    }
+    println!(
+        "\nreproduce: cargo run --release -p sluice-loadgen -- balance --runs {} --duration {:?} --rate {} --delay {:?} --mode {}",
+        args.runs,
+        args.duration,
+        args.rate,
+        args.delay,
+        format!("{:?}", args.mode).to_lowercase()
+    );
+    Ok(())
+}
