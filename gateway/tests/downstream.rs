@@ -220,3 +220,99 @@ async fn a_broken_stream_fails_what_waits_on_it() {
 fn the_contract_names_the_generated_path() {
     assert_eq!(RiskRequest::PATH, "/mesh.v1.Risk/Assess");
 }
+
+/// Discovery over `urls` (a replica each), with `config` per replica.
+fn replicas(
+    urls: &[&str],
+    take: sluice_gateway::downstream::replicas::Take,
+    config: DownstreamConfig,
+) -> (sluice_gateway::downstream::Replicas<RiskRequest>, Workers) {
+    use sluice_gateway::downstream::replicas::Setup;
+    use sluice_gateway::downstream::{Replicas, ServiceMetrics, Target};
+    let targets = urls.iter().map(|u| Target::parse(u).unwrap()).collect();
+    let setup = Setup {
+        config,
+        endpoint: Arc::new(|addr| {
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap()
+        }),
+        resolve_interval: Duration::from_secs(5),
+    };
+    let metrics = ServiceMetrics::new("risk", &mut Registry::default());
+    Replicas::start(targets, take, &setup, metrics, CancellationToken::new())
+}
+
+#[tokio::test]
+async fn p2c_keeps_away_from_a_replica_that_stopped_answering() {
+    use sluice_gateway::downstream::replicas::Take;
+    use sluice_gateway::downstream::{Balancer, Route, Routing};
+    let fast = server(Scripted {
+        reads: Arc::new(Semaphore::new(10_000)),
+        break_streams: false,
+    })
+    .await;
+    let stuck = server(Scripted {
+        reads: Arc::new(Semaphore::new(0)),
+        break_streams: false,
+    })
+    .await;
+    let (set, _workers) = replicas(&[&fast, &stuck], Take::All, config(64, 8));
+    until("both replicas are live", || {
+        let m = set.snapshot();
+        m.list.len() == 2 && m.list.iter().all(|m| m.downstream.is_live())
+    })
+    .await;
+    let route = Route::new(set.clone(), Routing::Balance(Balancer::P2c));
+    let mut replies = Vec::new();
+    for n in 0..200 {
+        let mut svc = route.ready(Admission::Wait, "any").await.expect("ready");
+        replies.push(svc.call(call(&format!("p2c-{n}"))));
+    }
+    let members = set.snapshot();
+    let load = |url: &str| {
+        let m = members.list.iter().find(|m| url.ends_with(&m.addr.to_string()));
+        m.expect("member").downstream.outstanding()
+    };
+    until("the fast replica answered everything it took", || load(&fast) == 0).await;
+    // Load = outstanding requests: once the stuck replica holds more than the fast one, p2c
+    // never prefers it again.
+    let stuck_took = load(&stuck);
+    assert!(stuck_took <= 3, "the stuck replica took {stuck_took} of 200");
+    assert!(stuck_took >= 1, "p2c never tried the second replica");
+    drop(replies);
+}
+
+#[tokio::test]
+async fn a_partition_without_a_live_stream_fails_its_own_ids_at_once() {
+    use sluice_gateway::downstream::Partitions;
+    use sluice_gateway::downstream::replicas::Take;
+    let up = server(Scripted {
+        reads: Arc::new(Semaphore::new(10_000)),
+        break_streams: false,
+    })
+    .await;
+    // Nothing listens on port 1.
+    let (p0, _w0) = replicas(&[&up], Take::First, config(16, 4));
+    let (p1, _w1) = replicas(&["http://127.0.0.1:1"], Take::First, config(16, 4));
+    let parts = Partitions::new(vec![p0.clone(), p1]);
+    until("partition 0 is live", || p0.is_live()).await;
+    let (mut ok, mut refused) = (0, 0);
+    for n in 0..40 {
+        let id = format!("part-{n}");
+        let started = Instant::now();
+        match parts.ready(Admission::Wait, &id).await {
+            Ok((partition, mut svc)) => {
+                assert_eq!(partition, 0);
+                assert_eq!(sluice_proto::partition::of(&id, 2), 0);
+                svc.call(call(&id)).await.expect("partition 0 answers");
+                ok += 1;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                assert!(status.message().contains("partition 1"), "{status:?}");
+                assert!(started.elapsed() < Duration::from_millis(100));
+                refused += 1;
+            }
+        }
+    }
+    assert!(ok > 0 && refused > 0, "ok {ok}, refused {refused}");
+}

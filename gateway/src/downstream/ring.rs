@@ -67,30 +67,29 @@ impl Ring {
         epsilon: f64,
         load: impl Fn(usize) -> Option<usize>,
     ) -> Option<usize> {
-        let loads: Vec<Option<usize>> = (0..self.replicas).map(load).collect();
-        let live = loads.iter().flatten().count();
+        // No allocation per request: `load` reads atomics, so asking twice is cheap.
+        let (live, total) = (0..self.replicas)
+            .filter_map(&load)
+            .fold((0usize, 0usize), |(n, sum), l| (n + 1, sum + l));
         if live == 0 {
             return None;
         }
-        let total: usize = loads.iter().flatten().sum();
         let cap = ((1.0 + epsilon) * (total + 1) as f64 / live as f64).ceil() as usize;
         let start = self.points.partition_point(|&(p, _)| p < position(key));
-        let mut seen = vec![false; self.replicas];
-        for k in 0..self.points.len() {
-            let (_, i) = self.points[(start + k) % self.points.len()];
-            if std::mem::replace(&mut seen[i], true) {
-                continue;
-            }
-            if matches!(loads[i], Some(l) if l < cap) {
-                return Some(i);
-            }
-        }
-        // Unreachable by counting (some live replica is at or under the average), but
-        // never fail a request over it: take the least loaded.
-        (0..self.replicas)
-            .filter_map(|i| loads[i].map(|l| (l, i)))
-            .min()
-            .map(|(_, i)| i)
+        let (after, before) = self.points.split_at(start);
+        let home = after
+            .iter()
+            .chain(before)
+            .map(|&(_, i)| i)
+            .find(|&i| matches!(load(i), Some(l) if l < cap));
+        // `None` is unreachable by counting (some live replica is at or under the average),
+        // but never fail a request over it: take the least loaded.
+        home.or_else(|| {
+            (0..self.replicas)
+                .filter_map(|i| load(i).map(|l| (l, i)))
+                .min()
+                .map(|(_, i)| i)
+        })
     }
 }
 

@@ -1047,7 +1047,19 @@ impl LiveView {
 
 #[cfg(test)]
 mod tests {
-    use super::{lost_in_transit, trace_id_sent};
+    use super::{gateway_addresses, lost_in_transit, trace_id_sent};
+
+    #[tokio::test]
+    async fn several_gateways_and_names_become_every_address() {
+        let urls = gateway_addresses("http://127.0.0.1:7, http://localhost:8")
+            .await
+            .unwrap();
+        assert_eq!(urls[0], "http://127.0.0.1:7");
+        assert!(urls.len() >= 2, "{urls:?}");
+        assert!(urls[1..].iter().all(|u| u.ends_with(":8")), "{urls:?}");
+        assert!(gateway_addresses("gateway:1").await.is_err());
+        assert!(gateway_addresses(" , ").await.is_err());
+    }
     use opentelemetry::trace::TraceId;
     use sluice_proto::pb::Transaction;
     use tonic::Status;
