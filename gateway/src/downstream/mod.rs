@@ -24,6 +24,7 @@ mod metrics;
 pub mod replicas;
 mod ring;
 pub mod route;
+mod rtt;
 mod service;
 mod stream;
 
@@ -161,6 +162,8 @@ pub(crate) struct Shared<R: HopRequest> {
     live_changed: Arc<tokio::sync::Notify>,
     /// Requests queued or in flight: this replica's load.
     outstanding: Arc<AtomicUsize>,
+    /// Its round-trip estimate (p2c weighs load by it).
+    rtt: rtt::PeakEwma,
     next_correlation: AtomicU64,
     config: DownstreamConfig,
     /// The service's metrics, shared by all its replicas (sums over them).
@@ -231,6 +234,7 @@ impl<R: HopRequest> Downstream<R> {
             live: AtomicUsize::new(0),
             live_changed: Arc::new(tokio::sync::Notify::new()),
             outstanding: Arc::new(AtomicUsize::new(0)),
+            rtt: rtt::PeakEwma::new(rtt::DEFAULT_RTT, rtt::DEFAULT_RTT_DECAY),
             next_correlation: AtomicU64::new(1),
             config,
             metrics,
@@ -261,6 +265,11 @@ impl<R: HopRequest> Downstream<R> {
     /// Requests queued or awaiting a reply: the load the balancers compare.
     pub fn outstanding(&self) -> usize {
         self.shared.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Its round-trip estimate, seconds (peak-EWMA, decaying while it gets no replies).
+    pub fn rtt_estimate(&self) -> f64 {
+        self.shared.rtt.estimate()
     }
 
     /// Gives back this replica's share of the service's queue capacity (it is leaving).

@@ -102,6 +102,11 @@ impl<R: HopRequest> DownstreamService<R> {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Its round-trip estimate, seconds (peak-EWMA).
+    pub(super) fn rtt_estimate(&self) -> f64 {
+        self.shared.rtt.estimate()
+    }
+
     /// True while the replica has a live stream.
     pub(super) fn is_live(&self) -> bool {
         self.shared.live.load(std::sync::atomic::Ordering::Relaxed) > 0

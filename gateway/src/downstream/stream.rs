@@ -198,10 +198,9 @@ async fn read_replies<R: HopRequest>(
                     .remove(&reply.correlation_id());
                 if let Some(w) = entry {
                     shared.metrics.inflight.dec();
-                    shared
-                        .metrics
-                        .roundtrip
-                        .observe(w.sent_at.elapsed().as_secs_f64());
+                    let rtt = w.sent_at.elapsed();
+                    shared.rtt.observe(rtt);
+                    shared.metrics.roundtrip.observe(rtt.as_secs_f64());
                     let error = reply.error().map(|e| (e.code, e.message.as_str()));
                     spans::finish(&w.span, error, "error");
                     let _ = w.reply.send(Ok(reply));

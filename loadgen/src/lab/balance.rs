@@ -99,7 +99,11 @@ async fn measure(args: &BalanceArgs, mesh: &ProcMesh, label: &str) -> anyhow::Re
             .duration(args.duration)
             .warmup(args.warmup)
             .seed(run as u64 + 1)
-            .id_prefix(format!("balance-{}-{label}-{run}", std::process::id()))
+            .id_prefix(format!(
+                "balance-{}-{}-{run}",
+                std::process::id(),
+                label.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
+            ))
             .build()?;
         let r = driver::run(spec).await?;
         let after = per_replica(mesh).await?;
