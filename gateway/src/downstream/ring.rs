@@ -75,8 +75,9 @@ impl Ring {
             return None;
         }
         let cap = ((1.0 + epsilon) * (total + 1) as f64 / live as f64).ceil() as usize;
-        let start = self.points.partition_point(|&(p, _)| p < position(key));
-        let (after, before) = self.points.split_at(start);
+        let at = position(key);
+        let start = self.points.partition_point(|&(p, _)| p < at);
+        let (before, after) = self.points.split_at(start);
         let home = after
             .iter()
             .chain(before)
