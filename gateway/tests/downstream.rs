@@ -264,7 +264,10 @@ async fn p2c_keeps_away_from_a_replica_that_stopped_answering() {
     let route = Route::new(set.clone(), Routing::Balance(Balancer::P2c));
     let members = set.snapshot();
     let load = |url: &str| {
-        let m = members.list.iter().find(|m| url.ends_with(&m.addr.to_string()));
+        let m = members
+            .list
+            .iter()
+            .find(|m| url.ends_with(&m.addr.to_string()));
         m.expect("member").downstream.outstanding()
     };
     let mut replies = Vec::new();
@@ -277,7 +280,10 @@ async fn p2c_keeps_away_from_a_replica_that_stopped_answering() {
     // Load = outstanding requests: once the stuck replica holds one, it is more loaded than
     // the fast one (which answers at once) and p2c never prefers it again.
     let stuck_took = load(&stuck);
-    assert!(stuck_took <= 1, "the stuck replica took {stuck_took} of 100");
+    assert!(
+        stuck_took <= 1,
+        "the stuck replica took {stuck_took} of 100"
+    );
     drop(replies);
 }
 
