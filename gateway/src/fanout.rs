@@ -92,8 +92,25 @@ pub struct Fanout {
 /// Most replicas one risk request is sent to (the first included).
 pub const RISK_ATTEMPTS: usize = 3;
 
-/// The risk verdict to come, other replicas included.
-type RiskReply = Pin<Box<dyn Future<Output = Result<RiskVerdict, Status>> + Send>>;
+/// The risk verdict to come: from the one replica there is, or with retries on others.
+enum RiskReply {
+    Once(ReplyFuture<RiskRequest>),
+    Retrying(Pin<Box<dyn Future<Output = Result<RiskVerdict, Status>> + Send>>),
+}
+
+impl Future for RiskReply {
+    type Output = Result<RiskVerdict, Status>;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            RiskReply::Once(f) => Pin::new(f).poll(cx),
+            RiskReply::Retrying(f) => f.as_mut().poll(cx),
+        }
+    }
+}
 
 /// A transaction admitted to every queue, its replies still to come.
 pub struct Dispatched {
@@ -181,13 +198,21 @@ impl Fanout {
             .notify(&txn, deadline, deadline_unix_ms, parent, caller)
             .await;
         let request = RiskRequest::new(carrying(&txn, &risk_hop, caller), deadline_unix_ms);
-        let first = risk.call(HopCall {
-            request: request.clone(),
-            deadline,
-            span: risk_hop,
-        });
-        let risk =
-            self.risk_with_retry(first, request, &txn.account, (admission, deadline), parent);
+        // Retrying needs another replica and a copy of the request; with one, neither.
+        let risk = if self.risk.has_choice() {
+            let first = risk.call(HopCall {
+                request: request.clone(),
+                deadline,
+                span: risk_hop,
+            });
+            self.risk_with_retry(first, request, &txn.account, (admission, deadline), parent)
+        } else {
+            RiskReply::Once(risk.call(HopCall {
+                request,
+                deadline,
+                span: risk_hop,
+            }))
+        };
         let audit = logging.call(HopCall {
             request: AppendRequest::new(carrying(&txn, &audit_hop, caller), deadline_unix_ms),
             deadline,
@@ -219,7 +244,7 @@ impl Fanout {
         let (route, retries, parent) =
             (self.risk.clone(), self.risk_retries.clone(), parent.clone());
         let account = account.to_string();
-        Box::pin(async move {
+        RiskReply::Retrying(Box::pin(async move {
             let mut result = first.await;
             for _ in 1..RISK_ATTEMPTS {
                 match &result {
@@ -240,7 +265,7 @@ impl Fanout {
                 }
             }
             result
-        })
+        }))
     }
 
     /// Offers the notice without waiting: QUEUED, SHED (queue full) or FAILED (no live

@@ -214,6 +214,16 @@ impl<R: HopRequest> Replicas<R> {
         self.members.borrow().any_live()
     }
 
+    /// How many replicas there are now.
+    pub fn len(&self) -> usize {
+        self.members.borrow().list.len()
+    }
+
+    /// True when discovery has found none (yet).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The flag's value (the URLs given), for messages.
     pub fn given(&self) -> &str {
         &self.given

@@ -95,6 +95,11 @@ impl<R: HopRequest> Route<R> {
         &self.replicas
     }
 
+    /// True when there are several replicas to choose from.
+    pub fn has_choice(&self) -> bool {
+        self.replicas.len() > 1
+    }
+
     /// A replica's service, ready (a queue slot reserved) for one request; `key` is what
     /// affinity routes by. UNAVAILABLE at once when no replica has a live stream.
     pub async fn ready(
@@ -103,6 +108,10 @@ impl<R: HopRequest> Route<R> {
         key: &str,
     ) -> Result<DownstreamService<R>, Status> {
         let members = self.replicas.snapshot();
+        // One replica (the common case): nothing to choose, and no balancing to pay for.
+        if let [only] = members.list.as_slice() {
+            return only.downstream.service(admission).ready_oneshot().await;
+        }
         if !members.any_live() {
             return Err(Status::unavailable(format!(
                 "{} has no live replica ({} known, from {}); retry later",
