@@ -41,6 +41,7 @@ pub async fn serve(
             std::sync::Arc::new(move |addr| settings.endpoint(addr))
         },
         resolve_interval: settings.resolve_interval,
+        resolver: crate::downstream::replicas::dns(),
     };
     let mut workers: Vec<Workers> = Vec::new();
     let ds = &downstream_shutdown;

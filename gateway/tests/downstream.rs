@@ -236,6 +236,7 @@ fn replicas(
             tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap()
         }),
         resolve_interval: Duration::from_secs(5),
+        resolver: sluice_gateway::downstream::replicas::dns(),
     };
     let metrics = ServiceMetrics::new("risk", &mut Registry::default());
     Replicas::start(targets, take, &setup, metrics, CancellationToken::new())
@@ -321,4 +322,86 @@ async fn a_partition_without_a_live_stream_fails_its_own_ids_at_once() {
         }
     }
     assert!(ok > 0 && refused > 0, "ok {ok}, refused {refused}");
+}
+
+#[tokio::test]
+async fn replicas_that_appear_are_used_and_those_that_vanish_are_drained() {
+    use sluice_gateway::downstream::replicas::{Resolver, Setup, Take};
+    use sluice_gateway::downstream::{Replicas, ServiceMetrics, Target};
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+    let serve = || {
+        server(Scripted {
+            reads: Arc::new(Semaphore::new(10_000)),
+            break_streams: false,
+        })
+    };
+    let (a, b) = (serve().await, serve().await);
+    let addr = |url: &str| {
+        url.trim_start_matches("http://")
+            .parse::<SocketAddr>()
+            .unwrap()
+    };
+    // What "DNS" answers for the name, changed by the test.
+    let answer = Arc::new(Mutex::new(vec![addr(&a)]));
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let resolver: Resolver = {
+        let (answer, asked) = (answer.clone(), asked.clone());
+        Arc::new(move |_| {
+            asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let now = answer.lock().unwrap().clone();
+            Box::pin(async move { Ok(now) })
+        })
+    };
+    let setup = Setup {
+        config: config(16, 4),
+        endpoint: Arc::new(|addr| {
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap()
+        }),
+        resolve_interval: Duration::from_millis(20),
+        resolver,
+    };
+    let mut registry = Registry::default();
+    let metrics = ServiceMetrics::new("risk", &mut registry);
+    let target = Target::parse("http://risk.example:50052").unwrap();
+    let (set, _workers) = Replicas::<RiskRequest>::start(
+        vec![target],
+        Take::All,
+        &setup,
+        metrics,
+        CancellationToken::new(),
+    );
+    let addrs = |set: &Replicas<RiskRequest>| -> Vec<SocketAddr> {
+        set.snapshot().list.iter().map(|m| m.addr).collect()
+    };
+    until("replica a is found and live", || {
+        addrs(&set) == vec![addr(&a)] && set.is_live()
+    })
+    .await;
+
+    answer.lock().unwrap().push(addr(&b));
+    until("replica b joins", || addrs(&set).len() == 2).await;
+    let b_member = set
+        .snapshot()
+        .list
+        .iter()
+        .find(|m| m.addr == addr(&b))
+        .cloned()
+        .unwrap();
+    until("b is live", || b_member.downstream.is_live()).await;
+
+    // b vanishes from the answer: it leaves the set and its streams close.
+    *answer.lock().unwrap() = vec![addr(&a)];
+    until("b leaves", || addrs(&set) == vec![addr(&a)]).await;
+    until("b's streams are drained", || !b_member.downstream.is_live()).await;
+
+    // An empty answer (a DNS hiccup) keeps the last good set.
+    answer.lock().unwrap().clear();
+    let before = asked.load(std::sync::atomic::Ordering::SeqCst);
+    until("three more resolutions", || {
+        asked.load(std::sync::atomic::Ordering::SeqCst) >= before + 3
+    })
+    .await;
+    assert_eq!(addrs(&set), vec![addr(&a)]);
+    assert!(set.is_live());
 }

@@ -83,7 +83,7 @@ impl Target {
     }
 
     /// Every address the host names now (itself, when it is an address).
-    async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
+    pub async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
         if let Ok(ip) = self.host.parse::<std::net::IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, self.port)]);
         }
@@ -155,12 +155,26 @@ impl<R: HopRequest> Clone for Replicas<R> {
     }
 }
 
+/// How a target's addresses are found: [`dns`] in the gateway; tests script their own.
+pub type Resolver = Arc<
+    dyn Fn(Target) -> futures::future::BoxFuture<'static, std::io::Result<Vec<SocketAddr>>>
+        + Send
+        + Sync,
+>;
+
+/// The system resolver (`getaddrinfo` through tokio): what Docker's and Kubernetes' DNS
+/// answer.
+pub fn dns() -> Resolver {
+    Arc::new(|target: Target| Box::pin(async move { target.resolve().await }))
+}
+
 /// How each replica's stream client is made.
 pub struct Setup {
     pub config: DownstreamConfig,
     /// The endpoint (HTTP/2 settings) for one replica's address.
     pub endpoint: Arc<dyn Fn(SocketAddr) -> Endpoint + Send + Sync>,
     pub resolve_interval: Duration,
+    pub resolver: Resolver,
 }
 
 impl<R: HopRequest> Replicas<R> {
@@ -185,6 +199,7 @@ impl<R: HopRequest> Replicas<R> {
             take,
             config: setup.config.clone(),
             endpoint: setup.endpoint.clone(),
+            resolver: setup.resolver.clone(),
             interval: setup.resolve_interval,
             metrics,
             shutdown,
@@ -243,6 +258,7 @@ struct Discovery<R: HopRequest> {
     take: Take,
     config: DownstreamConfig,
     endpoint: Arc<dyn Fn(SocketAddr) -> Endpoint + Send + Sync>,
+    resolver: Resolver,
     interval: Duration,
     metrics: ServiceMetrics,
     shutdown: CancellationToken,
@@ -282,7 +298,7 @@ impl<R: HopRequest> Discovery<R> {
     async fn resolve(&mut self) -> BTreeSet<SocketAddr> {
         let mut wanted = BTreeSet::new();
         for (index, target) in self.targets.iter().enumerate() {
-            match target.resolve().await {
+            match (self.resolver)(target.clone()).await {
                 Ok(addrs) if !addrs.is_empty() => {
                     self.last_good.insert(index, addrs);
                 }
