@@ -89,7 +89,7 @@ t0=$(now)
 docker network disconnect "$net" "${risks[1]}"
 until_ok 10 at_most 'sluice_gateway_downstream_live_streams{downstream="risk"}' 4 || fail "the cut-off risk replica was never ejected"
 t_eject=$(echo "$(now) - $t0" | bc)
-awk -v t="$t_eject" 'BEGIN{exit !(t < 2.0)}' || fail "ejecting the cut-off replica took ${t_eject}s (keepalive 0.5 s + 1 s)"
+awk -v t="$t_eject" 'BEGIN{exit !(t < 2.0)}' || fail "ejecting the cut-off replica took ${t_eject}s (keepalive 0.5 s + 0.75 s)"
 wait "$load" || fail "load generator failed: $(cat "$out/risk-cut.err")"
 [ "$(json "$out/risk-cut.json" "r['completed'] == r['sent']")" = True ] || fail "hung requests behind the partition: $(json "$out/risk-cut.json" "(r['sent'], r['completed'])")"
 [ "$(json "$out/risk-cut.json" "not r['errors']")" = True ] || fail "the partition cost the client: $(json "$out/risk-cut.json" "r['errors']")"

@@ -118,10 +118,14 @@ pub async fn wait_ready(channel: Channel) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the gateway did not become ready within {READY_TIMEOUT:?}: are risk and logging running and reachable from it?"))?
 }
 
-/// Connects to the gateway at `target` and waits, as [`wait_ready`], until it is ready.
+/// Connects to every gateway `target` names and waits, as [`wait_ready`], until each is
+/// ready.
 pub async fn wait_ready_at(target: &str) -> anyhow::Result<()> {
-    let channel = connect(target, 1, &Default::default()).await?;
-    wait_ready(channel.into_iter().next().context("no channel")?).await
+    let n = gateway_addresses(target).await?.len();
+    for channel in connect(target, n, &Default::default()).await? {
+        wait_ready(channel).await?;
+    }
+    Ok(())
 }
 
 /// Connects `n` channels to the gateway, failing with a message that says what to do.
