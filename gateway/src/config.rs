@@ -60,13 +60,15 @@ pub struct Config {
     #[arg(long, env = "SLUICE_RESOLVE_INTERVAL", default_value_t = HumanDuration(downstream::replicas::DEFAULT_RESOLVE_INTERVAL))]
     pub resolve_interval: HumanDuration,
     /// How the replicas of a stateless service share requests: p2c (power of two choices
-    /// by load: requests queued + in flight) or round-robin (blind to load; for comparison).
-    /// Applies to notification, and to risk with --risk-routing balance.
+    /// by load: each replica's round-trip estimate × its requests queued and in flight) or
+    /// round-robin (blind to load; for comparison). Applies to notification, and to risk
+    /// with --risk-routing balance.
     #[arg(long, env = "SLUICE_BALANCE", value_enum, default_value_t = Balancer::P2c)]
     pub balance: Balancer,
     /// How risk requests pick a replica: account (consistent hashing with bounded loads,
     /// so one account's transactions meet one replica's velocity counter while no replica
-    /// takes more than (1 + --risk-affinity-epsilon) × the average) or balance (--balance).
+    /// takes more than (1 + --risk-affinity-epsilon) × the average, and a replica far slower
+    /// than the others is skipped) or balance (--balance).
     #[arg(long, env = "SLUICE_RISK_ROUTING", value_enum, default_value_t = RiskRouting::Account)]
     pub risk_routing: RiskRouting,
     /// The ε of --risk-routing account: how far above the average load a replica may go

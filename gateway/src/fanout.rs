@@ -200,11 +200,16 @@ impl Fanout {
         let request = RiskRequest::new(carrying(&txn, &risk_hop, caller), deadline_unix_ms);
         // Retrying needs another replica and a copy of the request; with one, neither.
         let risk = if self.risk.has_choice() {
+            let first_cx = {
+                use opentelemetry::trace::TraceContextExt as _;
+                risk_hop.context().span().span_context().clone()
+            };
             let first = risk.call(HopCall {
                 request: request.clone(),
                 deadline,
                 span: risk_hop,
             });
+            let first = (first, first_cx);
             self.risk_with_retry(first, request, &txn.account, (admission, deadline), parent)
         } else {
             RiskReply::Once(risk.call(HopCall {
@@ -235,7 +240,7 @@ impl Fanout {
     /// that their connection is gone. Never past the deadline (the caller's).
     fn risk_with_retry(
         &self,
-        first: ReplyFuture<RiskRequest>,
+        (first, first_cx): (ReplyFuture<RiskRequest>, opentelemetry::trace::SpanContext),
         request: RiskRequest,
         account: &str,
         (admission, deadline): (Admission, Instant),
@@ -245,13 +250,20 @@ impl Fanout {
             (self.risk.clone(), self.risk_retries.clone(), parent.clone());
         let account = account.to_string();
         RiskReply::Retrying(Box::pin(async move {
+            use opentelemetry::trace::TraceContextExt as _;
             let mut result = first.await;
+            // Each attempt's span links to the one it retries.
+            let mut previous = first_cx;
             for _ in 1..RISK_ATTEMPTS {
                 match &result {
                     Err(status) if status.code() == tonic::Code::Unavailable && route.is_live() => {
                         retries.inc();
                         let span = hop::<RiskRequest>(&parent);
                         span.set_attribute("sluice.retry_of", status.message().to_string());
+                        if previous.is_valid() {
+                            span.add_link(previous);
+                        }
+                        previous = span.context().span().span_context().clone();
                         let mut again = route.ready(admission, &account).await?;
                         result = again
                             .call(HopCall {

@@ -36,7 +36,8 @@ pub const OUTLIER_FLOOR: std::time::Duration = std::time::Duration::from_millis(
 /// How a stateless service's replicas share requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Balancer {
-    /// Power of two choices by load (requests queued + in flight), through tower::balance.
+    /// Power of two choices by load (round trip × requests queued and in flight), through
+    /// tower::balance.
     P2c,
     /// In turn, blind to load: the comparison.
     RoundRobin,
