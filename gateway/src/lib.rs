@@ -43,28 +43,21 @@ pub async fn serve(
         resolve_interval: settings.resolve_interval,
         resolver: crate::downstream::replicas::dns(),
     };
-    let mut workers: Vec<Workers> = Vec::new();
-    let ds = &downstream_shutdown;
-    let risk_metrics = ServiceMetrics::new("risk", &mut registry);
-    let (risk, w) = Replicas::start(
+    let mut started = Started {
+        setup: &setup,
+        shutdown: &downstream_shutdown,
+        workers: Vec::new(),
+    };
+    let risk = started.replicas(
         settings.risk.clone(),
         Take::All,
-        &setup,
-        risk_metrics,
-        ds.clone(),
+        ServiceMetrics::new("risk", &mut registry),
     );
-    workers.push(w);
-    let risk = Route::new(risk, settings.risk_routing);
-    let notification_metrics = ServiceMetrics::new("notification", &mut registry);
-    let (notification, w) = Replicas::start(
+    let notification = started.replicas(
         settings.notification.clone(),
         Take::All,
-        &setup,
-        notification_metrics,
-        ds.clone(),
+        ServiceMetrics::new("notification", &mut registry),
     );
-    workers.push(w);
-    let notification = Route::new(notification, settings.notification_routing);
     // One partition per URL; all partitions' metrics under downstream="logging", each
     // replica label the partition's address.
     let logging_metrics = ServiceMetrics::new("logging", &mut registry);
@@ -72,19 +65,12 @@ pub async fn serve(
         settings
             .logging
             .iter()
-            .map(|t| {
-                let (part, w) = Replicas::start(
-                    vec![t.clone()],
-                    Take::First,
-                    &setup,
-                    logging_metrics.clone(),
-                    ds.clone(),
-                );
-                workers.push(w);
-                part
-            })
+            .map(|t| started.replicas(vec![t.clone()], Take::First, logging_metrics.clone()))
             .collect(),
     );
+    let workers = started.workers;
+    let risk = Route::new(risk, settings.risk_routing);
+    let notification = Route::new(notification, settings.notification_routing);
     let fanout = Fanout::new(risk, logging, notification, &mut registry);
     if config.unbounded_for_comparison {
         tracing::warn!(
@@ -124,6 +110,27 @@ pub async fn serve(
     )
     .await;
     result
+}
+
+/// Starts discovery for each downstream and keeps their workers, to be joined at shutdown.
+struct Started<'a> {
+    setup: &'a Setup,
+    shutdown: &'a CancellationToken,
+    workers: Vec<Workers>,
+}
+
+impl Started<'_> {
+    fn replicas<R: sluice_proto::HopRequest>(
+        &mut self,
+        targets: Vec<crate::downstream::Target>,
+        take: Take,
+        metrics: ServiceMetrics,
+    ) -> Replicas<R> {
+        let (replicas, workers) =
+            Replicas::start(targets, take, self.setup, metrics, self.shutdown.clone());
+        self.workers.push(workers);
+        replicas
+    }
 }
 
 /// How often the gateway re-checks whether its required downstreams have live streams.

@@ -92,10 +92,6 @@ impl<R: HopRequest> Route<R> {
         self.replicas.is_live()
     }
 
-    pub fn replicas(&self) -> &Replicas<R> {
-        &self.replicas
-    }
-
     /// True when there are several replicas to choose from.
     pub fn has_choice(&self) -> bool {
         self.replicas.len() > 1
