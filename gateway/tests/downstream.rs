@@ -63,6 +63,15 @@ impl Risk for Scripted {
     }
 }
 
+/// A server that reads and answers everything (as fast as it comes).
+async fn answering() -> String {
+    server(Scripted {
+        reads: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+        break_streams: false,
+    })
+    .await
+}
+
 async fn server(script: Scripted) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -246,11 +255,7 @@ fn replicas(
 async fn p2c_keeps_away_from_a_replica_that_stopped_answering() {
     use sluice_gateway::downstream::replicas::Take;
     use sluice_gateway::downstream::{Balancer, Route, Routing};
-    let fast = server(Scripted {
-        reads: Arc::new(Semaphore::new(10_000)),
-        break_streams: false,
-    })
-    .await;
+    let fast = answering().await;
     let stuck = server(Scripted {
         reads: Arc::new(Semaphore::new(0)),
         break_streams: false,
@@ -292,11 +297,7 @@ async fn p2c_keeps_away_from_a_replica_that_stopped_answering() {
 async fn a_partition_without_a_live_stream_fails_its_own_ids_at_once() {
     use sluice_gateway::downstream::Partitions;
     use sluice_gateway::downstream::replicas::Take;
-    let up = server(Scripted {
-        reads: Arc::new(Semaphore::new(10_000)),
-        break_streams: false,
-    })
-    .await;
+    let up = answering().await;
     // Nothing listens on port 1.
     let (p0, _w0) = replicas(&[&up], Take::First, config(16, 4));
     let (p1, _w1) = replicas(&["http://127.0.0.1:1"], Take::First, config(16, 4));
@@ -330,13 +331,7 @@ async fn replicas_that_appear_are_used_and_those_that_vanish_are_drained() {
     use sluice_gateway::downstream::{Replicas, ServiceMetrics, Target};
     use std::net::SocketAddr;
     use std::sync::Mutex;
-    let serve = || {
-        server(Scripted {
-            reads: Arc::new(Semaphore::new(10_000)),
-            break_streams: false,
-        })
-    };
-    let (a, b) = (serve().await, serve().await);
+    let (a, b) = (answering().await, answering().await);
     let addr = |url: &str| {
         url.trim_start_matches("http://")
             .parse::<SocketAddr>()
