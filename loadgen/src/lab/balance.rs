@@ -8,7 +8,6 @@
 //! A first set of runs with no replica slowed gives the all-healthy p99 to compare with.
 //! Medians of the runs; quote them with the command.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -17,6 +16,7 @@ use sluice_proto::pb::Faults;
 use crate::admin::metrics;
 use crate::drive::driver;
 use crate::drive::spec::{LoadSpec, Mode, Pacing};
+use crate::lab::bench::{Measure, median};
 use crate::lab::procs::{MeshOptions, ProcMesh, bin_dir};
 
 #[derive(Debug, Clone, Args)]
@@ -33,23 +33,10 @@ pub struct BalanceArgs {
     /// Ingress mode.
     #[arg(long, value_enum, default_value = "stream")]
     pub mode: Mode,
-    /// Runs per policy; medians are reported.
-    #[arg(long, default_value_t = 3)]
-    pub runs: usize,
-    /// Measured time per run, e.g. 8s.
-    #[arg(long, default_value = "8s", value_parser = sluice_core::parse_duration)]
-    pub duration: Duration,
-    /// Unmeasured warmup per run, e.g. 2s (the balancer's 2 s to react fall in it).
-    #[arg(long, default_value = "2s", value_parser = sluice_core::parse_duration)]
-    pub warmup: Duration,
-    /// Directory with the sluice-* binaries (default: this executable's directory).
-    #[arg(long)]
-    pub bin_dir: Option<PathBuf>,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    /// Runs per policy (medians reported), their length and warmup (the balancer's 2 s to
+    /// react fall in the warmup), where the binaries are.
+    #[command(flatten)]
+    pub measure: Measure,
 }
 
 /// The gateway flags for a policy.
@@ -91,13 +78,13 @@ struct Figures {
 
 async fn measure(args: &BalanceArgs, mesh: &ProcMesh, label: &str) -> anyhow::Result<Figures> {
     let (mut ok, mut p50, mut p99, mut share) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for run in 0..args.runs {
+    for run in 0..args.measure.runs {
         let before = per_replica(mesh).await?;
         let spec = LoadSpec::builder(mesh.gateway.url())
             .mode(args.mode)
             .pacing(Pacing::Open { rate: args.rate })
-            .duration(args.duration)
-            .warmup(args.warmup)
+            .duration(args.measure.duration)
+            .warmup(args.measure.warmup)
             .seed(run as u64 + 1)
             .id_prefix(format!(
                 "balance-{}-{}-{run}",
@@ -139,11 +126,16 @@ async fn measure(args: &BalanceArgs, mesh: &ProcMesh, label: &str) -> anyhow::Re
 
 /// Runs the comparison and prints its table.
 pub async fn balance(args: BalanceArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
-    let dir = bin_dir(args.bin_dir.as_deref())?;
+    anyhow::ensure!(args.measure.runs > 0, "--runs must be at least 1");
+    let dir = bin_dir(args.measure.bin_dir.as_deref())?;
     println!(
         "balance: 3 risk replicas, one slowed by {:?}; {} {:?} run(s) of {:?} (+{:?} warmup) at {:.0}/s per policy; medians",
-        args.delay, args.runs, args.mode, args.duration, args.warmup, args.rate
+        args.delay,
+        args.measure.runs,
+        args.mode,
+        args.measure.duration,
+        args.measure.warmup,
+        args.rate
     );
     let mut rows = Vec::new();
     for (i, policy) in args.policies.iter().enumerate() {
@@ -183,8 +175,8 @@ pub async fn balance(args: BalanceArgs) -> anyhow::Result<()> {
     }
     println!(
         "\nreproduce: cargo run --release -p sluice-loadgen -- balance --runs {} --duration {:?} --rate {} --delay {:?} --mode {}",
-        args.runs,
-        args.duration,
+        args.measure.runs,
+        args.measure.duration,
         args.rate,
         args.delay,
         format!("{:?}", args.mode).to_lowercase()

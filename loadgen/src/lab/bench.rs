@@ -25,15 +25,8 @@ pub struct BenchArgs {
         default_value = "stream,unary"
     )]
     pub modes: Vec<Mode>,
-    /// Runs per measurement; medians are reported.
-    #[arg(long, default_value_t = 3)]
-    pub runs: usize,
-    /// Measured time per run, e.g. 8s.
-    #[arg(long, default_value = "8s", value_parser = sluice_core::parse_duration)]
-    pub duration: Duration,
-    /// Unmeasured warmup per run, e.g. 2s.
-    #[arg(long, default_value = "2s", value_parser = sluice_core::parse_duration)]
-    pub warmup: Duration,
+    #[command(flatten)]
+    pub measure: Measure,
     /// Closed-loop concurrency that saturates stream ingress.
     #[arg(long, default_value_t = 2000)]
     pub stream_concurrency: usize,
@@ -43,12 +36,28 @@ pub struct BenchArgs {
     /// Client connections to the gateway.
     #[arg(long, default_value_t = crate::drive::spec::DEFAULT_CONNECTIONS)]
     pub connections: usize,
+}
+
+/// How each benchmark measures: runs per figure (medians reported), their length and
+/// warmup, and where the binaries are. Shared by `bench` and `balance`.
+#[derive(Debug, Clone, Args)]
+pub struct Measure {
+    /// Runs per measurement; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Measured time per run, e.g. 8s.
+    #[arg(long, default_value = "8s", value_parser = sluice_core::parse_duration)]
+    pub duration: Duration,
+    /// Unmeasured warmup per run, e.g. 2s.
+    #[arg(long, default_value = "2s", value_parser = sluice_core::parse_duration)]
+    pub warmup: Duration,
     /// Directory with the sluice-* binaries (default: this executable's directory).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (the upper one of an even count); `v` is never empty here.
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -63,8 +72,8 @@ fn spec(
     LoadSpec::builder(target)
         .mode(mode)
         .pacing(pacing)
-        .duration(args.duration)
-        .warmup(args.warmup)
+        .duration(args.measure.duration)
+        .warmup(args.measure.warmup)
         .connections(args.connections)
         .seed(run as u64 + 1)
         .id_prefix(format!("bench-{}-{run}", std::process::id()))
@@ -73,11 +82,11 @@ fn spec(
 
 /// Runs the benchmark and prints its figures.
 pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
-    let dir = bin_dir(args.bin_dir.as_deref())?;
+    anyhow::ensure!(args.measure.runs > 0, "--runs must be at least 1");
+    let dir = bin_dir(args.measure.bin_dir.as_deref())?;
     println!(
         "bench: {} run(s) of {:?} (+{:?} warmup) per figure; medians",
-        args.runs, args.duration, args.warmup
+        args.measure.runs, args.measure.duration, args.measure.warmup
     );
     let mut lines = Vec::new();
     for &mode in &args.modes {
@@ -88,7 +97,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             Mode::Unary => args.unary_concurrency,
         };
         let mut saturation = Vec::new();
-        for run in 0..args.runs {
+        for run in 0..args.measure.runs {
             let r = driver::run(spec(
                 &args,
                 &target,
@@ -109,7 +118,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let sat = median(saturation.clone());
         let half = (sat / 2.0).max(1.0);
         let (mut p50, mut p99, mut achieved) = (Vec::new(), Vec::new(), Vec::new());
-        for run in 0..args.runs {
+        for run in 0..args.measure.runs {
             let r = driver::run(spec(
                 &args,
                 &target,
@@ -147,7 +156,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     println!(
         "\nreproduce: cargo run --release -p sluice-loadgen -- bench --runs {} --duration {:?}",
-        args.runs, args.duration
+        args.measure.runs, args.measure.duration
     );
     Ok(())
 }
