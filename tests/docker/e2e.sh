@@ -40,7 +40,9 @@ fail() { echo "docker e2e: FAILED: $*"; compose logs --tail 30 >&2 || true; exit
 now() { date +%s.%N; }
 # Waits (polling) until the command succeeds, at most $1 seconds.
 until_ok() { local limit=$1; shift; local end=$(( $(date +%s) + limit )); until "$@"; do [ "$(date +%s)" -lt "$end" ] || return 1; sleep 0.2; done; }
-metric() { curl -sf "http://$admin/metrics" | awk -v k="$1" '$1==k {print $2; exit}'; }
+# awk reads to the end: quitting at the match would close the pipe under curl (exit 23, a
+# write error), and with pipefail that failure ends the script.
+metric() { curl -sf "http://$admin/metrics" | awk -v k="$1" '$1==k && !found {print $2; found=1}'; }
 at_least() { local v; v=$(metric "$1"); [ -n "$v" ] && awk -v v="$v" -v m="$2" 'BEGIN{exit !(v>=m)}'; }
 at_most() { local v; v=$(metric "$1"); [ -n "$v" ] && awk -v v="$v" -v m="$2" 'BEGIN{exit !(v<=m)}'; }
 healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$(compose ps -q "$1")" 2>/dev/null)" = healthy ]; }
