@@ -16,6 +16,8 @@ use tonic::transport::Endpoint;
 use crate::downstream::route::DEFAULT_AFFINITY_EPSILON;
 use crate::downstream::{self, Balancer, DownstreamConfig, Routing, Target};
 use crate::ingress::{self, IngressLimits};
+use crate::overload::clients::ClientRate;
+use crate::overload::{self, Degradation, LimitMode, OverloadConfig};
 
 /// Default gRPC address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -127,6 +129,38 @@ pub struct Config {
     /// Longest reconnect delay.
     #[arg(long, env = "SLUICE_RECONNECT_MAX", default_value_t = HumanDuration(downstream::DEFAULT_BACKOFF_MAX))]
     pub reconnect_max: HumanDuration,
+    /// How the concurrency limit (transactions admitted and unanswered, both APIs) is set:
+    /// adaptive follows the latency of admitted transactions against its measured baseline
+    /// and stays between --concurrency-min and --concurrency-max; static holds it at
+    /// --concurrency-max (for comparison). Beyond the limit unary calls are refused
+    /// RESOURCE_EXHAUSTED with pushback and stream readers wait. --max-inflight and
+    /// --streams-inflight stay hard ceilings either way.
+    #[arg(long, env = "SLUICE_CONCURRENCY_LIMIT", value_enum, default_value_t = LimitMode::Adaptive)]
+    pub concurrency_limit: LimitMode,
+    /// Lowest the adaptive concurrency limit goes.
+    #[arg(long, env = "SLUICE_CONCURRENCY_MIN", default_value_t = overload::limit::DEFAULT_MIN_LIMIT)]
+    pub concurrency_min: usize,
+    /// Highest the adaptive concurrency limit goes; the static limit.
+    #[arg(long, env = "SLUICE_CONCURRENCY_MAX", default_value_t = overload::limit::DEFAULT_MAX_LIMIT)]
+    pub concurrency_max: usize,
+    /// Per-client rate limit, transactions a second per client (the x-client-id metadata,
+    /// else the peer's IP). Over it, unary calls are refused RESOURCE_EXHAUSTED with
+    /// grpc-retry-pushback-ms = the time until the client's next token, and stream messages
+    /// wait for it. Unset = off.
+    #[arg(long, env = "SLUICE_CLIENT_RATE")]
+    pub client_rate: Option<f64>,
+    /// Tokens a client may save up for a burst (with --client-rate). Default: one second's.
+    #[arg(long, env = "SLUICE_CLIENT_BURST")]
+    pub client_burst: Option<u32>,
+    /// The latency objective degradation levels and bottleneck naming are measured against
+    /// (p99, arrival to outcome), e.g. 50ms.
+    #[arg(long, env = "SLUICE_LATENCY_SLO", default_value_t = HumanDuration(overload::level::DEFAULT_LATENCY_SLO))]
+    pub latency_slo: HumanDuration,
+    /// Degradation levels, recomputed every second with hysteresis: 1 skips notification
+    /// for all but CRITICAL; 2 also refuses SHEDDABLE and halves the limit's ceiling; 3 also
+    /// refuses unary writes UNAVAILABLE. off = always level 0.
+    #[arg(long, env = "SLUICE_DEGRADATION", value_enum, default_value_t = Degradation::On)]
+    pub degradation: Degradation,
     /// BENCHMARK COMPARISON ONLY: make the downstream queues and the per-stream ingress
     /// limit effectively unbounded, to measure what the bounds buy. Memory then grows with
     /// load whenever a downstream is slow. Never use it otherwise.
@@ -200,6 +234,7 @@ impl Config {
                 rule: format!("must be above 0 and at most {MAX_AFFINITY_EPSILON}"),
             });
         }
+        let overload = self.overload()?;
         let logging = targets("logging", &self.logging)?;
         if logging.len() > MAX_PARTITIONS {
             return Err(ConfigError::Value {
@@ -222,9 +257,56 @@ impl Config {
             windows: self.downstream_windows.clone(),
             downstream,
             limits,
+            overload,
+        })
+    }
+
+    fn overload(&self) -> Result<OverloadConfig, ConfigError> {
+        let value = |flag, value: String, rule: &str| ConfigError::Value {
+            flag,
+            value,
+            rule: rule.to_string(),
+        };
+        if self.concurrency_min == 0 || self.concurrency_min > self.concurrency_max {
+            return Err(value(
+                "concurrency-min",
+                self.concurrency_min.to_string(),
+                "must be at least 1 and at most --concurrency-max",
+            ));
+        }
+        let client_rate = match self.client_rate {
+            None => None,
+            Some(rate) if rate.is_finite() && rate > 0.0 && rate <= MAX_CLIENT_RATE => {
+                let burst = self.client_burst.unwrap_or(rate.ceil() as u32).max(1);
+                Some(ClientRate { rate, burst })
+            }
+            Some(rate) => {
+                return Err(value(
+                    "client-rate",
+                    rate.to_string(),
+                    "must be above 0 and at most 1000000 per second",
+                ));
+            }
+        };
+        if self.client_burst == Some(0) {
+            return Err(value("client-burst", "0".into(), "must be at least 1"));
+        }
+        if self.latency_slo.0.is_zero() {
+            return Err(value("latency-slo", "0".into(), "must be above 0"));
+        }
+        Ok(OverloadConfig {
+            mode: self.concurrency_limit,
+            min_limit: self.concurrency_min,
+            max_limit: self.concurrency_max,
+            client_rate,
+            latency_slo: self.latency_slo.0,
+            degradation: self.degradation,
         })
     }
 }
+
+/// Largest --client-rate.
+const MAX_CLIENT_RATE: f64 = 1_000_000.0;
 
 /// Largest --risk-affinity-epsilon (past it affinity never spills: plain consistent hashing).
 const MAX_AFFINITY_EPSILON: f64 = 100.0;
@@ -256,6 +338,7 @@ pub struct Settings {
     windows: sluice_core::h2::DownstreamWindows,
     pub downstream: DownstreamConfig,
     pub limits: IngressLimits,
+    pub overload: OverloadConfig,
 }
 
 impl Settings {
@@ -328,6 +411,12 @@ mod tests {
         let c = Config::parse_from(["sluice-gateway", "--risk-affinity-epsilon", "0"]);
         let e = c.settings().expect_err("epsilon").to_string();
         assert!(e.starts_with("--risk-affinity-epsilon 0"), "{e}");
+        let c = Config::parse_from(["sluice-gateway", "--client-rate=-1"]);
+        let e = c.settings().expect_err("rate").to_string();
+        assert!(e.starts_with("--client-rate -1"), "{e}");
+        let c = Config::parse_from(["sluice-gateway", "--concurrency-min", "9000"]);
+        let e = c.settings().expect_err("min over max").to_string();
+        assert!(e.starts_with("--concurrency-min 9000"), "{e}");
     }
 
     #[test]

@@ -75,7 +75,8 @@ fn carrying(
 /// Why a notice was not queued.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ShedLabels {
-    /// `queue_full` (load shedding) or `unavailable` (no live notification stream).
+    /// `queue_full` (load shedding), `unavailable` (no live notification stream) or
+    /// `degraded` (skipped at degradation level 1 and above).
     reason: &'static str,
 }
 
@@ -115,6 +116,8 @@ impl Future for RiskReply {
 /// A transaction admitted to every queue, its replies still to come.
 pub struct Dispatched {
     id: String,
+    /// When it was queued everywhere: the hop times in [`Replied`] start here.
+    admitted: Instant,
     deadline: Instant,
     risk: RiskReply,
     audit: ReplyFuture<AppendRequest>,
@@ -151,14 +154,15 @@ impl Fanout {
     }
 
     /// Admits `txn` (already validated) to the downstream queues; `parent` is the ingress
-    /// span the hop spans go under, `caller` the context the client sent.
+    /// span the hop spans go under, `caller` the context the client sent. `notify` false
+    /// skips the notification (degradation: non-core work first).
     pub async fn dispatch(
         &self,
         txn: Transaction,
         deadline: Instant,
         admission: Admission,
-        parent: &tracing::Span,
-        caller: &opentelemetry::Context,
+        (parent, caller): (&tracing::Span, &opentelemetry::Context),
+        notify: bool,
     ) -> Result<Dispatched, Status> {
         let (risk_hop, audit_hop) = (hop::<RiskRequest>(parent), hop::<AppendRequest>(parent));
         // Readiness is queue room: Wait parks here (the backpressure), Immediate never does.
@@ -194,9 +198,13 @@ impl Fanout {
             }
         };
         let deadline_unix_ms = sluice_core::deadline::to_unix_ms(deadline);
-        let notification = self
-            .notify(&txn, deadline, deadline_unix_ms, parent, caller)
-            .await;
+        let notification = if notify {
+            self.notify(&txn, deadline, deadline_unix_ms, parent, caller)
+                .await
+        } else {
+            self.shed.get_or_create(&ShedLabels { reason: "degraded" }).inc();
+            NotificationStatus::Shed
+        };
         let request = RiskRequest::new(carrying(&txn, &risk_hop, caller), deadline_unix_ms);
         // Retrying needs another replica and a copy of the request; with one, neither.
         let risk = if self.risk.has_choice() {
@@ -225,6 +233,7 @@ impl Fanout {
         });
         Ok(Dispatched {
             id: txn.id,
+            admitted: Instant::now(),
             deadline,
             risk,
             audit,
@@ -345,27 +354,80 @@ impl Dispatched {
 
     /// Waits for the risk verdict and the audit ack (never past the deadline).
     pub async fn outcome(self) -> Result<Outcome, Status> {
-        let both = async { tokio::join!(self.risk, self.audit) };
-        let (risk, audit) = tokio::time::timeout_at(self.deadline.into(), both)
-            .await
-            .map_err(|_| {
-                Status::deadline_exceeded("deadline passed waiting for risk and logging")
-            })?;
+        self.timed_outcome().await.0
+    }
+
+    /// [`Self::outcome`], and how long after admission each reply came (a reply that
+    /// never came counts until now).
+    pub async fn timed_outcome(self) -> (Result<Outcome, Status>, Replied) {
+        let admitted = self.admitted;
+        let (mut risk_at, mut audit_at) = (None, None);
+        let both = async {
+            tokio::join!(
+                async {
+                    let r = self.risk.await;
+                    risk_at = Some(admitted.elapsed());
+                    r
+                },
+                async {
+                    let a = self.audit.await;
+                    audit_at = Some(admitted.elapsed());
+                    a
+                }
+            )
+        };
+        let joined = tokio::time::timeout_at(self.deadline.into(), both).await;
+        let now = admitted.elapsed();
+        let replied = Replied {
+            admitted,
+            risk: risk_at.unwrap_or(now),
+            logging: audit_at.unwrap_or(now),
+        };
+        let result = match joined {
+            Err(_) => Err(Status::deadline_exceeded(
+                "deadline passed waiting for risk and logging",
+            )),
+            Ok((risk, audit)) => Self::join(
+                self.id,
+                self.notification,
+                self.audit_partition,
+                risk,
+                audit,
+            ),
+        };
+        (result, replied)
+    }
+
+    fn join(
+        id: String,
+        notification: NotificationStatus,
+        audit_partition: u32,
+        risk: Result<RiskVerdict, Status>,
+        audit: Result<AppendAck, Status>,
+    ) -> Result<Outcome, Status> {
         let (verdict, ack): (RiskVerdict, AppendAck) = (risk?, audit?);
         reply_status("logging", ack.error.as_ref())?;
         reply_status("risk", verdict.error.as_ref())?;
         Ok(Outcome {
-            id: self.id,
+            id,
             decision: verdict.decision,
             risk_score: verdict.risk_score,
             reasons: verdict.reasons,
-            notification: self.notification as i32,
+            notification: notification as i32,
             audit_offset: ack.offset,
-            audit_partition: self.audit_partition,
+            audit_partition,
             replayed: ack.duplicate,
             error: None,
         })
     }
+}
+
+/// When a dispatched transaction's replies came, from its admission.
+#[derive(Debug, Clone, Copy)]
+pub struct Replied {
+    pub admitted: Instant,
+    pub risk: std::time::Duration,
+    pub logging: std::time::Duration,
 }
 
 /// An Outcome reporting `status` for transaction `id` (SubmitStream's per-message errors).

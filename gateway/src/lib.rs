@@ -7,6 +7,7 @@ pub mod config;
 pub mod downstream;
 pub mod fanout;
 pub mod ingress;
+pub mod overload;
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use crate::downstream::replicas::{Setup, Take};
 use crate::downstream::{Partitions, Replicas, Route, ServiceMetrics, Workers};
 use crate::fanout::Fanout;
 use crate::ingress::Ingress;
+use crate::overload::Overload;
 
 pub use config::{Config, ConfigError, Settings};
 
@@ -48,11 +50,8 @@ pub async fn serve(
         shutdown: &downstream_shutdown,
         workers: Vec::new(),
     };
-    let risk = started.replicas(
-        settings.risk.clone(),
-        Take::All,
-        ServiceMetrics::new("risk", &mut registry),
-    );
+    let risk_metrics = ServiceMetrics::new("risk", &mut registry);
+    let risk = started.replicas(settings.risk.clone(), Take::All, risk_metrics.clone());
     let notification = started.replicas(
         settings.notification.clone(),
         Take::All,
@@ -61,6 +60,11 @@ pub async fn serve(
     // One partition per URL; all partitions' metrics under downstream="logging", each
     // replica label the partition's address.
     let logging_metrics = ServiceMetrics::new("logging", &mut registry);
+    // Degradation's queue signal: the fullest required queue (risk, logging).
+    let fill: overload::QueueFill = {
+        let required = [risk_metrics.clone(), logging_metrics.clone()];
+        Box::new(move || required.iter().map(ServiceMetrics::fill).fold(0.0, f64::max))
+    };
     let logging = Partitions::new(
         settings
             .logging
@@ -85,7 +89,15 @@ pub async fn serve(
         listeners.readiness(),
         shutdown.clone(),
     ));
-    let ingress = Ingress::new(fanout, settings.limits, &mut registry, shutdown.clone());
+    let overload = Overload::new(settings.overload.clone(), &mut registry, fill);
+    tokio::spawn(overload.clone().run(shutdown.clone()));
+    let ingress = Ingress::new(
+        fanout,
+        &overload,
+        settings.limits,
+        &mut registry,
+        shutdown.clone(),
+    );
     let router = config.server.h2.server().add_service(health).add_service(
         GatewayServer::new(ingress).max_decoding_message_size(config.server.h2.max_message_size),
     );

@@ -76,6 +76,11 @@ pub fn transaction(txn: &Transaction) -> Result<(), Invalid> {
         "merchant",
         "must not contain control characters",
     )?;
+    check(
+        crate::pb::Priority::try_from(txn.priority).is_ok(),
+        "priority",
+        "must be PRIORITY_DEFAULT (0), PRIORITY_CRITICAL (1) or PRIORITY_SHEDDABLE (2)",
+    )?;
     Ok(())
 }
 

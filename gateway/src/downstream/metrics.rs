@@ -80,6 +80,15 @@ impl ServiceMetrics {
         m
     }
 
+    /// How full the service's queues are, all replicas together (0..=1).
+    pub fn fill(&self) -> f64 {
+        let capacity = self.service.queue_capacity.get();
+        if capacity <= 0 {
+            return 0.0;
+        }
+        (self.service.queue_depth.get() as f64 / capacity as f64).clamp(0.0, 1.0)
+    }
+
     /// Replica `name`'s metrics (created on first use).
     pub(crate) fn replica(&self, name: &str) -> ReplicaMetrics {
         let labels = ReplicaLabels {

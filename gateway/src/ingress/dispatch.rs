@@ -14,12 +14,16 @@ use super::admission::exhausted;
 use super::metrics::{IngressMetrics, reject_reason};
 use super::request::{Api, TxnRequest};
 use crate::fanout::{Admission, Dispatched, Fanout};
+use crate::overload::Overload;
+use crate::overload::bottleneck::Split;
 use sluice_core::metrics::GaugeGuard;
 
 #[derive(Clone)]
 pub(crate) struct Dispatch {
     pub(crate) fanout: Fanout,
     pub(crate) metrics: IngressMetrics,
+    /// Told each finished transaction's latency by hop (bottleneck, degradation).
+    pub(crate) overload: Overload,
     /// `grpc-retry-pushback-ms` for a unary call refused because a queue is full.
     pub(crate) pushback: std::time::Duration,
 }
@@ -39,12 +43,20 @@ impl Service<TxnRequest> for Dispatch {
         // Two phases, two allocations: admission (large: the fan-out's state, waiting for
         // queue room) is boxed on its own and freed once the transaction is queued, so what
         // a pending transaction holds until its outcome is only its replies and a guard.
+        let (arrived, overload) = (request.arrived, self.overload.clone());
         let admission = Box::pin(admit(self.clone(), request));
         Box::pin(async move {
             // A statement of its own, so the admission box is dropped before the next await.
             let admitted = admission.await;
             let (dispatched, _inflight) = admitted?;
-            dispatched.outcome().await
+            let (outcome, replied) = dispatched.timed_outcome().await;
+            overload.finished(Split {
+                total: arrived.elapsed(),
+                admission: replied.admitted.saturating_duration_since(arrived),
+                risk: replied.risk,
+                logging: replied.logging,
+            });
+            outcome
         })
     }
 }
@@ -66,8 +78,8 @@ async fn admit(
             txn,
             request.deadline,
             admission,
-            &request.span,
-            &request.caller,
+            (&request.span, &request.caller),
+            request.notify,
         )
         .await;
     if api == Api::Stream {

@@ -18,6 +18,7 @@ mod admission;
 mod deadline;
 mod dispatch;
 mod metrics;
+mod overload;
 mod request;
 mod stack;
 mod stream;
@@ -37,9 +38,10 @@ use tower::ServiceExt as _;
 use tracing::Instrument as _;
 
 use crate::fanout::Fanout;
+use crate::overload::Overload;
 use admission::{StreamRoom, exhausted};
 use metrics::IngressMetrics;
-use request::{Api, TxnRequest, call_deadline};
+use request::{Api, TxnRequest, call_deadline, client_of};
 use stack::{IngressService, ingress_stack};
 use stream::StreamReader;
 
@@ -94,19 +96,23 @@ pub struct Ingress {
     room: StreamRoom,
     shutdown: CancellationToken,
     metrics: IngressMetrics,
+    /// Whether transactions need their client named (per-client rate limits on).
+    name_clients: bool,
 }
 
 impl Ingress {
     pub fn new(
         fanout: Fanout,
+        overload: &Overload,
         limits: IngressLimits,
         registry: &mut Registry,
         shutdown: CancellationToken,
     ) -> Self {
         let metrics = IngressMetrics::new(registry);
         Self {
-            unary: ingress_stack(Api::Unary, fanout.clone(), &limits, &metrics),
-            stream: ingress_stack(Api::Stream, fanout, &limits, &metrics),
+            unary: ingress_stack(Api::Unary, fanout.clone(), overload, &limits, &metrics),
+            stream: ingress_stack(Api::Stream, fanout, overload, &limits, &metrics),
+            name_clients: overload.clients().is_some(),
             room: StreamRoom::new(
                 limits.max_streams,
                 limits.streams_inflight,
@@ -124,10 +130,17 @@ impl Gateway for Ingress {
     type SubmitStreamStream = ReceiverStream<Result<Outcome, Status>>;
 
     async fn submit(&self, request: Request<Transaction>) -> Result<Response<Outcome>, Status> {
+        let peer = request.remote_addr();
         let (metadata, _, txn) = request.into_parts();
+        let client = self
+            .name_clients
+            .then(|| client_of(&metadata, peer))
+            .flatten();
+        let mut request = TxnRequest::unary(txn, metadata);
+        request.client = client;
         self.unary
             .clone()
-            .oneshot(TxnRequest::unary(txn, metadata))
+            .oneshot(request)
             .await
             .map(Response::new)
     }
@@ -167,7 +180,12 @@ impl Gateway for Ingress {
             span.record("sluice.propagation.received", received.as_str());
         }
         let span = sluice_core::spans::with_parent(span, parent.clone());
+        let client = self
+            .name_clients
+            .then(|| client_of(request.metadata(), request.remote_addr()))
+            .flatten();
         let reader = StreamReader {
+            client,
             deadline,
             parent,
             span: span.clone(),

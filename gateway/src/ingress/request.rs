@@ -1,5 +1,6 @@
 //! What travels down the ingress stack: one transaction and what the layers learn about it.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use opentelemetry::Context;
@@ -53,6 +54,31 @@ pub(crate) struct TxnRequest {
     /// SubmitStream only: told (or dropped) once the transaction is admitted to every
     /// required queue or refused, so the reader may read the next message.
     pub(crate) admitted: Option<oneshot::Sender<()>>,
+    /// Who sent it, for per-client rate limits (set only while they are on): the
+    /// `x-client-id` metadata, else the peer's IP; None when `x-client-id` is unusable.
+    pub(crate) client: Option<Arc<str>>,
+    /// Whether to notify (false at degradation level 1+ for all but CRITICAL).
+    pub(crate) notify: bool,
+}
+
+/// The metadata key naming the client for per-client rate limits.
+pub(crate) const CLIENT_ID: &str = "x-client-id";
+
+/// The client a call's metadata and peer name: `x-client-id` (1–64 visible ASCII
+/// characters), else the peer's IP address, else `unknown`. None: `x-client-id` is present
+/// but unusable.
+pub(crate) fn client_of(metadata: &MetadataMap, peer: Option<std::net::SocketAddr>) -> Option<Arc<str>> {
+    match metadata.get(CLIENT_ID) {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .filter(|s| {
+                (1..=crate::overload::clients::MAX_CLIENT_ID).contains(&s.len())
+                    && s.bytes().all(|b| b.is_ascii_graphic())
+            })
+            .map(Arc::from),
+        None => Some(peer.map_or_else(|| Arc::from("unknown"), |p| Arc::from(p.ip().to_string()))),
+    }
 }
 
 impl TxnRequest {
@@ -66,6 +92,8 @@ impl TxnRequest {
             span: tracing::Span::none(),
             caller: Context::new(),
             admitted: None,
+            client: None,
+            notify: true,
         }
     }
 
@@ -89,6 +117,8 @@ impl TxnRequest {
             span: tracing::Span::none(),
             caller: Context::new(),
             admitted: Some(admitted),
+            client: None,
+            notify: true,
         }
     }
 

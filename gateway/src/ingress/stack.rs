@@ -7,11 +7,13 @@ use super::IngressLimits;
 use super::admission::InflightLimitLayer;
 use super::deadline::DeadlineLayer;
 use super::dispatch::Dispatch;
+use super::overload::OverloadLayer;
 use super::metrics::{IngressMetrics, MetricsLayer};
 use super::request::{Api, TxnRequest};
 use super::trace::TraceLayer;
 use super::validate::ValidateLayer;
 use crate::fanout::Fanout;
+use crate::overload::Overload;
 use sluice_proto::pb::Outcome;
 use tonic::Status;
 
@@ -24,6 +26,7 @@ pub(crate) type IngressService = BoxCloneSyncService<TxnRequest, Outcome, Status
 pub(crate) fn ingress_stack(
     api: Api,
     fanout: Fanout,
+    overload: &Overload,
     limits: &IngressLimits,
     metrics: &IngressMetrics,
 ) -> IngressService {
@@ -44,11 +47,19 @@ pub(crate) fn ingress_stack(
         })
         // Cheap: bad input is refused before it takes a permit or queue room.
         .layer(ValidateLayer(metrics.clone()))
-        // Refuse with pushback rather than queue.
+        // Refuse with pushback rather than queue: the hard ceiling first.
         .option_layer(inflight_limit)
+        // The limits that move: degradation level, the client's rate, the concurrency
+        // limit at the transaction's priority (a stream waits for it; unary is refused).
+        .layer(OverloadLayer {
+            overload: overload.clone(),
+            metrics: metrics.clone(),
+            pushback: limits.retry_pushback,
+        })
         .service(Dispatch {
             fanout,
             metrics: metrics.clone(),
+            overload: overload.clone(),
             pushback: limits.retry_pushback,
         });
     BoxCloneSyncService::new(stack)
@@ -82,6 +93,7 @@ mod tests {
             currency: "EUR".into(),
             merchant: "shop".into(),
             trace_context: Default::default(),
+            priority: 0,
         }
     }
 

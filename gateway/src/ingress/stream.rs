@@ -41,6 +41,8 @@ enum Stop {
 }
 
 pub(crate) struct StreamReader {
+    /// The stream's client, for per-client rate limits (None: not named, or unusable).
+    pub(crate) client: Option<std::sync::Arc<str>>,
     /// The stream's own deadline (from grpc-timeout), capping each message's.
     pub(crate) deadline: Instant,
     /// The stream's metadata context: parent of messages that carry none of their own.
@@ -146,13 +148,14 @@ impl StreamReader {
         room: OwnedSemaphorePermit,
     ) -> BoxFuture<'static, Outcome> {
         let id = txn.id.clone();
-        let request = TxnRequest::stream_message(
+        let mut request = TxnRequest::stream_message(
             txn,
             self.parent.clone(),
             link.clone(),
             self.deadline,
             admitted,
         );
+        request.client = self.client.clone();
         // The stack is always ready (admission waits inside `call`, traced): this is at
         // most a poll.
         let outcome = match self.stack.ready().await {

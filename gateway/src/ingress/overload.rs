@@ -1,0 +1,191 @@
+//! The overload layer (`crate::overload` holds the mechanisms): per transaction, in order,
+//!
+//! 1. the degradation level: it is a span attribute; level 1+ skips notification for all
+//!    but CRITICAL; level 2+ refuses SHEDDABLE (RESOURCE_EXHAUSTED, reason `degraded`);
+//!    level 3 refuses unary writes (UNAVAILABLE with pushback);
+//! 2. the client's token bucket, when `--client-rate` is set: a unary call over its rate is
+//!    refused RESOURCE_EXHAUSTED with `grpc-retry-pushback-ms` = the time until its next
+//!    token (reason `client_rate`); a stream message waits for the token instead — the
+//!    stream is paced, and its client's window fills;
+//! 3. the concurrency limit, at the transaction's priority share: unary takes a slot or is
+//!    refused (reason `concurrency_limit`); a stream message waits for one, within its
+//!    deadline. The slot is held until the outcome, whose latency feeds the adaptive limit.
+//!
+//! A stream message refused here lets its reader read on (`release_reader`), as every
+//! refusal does.
+
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use sluice_proto::pb::{Outcome, Priority};
+use tonic::Status;
+use tower::{Layer, Service};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use super::admission::exhausted;
+use super::metrics::IngressMetrics;
+use super::request::{Api, CLIENT_ID, TxnRequest};
+use crate::overload::Overload;
+use crate::overload::limit::LimitPermit;
+
+/// UNAVAILABLE with a `grpc-retry-pushback-ms` trailer (degradation level 3).
+fn unavailable(message: impl Into<String>, pushback: Duration) -> Status {
+    let mut status = Status::unavailable(message);
+    if let Ok(value) = pushback.as_millis().to_string().parse() {
+        status
+            .metadata_mut()
+            .insert("grpc-retry-pushback-ms", value);
+    }
+    status
+}
+
+#[derive(Clone)]
+pub(crate) struct OverloadLayer {
+    pub(crate) overload: Overload,
+    pub(crate) metrics: IngressMetrics,
+    pub(crate) pushback: Duration,
+}
+
+impl<S> Layer<S> for OverloadLayer {
+    type Service = Overloaded<S>;
+    fn layer(&self, inner: S) -> Overloaded<S> {
+        Overloaded {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Overloaded<S> {
+    inner: S,
+    layer: OverloadLayer,
+}
+
+impl<S> Service<TxnRequest> for Overloaded<S>
+where
+    S: Service<TxnRequest, Response = Outcome, Error = Status> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Outcome;
+    type Error = Status;
+    type Future = BoxFuture<'static, Result<Outcome, Status>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: TxnRequest) -> Self::Future {
+        // The ready inner service goes with this call; a clone stays for the next (the
+        // dispatch service below is always ready).
+        let inner = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, inner);
+        Box::pin(admit(self.layer.clone(), inner, request))
+    }
+}
+
+async fn admit<S>(layer: OverloadLayer, mut inner: S, mut request: TxnRequest) -> Result<Outcome, Status>
+where
+    S: Service<TxnRequest, Response = Outcome, Error = Status>,
+{
+    let api = request.api();
+    let priority = Priority::try_from(request.txn.priority).unwrap_or(Priority::Default);
+    let refuse = |request: &mut TxnRequest, reason: &'static str, status: Status| {
+        layer.metrics.reject(api, reason);
+        request.release_reader();
+        Err(status)
+    };
+    let level = layer.overload.level();
+    request
+        .span
+        .set_attribute("sluice.degradation_level", i64::from(level));
+    request.notify = level < 1 || priority == Priority::Critical;
+    if level >= 3 && api == Api::Unary {
+        let status = unavailable(
+            "gateway degraded (level 3): writes refused until latency recovers",
+            layer.pushback,
+        );
+        return refuse(&mut request, "degraded", status);
+    }
+    if level >= 2 && priority == Priority::Sheddable {
+        let status = exhausted(
+            format!("gateway degraded (level {level}): SHEDDABLE transactions refused"),
+            layer.pushback,
+        );
+        return refuse(&mut request, "degraded", status);
+    }
+    if let Some(clients) = layer.overload.clients() {
+        let Some(client) = request.client.clone() else {
+            let status = Status::invalid_argument(format!(
+                "{CLIENT_ID}: must be 1-{} visible ASCII characters",
+                crate::overload::clients::MAX_CLIENT_ID
+            ));
+            return refuse(&mut request, "invalid_argument", status);
+        };
+        loop {
+            let Err(wait) = clients.check(&client) else {
+                break;
+            };
+            if api == Api::Unary {
+                let rate = clients.rate();
+                let status = exhausted(
+                    format!(
+                        "client {client} over its rate ({}/s, burst {})",
+                        rate.rate, rate.burst
+                    ),
+                    // Rounded up: retrying at the pushback finds the token there.
+                    Duration::from_millis(wait.as_nanos().div_ceil(1_000_000) as u64),
+                );
+                return refuse(&mut request, "client_rate", status);
+            }
+            if Instant::now() + wait >= request.deadline {
+                let status = Status::deadline_exceeded("deadline passed waiting for the client's rate");
+                return refuse(&mut request, "deadline", status);
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+    let limiter = layer.overload.limiter();
+    let permit: LimitPermit = match api {
+        Api::Unary => match limiter.try_acquire(priority) {
+            Some(p) => p,
+            None => {
+                let status = exhausted(
+                    format!(
+                        "gateway at its concurrency limit ({} in flight, {:?} share {})",
+                        limiter.inflight(),
+                        priority,
+                        limiter.ceiling(priority)
+                    ),
+                    layer.pushback,
+                );
+                return refuse(&mut request, "concurrency_limit", status);
+            }
+        },
+        Api::Stream => {
+            match tokio::time::timeout_at(request.deadline.into(), limiter.acquire(priority)).await
+            {
+                Ok(p) => p,
+                Err(_) => {
+                    let status = Status::deadline_exceeded(
+                        "deadline passed waiting for the concurrency limit",
+                    );
+                    return refuse(&mut request, "deadline", status);
+                }
+            }
+        }
+    };
+    let admitted = Instant::now();
+    let result = inner.call(request).await;
+    // Quick refusals below (a full queue, no live stream) say nothing about latency.
+    let counts = match &result {
+        Ok(_) => true,
+        Err(s) => s.code() == tonic::Code::DeadlineExceeded,
+    };
+    if counts {
+        limiter.record(admitted.elapsed());
+    }
+    drop(permit);
+    result
+}

@@ -1,0 +1,285 @@
+//! Overload control that tunes itself. The mechanisms are pure and tested on their own;
+//! [`Overload`] is the state the ingress layer (`ingress/overload.rs`) consults per
+//! transaction, and [`Overload::run`] the controller that moves it:
+//!
+//! - [`limit`]: the adaptive concurrency limit (every 250 ms) and the priority shares of it;
+//! - [`clients`]: per-client token buckets;
+//! - [`level`]: degradation levels (every second), with hysteresis;
+//! - [`bottleneck`]: which hop the slowest transactions wait on (every second).
+//!
+//! Every bound here is a named constant in its module; ARCHITECTURE.md lists them.
+
+pub mod bottleneck;
+pub mod clients;
+pub mod level;
+pub mod limit;
+
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use sluice_core::CancellationToken;
+
+use bottleneck::{Detector, Hop, Split};
+use clients::{ClientRate, Clients};
+use level::{Levels, Signals};
+use limit::{Gradient, Limiter};
+
+/// How the concurrency limit is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LimitMode {
+    /// Follows the latency of admitted transactions (see `overload::limit`).
+    Adaptive,
+    /// Fixed at --concurrency-max (for comparison).
+    Static,
+}
+
+/// Whether degradation levels act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Degradation {
+    On,
+    Off,
+}
+
+/// Overload settings (checked flags).
+#[derive(Debug, Clone)]
+pub struct OverloadConfig {
+    pub mode: LimitMode,
+    pub min_limit: usize,
+    pub max_limit: usize,
+    pub client_rate: Option<ClientRate>,
+    pub latency_slo: Duration,
+    pub degradation: Degradation,
+}
+
+impl Default for OverloadConfig {
+    fn default() -> Self {
+        Self {
+            mode: LimitMode::Adaptive,
+            min_limit: limit::DEFAULT_MIN_LIMIT,
+            max_limit: limit::DEFAULT_MAX_LIMIT,
+            client_rate: None,
+            latency_slo: level::DEFAULT_LATENCY_SLO,
+            degradation: Degradation::On,
+        }
+    }
+}
+
+/// How full the required downstream queues are now (the fullest, 0..=1).
+pub type QueueFill = Box<dyn Fn() -> f64 + Send + Sync>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HopLabels {
+    hop: &'static str,
+}
+
+/// The overload state shared by ingress and the controller.
+#[derive(Clone)]
+pub struct Overload {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: OverloadConfig,
+    limiter: Arc<Limiter>,
+    level: AtomicU8,
+    clients: Option<Clients>,
+    /// This period's finished transactions, split by hop (a bounded reservoir).
+    splits: Mutex<Vec<Split>>,
+    seen: AtomicU64,
+    fill: QueueFill,
+    limit_gauge: Gauge,
+    baseline_gauge: Gauge<f64, std::sync::atomic::AtomicU64>,
+    level_gauge: Gauge,
+    bottleneck: Family<HopLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+/// Periods between trims of the client buckets (and re-choosing the named clients).
+const CLIENT_TRIM_PERIODS: u64 = 10;
+
+impl Overload {
+    pub fn new(config: OverloadConfig, registry: &mut Registry, fill: QueueFill) -> Self {
+        let initial = match config.mode {
+            LimitMode::Adaptive => limit::INITIAL_LIMIT.clamp(config.min_limit, config.max_limit),
+            LimitMode::Static => config.max_limit,
+        };
+        let inner = Inner {
+            limiter: Limiter::new(initial),
+            level: AtomicU8::new(0),
+            clients: config.client_rate.map(|r| Clients::new(r, registry)),
+            splits: Mutex::new(Vec::new()),
+            seen: AtomicU64::new(0),
+            fill,
+            limit_gauge: Gauge::default(),
+            baseline_gauge: Gauge::default(),
+            level_gauge: Gauge::default(),
+            bottleneck: Family::default(),
+            config,
+        };
+        registry.register(
+            "concurrency_limit",
+            "Most transactions admitted and unanswered, both APIs together (adaptive: follows latency against its baseline)",
+            inner.limit_gauge.clone(),
+        );
+        registry.register(
+            "concurrency_baseline_seconds",
+            "The adaptive limit's baseline: the lowest interval median latency of the last 30 s",
+            inner.baseline_gauge.clone(),
+        );
+        registry.register(
+            "degradation_level",
+            "0 normal; 1 notification skipped but for CRITICAL; 2 SHEDDABLE refused, limit ceiling halved; 3 unary writes refused",
+            inner.level_gauge.clone(),
+        );
+        registry.register(
+            "bottleneck",
+            "The hop named the bottleneck: its share of p99 latency (0 for every other hop)",
+            inner.bottleneck.clone(),
+        );
+        inner.limit_gauge.set(initial as i64);
+        for hop in Hop::ALL {
+            let _ = inner.bottleneck.get_or_create(&HopLabels { hop: hop.label() });
+        }
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    pub fn config(&self) -> &OverloadConfig {
+        &self.inner.config
+    }
+
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.inner.limiter
+    }
+
+    pub fn clients(&self) -> Option<&Clients> {
+        self.inner.clients.as_ref()
+    }
+
+    /// The degradation level now (0 when degradation is off).
+    pub fn level(&self) -> u8 {
+        self.inner.level.load(Ordering::Acquire)
+    }
+
+    /// Records one finished transaction's latency split.
+    pub fn finished(&self, split: Split) {
+        let seen = self.inner.seen.fetch_add(1, Ordering::Relaxed) as usize;
+        let mut splits = self.inner.splits.lock().expect("splits lock");
+        if splits.len() < bottleneck::MAX_SAMPLES {
+            splits.push(split);
+        } else {
+            splits[seen % bottleneck::MAX_SAMPLES] = split;
+        }
+    }
+
+    /// The controller: the limit every [`limit::LIMIT_INTERVAL`], the level, the bottleneck
+    /// and the client buckets every [`level::PERIOD`]. Runs until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let inner = &self.inner;
+        let mut gradient = Gradient::new(
+            inner.limiter.limit(),
+            inner.config.min_limit,
+            inner.config.max_limit,
+        );
+        let mut levels = Levels::default();
+        let mut detector = Detector::default();
+        let mut tick = tokio::time::interval(limit::LIMIT_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ticks_per_period =
+            (level::PERIOD.as_millis() / limit::LIMIT_INTERVAL.as_millis()).max(1) as u64;
+        let mut interval_start = Instant::now();
+        let mut ticks = 0u64;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let now = Instant::now();
+            ticks += 1;
+            let sample = inner.limiter.take_sample(now, interval_start);
+            interval_start = now;
+            if inner.config.mode == LimitMode::Adaptive {
+                let ceiling = if self.level() >= 2 {
+                    inner.config.max_limit / 2
+                } else {
+                    inner.config.max_limit
+                };
+                let limit = gradient.update(now, sample, inner.limiter.inflight(), ceiling);
+                inner.limiter.set_limit(limit);
+                inner.limit_gauge.set(limit as i64);
+                if let Some(b) = gradient.baseline() {
+                    inner.baseline_gauge.set(b.as_secs_f64());
+                }
+            }
+            if ticks % ticks_per_period != 0 {
+                continue;
+            }
+            self.period(now, &mut levels, &mut detector);
+            if let Some(clients) = &inner.clients
+                && ticks % (ticks_per_period * CLIENT_TRIM_PERIODS) == 0
+            {
+                clients.trim();
+            }
+        }
+    }
+
+    /// One period: the level and the bottleneck from what finished in it.
+    fn period(&self, now: Instant, levels: &mut Levels, detector: &mut Detector) {
+        let inner = &self.inner;
+        let mut splits = std::mem::take(&mut *inner.splits.lock().expect("splits lock"));
+        let (p99, candidate) = bottleneck::candidate(&mut splits);
+        // Nothing finished while work is in flight: the stall is the latency.
+        let latency = if splits.is_empty() && inner.limiter.inflight() > 0 {
+            inner
+                .limiter
+                .since_last_completion(now)
+                .unwrap_or(level::PERIOD)
+        } else {
+            p99
+        };
+        let slo = inner.config.latency_slo;
+        if inner.config.degradation == Degradation::On {
+            let signals = Signals {
+                latency,
+                queue_fill: (inner.fill)(),
+            };
+            if let Some(level) = levels.observe(level::asked(signals, slo)) {
+                let before = inner.level.swap(level, Ordering::AcqRel);
+                inner.level_gauge.set(level as i64);
+                tracing::warn!(
+                    from = before,
+                    to = level,
+                    p99_ms = signals.latency.as_secs_f64() * 1000.0,
+                    queue_fill = signals.queue_fill,
+                    "degradation level {before} → {level}"
+                );
+            }
+        }
+        if detector.observe(latency, candidate, slo) {
+            match detector.named() {
+                Some(c) => tracing::warn!(
+                    hop = c.hop.label(),
+                    share = c.share,
+                    "bottleneck: {}, {:.0} % of p99 ({:.1} ms)",
+                    c.hop.label(),
+                    c.share * 100.0,
+                    latency.as_secs_f64() * 1000.0
+                ),
+                None => tracing::info!("bottleneck cleared"),
+            }
+        }
+        let named = detector.named();
+        for hop in Hop::ALL {
+            let share = named.filter(|c| c.hop == hop).map_or(0.0, |c| c.share);
+            inner
+                .bottleneck
+                .get_or_create(&HopLabels { hop: hop.label() })
+                .set(share);
+        }
+    }
+}
