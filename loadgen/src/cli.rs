@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::drive::driver;
 use crate::drive::schedule::{ArrivalKind, Arrivals};
 use crate::drive::spec::{self, LoadSpec, Mode, Pacing};
+use crate::drive::traffic::PriorityMix;
 use crate::lab::demo::DEFAULT_DEMO_RATE;
 use crate::report::Report;
 use crate::report::exemplars::TraceLinkArgs;
@@ -49,7 +50,9 @@ pub enum Command {
     /// through its Control API; prints the faults now in force.
     Fault(crate::lab::fault::FaultArgs),
     /// The backpressure benchmark: stall logging at 50% load and overload the mesh 10x, with
-    /// the default bounds and with the gateway's bounds removed, against the real binaries.
+    /// the default bounds and with the gateway's bounds removed; with `--sections overload`,
+    /// overload control: unary steps 0.5x, 3x, 0.5x of saturation, then logging slowed, with
+    /// a static limit and with the adaptive one. Against the real binaries.
     Pressure(crate::lab::pressure::PressureArgs),
     /// Exit 0 when an admin endpoint answers 200 (container healthchecks: the images have
     /// no shell or curl).
@@ -164,10 +167,23 @@ pub struct LoadArgs {
     /// Write a self-contained HTML report (inline SVG charts) to this file.
     #[arg(long, env = "SLUICE_LOAD_HTML")]
     pub html: Option<PathBuf>,
-    /// The gateway's metrics URL (e.g. http://127.0.0.1:9101/metrics): show its queue depths
-    /// in the live view and the timeline.
+    /// The gateway's metrics URL (e.g. http://127.0.0.1:9101/metrics): show its queue
+    /// depths, degradation level and the hop it names as its bottleneck in the live view and
+    /// the timeline; the report adds the highest level, the time at each, and the bottleneck
+    /// named most often.
     #[arg(long, env = "SLUICE_LOAD_METRICS")]
     pub metrics: Option<String>,
+    /// Name this run to the gateway's per-client rate limit: sent as `x-client-id` metadata
+    /// on every Submit and SubmitStream (1-64 visible ASCII characters). Without it the
+    /// gateway counts the run by its IP address.
+    #[arg(long, env = "SLUICE_CLIENT_ID", value_parser = parse_client_id)]
+    pub client_id: Option<String>,
+    /// Give transactions priorities, in percent CRITICAL:DEFAULT:SHEDDABLE adding up to 100,
+    /// e.g. 10:80:10; each transaction's priority follows from --seed and its sequence
+    /// number, so a run repeats exactly. The report then breaks results down by priority.
+    /// Without it every priority is left unset (DEFAULT).
+    #[arg(long, env = "SLUICE_LOAD_PRIORITY_MIX", value_name = "C:D:S")]
+    pub priority_mix: Option<PriorityMix>,
     #[command(flatten)]
     pub traces: TraceLinkArgs,
     #[command(flatten)]
@@ -240,12 +256,20 @@ impl LoadArgs {
             .wait_ready(!self.no_wait_ready)
             .h2(self.h2.clone())
             .metrics(self.metrics.clone())
+            .client_id(self.client_id.clone())
+            .priority_mix(self.priority_mix)
             .trace_links(self.traces.jaeger_url.clone());
         if let Some(prefix) = &self.id_prefix {
             spec = spec.id_prefix(prefix);
         }
         spec.build().context("these flags do not describe a run")
     }
+}
+
+/// `--client-id`, checked as the gateway will check it.
+fn parse_client_id(id: &str) -> Result<String, String> {
+    spec::check_client_id(id)?;
+    Ok(id.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -409,6 +433,42 @@ mod tests {
         assert_eq!(flags.invalid_ratio, library.invalid_ratio);
         assert_eq!(flags.seed, library.seed);
         assert_eq!(flags.wait_ready, library.wait_ready);
+        assert_eq!(flags.client_id, library.client_id);
+        assert_eq!(flags.priority_mix, library.priority_mix);
+    }
+
+    #[test]
+    fn client_id_and_priority_mix_flags_are_checked_naming_the_flag() {
+        use super::{Cli, Command, spec};
+        use crate::drive::traffic::PriorityMix;
+        use clap::Parser;
+        let run = |extra: &[&str]| {
+            let args = ["sluice-loadgen", "run"].iter().chain(extra);
+            Cli::try_parse_from(args).map(|cli| match cli.command {
+                Command::Run(args) => args,
+                _ => panic!("not run"),
+            })
+        };
+        let args = run(&["--client-id", "tenant-a", "--priority-mix", "10:80:10"]).unwrap();
+        let spec = args.load.spec(args.target, spec::DEFAULT_RATE).unwrap();
+        assert_eq!(spec.client_id.as_deref(), Some("tenant-a"));
+        assert_eq!(
+            spec.priority_mix,
+            Some(PriorityMix {
+                critical: 10,
+                default: 80,
+                sheddable: 10
+            })
+        );
+        for bad in ["10:80", "10:80:20", "a:b:c"] {
+            let err = run(&["--priority-mix", bad]).unwrap_err().to_string();
+            assert!(err.contains("--priority-mix"), "{err}");
+        }
+        let long = "x".repeat(65);
+        for bad in ["", "has space", long.as_str()] {
+            let err = run(&["--client-id", bad]).unwrap_err().to_string();
+            assert!(err.contains("--client-id"), "{err}");
+        }
     }
 
     #[test]

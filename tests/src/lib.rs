@@ -155,6 +155,7 @@ pub fn txn(id: &str) -> Transaction {
         currency: "EUR".into(),
         merchant: "coffee-corner".into(),
         trace_context: Default::default(),
+        priority: 0,
     }
 }
 

@@ -1,6 +1,8 @@
 //! Reading a Sluice binary's `/metrics` (Prometheus text) through [`super::http`]: enough for
 //! the load generator's live view, benchmarks and scenarios. A scrape that fails reads as
-//! "no samples", never as an error: the run it decorates goes on.
+//! "no samples", never as an error: the run it decorates goes on. [`GatewayPressure`] is the
+//! gateway's part of that view: its queues, its degradation level and the hop it names as
+//! its bottleneck.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -37,6 +39,80 @@ pub async fn metric(url: &str, name: &str) -> Option<f64> {
     samples(url).await?.get(name).copied()
 }
 
+/// Degradation levels the gateway reports (`sluice_gateway_degradation_level`, 0..=3):
+/// 0 is normal service; each level sheds more.
+pub const DEGRADATION_LEVELS: usize = 4;
+
+/// The downstreams whose gateway queue depths the live view shows, in its column order.
+const QUEUES: [&str; 3] = ["risk", "logging", "notification"];
+
+/// The hop the gateway names as its bottleneck (`sluice_gateway_bottleneck{hop}`): its
+/// share of the gateway's p99 latency.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Bottleneck {
+    /// `admission`, `risk` or `logging`.
+    pub hop: String,
+    /// 0..1.
+    pub share: f64,
+}
+
+/// The gateway's own account of its pressure, from one scrape: what the live view and the
+/// timeline show beside the load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayPressure {
+    /// Downstream queue depths: risk, logging, notification.
+    pub queues: [f64; 3],
+    /// 0..=3; `None` from a gateway without overload control.
+    pub degradation_level: Option<u8>,
+    /// The hop with a non-zero share of p99, if the gateway names one (it names at most
+    /// one; should it name more, the largest share).
+    pub bottleneck: Option<Bottleneck>,
+}
+
+impl GatewayPressure {
+    /// Read from one scrape's samples: a queue missing reads as 0, a level or bottleneck
+    /// missing as `None`.
+    pub fn from_samples(samples: &BTreeMap<String, f64>) -> GatewayPressure {
+        let queues = QUEUES.map(|d| {
+            samples
+                .get(&format!(
+                    "sluice_gateway_downstream_queue_depth{{downstream=\"{d}\"}}"
+                ))
+                .copied()
+                .unwrap_or(0.0)
+        });
+        let degradation_level = samples
+            .get("sluice_gateway_degradation_level")
+            .filter(|v| v.is_finite())
+            .map(|v| v.round().clamp(0.0, (DEGRADATION_LEVELS - 1) as f64) as u8);
+        let bottleneck = samples
+            .iter()
+            .filter(|(_, share)| **share > 0.0)
+            .filter_map(|(name, share)| {
+                let labels = name.strip_prefix("sluice_gateway_bottleneck{")?;
+                Some(Bottleneck {
+                    hop: label(labels, "hop")?.to_string(),
+                    share: *share,
+                })
+            })
+            .max_by(|a, b| a.share.total_cmp(&b.share));
+        GatewayPressure {
+            queues,
+            degradation_level,
+            bottleneck,
+        }
+    }
+}
+
+/// The value of label `key` in `labels` (`a="1",hop="logging"}`), unescaped values only.
+fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
+    labels
+        .trim_end_matches('}')
+        .split(',')
+        .find_map(|pair| pair.trim().strip_prefix(key)?.strip_prefix("=\""))
+        .and_then(|v| v.strip_suffix('"'))
+}
+
 /// The samples of a Prometheus/OpenMetrics text exposition (comments skipped).
 fn parse(body: &str) -> BTreeMap<String, f64> {
     body.lines()
@@ -55,5 +131,43 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(s["x{a=\"1\"}"], 3.0);
         assert_eq!(s["up"], 1.5);
+    }
+
+    #[test]
+    fn the_gateway_names_its_degradation_level_and_bottleneck() {
+        use super::{Bottleneck, GatewayPressure, parse};
+        let body = "# TYPE sluice_gateway_degradation_level gauge\n\
+            sluice_gateway_degradation_level 2\n\
+            sluice_gateway_downstream_queue_depth{downstream=\"logging\"} 12\n\
+            sluice_gateway_bottleneck{hop=\"admission\"} 0\n\
+            sluice_gateway_bottleneck{hop=\"logging\"} 0.71\n\
+            sluice_gateway_bottleneck{hop=\"risk\"} 0.0\n";
+        let g = GatewayPressure::from_samples(&parse(body));
+        assert_eq!(g.queues, [0.0, 12.0, 0.0]);
+        assert_eq!(g.degradation_level, Some(2));
+        assert_eq!(
+            g.bottleneck,
+            Some(Bottleneck {
+                hop: "logging".into(),
+                share: 0.71
+            })
+        );
+
+        let quiet = "sluice_gateway_degradation_level 0\n\
+            sluice_gateway_bottleneck{hop=\"logging\"} 0\n";
+        let g = GatewayPressure::from_samples(&parse(quiet));
+        assert_eq!((g.degradation_level, g.bottleneck), (Some(0), None));
+
+        // A gateway without overload control: queues only.
+        let old = "sluice_gateway_downstream_queue_depth{downstream=\"risk\"} 3\n";
+        let g = GatewayPressure::from_samples(&parse(old));
+        assert_eq!(g.queues, [3.0, 0.0, 0.0]);
+        assert_eq!((g.degradation_level, g.bottleneck), (None, None));
+
+        let odd = "sluice_gateway_degradation_level 7\n\
+            sluice_gateway_bottleneck{zone=\"a\",hop=\"risk\"} 0.4\n";
+        let g = GatewayPressure::from_samples(&parse(odd));
+        assert_eq!(g.degradation_level, Some(3), "clamped to the highest level");
+        assert_eq!(g.bottleneck.map(|b| b.hop), Some("risk".to_string()));
     }
 }

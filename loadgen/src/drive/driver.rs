@@ -30,16 +30,18 @@ use opentelemetry::trace::TraceId;
 use sluice_core::{propagation, spans};
 use sluice_proto::pb::NotificationStatus;
 use sluice_proto::pb::gateway_client::GatewayClient;
-use sluice_proto::pb::{Outcome, Transaction};
+use sluice_proto::pb::{Outcome, Priority, Transaction};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use crate::admin::metrics::GatewayPressure;
 use crate::drive::schedule::Arrivals;
-use crate::drive::spec::{LoadSpec, Mode, Pacing};
+use crate::drive::spec::{CLIENT_ID_METADATA, LoadSpec, Mode, Pacing};
 use crate::drive::traffic::Traffic;
 use crate::report::{Recorder, Report, RunInfo, Sent, StreamEnd, TimelinePoint};
 use rand::SeedableRng;
@@ -203,6 +205,8 @@ struct Pending {
     span: tracing::Span,
     /// The trace it was sent in, for the report's slowest and failed transactions.
     trace_id: Option<TraceId>,
+    /// Its priority, for the report's breakdown by priority.
+    priority: Priority,
 }
 
 /// The trace id of the `traceparent` a transaction carries (W3C: `00-<trace id>-<parent
@@ -239,6 +243,8 @@ struct Shared {
     late: AtomicU64,
     /// Open loop: arrivals the schedule produced before the run's end.
     scheduled: AtomicU64,
+    /// Sent as [`CLIENT_ID_METADATA`] on every call, when the run names its client.
+    client_id: Option<AsciiMetadataValue>,
 }
 
 /// What happened during the current second of the timeline.
@@ -252,6 +258,9 @@ struct Interval {
     /// Set while a send is blocked; the timeline splits a long block across seconds.
     blocked_since: Option<Instant>,
     latency: Histogram<u64>,
+    /// The OK ones' latency alone: under load shedding, fast refusals would hide how long
+    /// accepted transactions waited.
+    ok_latency: Histogram<u64>,
 }
 
 impl Default for Interval {
@@ -266,6 +275,8 @@ impl Default for Interval {
             blocked_since: None,
             latency: Histogram::new_with_bounds(1, 3_600_000_000, 2)
                 .expect("valid histogram bounds"),
+            ok_latency: Histogram::new_with_bounds(1, 3_600_000_000, 2)
+                .expect("valid histogram bounds"),
         }
     }
 }
@@ -275,11 +286,10 @@ impl Shared {
         self.timeline.lock().expect("timeline lock")
     }
 
-    /// `id` was sent (in trace `trace_id`): it waits in the pending map for its outcome.
+    /// `txn` was sent: it waits in the pending map for its outcome.
     fn begin(
         &self,
-        id: String,
-        trace_id: Option<TraceId>,
+        txn: &Transaction,
         intended: Instant,
         slot: OwnedSemaphorePermit,
         span: tracing::Span,
@@ -288,9 +298,20 @@ impl Shared {
             intended,
             _slot: slot,
             span,
-            trace_id,
+            trace_id: trace_id_sent(txn),
+            priority: Priority::try_from(txn.priority).unwrap_or_default(),
         };
-        self.pending_map().insert(id, pending);
+        self.pending_map().insert(txn.id.clone(), pending);
+    }
+
+    /// Which transaction `p` (pending as `id`) is, for the recorder.
+    fn sent_of<'a>(&self, id: &'a str, p: &Pending) -> Sent<'a> {
+        Sent {
+            id,
+            trace_id: p.trace_id,
+            priority: p.priority,
+            due: p.intended.saturating_duration_since(self.start),
+        }
     }
 
     /// `id` could not be sent after all (every stream is gone): it was never counted.
@@ -308,11 +329,7 @@ impl Shared {
         if let (Some(signal), Ok(outcome)) = (&self.outcomes, result) {
             signal.observe(outcome);
         }
-        let sent = Sent {
-            id,
-            trace_id: p.trace_id,
-        };
-        self.record(p.intended, sent, result);
+        self.record(p.intended, self.sent_of(id, &p), result);
         true
     }
 
@@ -325,10 +342,7 @@ impl Shared {
         spans::fail(&p.span, "no_outcome", tonic::Code::Unknown as i32, why);
         self.interval.lock().expect("interval lock").errors += 1;
         if p.intended >= self.measure_from {
-            let sent = Sent {
-                id,
-                trace_id: p.trace_id,
-            };
+            let sent = self.sent_of(id, &p);
             self.recorder
                 .lock()
                 .expect("recorder lock")
@@ -372,7 +386,10 @@ impl Shared {
                 Err(s) => Some(s.code()),
             };
             match code {
-                None => i.ok += 1,
+                None => {
+                    i.ok += 1;
+                    let _ = i.ok_latency.record((latency.as_micros() as u64).max(1));
+                }
                 Some(tonic::Code::ResourceExhausted) => i.rejected += 1,
                 Some(_) => i.errors += 1,
             }
@@ -423,6 +440,13 @@ pub async fn run_with(
     started: Option<tokio::sync::oneshot::Sender<Instant>>,
 ) -> anyhow::Result<Report> {
     spec.validate()?;
+    let client_id = match &spec.client_id {
+        Some(id) => Some(
+            id.parse::<AsciiMetadataValue>()
+                .map_err(|_| anyhow::anyhow!("client id {id:?} is not valid metadata"))?,
+        ),
+        None => None,
+    };
     let channels = connect(&spec.target, spec.connections, &spec.h2).await?;
     if spec.wait_ready {
         wait_ready(channels[0].clone()).await?;
@@ -435,8 +459,18 @@ pub async fn run_with(
     if let Some(started) = started {
         let _ = started.send(start);
     }
+    let measure_from = start + spec.warmup;
+    let end = measure_from + spec.duration;
+    let profile = spec.pacing.arrivals(end.duration_since(start));
+    let mut recorder = Recorder::default();
+    if spec.priority_mix.is_some() {
+        recorder = recorder.with_priorities();
+    }
+    if let Some(profile) = &profile {
+        recorder = recorder.with_steps(profile.clone());
+    }
     let shared = Arc::new(Shared {
-        recorder: Mutex::new(Recorder::default()),
+        recorder: Mutex::new(recorder),
         pending: Mutex::default(),
         stream_ends: Mutex::default(),
         start,
@@ -444,13 +478,12 @@ pub async fn run_with(
         outcomes: spec.outcomes.clone(),
         interval: Mutex::new(Interval::default()),
         timeline: Mutex::default(),
-        measure_from: start + spec.warmup,
+        measure_from,
         sent: AtomicU64::new(0),
         late: AtomicU64::new(0),
         scheduled: AtomicU64::new(0),
+        client_id,
     });
-    let end = shared.measure_from + spec.duration;
-    let profile = spec.pacing.arrivals(end.duration_since(start));
     let timeline = tokio::spawn(timeline(
         shared.clone(),
         start,
@@ -459,7 +492,8 @@ pub async fn run_with(
         spec.progress,
         spec.metrics.clone(),
     ));
-    let traffic = Traffic::new(spec.id_prefix.clone(), spec.invalid_ratio, spec.seed);
+    let traffic = Traffic::new(spec.id_prefix.clone(), spec.invalid_ratio, spec.seed)
+        .with_priorities(spec.priority_mix);
     match spec.mode {
         Mode::Unary => drive_unary(&spec, clients, traffic, shared.clone(), start, end).await,
         Mode::Stream => drive_stream(&spec, clients, traffic, shared.clone(), start, end).await?,
@@ -529,6 +563,12 @@ async fn timeline(
             }
             closed
         };
+        let gateway = match &metrics {
+            Some(url) => crate::admin::metrics::samples(url)
+                .await
+                .map(|m| GatewayPressure::from_samples(&m)),
+            None => None,
+        };
         let point = TimelinePoint {
             t: now.duration_since(start).as_secs_f64(),
             offered: offered.as_ref().map_or(i.sent as f64 / span, |a| {
@@ -552,18 +592,14 @@ async fn timeline(
             } else {
                 i.latency.value_at_quantile(0.99) as f64 / 1000.0
             },
-            queues: match &metrics {
-                Some(url) => crate::admin::metrics::samples(url).await.map(|m| {
-                    ["risk", "logging", "notification"].map(|d| {
-                        m.get(&format!(
-                            "sluice_gateway_downstream_queue_depth{{downstream=\"{d}\"}}"
-                        ))
-                        .copied()
-                        .unwrap_or(0.0)
-                    })
-                }),
-                None => None,
+            ok_p99_ms: if i.ok_latency.is_empty() {
+                0.0
+            } else {
+                i.ok_latency.value_at_quantile(0.99) as f64 / 1000.0
             },
+            queues: gateway.as_ref().map(|g| g.queues),
+            degradation_level: gateway.as_ref().and_then(|g| g.degradation_level),
+            bottleneck: gateway.and_then(|g| g.bottleneck),
         };
         if print {
             live.show(&point);
@@ -681,11 +717,11 @@ async fn drive_unary(
         let shared = shared.clone();
         let timeout = spec.timeout;
         let id = txn.id.clone();
-        let trace_id = trace_id_sent(&txn);
         let mut request = tonic::Request::new(txn);
         request.set_timeout(timeout);
         propagation::inject_metadata(&span.context(), request.metadata_mut());
-        shared.begin(id.clone(), trace_id, intended, slot, span);
+        name_client(&mut request, shared.client_id.as_ref());
+        shared.begin(request.get_ref(), intended, slot, span);
         shared.sent_one();
         tasks.spawn(async move {
             match client.submit(request).await {
@@ -742,6 +778,16 @@ fn traced(mut txn: Transaction, method: &'static str) -> (Transaction, tracing::
     (txn, span)
 }
 
+/// Names the run's client to the gateway (its per-client token bucket) on a call that
+/// carries transactions: every Submit, every SubmitStream.
+fn name_client<T>(request: &mut tonic::Request<T>, client_id: Option<&AsciiMetadataValue>) {
+    if let Some(id) = client_id {
+        request
+            .metadata_mut()
+            .insert(CLIENT_ID_METADATA, id.clone());
+    }
+}
+
 /// Marks the client span with the transaction's result (it ends as it drops).
 fn end_client_span(span: &tracing::Span, result: Result<&Outcome, &tonic::Status>) {
     let error = match result {
@@ -764,7 +810,7 @@ async fn drive_stream(
     for (index, mut client) in clients.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel::<Transaction>(spec.stream_buffer.max(1));
         // The first stream opens here, so a gateway that refuses it fails the run at once.
-        let stream = SubmitStream::open(&mut client)
+        let stream = SubmitStream::open(&mut client, shared.client_id.as_ref())
             .await
             .map_err(|status| anyhow::anyhow!("cannot open SubmitStream: {status}"))?;
         senders.push(tx);
@@ -783,7 +829,7 @@ async fn drive_stream(
         let (mut txn, span) = traced(traffic.next_transaction().0, "SubmitStream");
         let id = txn.id.clone();
         // Pending before it is sent: its outcome may come back before `send` returns.
-        shared.begin(id.clone(), trace_id_sent(&txn), intended, slot, span);
+        shared.begin(&txn, intended, slot, span);
         loop {
             if senders.is_empty() {
                 // Every stream ended and none reopens: the run is over.
@@ -842,7 +888,12 @@ struct SubmitStream {
 }
 
 impl SubmitStream {
-    async fn open(client: &mut GatewayClient<Channel>) -> Result<SubmitStream, tonic::Status> {
+    /// Opens one, naming the client (`client_id`) in its metadata when given: the gateway
+    /// paces a stream whose client is over its rate rather than refusing its messages.
+    async fn open(
+        client: &mut GatewayClient<Channel>,
+        client_id: Option<&AsciiMetadataValue>,
+    ) -> Result<SubmitStream, tonic::Status> {
         let (body, body_rx) = mpsc::channel::<Transaction>(STREAM_HANDOFF);
         // The stream's own span, in its metadata; each message carries its own trace.
         let span = tracing::info_span!(
@@ -856,6 +907,7 @@ impl SubmitStream {
         );
         let mut request = tonic::Request::new(ReceiverStream::new(body_rx));
         propagation::inject_metadata(&span.context(), request.metadata_mut());
+        name_client(&mut request, client_id);
         match client.submit_stream(request).await {
             Ok(response) => Ok(SubmitStream {
                 body,
@@ -888,7 +940,7 @@ async fn stream_connection(
     loop {
         let current = match stream.take() {
             Some(s) => s,
-            None => match SubmitStream::open(&mut client).await {
+            None => match SubmitStream::open(&mut client, shared.client_id.as_ref()).await {
                 Ok(s) => s,
                 Err(status) => {
                     tracing::debug!("SubmitStream {index}: reopen failed: {status}");

@@ -77,6 +77,26 @@ impl Arrivals {
         0.0
     }
 
+    /// Which segment `t` seconds in falls in (`None` before 0 or past the end).
+    pub fn segment_at(&self, t: f64) -> Option<usize> {
+        if t < 0.0 {
+            return None;
+        }
+        let mut end = 0.0;
+        self.segments.iter().position(|s| {
+            end += s.duration.as_secs_f64();
+            t < end
+        })
+    }
+
+    /// Where segment `i` starts, seconds in.
+    pub fn segment_start(&self, i: usize) -> f64 {
+        self.segments[..i.min(self.segments.len())]
+            .iter()
+            .map(|s| s.duration.as_secs_f64())
+            .sum()
+    }
+
     /// Arrivals expected in the first `t` seconds (the integral of the rate).
     pub fn expected(&self, t: f64) -> f64 {
         let mut start = 0.0;
@@ -290,6 +310,22 @@ mod tests {
         assert!((ramp.expected(10.0) - 5000.0).abs() < 1e-6);
         let n = count(&ramp, 1) as f64;
         assert!((n - 5000.0).abs() < 100.0, "{n}");
+    }
+
+    #[test]
+    fn each_moment_has_its_segment() {
+        let steps = Arrivals {
+            kind: ArrivalKind::Constant,
+            segments: parse_steps("100@2s,1000@1s").unwrap(),
+        };
+        assert_eq!(steps.segment_at(-0.1), None);
+        assert_eq!(steps.segment_at(0.0), Some(0));
+        assert_eq!(steps.segment_at(1.999), Some(0));
+        assert_eq!(steps.segment_at(2.0), Some(1));
+        assert_eq!(steps.segment_at(3.0), None);
+        assert_eq!(steps.segment_start(0), 0.0);
+        assert_eq!(steps.segment_start(1), 2.0);
+        assert_eq!(steps.segment_start(5), 3.0);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use anyhow::ensure;
 
 use crate::drive::driver::OutcomeSignal;
 use crate::drive::schedule::{ArrivalKind, Arrivals};
+use crate::drive::traffic::PriorityMix;
 use crate::report::exemplars::TraceLinks;
 
 /// The gateway a run drives unless told otherwise (the gateway's default listen address).
@@ -33,6 +34,27 @@ pub const DEFAULT_STREAM_BUFFER: usize = 16;
 pub const DEFAULT_TICK: Duration = Duration::from_secs(1);
 /// Seed of the traffic generator (and of Poisson arrivals).
 pub const DEFAULT_SEED: u64 = 1;
+/// The metadata key that names the client to the gateway's per-client rate limit.
+pub const CLIENT_ID_METADATA: &str = "x-client-id";
+/// Longest client id the gateway accepts.
+pub const MAX_CLIENT_ID_LEN: usize = 64;
+
+/// Checks a client id as the gateway will: 1 to [`MAX_CLIENT_ID_LEN`] visible ASCII
+/// characters (it travels as metadata, so no spaces or control characters).
+pub fn check_client_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_CLIENT_ID_LEN {
+        return Err(format!(
+            "client id must be 1 to {MAX_CLIENT_ID_LEN} characters, not {}",
+            id.len()
+        ));
+    }
+    if !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "client id {id:?} must be visible ASCII (letters, digits, punctuation; no spaces)"
+        ));
+    }
+    Ok(())
+}
 
 /// Which gateway API to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -138,6 +160,13 @@ pub struct LoadSpec {
     pub outcomes: Option<Arc<OutcomeSignal>>,
     /// Where the report links trace ids to (a Jaeger UI), if anywhere.
     pub trace_links: Option<TraceLinks>,
+    /// Sent as [`CLIENT_ID_METADATA`] on every call, so the gateway's per-client token
+    /// bucket counts this run as one client; `None` sends none (the gateway then counts by
+    /// the connection's IP address).
+    pub client_id: Option<String>,
+    /// Each transaction's priority drawn from this mix, and the report broken down by
+    /// priority; `None` leaves every priority unset (DEFAULT) and the report whole.
+    pub priority_mix: Option<PriorityMix>,
 }
 
 impl Default for LoadSpec {
@@ -164,6 +193,8 @@ impl Default for LoadSpec {
             reopen_streams: false,
             outcomes: None,
             trace_links: None,
+            client_id: None,
+            priority_mix: None,
         }
     }
 }
@@ -212,6 +243,9 @@ impl LoadSpec {
             "max outstanding must be at least 1"
         );
         ensure!(self.stream_buffer > 0, "stream buffer must be at least 1");
+        if let Some(id) = &self.client_id {
+            check_client_id(id).map_err(anyhow::Error::msg)?;
+        }
         Ok(())
     }
 }
@@ -319,6 +353,18 @@ impl LoadSpecBuilder {
         self
     }
 
+    /// Names the run to the gateway's per-client rate limit (see [`LoadSpec::client_id`]).
+    pub fn client_id(mut self, id: Option<String>) -> Self {
+        self.0.client_id = id;
+        self
+    }
+
+    /// Draws each transaction's priority from `mix` and breaks the report down by priority.
+    pub fn priority_mix(mut self, mix: Option<PriorityMix>) -> Self {
+        self.0.priority_mix = mix;
+        self
+    }
+
     /// The spec, once [`LoadSpec::validate`] accepts it.
     pub fn build(self) -> anyhow::Result<LoadSpec> {
         self.0.validate()?;
@@ -354,5 +400,11 @@ mod tests {
         assert!(bad(b().invalid_ratio(1.5)).starts_with("invalid ratio"));
         assert!(bad(b().duration(Duration::ZERO)).starts_with("duration"));
         assert!(bad(b().tick(Duration::ZERO)).starts_with("tick"));
+        assert!(bad(b().client_id(Some(String::new()))).starts_with("client id"));
+        assert!(bad(b().client_id(Some("x".repeat(65)))).starts_with("client id"));
+        assert!(bad(b().client_id(Some("tenant a".into()))).starts_with("client id"));
+        assert!(bad(b().client_id(Some("tenant-é".into()))).starts_with("client id"));
+        let named = b().client_id(Some("x".repeat(64))).build().unwrap();
+        assert_eq!(named.client_id.map(|id| id.len()), Some(64));
     }
 }

@@ -4,10 +4,11 @@
 //! [`demo`]), [`procs`] spawns the real binaries as processes on loopback (everything else,
 //! and the end-to-end tests). On those: [`bench`](mod@bench) (saturation and latency),
 //! [`balance`](mod@balance) (routing policies around one slow replica of three),
-//! [`pressure`] (bounded vs unbounded backpressure), [`scenario`] (phases, faults and
-//! expectations from a file), [`chaos`] (kill and freeze each process under load), and
-//! [`fault`] (the `fault` command against any running service). [`sink`] is the opposite: a
-//! gateway that does nothing, to measure the generator itself.
+//! [`pressure`] (bounded vs unbounded backpressure; static vs adaptive overload control),
+//! [`scenario`] (phases, faults and expectations from a file), [`chaos`] (kill and freeze
+//! each process under load), and [`fault`] (the `fault` command against any running
+//! service). [`sink`] is the opposite: a gateway that does nothing, to measure the generator
+//! itself.
 //!
 //! None of this is on the measuring path: it only starts, disturbs and stops what the
 //! [`crate::drive`] modules measure.

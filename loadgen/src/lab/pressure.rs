@@ -1,7 +1,10 @@
-//! `sluice-loadgen pressure`: the backpressure benchmark, bounded vs unbounded.
+//! `sluice-loadgen pressure`: the backpressure benchmark, bounded vs unbounded, and the
+//! overload-control benchmark, static vs adaptive. `--sections` picks them (backpressure by
+//! default).
 //!
-//! Against the real binaries (separate processes on loopback), for the default bounded
-//! gateway and for the same gateway with `--unbounded-for-comparison`:
+//! **Backpressure** (about 1.5 minutes): against the real binaries (separate processes on
+//! loopback), for the default bounded gateway and for the same gateway with
+//! `--unbounded-for-comparison`:
 //!
 //! 1. **Stall at 50 % load.** SubmitStream at half of saturation; logging is stalled for
 //!    `--stall-for`, then unstalled. Reported: time from the stall until the generator's sends
@@ -10,8 +13,21 @@
 //!    growth against the bytes those bounds allow; time from unstall until throughput is back.
 //! 2. **10× overload.** SubmitStream offered at ten times saturation (no fault): goodput as a
 //!    share of saturation, and the gateway's peak memory.
+//!
+//! **Overload control** (about 1.5 minutes): unary saturation is measured closed loop on a
+//! gateway with a static limit and no degradation; then, for that gateway and for the
+//! adaptive one, a fresh mesh takes one open-loop unary run in steps — 0.5× saturation, 3×,
+//! 0.5× again, then logging slowed (a fixed delay through its Control API) at 1×. Per step:
+//! goodput (OK/s), the p99 of *accepted* (OK) transactions, what the gateway refused; the
+//! time until the accepted p99 is back within 2× of the first step's after the peak; the
+//! degradation level and the bottleneck the gateway names; its peak memory. Unary, because
+//! that is where a concurrency limit refuses (a SubmitStream is paced instead), so goodput
+//! and the latency of what was accepted are two separate figures. The target: at 3×, the
+//! adaptive gateway keeps the accepted p99 within 2× of the unloaded one while its goodput
+//! stays at 90 % of saturation or more.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -20,13 +36,34 @@ use sluice_proto::pb::Faults;
 use tokio::task::JoinHandle;
 
 use crate::drive::driver;
-use crate::drive::spec::{LoadSpec, LoadSpecBuilder, Mode, Pacing};
+use crate::drive::schedule::{ArrivalKind, Arrivals, Segment};
+use crate::drive::spec::{DEFAULT_TIMEOUT, LoadSpec, LoadSpecBuilder, Mode, Pacing};
 use crate::drive::traffic::Traffic;
 use crate::lab::procs::{MeshOptions, ProcMesh, bin_dir};
-use crate::report::Report;
+use crate::report::{BottleneckSeen, Report, TimelinePoint, bottleneck_named, counts};
+
+/// The benchmarks `pressure` can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    /// Bounded vs unbounded gateway: logging stalled at 50 % load, then 10× overload
+    /// (SubmitStream).
+    Backpressure,
+    /// Static limit without degradation vs adaptive limit: unary steps 0.5× → 3× → 0.5× of
+    /// saturation, then logging slowed.
+    Overload,
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct PressureArgs {
+    /// Which benchmarks to run, comma-separated: backpressure, overload. About 1.5 minutes
+    /// each.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "backpressure"
+    )]
+    pub sections: Vec<Section>,
     /// Saturation throughput (tx/s) to scale load from; measured first when not given.
     #[arg(long)]
     pub saturation: Option<f64>,
@@ -42,6 +79,27 @@ pub struct PressureArgs {
     /// Skip the unbounded comparison.
     #[arg(long)]
     pub bounded_only: bool,
+    /// Overload section: unary saturation throughput (tx/s) to scale its steps from;
+    /// measured first when not given.
+    #[arg(long)]
+    pub unary_saturation: Option<f64>,
+    /// Overload section: how long each load step lasts, e.g. 5s (the step after the peak
+    /// and the slow-logging step last twice as long: recovery and a limit settling take
+    /// time).
+    #[arg(long, default_value = "5s", value_parser = sluice_core::parse_duration)]
+    pub step_for: Duration,
+    /// Overload section: the peak step as a multiple of unary saturation.
+    #[arg(long, default_value_t = 3.0)]
+    pub peak_factor: f64,
+    /// Overload section: the delay injected into every logging append in the last step,
+    /// e.g. 20ms.
+    #[arg(long, default_value = "20ms", value_parser = sluice_core::parse_duration)]
+    pub slow_logging_delay: Duration,
+    /// Overload section: the load during the slow-logging step, as a multiple of unary
+    /// saturation (1: the load the mesh carried before logging slowed, so the slowdown is
+    /// what overloads it).
+    #[arg(long, default_value_t = 1.0)]
+    pub slow_logging_load: f64,
     /// Directory with the sluice-* binaries (default: this executable's directory).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
@@ -68,6 +126,22 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 const LEAD_IN: Duration = Duration::from_secs(2);
 const RECOVERY_WINDOW: Duration = Duration::from_secs(15);
 const MIB: f64 = 1024.0 * 1024.0;
+/// Unary saturation is measured closed loop with this many calls outstanding: enough to
+/// saturate unary ingress on one machine (bench's default), far under the gateway's static
+/// limit, so nothing is refused while measuring.
+const UNARY_SATURATION_CONCURRENCY: usize = 256;
+/// The overload section's timeline interval: fine enough to time a recovery, long enough
+/// for a p99 of its own at half of saturation.
+const OVERLOAD_TICK: Duration = Duration::from_millis(500);
+/// How late a timeline interval may close (timer lateness) and still count as inside the
+/// step it ends in, seconds.
+const TICK_SLACK: f64 = 0.05;
+/// Load of the steps before and after the peak, as a multiple of saturation.
+const BASE_LOAD: f64 = 0.5;
+/// The target and "recovered": the accepted p99 within this multiple of the unloaded one.
+const P99_TARGET_FACTOR: f64 = 2.0;
+/// The target's goodput at the peak, as a share of saturation.
+const GOODPUT_TARGET: f64 = 0.9;
 
 struct Variant {
     name: &'static str,
@@ -153,6 +227,11 @@ async fn mesh(
     if unbounded {
         gateway.push("--unbounded-for-comparison".into());
     }
+    mesh_with(dir, gateway).await
+}
+
+/// A fresh mesh whose gateway runs with `gateway` flags added.
+async fn mesh_with(dir: &std::path::Path, gateway: Vec<String>) -> anyhow::Result<ProcMesh> {
     let options = MeshOptions {
         gateway,
         ..Default::default()
@@ -276,17 +355,25 @@ async fn overload_phase(
     Ok(())
 }
 
-async fn measure_saturation(dir: &std::path::Path) -> anyhow::Result<f64> {
-    let mesh = mesh(dir, false, None).await?;
+/// OK/s of `mode` closed loop, on a fresh mesh whose gateway has `gateway` flags added.
+async fn measure_saturation(
+    dir: &std::path::Path,
+    mode: Mode,
+    gateway: Vec<String>,
+) -> anyhow::Result<f64> {
+    let mesh = mesh_with(dir, gateway).await?;
+    let concurrency = match mode {
+        Mode::Stream => SATURATION_CONCURRENCY,
+        Mode::Unary => UNARY_SATURATION_CONCURRENCY,
+    };
     let spec = spec(
         &mesh.gateway.url(),
-        Pacing::Closed {
-            concurrency: SATURATION_CONCURRENCY,
-        },
+        Pacing::Closed { concurrency },
         SATURATION_RUN,
         "sat".into(),
     )
-    .max_outstanding(SATURATION_CONCURRENCY)
+    .mode(mode)
+    .max_outstanding(concurrency)
     .warmup(SATURATION_WARMUP)
     .build()?;
     Ok(driver::run(spec).await?.ok_rate)
@@ -302,16 +389,28 @@ fn message_bytes() -> f64 {
         / n as f64
 }
 
-/// Runs the benchmark and prints its table.
+/// Runs the sections asked for and prints their tables.
 pub async fn pressure(args: PressureArgs) -> anyhow::Result<()> {
     let dir = bin_dir(args.bin_dir.as_deref())?;
+    anyhow::ensure!(!args.sections.is_empty(), "--sections names no section");
+    if args.sections.contains(&Section::Backpressure) {
+        backpressure(&dir, &args).await?;
+    }
+    if args.sections.contains(&Section::Overload) {
+        overload(&dir, &args).await?;
+    }
+    Ok(())
+}
+
+/// The backpressure section: bounded vs unbounded.
+async fn backpressure(dir: &std::path::Path, args: &PressureArgs) -> anyhow::Result<()> {
     let sat = match args.saturation {
         Some(s) => s,
         None => {
             eprintln!(
                 "measuring saturation (closed loop, {SATURATION_CONCURRENCY} outstanding, {SATURATION_RUN:?}) ..."
             );
-            measure_saturation(&dir).await?
+            measure_saturation(dir, Mode::Stream, Vec::new()).await?
         }
     };
     let mut variants = vec![Variant {
@@ -331,12 +430,12 @@ pub async fn pressure(args: PressureArgs) -> anyhow::Result<()> {
             "{}: stalling logging at 50% load for {:?} ...",
             v.name, args.stall_for
         );
-        stall_phase(&dir, v, sat, &args, &mut f).await?;
+        stall_phase(dir, v, sat, args, &mut f).await?;
         eprintln!(
             "{}: {}x overload for {:?} ...",
             v.name, args.overload_factor, args.overload_for
         );
-        overload_phase(&dir, v, sat, &args, &mut f).await?;
+        overload_phase(dir, v, sat, args, &mut f).await?;
         figures.push(f);
     }
 
@@ -439,4 +538,499 @@ pub async fn pressure(args: PressureArgs) -> anyhow::Result<()> {
         args.stall_for, args.overload_for
     );
     Ok(())
+}
+
+/// A gateway configuration the overload section compares.
+struct OverloadControl {
+    name: &'static str,
+    /// For transaction ids.
+    slug: &'static str,
+    flags: &'static [&'static str],
+}
+
+/// The limit as it was (static, nothing degraded), then overload control as it ships
+/// (adaptive limit, degradation on by default). Saturation is measured on the first.
+const CONTROLS: [OverloadControl; 2] = [
+    OverloadControl {
+        name: "static, no degradation",
+        slug: "static",
+        flags: &["--concurrency-limit", "static", "--degradation", "off"],
+    },
+    OverloadControl {
+        name: "adaptive",
+        slug: "adaptive",
+        flags: &["--concurrency-limit", "adaptive"],
+    },
+];
+
+/// The measured segments of the overload run, by their index in its profile. Segment 0 is
+/// the lead-in: warmup at the base load while connections and the limit settle, not
+/// measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// 0.5×: the unloaded figures every other step is compared with.
+    Base = 1,
+    /// 3× (`--peak-factor`).
+    Peak,
+    /// 0.5× again, twice as long: how soon accepted latency recovers.
+    After,
+    /// Logging slowed by `--slow-logging-delay`, at `--slow-logging-load`, twice as long.
+    SlowLogging,
+}
+
+/// The measured steps, in order.
+const STEPS: [Step; 4] = [Step::Base, Step::Peak, Step::After, Step::SlowLogging];
+
+impl Step {
+    /// Its load, as a multiple of saturation.
+    fn load(self, args: &PressureArgs) -> f64 {
+        match self {
+            Step::Base | Step::After => BASE_LOAD,
+            Step::Peak => args.peak_factor,
+            Step::SlowLogging => args.slow_logging_load,
+        }
+    }
+
+    /// How long it lasts.
+    fn length(self, args: &PressureArgs) -> Duration {
+        match self {
+            Step::Base | Step::Peak => args.step_for,
+            Step::After | Step::SlowLogging => args.step_for * 2,
+        }
+    }
+
+    /// What the step is, for its heading.
+    fn purpose(self, delay: Duration) -> String {
+        match self {
+            Step::Base => "unloaded".into(),
+            Step::Peak => "overload".into(),
+            Step::After => "after the overload".into(),
+            Step::SlowLogging => format!("logging slowed by {delay:?}"),
+        }
+    }
+}
+
+/// The overload run's rate profile: the lead-in, then each [`Step`] at its index.
+fn overload_profile(sat: f64, args: &PressureArgs) -> Arrivals {
+    let segment = |load: f64, duration: Duration| Segment {
+        duration,
+        from: sat * load,
+        to: sat * load,
+    };
+    let lead_in = segment(BASE_LOAD, LEAD_IN);
+    let steps = STEPS.map(|step| segment(step.load(args), step.length(args)));
+    Arrivals {
+        kind: ArrivalKind::Constant,
+        segments: std::iter::once(lead_in).chain(steps).collect(),
+    }
+}
+
+/// One step's figures on one gateway.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct StepResult {
+    /// Sent by the generator per second while the step lasted.
+    sent: f64,
+    /// OK per second while the step lasted.
+    goodput: f64,
+    /// p99 of the OK transactions due in the step, ms.
+    ok_p99: f64,
+    /// Share of the transactions due in the step that the gateway refused
+    /// (RESOURCE_EXHAUSTED).
+    refused: f64,
+    /// The highest degradation level while the step lasted.
+    degradation_max: Option<u8>,
+}
+
+/// One gateway's figures.
+struct ControlFigures {
+    /// Indexed by [`Step`] (index 0: the lead-in).
+    steps: Vec<StepResult>,
+    /// Seconds from the end of the peak until accepted p99 was back within
+    /// [`P99_TARGET_FACTOR`] of the unloaded one.
+    recovery: Option<f64>,
+    rss_peak: f64,
+    rss_growth: f64,
+    /// The bottleneck the gateway named most often while logging was slow.
+    bottleneck: Option<BottleneckSeen>,
+    errors: String,
+}
+
+/// The timeline points whose interval (`tick` seconds, ending at `t`) lies within
+/// `start..end` seconds of the run.
+fn within(timeline: &[TimelinePoint], start: f64, end: f64, tick: f64) -> &[TimelinePoint] {
+    let from = timeline.partition_point(|p| p.t - tick < start - TICK_SLACK);
+    let to = timeline.partition_point(|p| p.t <= end + TICK_SLACK);
+    &timeline[from..to.max(from)]
+}
+
+/// Step `i`'s figures: rates from the timeline while it lasted, latency and refusals from
+/// the transactions due in it.
+fn step_result(report: &Report, profile: &Arrivals, i: usize, tick: f64) -> StepResult {
+    let start = profile.segment_start(i);
+    let end = start + profile.segments[i].duration.as_secs_f64();
+    let points = within(&report.timeline, start, end, tick);
+    let n = points.len().max(1) as f64;
+    let due = report.steps.get(i).map(|s| &s.figures);
+    StepResult {
+        sent: points.iter().map(|p| p.sent).sum::<f64>() / n,
+        goodput: points.iter().map(|p| p.ok).sum::<f64>() / n,
+        ok_p99: due.map_or(0.0, |f| f.ok_p99_ms),
+        refused: due.map_or(0.0, |f| {
+            f.errors.get("RESOURCE_EXHAUSTED").copied().unwrap_or(0) as f64 / f.sent.max(1) as f64
+        }),
+        degradation_max: points.iter().filter_map(|p| p.degradation_level).max(),
+    }
+}
+
+/// Seconds from `since` until the end of the first of `points` whose accepted p99 is within
+/// [`P99_TARGET_FACTOR`] of `unloaded_p99` (ms).
+fn time_to_recover(points: &[TimelinePoint], since: f64, unloaded_p99: f64) -> Option<f64> {
+    points
+        .iter()
+        .find(|p| p.ok > 0.0 && p.ok_p99_ms <= P99_TARGET_FACTOR * unloaded_p99)
+        .map(|p| p.t - since)
+}
+
+/// Whether the peak met the target (accepted p99 within [`P99_TARGET_FACTOR`] of the base
+/// step's, goodput at least [`GOODPUT_TARGET`] of `sat`), with the figures that decide it.
+fn verdict(base: &StepResult, peak: &StepResult, sat: f64) -> (bool, String) {
+    let p99_ok = base.ok_p99 > 0.0 && peak.ok_p99 <= P99_TARGET_FACTOR * base.ok_p99;
+    let share = peak.goodput / sat.max(1e-9);
+    let goodput_ok = share >= GOODPUT_TARGET;
+    let why = format!(
+        "accepted p99 {:.1} ms {} {P99_TARGET_FACTOR} x {:.1} ms unloaded; goodput {:.0} tx/s = {:.0} % of saturation {} {:.0} %",
+        peak.ok_p99,
+        if p99_ok { "<=" } else { ">" },
+        base.ok_p99,
+        peak.goodput,
+        100.0 * share,
+        if goodput_ok { ">=" } else { "<" },
+        100.0 * GOODPUT_TARGET
+    );
+    (p99_ok && goodput_ok, why)
+}
+
+/// Slows every logging append by `delay`: the fault layer's fixed delay holds a worker just
+/// as slow work would, so logging's capacity drops as a slow disk's would.
+async fn set_logging_delay(mesh: &ProcMesh, delay: Duration) -> anyhow::Result<()> {
+    let mut control = mesh.control(&mesh.logging).await?;
+    control
+        .set(Faults {
+            delay_ms: u32::try_from(delay.as_millis()).unwrap_or(u32::MAX),
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
+}
+
+/// One gateway through the overload run: a fresh mesh, one unary run over `profile`,
+/// logging slowed when its last step starts.
+async fn overload_run(
+    dir: &std::path::Path,
+    control: &OverloadControl,
+    profile: &Arc<Arrivals>,
+    args: &PressureArgs,
+) -> anyhow::Result<ControlFigures> {
+    let gateway = control.flags.iter().map(|f| f.to_string()).collect();
+    let mesh = mesh_with(dir, gateway).await?;
+    let metrics = mesh.gateway.metrics_url()?;
+    let total = profile.total();
+    let (load, start) = start(
+        spec(
+            &mesh.gateway.url(),
+            Pacing::Shaped(profile.clone()),
+            total - LEAD_IN,
+            format!("steps-{}", control.slug),
+        )
+        .mode(Mode::Unary)
+        .warmup(LEAD_IN)
+        // What a real client gives a transaction: the accepted p99 is what it would see.
+        .timeout(DEFAULT_TIMEOUT)
+        .tick(OVERLOAD_TICK)
+        .max_outstanding(OPEN_LOOP_OUTSTANDING)
+        // The timeline records the gateway's degradation level and bottleneck.
+        .metrics(Some(metrics.clone()))
+        .build()?,
+    )
+    .await?;
+    let baseline = crate::admin::metrics::metric(&metrics, RSS)
+        .await
+        .unwrap_or(0.0);
+    let slow_from = profile.segment_start(Step::SlowLogging as usize);
+    let [rss] = peaks(
+        &metrics,
+        [RSS],
+        start + Duration::from_secs_f64(slow_from),
+        [baseline],
+    )
+    .await;
+    set_logging_delay(&mesh, args.slow_logging_delay).await?;
+    let [rss] = peaks(&metrics, [RSS], start + total, [rss]).await;
+    let report = load.await??;
+
+    let tick = OVERLOAD_TICK.as_secs_f64();
+    let steps: Vec<StepResult> = (0..profile.segments.len())
+        .map(|i| step_result(&report, profile, i, tick))
+        .collect();
+    let peak_end = profile.segment_start(Step::After as usize);
+    let after = within(&report.timeline, peak_end, slow_from, tick);
+    let slow_to = slow_from
+        + profile.segments[Step::SlowLogging as usize]
+            .duration
+            .as_secs_f64();
+    let slow = within(&report.timeline, slow_from, slow_to, tick);
+    Ok(ControlFigures {
+        recovery: time_to_recover(after, peak_end, steps[Step::Base as usize].ok_p99),
+        steps,
+        rss_peak: rss,
+        rss_growth: rss - baseline,
+        bottleneck: bottleneck_named(slow),
+        errors: counts(&report.errors),
+    })
+}
+
+/// The overload-control section: static vs adaptive, one run each.
+async fn overload(dir: &std::path::Path, args: &PressureArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(!args.step_for.is_zero(), "--step-for must be more than 0");
+    anyhow::ensure!(
+        args.peak_factor > 0.0 && args.slow_logging_load > 0.0,
+        "--peak-factor and --slow-logging-load must be more than 0"
+    );
+    let measured_on = &CONTROLS[0];
+    let sat = match args.unary_saturation {
+        Some(s) => s,
+        None => {
+            eprintln!(
+                "measuring unary saturation (closed loop, {UNARY_SATURATION_CONCURRENCY} outstanding, {SATURATION_RUN:?}, {}) ...",
+                measured_on.name
+            );
+            let flags = measured_on.flags.iter().map(|f| f.to_string()).collect();
+            measure_saturation(dir, Mode::Unary, flags).await?
+        }
+    };
+    let profile = Arc::new(overload_profile(sat, args));
+    let mut figures = Vec::new();
+    for control in &CONTROLS {
+        eprintln!(
+            "{}: unary {BASE_LOAD}x, {}x, {BASE_LOAD}x of {sat:.0} tx/s, then logging slowed by {:?} at {}x ({:?}) ...",
+            control.name,
+            args.peak_factor,
+            args.slow_logging_delay,
+            args.slow_logging_load,
+            profile.total()
+        );
+        figures.push(overload_run(dir, control, &profile, args).await?);
+    }
+
+    let col = |get: &dyn Fn(&ControlFigures) -> String| {
+        figures
+            .iter()
+            .map(get)
+            .map(|s| format!("{s:>26}"))
+            .collect::<String>()
+    };
+    let row = |label: &str, values: String| println!("{label:<44}{values}");
+    println!(
+        "\noverload control: unary, release binaries on loopback, saturation {sat:.0} tx/s (closed loop, {})",
+        measured_on.name
+    );
+    row(
+        "",
+        CONTROLS
+            .iter()
+            .map(|c| format!("{:>26}", c.name))
+            .collect::<String>(),
+    );
+    for step in STEPS {
+        let i = step as usize;
+        let segment = &profile.segments[i];
+        println!(
+            "{}x ({:.0} tx/s) for {:?}: {}",
+            step.load(args),
+            segment.from,
+            segment.duration,
+            step.purpose(args.slow_logging_delay)
+        );
+        row(
+            "  sent by the generator",
+            col(&|f| format!("{:.0} tx/s", f.steps[i].sent)),
+        );
+        row(
+            "  goodput (share of saturation)",
+            col(&|f| {
+                let goodput = f.steps[i].goodput;
+                format!("{goodput:.0} tx/s ({:.0}%)", 100.0 * goodput / sat)
+            }),
+        );
+        row(
+            "  accepted p99",
+            col(&|f| format!("{:.1} ms", f.steps[i].ok_p99)),
+        );
+        row(
+            "  refused (RESOURCE_EXHAUSTED)",
+            col(&|f| format!("{:.1}%", 100.0 * f.steps[i].refused)),
+        );
+        row(
+            "  degradation level, max",
+            col(&|f| {
+                f.steps[i]
+                    .degradation_max
+                    .map_or("-".to_string(), |l| l.to_string())
+            }),
+        );
+        match step {
+            Step::After => row(
+                &format!("  accepted p99 back within {P99_TARGET_FACTOR}x unloaded after"),
+                col(&|f| {
+                    f.recovery
+                        .map_or("never".to_string(), |s| format!("{s:.1} s"))
+                }),
+            ),
+            Step::SlowLogging => row(
+                "  bottleneck named (intervals)",
+                col(&|f| match &f.bottleneck {
+                    Some(b) if b.intervals > 0 => format!(
+                        "{} {:.0}% ({}/{})",
+                        b.hop,
+                        100.0 * b.share,
+                        b.intervals,
+                        b.of_intervals
+                    ),
+                    Some(b) => b.hop.clone(),
+                    None => "-".to_string(),
+                }),
+            ),
+            _ => {}
+        }
+    }
+    row(
+        "gateway peak memory (growth)",
+        col(&|f| format!("{:.1} MiB ({:+.1})", f.rss_peak / MIB, f.rss_growth / MIB)),
+    );
+    for (control, f) in CONTROLS.iter().zip(&figures) {
+        println!("errors, {}: {}", control.name, f.errors);
+    }
+    println!(
+        "\ntarget: at {}x saturation, accepted p99 within {P99_TARGET_FACTOR}x of unloaded while goodput stays at {:.0} % of saturation or more (adaptive must meet it)",
+        args.peak_factor,
+        100.0 * GOODPUT_TARGET
+    );
+    for (control, f) in CONTROLS.iter().zip(&figures) {
+        let (met, why) = verdict(
+            &f.steps[Step::Base as usize],
+            &f.steps[Step::Peak as usize],
+            sat,
+        );
+        println!(
+            "  {:<24}{}: {why}",
+            control.name,
+            if met { "met" } else { "MISSED" }
+        );
+    }
+    println!(
+        "reproduce: cargo run --release -p sluice-loadgen -- pressure --sections overload --unary-saturation {sat:.0} --step-for {:?} --peak-factor {} --slow-logging-delay {:?} --slow-logging-load {}",
+        args.step_for, args.peak_factor, args.slow_logging_delay, args.slow_logging_load
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(t: f64, ok: f64, ok_p99_ms: f64) -> TimelinePoint {
+        TimelinePoint {
+            t,
+            offered: 0.0,
+            sent: ok,
+            done: ok,
+            ok,
+            rejected: 0.0,
+            errors: 0.0,
+            blocked_pct: 0.0,
+            p50_ms: 0.0,
+            p99_ms: ok_p99_ms,
+            ok_p99_ms,
+            queues: None,
+            degradation_level: None,
+            bottleneck: None,
+        }
+    }
+
+    #[test]
+    fn steps_take_the_intervals_that_end_inside_them() {
+        // Intervals of 0.5 s, each closing a few ms late.
+        let timeline: Vec<_> = (1..=8)
+            .map(|k| point(0.5 * k as f64 + 0.004, k as f64, 0.0))
+            .collect();
+        let oks = |start, end| -> Vec<f64> {
+            within(&timeline, start, end, 0.5)
+                .iter()
+                .map(|p| p.ok)
+                .collect()
+        };
+        assert_eq!(oks(0.0, 2.0), [1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(oks(2.0, 3.0), [5.0, 6.0]);
+        assert_eq!(oks(3.0, 9.0), [7.0, 8.0]);
+        assert!(oks(5.0, 6.0).is_empty());
+    }
+
+    #[test]
+    fn recovery_is_the_first_interval_back_within_target() {
+        let after = [
+            point(10.5, 100.0, 400.0),
+            point(11.0, 0.0, 0.0),
+            point(11.5, 100.0, 4.5),
+            point(12.0, 100.0, 3.0),
+        ];
+        // Unloaded p99 2.5 ms: 5 ms is within 2x; an interval with no OK is not recovery.
+        assert_eq!(time_to_recover(&after, 10.0, 2.5), Some(1.5));
+        assert_eq!(time_to_recover(&after[..2], 10.0, 2.5), None);
+    }
+
+    #[test]
+    fn the_target_needs_both_latency_and_goodput() {
+        let step = |goodput, ok_p99| StepResult {
+            goodput,
+            ok_p99,
+            ..Default::default()
+        };
+        let base = step(500.0, 2.0);
+        let (met, why) = verdict(&base, &step(950.0, 3.9), 1000.0);
+        assert!(met, "{why}");
+        assert!(why.contains("3.9 ms <= 2 x 2.0 ms"), "{why}");
+        assert!(!verdict(&base, &step(950.0, 4.1), 1000.0).0, "latency");
+        let (met, why) = verdict(&base, &step(850.0, 3.0), 1000.0);
+        assert!(!met && why.contains("85 % of saturation < 90 %"), "{why}");
+        assert!(
+            !verdict(&step(500.0, 0.0), &step(950.0, 0.0), 1000.0).0,
+            "no data"
+        );
+    }
+
+    #[test]
+    fn the_overload_profile_is_lead_in_base_peak_after_slow() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            pressure: PressureArgs,
+        }
+        let args = Cli::try_parse_from(["pressure", "--sections", "overload"])
+            .unwrap()
+            .pressure;
+        assert_eq!(args.sections, [Section::Overload]);
+        let profile = overload_profile(1000.0, &args);
+        let rates: Vec<f64> = profile.segments.iter().map(|s| s.from).collect();
+        assert_eq!(rates, [500.0, 500.0, 3000.0, 500.0, 1000.0]);
+        assert_eq!(profile.total(), LEAD_IN + Duration::from_secs(30));
+        assert_eq!(
+            profile.segment_start(Step::Peak as usize),
+            (LEAD_IN + Duration::from_secs(5)).as_secs_f64()
+        );
+        assert_eq!(STEPS.len() + 1, profile.segments.len());
+        for (k, step) in STEPS.iter().enumerate() {
+            assert_eq!(*step as usize, k + 1, "{step:?} is segment {}", k + 1);
+        }
+    }
 }

@@ -3,7 +3,9 @@
 //! Each report names the transactions behind its figures, with their traces ([`exemplars`]).
 //!
 //! Latency goes into an HDR histogram (microsecond resolution, up to an hour) — exact
-//! percentiles at a fixed memory cost, unlike a hand-rolled bucket list.
+//! percentiles at a fixed memory cost, unlike a hand-rolled bucket list. The breakdowns (by
+//! priority with a priority mix, by step of a stepped schedule) are a fixed number of
+//! tallies, one histogram each, never a list per transaction.
 
 pub mod audit;
 pub mod exemplars;
@@ -11,13 +13,16 @@ pub mod html;
 pub mod json;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use opentelemetry::trace::TraceId;
 use serde::Serialize;
-use sluice_proto::pb::{Decision, NotificationStatus, Outcome};
+use sluice_proto::pb::{Decision, NotificationStatus, Outcome, Priority};
 
+use crate::admin::metrics::{Bottleneck, DEGRADATION_LEVELS};
+use crate::drive::schedule::Arrivals;
 use exemplars::{DEFAULT_FAILED, DEFAULT_SLOWEST, Exemplar, Noted, TopK, TraceLinks};
 
 /// One acknowledged transaction: its id and where its audit record is (partition, offset).
@@ -30,12 +35,82 @@ pub struct Acked {
     pub partition: u32,
 }
 
-/// Which transaction a result belongs to: its id and the trace it carried.
+/// Which transaction a result belongs to: its id, the trace it carried, and what places it
+/// in the breakdowns (its priority, when it was due).
 #[derive(Debug, Clone, Copy)]
 pub struct Sent<'a> {
     pub id: &'a str,
     /// The trace id of the `traceparent` it was sent with, if any.
     pub trace_id: Option<TraceId>,
+    /// The priority it was sent with (DEFAULT when the run has no priority mix).
+    pub priority: Priority,
+    /// Its intended send time, from the start of the run: which step of the schedule it
+    /// belongs to.
+    pub due: Duration,
+}
+
+/// Most schedule segments the report breaks down step by step (each costs one histogram of
+/// about 25 KiB); a longer profile (a schedule file of many ramps) is reported whole.
+pub const MAX_STEPS: usize = 32;
+
+/// The priorities in the order the report lists them.
+pub const PRIORITY_ORDER: [Priority; 3] =
+    [Priority::Critical, Priority::Default, Priority::Sheddable];
+
+/// A priority's name in reports: `CRITICAL`, `DEFAULT`, `SHEDDABLE`.
+pub fn priority_name(priority: Priority) -> &'static str {
+    priority.as_str_name().trim_start_matches("PRIORITY_")
+}
+
+fn priority_slot(priority: Priority) -> usize {
+    match priority {
+        Priority::Critical => 0,
+        Priority::Default => 1,
+        Priority::Sheddable => 2,
+    }
+}
+
+/// The results of one share of a run (a priority, a step of the schedule): counts and one
+/// HDR histogram of the OK transactions' latency, a fixed size however long the run.
+struct Tally {
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+    /// OK transactions only: what an accepted transaction waited. Two significant digits
+    /// (1 %) are plenty for a p50 and a p99 and keep each tally near 25 KiB.
+    ok_latency: Histogram<u64>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            ok: 0,
+            errors: BTreeMap::new(),
+            ok_latency: Histogram::new_with_bounds(1, 3_600_000_000, 2)
+                .expect("valid histogram bounds"),
+        }
+    }
+
+    /// One result: `error` is `None` for OK, else its code name (`NO_OUTCOME` included).
+    fn record(&mut self, error: Option<&str>, micros: u64) {
+        match error {
+            None => {
+                self.ok += 1;
+                let _ = self.ok_latency.record(micros.max(1));
+            }
+            Some(code) => *self.errors.entry(code.to_string()).or_default() += 1,
+        }
+    }
+
+    fn figures(&self) -> ShareFigures {
+        let ms = |q: f64| self.ok_latency.value_at_quantile(q) as f64 / 1000.0;
+        ShareFigures {
+            sent: self.ok + self.errors.values().sum::<u64>(),
+            ok: self.ok,
+            errors: self.errors.clone(),
+            ok_p50_ms: ms(0.5),
+            ok_p99_ms: ms(0.99),
+        }
+    }
 }
 
 /// Everything measured during a run.
@@ -54,6 +129,10 @@ pub struct Recorder {
     slowest: TopK<Noted>,
     /// The first transactions that failed (at most [`DEFAULT_FAILED`]).
     failed: Vec<Noted>,
+    /// With a priority mix: one tally per priority, in [`PRIORITY_ORDER`].
+    by_priority: Option<[Tally; 3]>,
+    /// With a stepped schedule: the profile and one tally per segment.
+    steps: Option<(Arc<Arrivals>, Vec<Tally>)>,
 }
 
 /// The error code of a sent transaction that never got an outcome: its stream ended, its
@@ -89,6 +168,8 @@ impl Default for Recorder {
             hung: 0,
             slowest: TopK::new(DEFAULT_SLOWEST),
             failed: Vec::with_capacity(DEFAULT_FAILED),
+            by_priority: None,
+            steps: None,
         }
     }
 }
@@ -107,6 +188,34 @@ pub fn code_name(code: tonic::Code) -> String {
 }
 
 impl Recorder {
+    /// Also breaks results down by priority (the run sends a priority mix).
+    pub fn with_priorities(mut self) -> Self {
+        self.by_priority = Some([Tally::new(), Tally::new(), Tally::new()]);
+        self
+    }
+
+    /// Also breaks results down by the segment of `profile` each transaction was due in,
+    /// when it has 2 to [`MAX_STEPS`] segments.
+    pub fn with_steps(mut self, profile: Arc<Arrivals>) -> Self {
+        let n = profile.segments.len();
+        if (2..=MAX_STEPS).contains(&n) {
+            self.steps = Some((profile, (0..n).map(|_| Tally::new()).collect()));
+        }
+        self
+    }
+
+    /// Counts a result in the breakdowns `txn` belongs to.
+    fn tally(&mut self, txn: Sent<'_>, error: Option<&str>, micros: u64) {
+        if let Some(by_priority) = &mut self.by_priority {
+            by_priority[priority_slot(txn.priority)].record(error, micros);
+        }
+        if let Some((profile, steps)) = &mut self.steps
+            && let Some(i) = profile.segment_at(txn.due.as_secs_f64())
+        {
+            steps[i].record(error, micros);
+        }
+    }
+
     /// Records a finished transaction: an Outcome (which may carry a per-message error) or
     /// a call status.
     pub fn record(
@@ -127,6 +236,8 @@ impl Recorder {
             },
             Err(status) => (status.code(), status.message()),
         };
+        let error = (code != tonic::Code::Ok).then(|| code_name(code));
+        self.tally(txn, error.as_deref(), micros);
         let noted = || Noted {
             id: txn.id.to_string(),
             trace_id: txn.trace_id,
@@ -135,11 +246,11 @@ impl Recorder {
             latency: Some(latency),
         };
         self.slowest.offer(micros, noted);
-        if code != tonic::Code::Ok {
+        if let Some(error) = error {
             if self.failed.len() < DEFAULT_FAILED {
                 self.failed.push(noted());
             }
-            *self.errors.entry(code_name(code)).or_default() += 1;
+            *self.errors.entry(error).or_default() += 1;
         }
     }
 
@@ -166,6 +277,7 @@ impl Recorder {
     /// and `why`; `hung` when it was still waiting past its deadline as the run ended.
     pub fn record_no_outcome(&mut self, txn: Sent<'_>, why: &str, hung: bool) {
         *self.errors.entry(NO_OUTCOME.to_string()).or_default() += 1;
+        self.tally(txn, Some(NO_OUTCOME), 0);
         if hung {
             self.hung += 1;
         }
@@ -195,10 +307,47 @@ impl Recorder {
         self.errors.values().sum()
     }
 
+    /// Each priority's figures, in [`PRIORITY_ORDER`] (empty without a priority mix).
+    fn priority_figures(&self) -> Vec<PriorityFigures> {
+        let Some(tallies) = &self.by_priority else {
+            return Vec::new();
+        };
+        PRIORITY_ORDER
+            .iter()
+            .zip(tallies)
+            .map(|(p, t)| PriorityFigures {
+                priority: priority_name(*p).to_string(),
+                figures: t.figures(),
+            })
+            .collect()
+    }
+
+    /// Each step's figures, in schedule order (empty unless the schedule has steps).
+    fn step_figures(&self) -> Vec<StepFigures> {
+        let Some((profile, tallies)) = &self.steps else {
+            return Vec::new();
+        };
+        profile
+            .segments
+            .iter()
+            .zip(tallies)
+            .enumerate()
+            .map(|(i, (segment, t))| StepFigures {
+                start_s: profile.segment_start(i),
+                duration_s: segment.duration.as_secs_f64(),
+                from_rate: segment.from,
+                to_rate: segment.to,
+                figures: t.figures(),
+            })
+            .collect()
+    }
+
     /// The final report.
     pub fn report(&self, run: RunInfo) -> Report {
         let ms = |q: f64| self.latency.value_at_quantile(q) as f64 / 1000.0;
         let secs = run.measured_seconds.max(1e-9);
+        let degradation = degradation(&run.timeline);
+        let bottleneck = bottleneck_named(&run.timeline);
         Report {
             schema_version: json::REPORT_SCHEMA_VERSION,
             mode: run.mode,
@@ -231,6 +380,11 @@ impl Recorder {
                 })
                 .collect(),
             late_sends: run.late,
+            by_priority: self.priority_figures(),
+            steps: self.step_figures(),
+            degradation_max: degradation.map(|(max, _)| max),
+            degradation_seconds: degradation.map(|(_, seconds)| seconds),
+            bottleneck,
             timeline: run.timeline,
             hung: self.hung,
             stream_ends: run.stream_ends,
@@ -268,6 +422,151 @@ pub struct RunInfo {
     pub trace_links: Option<TraceLinks>,
 }
 
+/// What one share of a run (a priority, a step of the schedule) sent and got back.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ShareFigures {
+    /// Transactions of this share with a result: `ok` plus every error, `NO_OUTCOME`
+    /// included (warmup excluded).
+    pub sent: u64,
+    pub ok: u64,
+    /// Failures by gRPC code name, and `NO_OUTCOME`.
+    pub errors: BTreeMap<String, u64>,
+    /// Latency of the OK ones only (what an accepted transaction waited), ms.
+    pub ok_p50_ms: f64,
+    pub ok_p99_ms: f64,
+}
+
+impl ShareFigures {
+    /// The columns under [`ShareFigures::HEADER`].
+    pub const HEADER: &str = "       sent        ok  ok p50 ms  ok p99 ms  errors";
+
+    /// One row under [`ShareFigures::HEADER`], after a label.
+    pub fn line(&self) -> String {
+        format!(
+            "{:>11} {:>9} {:>10.2} {:>10.2}  {}",
+            self.sent,
+            self.ok,
+            self.ok_p50_ms,
+            self.ok_p99_ms,
+            counts(&self.errors)
+        )
+    }
+}
+
+/// One priority's figures (runs with a priority mix).
+#[derive(Debug, Clone, Serialize)]
+pub struct PriorityFigures {
+    /// `CRITICAL`, `DEFAULT` or `SHEDDABLE`.
+    pub priority: String,
+    #[serde(flatten)]
+    pub figures: ShareFigures,
+}
+
+/// One step of a stepped schedule, by the transactions due in it (runs with 2 to
+/// [`MAX_STEPS`] segments).
+#[derive(Debug, Clone, Serialize)]
+pub struct StepFigures {
+    /// Seconds from the start of the run (warmup included).
+    pub start_s: f64,
+    pub duration_s: f64,
+    /// The offered rate at its start and end (equal for a step, not for a ramp).
+    pub from_rate: f64,
+    pub to_rate: f64,
+    #[serde(flatten)]
+    pub figures: ShareFigures,
+}
+
+/// `KEY n, KEY n` (or `-` when empty): errors, decisions and the like in one line.
+pub fn counts(m: &BTreeMap<String, u64>) -> String {
+    if m.is_empty() {
+        "-".to_string()
+    } else {
+        m.iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// What `bottleneck` says when the gateway never named one.
+pub const NO_BOTTLENECK: &str = "none";
+
+/// The hop the gateway named as its bottleneck most often over a run.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BottleneckSeen {
+    /// `admission`, `risk`, `logging`, or [`NO_BOTTLENECK`].
+    pub hop: String,
+    /// Its mean share of the gateway's p99 over the intervals that named it (0..1).
+    pub share: f64,
+    /// Intervals that named it, of the intervals whose scrape succeeded.
+    pub intervals: usize,
+    pub of_intervals: usize,
+}
+
+impl BottleneckSeen {
+    /// `logging, 71 % of p99 (named in 9 of 16 intervals)`, or `none (16 intervals)`.
+    pub fn describe(&self) -> String {
+        if self.intervals == 0 {
+            return format!("{} ({} intervals)", self.hop, self.of_intervals);
+        }
+        format!(
+            "{}, {:.0} % of p99 (named in {} of {} intervals)",
+            self.hop,
+            100.0 * self.share,
+            self.intervals,
+            self.of_intervals
+        )
+    }
+}
+
+/// The highest degradation level over `timeline` and the seconds spent at each level;
+/// `None` when no interval has one (no `--metrics`, or a gateway without overload control).
+pub fn degradation(timeline: &[TimelinePoint]) -> Option<(u8, [f64; DEGRADATION_LEVELS])> {
+    let mut seconds = [0.0; DEGRADATION_LEVELS];
+    let mut max: Option<u8> = None;
+    let mut from = 0.0;
+    for p in timeline {
+        if let Some(level) = p.degradation_level {
+            seconds[usize::from(level).min(DEGRADATION_LEVELS - 1)] += p.t - from;
+            max = max.max(Some(level));
+        }
+        from = p.t;
+    }
+    max.map(|max| (max, seconds))
+}
+
+/// The hop the gateway named most often over `timeline` (ties: the larger total share);
+/// [`NO_BOTTLENECK`] when it named none; `None` when no scrape succeeded.
+pub fn bottleneck_named(timeline: &[TimelinePoint]) -> Option<BottleneckSeen> {
+    let scraped = timeline.iter().filter(|p| p.queues.is_some()).count();
+    if scraped == 0 {
+        return None;
+    }
+    let mut hops: BTreeMap<&str, (usize, f64)> = BTreeMap::new();
+    for b in timeline.iter().filter_map(|p| p.bottleneck.as_ref()) {
+        let (n, total) = hops.entry(b.hop.as_str()).or_default();
+        *n += 1;
+        *total += b.share;
+    }
+    let most = hops
+        .into_iter()
+        .max_by(|(_, a), (_, b)| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    Some(match most {
+        Some((hop, (n, total))) => BottleneckSeen {
+            hop: hop.to_string(),
+            share: total / n as f64,
+            intervals: n,
+            of_intervals: scraped,
+        },
+        None => BottleneckSeen {
+            hop: NO_BOTTLENECK.to_string(),
+            share: 0.0,
+            intervals: 0,
+            of_intervals: scraped,
+        },
+    })
+}
+
 /// One second of the run (rates per second; warmup included).
 #[derive(Debug, Clone, Serialize)]
 pub struct TimelinePoint {
@@ -291,22 +590,42 @@ pub struct TimelinePoint {
     pub p50_ms: f64,
     /// p99 latency of transactions finished in this interval, ms.
     pub p99_ms: f64,
+    /// p99 latency of the transactions finished OK in this interval (what an accepted
+    /// transaction waited, fast refusals left out), ms.
+    pub ok_p99_ms: f64,
     /// With `--metrics`: the gateway's downstream queue depths (risk, logging,
     /// notification) at the end of the interval.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queues: Option<[f64; 3]>,
+    /// With `--metrics`: the gateway's degradation level (0..=3) at the end of the interval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degradation_level: Option<u8>,
+    /// With `--metrics`: the hop the gateway names as its bottleneck, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bottleneck: Option<Bottleneck>,
 }
 
 impl TimelinePoint {
-    pub const HEADER: &str = "     t   offered      sent        ok  rejected    errors  blocked   p50 ms   p99 ms   queues risk/log/ntf";
+    pub const HEADER: &str = "     t   offered      sent        ok  rejected    errors  blocked   p50 ms   p99 ms   queues risk/log/ntf  deg";
 
     /// One row under [`TimelinePoint::HEADER`].
     pub fn line(&self) -> String {
-        let queues = self.queues.map_or(String::new(), |q| {
-            format!("   {:>5.0}/{:>5.0}/{:>5.0}", q[0], q[1], q[2])
+        // The gateway's columns, when it was scraped: queues, level ("-" from a gateway
+        // without overload control), and the bottleneck when it names one.
+        let gateway = self.queues.map_or(String::new(), |q| {
+            let level = self
+                .degradation_level
+                .map_or("-".to_string(), |l| l.to_string());
+            let bottleneck = self.bottleneck.as_ref().map_or(String::new(), |b| {
+                format!("  bottleneck: {} {:.0}%", b.hop, 100.0 * b.share)
+            });
+            format!(
+                "   {:>5.0}/{:>5.0}/{:>5.0}  {level:>5}{bottleneck}",
+                q[0], q[1], q[2]
+            )
         });
         format!(
-            "{:>5.0}s {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>7.1}% {:>8.2} {:>8.2}{queues}",
+            "{:>5.0}s {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>7.1}% {:>8.2} {:>8.2}{gateway}",
             self.t,
             self.offered,
             self.sent,
@@ -379,6 +698,24 @@ pub struct Report {
     pub scheduled: Option<u64>,
     /// Sends more than 5 ms after their due time: the generator (or backpressure) fell behind.
     pub late_sends: u64,
+    /// With `--priority-mix`: per priority (critical, default, sheddable), what was sent and
+    /// what came back.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_priority: Vec<PriorityFigures>,
+    /// With a stepped schedule (2 to [`MAX_STEPS`] segments): per step, by the transactions
+    /// due in it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepFigures>,
+    /// With `--metrics` and a gateway with overload control: the highest degradation level
+    /// seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degradation_max: Option<u8>,
+    /// With it too: seconds at each degradation level, 0 to 3 (warmup included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degradation_seconds: Option<[f64; DEGRADATION_LEVELS]>,
+    /// With `--metrics`: the hop the gateway named as its bottleneck most often.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bottleneck: Option<BottleneckSeen>,
     /// Per-second timeline of the whole run.
     pub timeline: Vec<TimelinePoint>,
     /// The latency distribution at fixed quantiles (50 % … 99.999 %).
@@ -486,19 +823,9 @@ impl Report {
             "sent       {}  completed {}  ok {}",
             self.sent, self.completed, self.ok
         );
-        let join = |m: &BTreeMap<String, u64>| {
-            if m.is_empty() {
-                "-".to_string()
-            } else {
-                m.iter()
-                    .map(|(k, v)| format!("{k} {v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        };
-        let _ = writeln!(s, "decisions  {}", join(&self.decisions));
-        let _ = writeln!(s, "notify     {}", join(&self.notifications));
-        let _ = writeln!(s, "errors     {}", join(&self.errors));
+        let _ = writeln!(s, "decisions  {}", counts(&self.decisions));
+        let _ = writeln!(s, "notify     {}", counts(&self.notifications));
+        let _ = writeln!(s, "errors     {}", counts(&self.errors));
         if self.hung > 0 {
             let _ = writeln!(
                 s,
@@ -522,6 +849,42 @@ impl Report {
         );
         if let Some(verdict) = self.generator_verdict() {
             let _ = writeln!(s, "generator  {verdict}");
+        }
+        if let (Some(max), Some(seconds)) = (self.degradation_max, self.degradation_seconds) {
+            let at = seconds.map(|v| format!("{v:.1}")).join("/");
+            let _ = writeln!(
+                s,
+                "degraded   max level {max}; seconds at level 0/1/2/3: {at}"
+            );
+        }
+        if let Some(b) = &self.bottleneck {
+            let _ = writeln!(s, "bottleneck {}", b.describe());
+        }
+        if !self.by_priority.is_empty() {
+            let _ = writeln!(s, "by priority{}", ShareFigures::HEADER);
+            for p in &self.by_priority {
+                let _ = writeln!(s, "{:<11}{}", p.priority, p.figures.line());
+            }
+        }
+        if !self.steps.is_empty() {
+            let _ = writeln!(
+                s,
+                "by step (transactions due in it)\n  from      rate/s{}",
+                ShareFigures::HEADER
+            );
+            for step in &self.steps {
+                let rate = if step.from_rate == step.to_rate {
+                    format!("{:.0}", step.from_rate)
+                } else {
+                    format!("{:.0}-{:.0}", step.from_rate, step.to_rate)
+                };
+                let _ = writeln!(
+                    s,
+                    "{:>5.1}s {rate:>11}{}",
+                    step.start_s,
+                    step.figures.line()
+                );
+            }
         }
         if !self.timeline.is_empty() {
             let _ = writeln!(s, "timeline (per second)\n{}", TimelinePoint::HEADER);
@@ -573,6 +936,8 @@ mod tests {
         Sent {
             id,
             trace_id: trace.map(TraceId::from),
+            priority: Priority::Default,
+            due: Duration::ZERO,
         }
     }
 
@@ -721,6 +1086,190 @@ mod tests {
             )),
             "{text}"
         );
+    }
+
+    #[test]
+    fn priorities_and_steps_each_get_their_figures() {
+        use crate::drive::schedule::{ArrivalKind, parse_steps};
+        let profile = Arc::new(Arrivals {
+            kind: ArrivalKind::Constant,
+            segments: parse_steps("100@1s,300@1s").unwrap(),
+        });
+        let mut r = Recorder::default().with_priorities().with_steps(profile);
+        let refused = tonic::Status::resource_exhausted("over the limit");
+        // Step 1: 10 OK critical at 1..=10 ms; step 2: 10 OK sheddable at 100 ms, 5 refused.
+        for i in 1..=10u64 {
+            let o = Outcome {
+                id: format!("c{i}"),
+                ..Default::default()
+            };
+            let txn = Sent {
+                priority: Priority::Critical,
+                due: Duration::from_millis(100 * i - 50),
+                ..sent(&o.id, None)
+            };
+            r.record(txn, Ok(&o), Duration::from_millis(i));
+        }
+        for i in 0..15u64 {
+            let o = Outcome {
+                id: format!("s{i}"),
+                ..Default::default()
+            };
+            let txn = Sent {
+                priority: Priority::Sheddable,
+                due: Duration::from_millis(1500),
+                ..sent(&o.id, None)
+            };
+            let result = if i < 10 { Ok(&o) } else { Err(&refused) };
+            r.record(txn, result, Duration::from_millis(100));
+        }
+        r.record_no_outcome(
+            Sent {
+                due: Duration::from_millis(1900),
+                ..sent("lost", None)
+            },
+            "its stream ended first",
+            false,
+        );
+        let rep = r.report(run_info(26, None));
+
+        let names: Vec<&str> = rep
+            .by_priority
+            .iter()
+            .map(|p| p.priority.as_str())
+            .collect();
+        assert_eq!(names, ["CRITICAL", "DEFAULT", "SHEDDABLE"]);
+        let critical = &rep.by_priority[0].figures;
+        assert_eq!((critical.sent, critical.ok), (10, 10));
+        assert!((critical.ok_p99_ms - 10.0).abs() < 0.2, "{critical:?}");
+        let default = &rep.by_priority[1].figures;
+        assert_eq!((default.sent, default.ok), (1, 0));
+        assert_eq!(default.errors[NO_OUTCOME], 1);
+        let sheddable = &rep.by_priority[2].figures;
+        assert_eq!((sheddable.sent, sheddable.ok), (15, 10));
+        assert_eq!(sheddable.errors["RESOURCE_EXHAUSTED"], 5);
+        assert!(
+            (sheddable.ok_p50_ms - 100.0).abs() < 1.0,
+            "only OK ones count: {sheddable:?}"
+        );
+
+        assert_eq!(rep.steps.len(), 2);
+        assert_eq!((rep.steps[0].start_s, rep.steps[0].from_rate), (0.0, 100.0));
+        assert_eq!((rep.steps[1].start_s, rep.steps[1].to_rate), (1.0, 300.0));
+        assert_eq!(rep.steps[0].figures.sent, 10);
+        assert_eq!(rep.steps[1].figures.sent, 16);
+        assert_eq!(rep.steps[1].figures.ok, 10);
+
+        let text = rep.text();
+        assert!(text.contains("by priority"), "{text}");
+        assert!(text.contains("SHEDDABLE"), "{text}");
+        assert!(text.contains("RESOURCE_EXHAUSTED 5"), "{text}");
+        assert!(text.contains("by step"), "{text}");
+        let json = serde_json::to_value(&rep).unwrap();
+        assert_eq!(json["by_priority"][2]["priority"], "SHEDDABLE");
+        assert_eq!(json["by_priority"][2]["ok"], 10);
+        assert_eq!(json["steps"][1]["errors"]["RESOURCE_EXHAUSTED"], 5);
+
+        // Without a mix or steps, neither section exists, in the text or the JSON.
+        let plain = Recorder::default().report(run_info(0, None));
+        assert!(!plain.text().contains("by priority"));
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(json.get("by_priority").is_none() && json.get("steps").is_none());
+        assert!(json.get("degradation_max").is_none() && json.get("bottleneck").is_none());
+    }
+
+    fn point(t: f64, level: Option<u8>, bottleneck: Option<(&str, f64)>) -> TimelinePoint {
+        TimelinePoint {
+            t,
+            offered: 0.0,
+            sent: 0.0,
+            done: 0.0,
+            ok: 0.0,
+            rejected: 0.0,
+            errors: 0.0,
+            blocked_pct: 0.0,
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+            ok_p99_ms: 0.0,
+            queues: Some([0.0; 3]),
+            degradation_level: level,
+            bottleneck: bottleneck.map(|(hop, share)| Bottleneck {
+                hop: hop.into(),
+                share,
+            }),
+        }
+    }
+
+    #[test]
+    fn the_gateway_pressure_over_a_run_is_summed_up() {
+        let timeline = [
+            point(1.0, Some(0), None),
+            point(2.0, Some(1), Some(("logging", 0.6))),
+            point(3.0, Some(2), Some(("logging", 0.8))),
+            point(4.0, Some(2), Some(("risk", 0.9))),
+            point(5.5, Some(0), None),
+        ];
+        let (max, seconds) = degradation(&timeline).unwrap();
+        assert_eq!(max, 2);
+        assert_eq!(seconds, [2.5, 1.0, 2.0, 0.0]);
+        let b = bottleneck_named(&timeline).unwrap();
+        assert_eq!(
+            (b.hop.as_str(), b.intervals, b.of_intervals),
+            ("logging", 2, 5)
+        );
+        assert!((b.share - 0.7).abs() < 1e-9);
+        assert_eq!(
+            b.describe(),
+            "logging, 70 % of p99 (named in 2 of 5 intervals)"
+        );
+        let line = timeline[2].line();
+        assert!(
+            line.ends_with("      2  bottleneck: logging 80%"),
+            "{line:?}"
+        );
+
+        let quiet = [point(1.0, Some(0), None), point(2.0, Some(0), None)];
+        assert_eq!(degradation(&quiet), Some((0, [2.0, 0.0, 0.0, 0.0])));
+        let none = bottleneck_named(&quiet).unwrap();
+        assert_eq!(none.hop, NO_BOTTLENECK);
+        assert_eq!(none.describe(), "none (2 intervals)");
+
+        // A gateway without overload control: no level, no section.
+        let old = [point(1.0, None, None)];
+        assert_eq!(degradation(&old), None);
+        assert!(old[0].line().ends_with("      -"), "{:?}", old[0].line());
+        // No --metrics: nothing at all.
+        let unscraped = TimelinePoint {
+            queues: None,
+            ..point(1.0, None, None)
+        };
+        assert_eq!(bottleneck_named(&[unscraped.clone()]), None);
+        assert!(!unscraped.line().contains('/'));
+
+        let mut r = Recorder::default();
+        r.record(
+            sent("a", None),
+            Ok(&Outcome::default()),
+            Duration::from_millis(1),
+        );
+        let mut info = run_info(1, None);
+        info.timeline = timeline.to_vec();
+        let rep = r.report(info);
+        assert_eq!(rep.degradation_max, Some(2));
+        let text = rep.text();
+        assert!(
+            text.contains("degraded   max level 2; seconds at level 0/1/2/3: 2.5/1.0/2.0/0.0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bottleneck logging, 70 % of p99 (named in 2 of 5 intervals)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&rep).unwrap();
+        assert_eq!(json["degradation_max"], 2);
+        assert_eq!(json["bottleneck"]["hop"], "logging");
+        assert_eq!(json["timeline"][2]["bottleneck"]["hop"], "logging");
+        assert_eq!(json["timeline"][2]["degradation_level"], 2);
     }
 
     #[test]
