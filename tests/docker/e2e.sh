@@ -130,11 +130,9 @@ compose run --rm --no-deps loadgen fault --target http://logging-1:50054 --stall
 compose run --rm --no-deps -v "$out:/out" loadgen run --target http://gateway:50051 --mode stream --rate 4000 \
   --duration 6s --timeout 60s -q --json /out/stall.json >/dev/null 2>"$out/stall.err" &
 load=$!
-# Stream clients fill the queue up to its share for waiting admissions: 1024 less the 256
-# slots --unary-reserved keeps for unary calls.
-# The stalled partition's queue fills to its share for waiting admissions: 1024 less the 256
-# slots --unary-reserved keeps for unary calls (partition 0's stays near empty).
-until_ok 30 at_least 'sluice_gateway_downstream_queue_depth{downstream="logging"}' 768 || fail "pressure never built up at the gateway (the stalled partition's queue not at the streams' share, 768 of 1024)"
+# Nothing finishes: the adaptive concurrency limit closes in (from 256 towards its floor
+# of 8), and the stream readers wait at it instead of filling the downstream queue.
+until_ok 30 at_most 'sluice_gateway_concurrency_limit' 32 || fail "the adaptive limit never closed in on the stalled partition"
 # Hold the stall (the scenario, not a synchronisation) — under the gateway's 5 s deadline
 # per SubmitStream message, which the first queued transaction has been waiting against.
 sleep 2

@@ -41,11 +41,18 @@ const MIN_GRADIENT: f64 = 0.5;
 pub const MAX_SAMPLES: usize = 1024;
 
 /// Default lowest the adaptive limit goes.
-pub const DEFAULT_MIN_LIMIT: usize = 8;
+pub const DEFAULT_MIN_LIMIT: usize = 32;
 /// Default highest the adaptive limit goes (and the static limit).
-pub const DEFAULT_MAX_LIMIT: usize = 4096;
-/// Where the adaptive limit starts.
-pub const INITIAL_LIMIT: usize = 64;
+pub const DEFAULT_MAX_LIMIT: usize = 8192;
+/// Where the adaptive limit starts: room for a burst on a cold gateway; a slow hop brings
+/// it down within a second or two.
+pub const INITIAL_LIMIT: usize = 256;
+/// The part of each priority's share that SubmitStream messages may fill. The rest is for
+/// unary calls: they are refused rather than wait, so without it every freed slot would go
+/// to a waiting stream (what `--unary-reserved` does for the downstream queues).
+pub const STREAM_SHARE: f64 = 0.75;
+/// The fewest slots of each priority's share kept for unary calls, however low the limit.
+pub const MIN_UNARY_ROOM: usize = 16;
 
 /// How much of the limit a priority may fill. CRITICAL keeps the last tenth to itself;
 /// SHEDDABLE stops at three quarters, so it is refused first.
@@ -176,9 +183,18 @@ impl Limiter {
         self.limit.load(Ordering::Acquire)
     }
 
-    /// Most transactions `priority` may have in flight now (all priorities' together).
+    /// Most transactions in flight (all priorities') under which a unary call of
+    /// `priority` is admitted.
     pub fn ceiling(&self, priority: Priority) -> usize {
         ((self.limit() as f64 * share(priority)).floor() as usize).max(1)
+    }
+
+    /// The same for a SubmitStream message: [`STREAM_SHARE`] of it, and at least
+    /// [`MIN_UNARY_ROOM`] below it.
+    pub fn stream_ceiling(&self, priority: Priority) -> usize {
+        let unary = self.ceiling(priority);
+        let room = ((unary as f64 * (1.0 - STREAM_SHARE)).ceil() as usize).max(MIN_UNARY_ROOM);
+        unary.saturating_sub(room).max(1)
     }
 
     /// Sets the limit; wakes waiters a higher limit lets in.
@@ -189,9 +205,12 @@ impl Limiter {
         }
     }
 
-    /// A slot now, or None when `priority`'s share is full.
+    /// A slot now for a unary call, or None when `priority`'s share is full.
     pub fn try_acquire(self: &Arc<Self>, priority: Priority) -> Option<LimitPermit> {
-        let ceiling = self.ceiling(priority);
+        self.take_under(self.ceiling(priority))
+    }
+
+    fn take_under(self: &Arc<Self>, ceiling: usize) -> Option<LimitPermit> {
         self.inflight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < ceiling).then_some(n + 1)
@@ -202,18 +221,19 @@ impl Limiter {
             })
     }
 
-    /// Waits for a slot, FIFO within `priority`; higher priorities are woken first.
+    /// Waits for a slot for a SubmitStream message, FIFO within `priority`; higher
+    /// priorities are woken first.
     pub async fn acquire(self: &Arc<Self>, priority: Priority) -> LimitPermit {
         let i = index(priority);
         loop {
-            if let Some(permit) = self.try_acquire(priority) {
+            if let Some(permit) = self.take_under(self.stream_ceiling(priority)) {
                 return permit;
             }
             let mut notified = pin!(self.wake[i].notified());
             // Registered before the second look, so a release in between is not missed.
             notified.as_mut().enable();
             let _waiting = Waiting::count(&self.waiting[i]);
-            if let Some(permit) = self.try_acquire(priority) {
+            if let Some(permit) = self.take_under(self.stream_ceiling(priority)) {
                 return permit;
             }
             notified.await;
@@ -225,7 +245,9 @@ impl Limiter {
         let inflight = self.inflight();
         for priority in ORDER {
             let i = index(priority);
-            if self.waiting[i].load(Ordering::Acquire) > 0 && inflight < self.ceiling(priority) {
+            if self.waiting[i].load(Ordering::Acquire) > 0
+                && inflight < self.stream_ceiling(priority)
+            {
                 self.wake[i].notify_one();
                 return;
             }
@@ -397,8 +419,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_release_wakes_the_highest_priority_waiter_first() {
-        let limiter = Limiter::new(10);
-        let mut held: Vec<_> = (0..10)
+        // Stream ceilings at 100: CRITICAL 75, SHEDDABLE 56 (a quarter of 75 kept).
+        let limiter = Limiter::new(100);
+        assert_eq!(limiter.stream_ceiling(Priority::Critical), 75);
+        assert_eq!(limiter.stream_ceiling(Priority::Sheddable), 56);
+        let mut held: Vec<_> = (0..100)
             .map(|_| limiter.try_acquire(Priority::Critical).unwrap())
             .collect();
         let (order_tx, mut order) = tokio::sync::mpsc::channel(4);
@@ -415,14 +440,23 @@ mod tests {
         while limiter.waiting.iter().map(|w| w.load(Ordering::Acquire)).sum::<usize>() < 2 {
             tokio::task::yield_now().await;
         }
-        held.pop();
+        held.truncate(74);
         assert_eq!(order.recv().await, Some("critical"));
-        // SHEDDABLE waits until in-flight is under its share (7 of 10): 10 held, then 6.
-        held.truncate(5);
+        // SHEDDABLE waits until in-flight is under its share: 75 in flight, then 55.
+        held.truncate(54);
         assert_eq!(order.recv().await, Some("sheddable"));
         for w in waiters {
             drop(w.await.unwrap());
         }
+    }
+
+    #[test]
+    fn unary_calls_keep_room_however_low_the_limit() {
+        let limiter = Limiter::new(32);
+        assert_eq!(limiter.ceiling(Priority::Default), 28);
+        assert_eq!(limiter.stream_ceiling(Priority::Default), 12);
+        let limiter = Limiter::new(8);
+        assert_eq!(limiter.stream_ceiling(Priority::Default), 1);
     }
 
     #[test]

@@ -11,8 +11,15 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
+/// The gateway's flags, with the adaptive concurrency limit and degradation off: these
+/// tests prove the static bounds underneath (queues, windows, in-flight ceilings), which an
+/// adaptive limit would keep from ever filling. `overload.rs` tests the adaptive layer.
 fn strings(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
+    ["--concurrency-limit", "static", "--degradation", "off"]
+        .iter()
+        .chain(list)
+        .map(|s| s.to_string())
+        .collect()
 }
 
 const STALL: Faults = Faults {

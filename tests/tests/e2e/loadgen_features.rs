@@ -320,7 +320,7 @@ async fn the_json_report_follows_its_documented_schema() {
     )
     .unwrap();
     type Check = fn(&serde_json::Value) -> bool;
-    let fields: [(&str, Check); 24] = [
+    let fields: [(&str, Check); 27] = [
         ("schema_version", |v| v.as_u64() == Some(2)),
         ("mode", |v| v.is_string()),
         ("loop_kind", |v| v.is_string()),
@@ -346,6 +346,15 @@ async fn the_json_report_follows_its_documented_schema() {
         ("blocked_send_seconds", |v| v.is_number()),
         ("scheduled", |v| v.is_u64() || v.is_null()),
         ("late_sends", |v| v.is_u64()),
+        // With --metrics: the gateway's degradation level and bottleneck; at 100/s, calm.
+        ("degradation_max", |v| v.as_u64() == Some(0)),
+        ("degradation_seconds", |v| {
+            v.as_array()
+                .is_some_and(|a| a.len() == 4 && a.iter().all(|s| s.is_number()))
+        }),
+        ("bottleneck", |v| {
+            v["hop"] == "none" && v["intervals"] == 0 && v["of_intervals"].as_u64() > Some(0)
+        }),
         ("timeline", |v| {
             v.as_array().is_some_and(|a| {
                 !a.is_empty()
@@ -361,10 +370,12 @@ async fn the_json_report_follows_its_documented_schema() {
                             "blocked_pct",
                             "p50_ms",
                             "p99_ms",
+                            "ok_p99_ms",
                         ]
                         .iter()
                         .all(|k| p[k].is_number())
                             && p["queues"].as_array().is_some_and(|q| q.len() == 3)
+                            && p["degradation_level"] == 0
                     })
             })
         }),

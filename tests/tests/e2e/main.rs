@@ -11,6 +11,7 @@ mod faults;
 mod hostile;
 mod loadgen;
 mod loadgen_features;
+mod overload;
 mod readiness;
 mod replicas;
 mod shutdown;
