@@ -267,7 +267,11 @@ impl Config {
             value,
             rule: rule.to_string(),
         };
-        if self.concurrency_min == 0 || self.concurrency_min > self.concurrency_max {
+        if self.concurrency_max == 0 {
+            return Err(value("concurrency-max", "0".into(), "must be at least 1"));
+        }
+        let adaptive = self.concurrency_limit == LimitMode::Adaptive;
+        if adaptive && (self.concurrency_min == 0 || self.concurrency_min > self.concurrency_max) {
             return Err(value(
                 "concurrency-min",
                 self.concurrency_min.to_string(),

@@ -202,7 +202,9 @@ impl Fanout {
             self.notify(&txn, deadline, deadline_unix_ms, parent, caller)
                 .await
         } else {
-            self.shed.get_or_create(&ShedLabels { reason: "degraded" }).inc();
+            self.shed
+                .get_or_create(&ShedLabels { reason: "degraded" })
+                .inc();
             NotificationStatus::Shed
         };
         let request = RiskRequest::new(carrying(&txn, &risk_hop, caller), deadline_unix_ms);

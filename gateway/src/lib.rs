@@ -63,7 +63,12 @@ pub async fn serve(
     // Degradation's queue signal: the fullest required queue (risk, logging).
     let fill: overload::QueueFill = {
         let required = [risk_metrics.clone(), logging_metrics.clone()];
-        Box::new(move || required.iter().map(ServiceMetrics::fill).fold(0.0, f64::max))
+        Box::new(move || {
+            required
+                .iter()
+                .map(ServiceMetrics::fill)
+                .fold(0.0, f64::max)
+        })
     };
     let logging = Partitions::new(
         settings

@@ -138,11 +138,7 @@ impl Gateway for Ingress {
             .flatten();
         let mut request = TxnRequest::unary(txn, metadata);
         request.client = client;
-        self.unary
-            .clone()
-            .oneshot(request)
-            .await
-            .map(Response::new)
+        self.unary.clone().oneshot(request).await.map(Response::new)
     }
 
     async fn submit_stream(

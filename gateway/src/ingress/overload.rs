@@ -85,7 +85,11 @@ where
     }
 }
 
-async fn admit<S>(layer: OverloadLayer, mut inner: S, mut request: TxnRequest) -> Result<Outcome, Status>
+async fn admit<S>(
+    layer: OverloadLayer,
+    mut inner: S,
+    mut request: TxnRequest,
+) -> Result<Outcome, Status>
 where
     S: Service<TxnRequest, Response = Outcome, Error = Status>,
 {
@@ -140,7 +144,8 @@ where
                 return refuse(&mut request, "client_rate", status);
             }
             if Instant::now() + wait >= request.deadline {
-                let status = Status::deadline_exceeded("deadline passed waiting for the client's rate");
+                let status =
+                    Status::deadline_exceeded("deadline passed waiting for the client's rate");
                 return refuse(&mut request, "deadline", status);
             }
             tokio::time::sleep(wait).await;

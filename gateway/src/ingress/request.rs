@@ -67,7 +67,10 @@ pub(crate) const CLIENT_ID: &str = "x-client-id";
 /// The client a call's metadata and peer name: `x-client-id` (1–64 visible ASCII
 /// characters), else the peer's IP address, else `unknown`. None: `x-client-id` is present
 /// but unusable.
-pub(crate) fn client_of(metadata: &MetadataMap, peer: Option<std::net::SocketAddr>) -> Option<Arc<str>> {
+pub(crate) fn client_of(
+    metadata: &MetadataMap,
+    peer: Option<std::net::SocketAddr>,
+) -> Option<Arc<str>> {
     match metadata.get(CLIENT_ID) {
         Some(v) => v
             .to_str()

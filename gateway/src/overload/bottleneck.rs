@@ -96,6 +96,20 @@ pub fn candidate(splits: &mut [Split]) -> (Duration, Option<Candidate>) {
     (p99, pick)
 }
 
+/// The p99 of the time from admission to outcome (the admission wait left out).
+pub fn admitted_p99(splits: &[Split]) -> Duration {
+    let mut admitted: Vec<Duration> = splits
+        .iter()
+        .map(|s| s.total.saturating_sub(s.admission))
+        .collect();
+    if admitted.is_empty() {
+        return Duration::ZERO;
+    }
+    let at = ((admitted.len() as f64) * 0.99).floor() as usize;
+    let at = at.min(admitted.len() - 1);
+    *admitted.select_nth_unstable(at).1
+}
+
 /// Names a hop once it has been the candidate for [`PERIODS`] periods in a row.
 #[derive(Debug, Default)]
 pub struct Detector {

@@ -3,13 +3,14 @@
 //! | level | when (any of, for [`ENTER_AFTER`] periods in a row) | what the gateway does |
 //! |---|---|---|
 //! | 0 | — | normal |
-//! | 1 | latency p99 ≥ SLO, or a required downstream queue ≥ 50 % full | notification skipped for all but CRITICAL (non-core work first) |
+//! | 1 | latency p99 (admission to outcome) ≥ SLO, or a required downstream queue ≥ 50 % full | notification skipped for all but CRITICAL (non-core work first) |
 //! | 2 | p99 ≥ 4 × SLO, or a queue ≥ 90 % full | also: SHEDDABLE refused at ingress; the adaptive limit's ceiling halved |
 //! | 3 | p99 ≥ 8 × SLO | also: new unary writes refused UNAVAILABLE with pushback |
 //!
-//! Latency is arrival to outcome (admission wait included) of the period's transactions; a
-//! period in which nothing finished while work was in flight counts the time since the last
-//! completion. A level is entered once [`ENTER_AFTER`] periods in a row asked for it or more
+//! Latency is admission to outcome of the period's transactions — not the wait to be
+//! admitted, which for a SubmitStream is backpressure doing its job (the bottleneck names
+//! it); a period in which nothing finished while work was in flight counts the time since
+//! the last completion. A level is entered once [`ENTER_AFTER`] periods in a row asked for it or more
 //! (the lowest of them is entered), and left once [`LEAVE_AFTER`] periods in a row asked for
 //! less (the highest of them is kept): a single spike never changes the level, and a level
 //! never flaps between two adjacent ones each second.
@@ -36,7 +37,7 @@ pub const MAX_LEVEL: u8 = 3;
 /// One period's signals.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Signals {
-    /// p99 latency, arrival to outcome (or the stall's length).
+    /// p99 latency, admission to outcome (or the stall's length).
     pub latency: Duration,
     /// The fullest required downstream queue, 0..=1.
     pub queue_fill: f64,

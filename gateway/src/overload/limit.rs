@@ -131,13 +131,17 @@ impl Gradient {
             }
             let baseline = self.baseline().unwrap_or(sample);
             let target = (baseline.mul_f64(TOLERANCE)).max(baseline + MIN_BUFFER);
-            let gradient = (target.as_secs_f64() / sample.as_secs_f64().max(1e-6))
-                .clamp(MIN_GRADIENT, 1.0);
-            if gradient < 1.0 {
-                // Halve at most per interval, so a stall brings a limit of 256 to the
+            let gradient =
+                (target.as_secs_f64() / sample.as_secs_f64().max(1e-6)).clamp(MIN_GRADIENT, 1.0);
+            // The limit moves only while it is in use: below half of it, latency is not
+            // the limit's doing (a busy CPU, a few slow calls), and lowering it would only
+            // refuse callers it is not holding up.
+            let in_use = inflight as f64 >= self.limit / 2.0;
+            if gradient < 1.0 && in_use {
+                // At most ×0.71 per interval, so a stall brings a limit of 256 to the
                 // floor in about two seconds, and one slow interval costs little.
                 self.limit *= gradient.sqrt();
-            } else if inflight as f64 >= self.limit / 2.0 {
+            } else if gradient >= 1.0 && in_use {
                 self.limit += self.limit.sqrt().max(1.0);
             }
         }
@@ -332,7 +336,12 @@ mod tests {
 
     fn steps(g: &mut Gradient, from: Instant, n: u32, sample: Duration, inflight: usize) {
         for k in 0..n {
-            g.update(from + LIMIT_INTERVAL * k, Some(sample), inflight, usize::MAX);
+            g.update(
+                from + LIMIT_INTERVAL * k,
+                Some(sample),
+                inflight,
+                usize::MAX,
+            );
         }
     }
 
@@ -361,10 +370,25 @@ mod tests {
         steps(&mut g, t + LIMIT_INTERVAL * 4, 8, 50 * MS, before);
         let slowed = g.limit();
         assert!(slowed * 4 <= before, "{before} → {slowed}");
-        assert_eq!(g.baseline(), Some(2 * MS), "the slow samples do not move the baseline");
+        assert_eq!(
+            g.baseline(),
+            Some(2 * MS),
+            "the slow samples do not move the baseline"
+        );
         // Demand is still there: the gateway would use whatever it is given.
         steps(&mut g, t + LIMIT_INTERVAL * 12, 12, 2 * MS, 4096);
         assert!(g.limit() > slowed * 3, "{slowed} → {}", g.limit());
+    }
+
+    #[test]
+    fn latency_the_limit_is_not_holding_up_does_not_move_it() {
+        let mut g = Gradient::new(256, 8, 4096);
+        let t = Instant::now();
+        steps(&mut g, t, 4, 2 * MS, 256);
+        let before = g.limit();
+        // Slow, but with a tenth of the limit in use: the limit is not the cause.
+        steps(&mut g, t + LIMIT_INTERVAL * 4, 8, 50 * MS, before / 10);
+        assert_eq!(g.limit(), before);
     }
 
     #[test]
@@ -391,7 +415,12 @@ mod tests {
         let t = Instant::now();
         assert_eq!(g.update(t, Some(MS), 64, 32), 32);
         for k in 1..40 {
-            g.update(t + LIMIT_INTERVAL * k, Some(Duration::from_secs(1)), 64, 4096);
+            g.update(
+                t + LIMIT_INTERVAL * k,
+                Some(Duration::from_secs(1)),
+                64,
+                4096,
+            );
         }
         assert_eq!(g.limit(), 8);
     }
@@ -428,7 +457,10 @@ mod tests {
             .collect();
         let (order_tx, mut order) = tokio::sync::mpsc::channel(4);
         let mut waiters = Vec::new();
-        for (priority, name) in [(Priority::Sheddable, "sheddable"), (Priority::Critical, "critical")] {
+        for (priority, name) in [
+            (Priority::Sheddable, "sheddable"),
+            (Priority::Critical, "critical"),
+        ] {
             let (limiter, tx) = (limiter.clone(), order_tx.clone());
             waiters.push(tokio::spawn(async move {
                 let permit = limiter.acquire(priority).await;
@@ -437,7 +469,13 @@ mod tests {
             }));
         }
         // Both are waiting once the counters say so (they register before awaiting).
-        while limiter.waiting.iter().map(|w| w.load(Ordering::Acquire)).sum::<usize>() < 2 {
+        while limiter
+            .waiting
+            .iter()
+            .map(|w| w.load(Ordering::Acquire))
+            .sum::<usize>()
+            < 2
+        {
             tokio::task::yield_now().await;
         }
         held.truncate(74);

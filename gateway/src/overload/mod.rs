@@ -142,7 +142,9 @@ impl Overload {
         );
         inner.limit_gauge.set(initial as i64);
         for hop in Hop::ALL {
-            let _ = inner.bottleneck.get_or_create(&HopLabels { hop: hop.label() });
+            let _ = inner
+                .bottleneck
+                .get_or_create(&HopLabels { hop: hop.label() });
         }
         Self {
             inner: Arc::new(inner),
@@ -234,18 +236,21 @@ impl Overload {
         let mut splits = std::mem::take(&mut *inner.splits.lock().expect("splits lock"));
         let (p99, candidate) = bottleneck::candidate(&mut splits);
         // Nothing finished while work is in flight: the stall is the latency.
-        let latency = if splits.is_empty() && inner.limiter.inflight() > 0 {
+        let stalled = (splits.is_empty() && inner.limiter.inflight() > 0).then(|| {
             inner
                 .limiter
                 .since_last_completion(now)
                 .unwrap_or(level::PERIOD)
-        } else {
-            p99
-        };
+        });
+        let latency = stalled.unwrap_or(p99);
+        // The level looks at what the mesh does with admitted work: time waiting to be
+        // admitted is a SubmitStream's backpressure doing its job (it says so in the
+        // bottleneck), and must not get polite unary callers refused.
+        let admitted = stalled.unwrap_or_else(|| bottleneck::admitted_p99(&splits));
         let slo = inner.config.latency_slo;
         if inner.config.degradation == Degradation::On {
             let signals = Signals {
-                latency,
+                latency: admitted,
                 queue_fill: (inner.fill)(),
             };
             if let Some(level) = levels.observe(level::asked(signals, slo)) {

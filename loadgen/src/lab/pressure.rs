@@ -126,6 +126,10 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 const LEAD_IN: Duration = Duration::from_secs(2);
 const RECOVERY_WINDOW: Duration = Duration::from_secs(15);
 const MIB: f64 = 1024.0 * 1024.0;
+const RISK_BUSY: &str = "sluice_risk_worker_pool_busy";
+const RISK_CAPACITY: &str = "sluice_risk_worker_pool_capacity";
+const LOGGING_BUSY: &str = "sluice_logging_worker_pool_busy";
+const LOGGING_CAPACITY: &str = "sluice_logging_worker_pool_capacity";
 /// Unary saturation is measured closed loop with this many calls outstanding: enough to
 /// saturate unary ingress on one machine (bench's default), far under the gateway's static
 /// limit, so nothing is refused while measuring.
@@ -650,6 +654,11 @@ struct ControlFigures {
     recovery: Option<f64>,
     rss_peak: f64,
     rss_growth: f64,
+    /// Busiest risk and logging worker pools (of their capacity) before logging was
+    /// slowed: whether a pool ever filled, i.e. whether a load-aware pool size would have
+    /// had anything to do.
+    pools_busy: [f64; 2],
+    pools_capacity: [f64; 2],
     /// The bottleneck the gateway named most often while logging was slow.
     bottleneck: Option<BottleneckSeen>,
     errors: String,
@@ -757,13 +766,18 @@ async fn overload_run(
         .await
         .unwrap_or(0.0);
     let slow_from = profile.segment_start(Step::SlowLogging as usize);
-    let [rss] = peaks(
-        &metrics,
-        [RSS],
-        start + Duration::from_secs_f64(slow_from),
-        [baseline],
-    )
-    .await;
+    let slow_at = start + Duration::from_secs_f64(slow_from);
+    let (risk_metrics, logging_metrics) = (mesh.risk.metrics_url()?, mesh.logging.metrics_url()?);
+    let ([rss], [risk_busy, risk_capacity], [logging_busy, logging_capacity]) = tokio::join!(
+        peaks(&metrics, [RSS], slow_at, [baseline]),
+        peaks(&risk_metrics, [RISK_BUSY, RISK_CAPACITY], slow_at, [0.0; 2]),
+        peaks(
+            &logging_metrics,
+            [LOGGING_BUSY, LOGGING_CAPACITY],
+            slow_at,
+            [0.0; 2]
+        ),
+    );
     set_logging_delay(&mesh, args.slow_logging_delay).await?;
     let [rss] = peaks(&metrics, [RSS], start + total, [rss]).await;
     let report = load.await??;
@@ -784,6 +798,8 @@ async fn overload_run(
         steps,
         rss_peak: rss,
         rss_growth: rss - baseline,
+        pools_busy: [risk_busy, logging_busy],
+        pools_capacity: [risk_capacity, logging_capacity],
         bottleneck: bottleneck_named(slow),
         errors: counts(&report.errors),
     })
@@ -906,6 +922,15 @@ async fn overload(dir: &std::path::Path, args: &PressureArgs) -> anyhow::Result<
     row(
         "gateway peak memory (growth)",
         col(&|f| format!("{:.1} MiB ({:+.1})", f.rss_peak / MIB, f.rss_growth / MIB)),
+    );
+    row(
+        "busiest workers risk / logging",
+        col(&|f| {
+            format!(
+                "{:.0}/{:.0} / {:.0}/{:.0}",
+                f.pools_busy[0], f.pools_capacity[0], f.pools_busy[1], f.pools_capacity[1]
+            )
+        }),
     );
     for (control, f) in CONTROLS.iter().zip(&figures) {
         println!("errors, {}: {}", control.name, f.errors);
