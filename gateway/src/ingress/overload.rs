@@ -127,10 +127,7 @@ where
             ));
             return refuse(&mut request, "invalid_argument", status);
         };
-        loop {
-            let Err(wait) = clients.check(&client) else {
-                break;
-            };
+        while let Err(wait) = clients.check(&client) {
             if api == Api::Unary {
                 let rate = clients.rate();
                 let status = exhausted(

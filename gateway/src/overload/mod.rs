@@ -218,12 +218,12 @@ impl Overload {
                     inner.baseline_gauge.set(b.as_secs_f64());
                 }
             }
-            if ticks % ticks_per_period != 0 {
+            if !ticks.is_multiple_of(ticks_per_period) {
                 continue;
             }
             self.period(now, &mut levels, &mut detector);
             if let Some(clients) = &inner.clients
-                && ticks % (ticks_per_period * CLIENT_TRIM_PERIODS) == 0
+                && ticks.is_multiple_of(ticks_per_period * CLIENT_TRIM_PERIODS)
             {
                 clients.trim();
             }

@@ -1243,7 +1243,7 @@ mod tests {
             queues: None,
             ..point(1.0, None, None)
         };
-        assert_eq!(bottleneck_named(&[unscraped.clone()]), None);
+        assert_eq!(bottleneck_named(std::slice::from_ref(&unscraped)), None);
         assert!(!unscraped.line().contains('/'));
 
         let mut r = Recorder::default();
