@@ -60,15 +60,11 @@ pub async fn serve(
     // One partition per URL; all partitions' metrics under downstream="logging", each
     // replica label the partition's address.
     let logging_metrics = ServiceMetrics::new("logging", &mut registry);
-    // Degradation's queue signal: the fullest required queue (risk, logging).
-    let fill: overload::QueueFill = {
+    // What overload control reads of the required hops (risk, logging): queue fill and
+    // requests outstanding.
+    let hops: overload::HopLoads = {
         let required = [risk_metrics.clone(), logging_metrics.clone()];
-        Box::new(move || {
-            required
-                .iter()
-                .map(ServiceMetrics::fill)
-                .fold(0.0, f64::max)
-        })
+        Box::new(move || required.each_ref().map(ServiceMetrics::load))
     };
     let logging = Partitions::new(
         settings
@@ -94,7 +90,7 @@ pub async fn serve(
         listeners.readiness(),
         shutdown.clone(),
     ));
-    let overload = Overload::new(settings.overload.clone(), &mut registry, fill);
+    let overload = Overload::new(settings.overload.clone(), &mut registry, hops);
     tokio::spawn(overload.clone().run(shutdown.clone()));
     let ingress = Ingress::new(
         fanout,

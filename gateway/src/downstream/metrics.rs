@@ -89,6 +89,15 @@ impl ServiceMetrics {
         (self.service.queue_depth.get() as f64 / capacity as f64).clamp(0.0, 1.0)
     }
 
+    /// The service's queue fill and requests outstanding (queued or sent, unanswered).
+    pub fn load(&self) -> crate::overload::HopLoad {
+        crate::overload::HopLoad {
+            fill: self.fill(),
+            outstanding: (self.service.queue_depth.get() + self.service.inflight.get()).max(0)
+                as u64,
+        }
+    }
+
     /// Replica `name`'s metrics (created on first use).
     pub(crate) fn replica(&self, name: &str) -> ReplicaMetrics {
         let labels = ReplicaLabels {

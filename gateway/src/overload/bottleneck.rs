@@ -10,7 +10,9 @@
 //! periods in a row while the p99 is over the latency SLO — a healthy mesh always has a
 //! largest share (an fsync is slower than a risk rule), but a hop is a bottleneck only when
 //! latency is bad. A downstream hop is preferred to `admission`: time waiting at the door
-//! is what a slow hop behind it causes.
+//! is what a slow hop behind it causes. A period in which nothing finished while work was in
+//! flight (a stall) has nothing to split: the required hop holding the most requests is
+//! its candidate.
 
 use std::time::Duration;
 
@@ -96,6 +98,17 @@ pub fn candidate(splits: &mut [Split]) -> (Duration, Option<Candidate>) {
     (p99, pick)
 }
 
+/// A period that finished nothing while work was in flight (a stall): the required hop
+/// holding the most requests (queued or sent, unanswered), with all of the latency.
+pub fn holding(risk: u64, logging: u64) -> Option<Candidate> {
+    let hop = match (risk, logging) {
+        (0, 0) => return None,
+        (r, l) if r > l => Hop::Risk,
+        _ => Hop::Logging,
+    };
+    Some(Candidate { hop, share: 1.0 })
+}
+
 /// The p99 of the time from admission to outcome (the admission wait left out).
 pub fn admitted_p99(splits: &[Split]) -> Duration {
     let mut admitted: Vec<Duration> = splits
@@ -172,6 +185,13 @@ mod tests {
         let c = c.expect("a candidate");
         assert_eq!(c.hop, Hop::Logging);
         assert!((c.share - 0.7).abs() < 0.01, "{c:?}");
+    }
+
+    #[test]
+    fn a_stall_names_the_hop_holding_the_work() {
+        assert_eq!(holding(0, 0), None);
+        assert_eq!(holding(2, 300).unwrap().hop, Hop::Logging);
+        assert_eq!(holding(300, 2).unwrap().hop, Hop::Risk);
     }
 
     #[test]

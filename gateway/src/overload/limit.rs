@@ -6,7 +6,8 @@
 //!   with a *baseline* — the lowest interval median of the last [`BASELINE_WINDOW`], so an
 //!   old baseline ages out and is measured again (the re-probe) — and moves the limit by
 //!   the gradient `target / sample`, clamped to `[0.5, 1]`, where `target` is the baseline
-//!   with room for jitter ([`TOLERANCE`], at least [`MIN_BUFFER`] above it). Netflix's
+//!   with room for jitter ([`TOLERANCE`], and at least half the latency SLO above
+//!   it, [`SLO_BUFFER_DIVISOR`]). Netflix's
 //!   Gradient2 and Envoy's adaptive concurrency filter work the same way. Below the target
 //!   the limit grows by √limit per interval, but only while the gateway uses at least half of
 //!   it (an idle gateway learns nothing about its capacity); above it the limit shrinks
@@ -30,11 +31,16 @@ use tokio::sync::Notify;
 /// How often the limit is recomputed.
 pub const LIMIT_INTERVAL: Duration = Duration::from_millis(250);
 /// How far back the baseline (the lowest interval median) looks.
-pub const BASELINE_WINDOW: Duration = Duration::from_secs(30);
+pub const BASELINE_WINDOW: Duration = Duration::from_secs(10);
 /// Latency the limit tolerates above the baseline before it shrinks: ×2 …
 pub const TOLERANCE: f64 = 2.0;
 /// … and at least this much (an fsync's jitter at a 1 ms baseline).
 pub const MIN_BUFFER: Duration = Duration::from_millis(2);
+/// The gateway's buffer is its latency SLO divided by this: latency well inside the SLO is
+/// not worth refusing work over. On a shared 2-core box the median at half load is 4× the
+/// quietest median (the CPU, not a queue), which a ×2 tolerance alone would treat as
+/// overload and pin the limit at its floor.
+pub const SLO_BUFFER_DIVISOR: u32 = 2;
 /// The most an interval's gradient may shrink the limit by (Gradient2's clamp).
 const MIN_GRADIENT: f64 = 0.5;
 /// Latencies kept per interval for its median; beyond it, later ones overwrite earlier.
@@ -83,6 +89,8 @@ pub struct Gradient {
     max: f64,
     /// (when, interval median) over the last [`BASELINE_WINDOW`], oldest first.
     medians: VecDeque<(Instant, Duration)>,
+    /// Least latency tolerated above the baseline.
+    buffer: Duration,
 }
 
 impl Gradient {
@@ -93,7 +101,14 @@ impl Gradient {
             min,
             max,
             medians: VecDeque::new(),
+            buffer: MIN_BUFFER,
         }
+    }
+
+    /// Tolerates at least `buffer` above the baseline (never less than [`MIN_BUFFER`]).
+    pub fn with_buffer(mut self, buffer: Duration) -> Self {
+        self.buffer = buffer.max(MIN_BUFFER);
+        self
     }
 
     pub fn limit(&self) -> usize {
@@ -130,7 +145,7 @@ impl Gradient {
                 self.medians.push_back((now, sample));
             }
             let baseline = self.baseline().unwrap_or(sample);
-            let target = (baseline.mul_f64(TOLERANCE)).max(baseline + MIN_BUFFER);
+            let target = (baseline.mul_f64(TOLERANCE)).max(baseline + self.buffer);
             let gradient =
                 (target.as_secs_f64() / sample.as_secs_f64().max(1e-6)).clamp(MIN_GRADIENT, 1.0);
             // The limit moves only while it is in use: below half of it, latency is not
@@ -389,6 +404,19 @@ mod tests {
         // Slow, but with a tenth of the limit in use: the limit is not the cause.
         steps(&mut g, t + LIMIT_INTERVAL * 4, 8, 50 * MS, before / 10);
         assert_eq!(g.limit(), before);
+    }
+
+    #[test]
+    fn latency_well_inside_the_slo_is_not_overload() {
+        // Baseline 2 ms, SLO 50 ms: 10 ms medians (a busy CPU) keep the limit growing.
+        let mut g =
+            Gradient::new(32, 8, 4096).with_buffer(Duration::from_millis(50) / SLO_BUFFER_DIVISOR);
+        let t = Instant::now();
+        g.update(t, Some(2 * MS), 32, usize::MAX);
+        steps(&mut g, t + LIMIT_INTERVAL, 8, 10 * MS, 4096);
+        assert!(g.limit() > 64, "{}", g.limit());
+        steps(&mut g, t + LIMIT_INTERVAL * 9, 4, 60 * MS, 4096);
+        assert!(g.limit() < 64, "past the buffer it shrinks: {}", g.limit());
     }
 
     #[test]

@@ -69,8 +69,17 @@ impl Default for OverloadConfig {
     }
 }
 
-/// How full the required downstream queues are now (the fullest, 0..=1).
-pub type QueueFill = Box<dyn Fn() -> f64 + Send + Sync>;
+/// One required hop's load now.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HopLoad {
+    /// Its queue's fill, 0..=1.
+    pub fill: f64,
+    /// Requests queued for it or sent and unanswered.
+    pub outstanding: u64,
+}
+
+/// The required hops' loads now: risk, logging.
+pub type HopLoads = Box<dyn Fn() -> [HopLoad; 2] + Send + Sync>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HopLabels {
@@ -91,7 +100,7 @@ struct Inner {
     /// This period's finished transactions, split by hop (a bounded reservoir).
     splits: Mutex<Vec<Split>>,
     seen: AtomicU64,
-    fill: QueueFill,
+    hops: HopLoads,
     limit_gauge: Gauge,
     baseline_gauge: Gauge<f64, std::sync::atomic::AtomicU64>,
     level_gauge: Gauge,
@@ -102,7 +111,7 @@ struct Inner {
 const CLIENT_TRIM_PERIODS: u64 = 10;
 
 impl Overload {
-    pub fn new(config: OverloadConfig, registry: &mut Registry, fill: QueueFill) -> Self {
+    pub fn new(config: OverloadConfig, registry: &mut Registry, hops: HopLoads) -> Self {
         let initial = match config.mode {
             LimitMode::Adaptive => limit::INITIAL_LIMIT.clamp(config.min_limit, config.max_limit),
             LimitMode::Static => config.max_limit,
@@ -113,7 +122,7 @@ impl Overload {
             clients: config.client_rate.map(|r| Clients::new(r, registry)),
             splits: Mutex::new(Vec::new()),
             seen: AtomicU64::new(0),
-            fill,
+            hops,
             limit_gauge: Gauge::default(),
             baseline_gauge: Gauge::default(),
             level_gauge: Gauge::default(),
@@ -127,7 +136,7 @@ impl Overload {
         );
         registry.register(
             "concurrency_baseline_seconds",
-            "The adaptive limit's baseline: the lowest interval median latency of the last 30 s",
+            "The adaptive limit's baseline: the lowest interval median latency of the last 10 s",
             inner.baseline_gauge.clone(),
         );
         registry.register(
@@ -187,7 +196,8 @@ impl Overload {
             inner.limiter.limit(),
             inner.config.min_limit,
             inner.config.max_limit,
-        );
+        )
+        .with_buffer(inner.config.latency_slo / limit::SLO_BUFFER_DIVISOR);
         let mut levels = Levels::default();
         let mut detector = Detector::default();
         let mut tick = tokio::time::interval(limit::LIMIT_INTERVAL);
@@ -235,6 +245,7 @@ impl Overload {
         let inner = &self.inner;
         let mut splits = std::mem::take(&mut *inner.splits.lock().expect("splits lock"));
         let (p99, candidate) = bottleneck::candidate(&mut splits);
+        let [risk, logging] = (inner.hops)();
         // Nothing finished while work is in flight: the stall is the latency.
         let stalled = (splits.is_empty() && inner.limiter.inflight() > 0).then(|| {
             inner
@@ -247,11 +258,16 @@ impl Overload {
         // admitted is a SubmitStream's backpressure doing its job (it says so in the
         // bottleneck), and must not get polite unary callers refused.
         let admitted = stalled.unwrap_or_else(|| bottleneck::admitted_p99(&splits));
+        // A stall finishes nothing to split: the hop holding the work is the candidate.
+        let candidate = match stalled {
+            Some(_) => bottleneck::holding(risk.outstanding, logging.outstanding),
+            None => candidate,
+        };
         let slo = inner.config.latency_slo;
         if inner.config.degradation == Degradation::On {
             let signals = Signals {
                 latency: admitted,
-                queue_fill: (inner.fill)(),
+                queue_fill: risk.fill.max(logging.fill),
             };
             if let Some(level) = levels.observe(level::asked(signals, slo)) {
                 let before = inner.level.swap(level, Ordering::AcqRel);

@@ -388,3 +388,43 @@ async fn degradation_and_the_bottleneck_follow_a_slow_hop_and_leave_when_it_reco
     );
     assert_eq!(shed(&critical), 0, "CRITICAL notices are never skipped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_logging_is_named_the_bottleneck() {
+    let mesh = Mesh::start().await;
+    let admin = mesh.gateway.admin.unwrap();
+    let gw = mesh.gateway().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = closed_loop(&gw, 8, "stall", Priority::Default, &stop);
+    eventually("load", Duration::from_secs(30), || async {
+        (metric(
+            admin,
+            "sluice_gateway_transactions_total{api=\"unary\",result=\"ok\"}",
+        )
+        .await?
+            >= 200.0)
+            .then_some(())
+    })
+    .await;
+    // Nothing finishes: there is no latency to split, and the hop holding the work is named.
+    mesh.set_faults(
+        &mesh.logging,
+        Faults {
+            stall: true,
+            ..CLEAR
+        },
+    )
+    .await;
+    eventually("logging named", Duration::from_secs(10), || async {
+        metric(admin, "sluice_gateway_bottleneck{hop=\"logging\"}")
+            .await
+            .filter(|s| *s > 0.4)
+    })
+    .await;
+    assert_eq!(
+        metric(admin, "sluice_gateway_bottleneck{hop=\"risk\"}").await,
+        Some(0.0)
+    );
+    mesh.set_faults(&mesh.logging, CLEAR).await;
+    stop_all(&stop, workers).await;
+}
