@@ -130,9 +130,10 @@ compose run --rm --no-deps loadgen fault --target http://logging-1:50054 --stall
 compose run --rm --no-deps -v "$out:/out" loadgen run --target http://gateway:50051 --mode stream --rate 4000 \
   --duration 6s --timeout 60s -q --json /out/stall.json >/dev/null 2>"$out/stall.err" &
 load=$!
-# Nothing finishes: the adaptive concurrency limit closes in (from 256 towards its floor
-# of 8), and the stream readers wait at it instead of filling the downstream queue.
-until_ok 30 at_most 'sluice_gateway_concurrency_limit' 32 || fail "the adaptive limit never closed in on the stalled partition"
+# Partition 1's transactions stop finishing and hold their places under the concurrency
+# limit (partition 0's come and go); once they fill the streams' share the readers wait at
+# the limit, and the clients' windows fill.
+until_ok 30 at_least 'sluice_gateway_inflight{api="stream"}' 100 || fail "pressure never built up at the gateway (stalled transactions never held the limit)"
 # Hold the stall (the scenario, not a synchronisation) — under the gateway's 5 s deadline
 # per SubmitStream message, which the first queued transaction has been waiting against.
 sleep 2
