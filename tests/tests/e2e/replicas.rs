@@ -202,6 +202,36 @@ async fn a_killed_risk_replica_costs_the_client_no_error() {
     )
     .await
     .unwrap_or(0.0);
+    // A risk reply takes a millisecond: at a random instant the replica may hold nothing.
+    // Stalled, it keeps what it is sent unanswered, so the kill is sure to cost requests.
+    let victim = mesh.more_risk[0].grpc;
+    mesh.set_faults(
+        &mesh.more_risk[0],
+        Faults {
+            stall: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let admin = mesh.gateway.admin.unwrap();
+    let held = format!(
+        "sluice_gateway_downstream_replica_outstanding{{downstream=\"risk\",replica=\"{victim}\"}} "
+    );
+    eventually(
+        "requests held by the stalled replica",
+        Duration::from_secs(10),
+        || async {
+            let body = http_get(admin, "/metrics").await?;
+            let n: f64 = body
+                .lines()
+                .find_map(|l| l.strip_prefix(&held))?
+                .trim()
+                .parse()
+                .ok()?;
+            (n >= 1.0).then_some(())
+        },
+    )
+    .await;
     mesh.more_risk[0].sigkill();
     // The gateway notices (its streams to the replica break) and traffic goes on.
     wait_live_streams_at_most(&mesh, "risk", 4.0).await;
@@ -223,8 +253,8 @@ async fn a_killed_risk_replica_costs_the_client_no_error() {
     )
     .await
     .unwrap_or(0.0);
-    // Not vacuous: requests were in flight on the replica when it died (16 clients keep
-    // about five on each), and the gateway sent them elsewhere.
+    // Not vacuous: requests were held by the replica when it died, and the gateway sent
+    // them elsewhere.
     assert!(
         retried > retried_before,
         "no request was retried: nothing was in flight on the killed replica"
