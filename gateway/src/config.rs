@@ -162,7 +162,8 @@ pub struct Config {
     #[arg(long, env = "SLUICE_DEGRADATION", value_enum, default_value_t = Degradation::On)]
     pub degradation: Degradation,
     /// BENCHMARK COMPARISON ONLY: make the downstream queues and the per-stream ingress
-    /// limit effectively unbounded, to measure what the bounds buy. Memory then grows with
+    /// limit effectively unbounded (and the concurrency limit static and unbounded,
+    /// degradation off), to measure what the bounds buy. Memory then grows with
     /// load whenever a downstream is slow. Never use it otherwise.
     #[arg(long, env = "SLUICE_UNBOUNDED_FOR_COMPARISON", default_value_t = false)]
     pub unbounded_for_comparison: bool,
@@ -297,6 +298,17 @@ impl Config {
         }
         if self.latency_slo.0.is_zero() {
             return Err(value("latency-slo", "0".into(), "must be above 0"));
+        }
+        if self.unbounded_for_comparison {
+            // Unbounded means unbounded: no limit that moves either.
+            return Ok(OverloadConfig {
+                mode: LimitMode::Static,
+                min_limit: 1,
+                max_limit: UNBOUNDED,
+                client_rate,
+                latency_slo: self.latency_slo.0,
+                degradation: Degradation::Off,
+            });
         }
         Ok(OverloadConfig {
             mode: self.concurrency_limit,

@@ -3,8 +3,9 @@
 //! default).
 //!
 //! **Backpressure** (about 1.5 minutes): against the real binaries (separate processes on
-//! loopback), for the default bounded gateway and for the same gateway with
-//! `--unbounded-for-comparison`:
+//! loopback), for a gateway with its static bounds (`--concurrency-limit static
+//! --degradation off`: the adaptive limit would hold far fewer than they allow) and for the
+//! same gateway with `--unbounded-for-comparison`:
 //!
 //! 1. **Stall at 50 % load.** SubmitStream at half of saturation; logging is stalled for
 //!    `--stall-for`, then unstalled. Reported: time from the stall until the generator's sends
@@ -221,7 +222,11 @@ async fn mesh(
     unbounded: bool,
     deadline: Option<Duration>,
 ) -> anyhow::Result<ProcMesh> {
-    let mut gateway = Vec::new();
+    // What the *static* bounds buy: the adaptive limit (the overload section's subject)
+    // would hold far fewer than they allow.
+    let mut gateway: Vec<String> = ["--concurrency-limit", "static", "--degradation", "off"]
+        .map(String::from)
+        .into();
     if let Some(d) = deadline {
         gateway.extend([
             "--default-deadline".to_string(),
