@@ -1,18 +1,21 @@
 //! The client-facing `mesh.v1.Gateway` service: each transaction goes through one tower
-//! stack ([`stack`]) — metrics, trace, deadline, validation, admission, dispatch — whether
-//! it came by Submit or SubmitStream.
+//! stack ([`stack`]) — trace, metrics, deadline, validation, admission, overload control,
+//! dispatch — whether it came by Submit or SubmitStream.
 //!
-//! - **Submit** (unary): the in-flight limit and the downstream queues are checked without
-//!   waiting; when either is full the call fails at once with RESOURCE_EXHAUSTED and a
+//! - **Submit** (unary): the in-flight limit, the overload layer (degradation level, the
+//!   client's token bucket, the adaptive concurrency limit at the transaction's priority)
+//!   and the downstream queues are checked without waiting; when any is full the call fails
+//!   at once with RESOURCE_EXHAUSTED (UNAVAILABLE at degradation level 3) and a
 //!   `grpc-retry-pushback-ms` trailer. Unary calls are never parked.
 //! - **SubmitStream** ([`stream`]): one task per stream reads the next Transaction only
-//!   when the current one has been admitted to every required queue (and within its share
-//!   of `streams_inflight`). While it waits, the client's HTTP/2 window fills and its sends
-//!   block. Outcomes return in completion order through a bounded queue (`outcome_queue`).
+//!   when the current one has been admitted — under the concurrency limit and to every
+//!   required queue (and within its share of `streams_inflight`). While it waits, the
+//!   client's HTTP/2 window fills and its sends block. Outcomes return in completion order
+//!   through a bounded queue (`outcome_queue`).
 //!
 //! One concern per file: [`request`] (what travels down the stack), [`metrics`], [`trace`],
-//! [`deadline`], [`validate`], [`admission`], [`dispatch`], and [`stack`] which puts them
-//! in order.
+//! [`deadline`], [`validate`], [`admission`], [`overload`], [`dispatch`], and [`stack`] which
+//! puts them in order.
 
 mod admission;
 mod deadline;
