@@ -24,16 +24,20 @@ use tower::{Layer, Service};
 use super::metrics::IngressMetrics;
 use super::request::TxnRequest;
 
-/// RESOURCE_EXHAUSTED with a `grpc-retry-pushback-ms` trailer: the standard way to tell a
-/// gRPC client when to retry.
-pub(crate) fn exhausted(message: impl Into<String>, pushback: Duration) -> Status {
-    let mut status = Status::resource_exhausted(message);
+/// `status` with a `grpc-retry-pushback-ms` trailer: the standard way to tell a gRPC
+/// client when to retry.
+pub(crate) fn with_pushback(mut status: Status, pushback: Duration) -> Status {
     if let Ok(value) = pushback.as_millis().to_string().parse() {
         status
             .metadata_mut()
             .insert("grpc-retry-pushback-ms", value);
     }
     status
+}
+
+/// RESOURCE_EXHAUSTED with pushback.
+pub(crate) fn exhausted(message: impl Into<String>, pushback: Duration) -> Status {
+    with_pushback(Status::resource_exhausted(message), pushback)
 }
 
 /// The unary in-flight limit. See the module docs.

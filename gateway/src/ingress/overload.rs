@@ -23,22 +23,11 @@ use tonic::Status;
 use tower::{Layer, Service};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use super::admission::exhausted;
+use super::admission::{exhausted, with_pushback};
 use super::metrics::IngressMetrics;
 use super::request::{Api, CLIENT_ID, TxnRequest};
 use crate::overload::Overload;
 use crate::overload::limit::LimitPermit;
-
-/// UNAVAILABLE with a `grpc-retry-pushback-ms` trailer (degradation level 3).
-fn unavailable(message: impl Into<String>, pushback: Duration) -> Status {
-    let mut status = Status::unavailable(message);
-    if let Ok(value) = pushback.as_millis().to_string().parse() {
-        status
-            .metadata_mut()
-            .insert("grpc-retry-pushback-ms", value);
-    }
-    status
-}
 
 #[derive(Clone)]
 pub(crate) struct OverloadLayer {
@@ -106,8 +95,10 @@ where
         .set_attribute("sluice.degradation_level", i64::from(level));
     request.notify = level < 1 || priority == Priority::Critical;
     if level >= 3 && api == Api::Unary {
-        let status = unavailable(
-            "gateway degraded (level 3): writes refused until latency recovers",
+        let status = with_pushback(
+            Status::unavailable(
+                "gateway degraded (level 3): writes refused until latency recovers",
+            ),
             layer.pushback,
         );
         return refuse(&mut request, "degraded", status);

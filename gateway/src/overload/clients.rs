@@ -51,17 +51,23 @@ struct ClientLabels {
 #[derive(Clone)]
 pub struct Clients {
     rate: ClientRate,
-    buckets: Arc<DefaultKeyedRateLimiter<String>>,
+    buckets: Arc<DefaultKeyedRateLimiter<Arc<str>>>,
+    /// The overflow bucket's key.
+    other: Arc<str>,
     counts: Arc<Mutex<Counts>>,
     requests: Family<ClientLabels, Counter>,
 }
 
-#[derive(Default)]
+/// A client's two series, [admitted, limited], held so that counting allocates nothing.
+type Series = [Counter; 2];
+
 struct Counts {
     /// Requests per client this period (at most [`MAX_CLIENTS`] keys).
-    period: HashMap<String, u64>,
-    /// The clients named in the metrics.
-    named: Vec<String>,
+    period: HashMap<Arc<str>, u64>,
+    /// The clients named in the metrics, busiest first, with their series.
+    named: Vec<(Arc<str>, Series)>,
+    /// Everyone else's series.
+    other: Series,
 }
 
 impl Clients {
@@ -76,10 +82,16 @@ impl Clients {
             "Transactions per client (x-client-id, else peer IP) by result (admitted, limited); the busiest clients by name, the rest as other",
             requests.clone(),
         );
+        let other = series(&requests, OTHER);
         Self {
             rate,
             buckets: Arc::new(DefaultKeyedRateLimiter::keyed(quota)),
-            counts: Arc::new(Mutex::new(Counts::default())),
+            other: Arc::from(OTHER),
+            counts: Arc::new(Mutex::new(Counts {
+                period: HashMap::new(),
+                named: Vec::new(),
+                other,
+            })),
             requests,
         }
     }
@@ -88,46 +100,34 @@ impl Clients {
         self.rate
     }
 
-    /// Takes a token for `client`, or says how long until its next one.
-    pub fn check(&self, client: &str) -> Result<(), Duration> {
-        let key = if self.buckets.len() >= MAX_CLIENTS && !self.known(client) {
-            OTHER
-        } else {
-            client
+    /// Takes a token for `client`, or says how long until its next one; counts it.
+    pub fn check(&self, client: &Arc<str>) -> Result<(), Duration> {
+        let full = self.buckets.len() >= MAX_CLIENTS;
+        let mut counts = self.counts.lock().expect("client counts");
+        let key = match counts.period.get_mut(client) {
+            Some(n) => {
+                *n += 1;
+                client
+            }
+            None => {
+                if counts.period.len() < MAX_CLIENTS {
+                    counts.period.insert(client.clone(), 1);
+                }
+                // A client new this period, with every bucket taken: the shared one.
+                if full { &self.other } else { client }
+            }
         };
         let result = self
             .buckets
-            .check_key(&key.to_string())
+            .check_key(key)
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()));
-        self.count(client, result.is_ok());
+        let series = counts
+            .named
+            .iter()
+            .find(|(named, _)| named == client)
+            .map_or(&counts.other, |(_, series)| series);
+        series[usize::from(result.is_err())].inc();
         result
-    }
-
-    fn known(&self, client: &str) -> bool {
-        self.counts
-            .lock()
-            .expect("client counts")
-            .period
-            .contains_key(client)
-    }
-
-    fn count(&self, client: &str, admitted: bool) {
-        let mut counts = self.counts.lock().expect("client counts");
-        if counts.period.len() < MAX_CLIENTS || counts.period.contains_key(client) {
-            *counts.period.entry(client.to_string()).or_default() += 1;
-        }
-        let label = if counts.named.iter().any(|n| n == client) {
-            client.to_string()
-        } else {
-            OTHER.to_string()
-        };
-        drop(counts);
-        self.requests
-            .get_or_create(&ClientLabels {
-                client: label,
-                result: if admitted { "admitted" } else { "limited" },
-            })
-            .inc();
     }
 
     /// Forgets full buckets, and names the period's busiest clients in the metrics from
@@ -136,25 +136,51 @@ impl Clients {
         self.buckets.retain_recent();
         self.buckets.shrink_to_fit();
         let mut counts = self.counts.lock().expect("client counts");
-        let mut busiest: Vec<(String, u64)> = counts.period.drain().collect();
+        let mut busiest: Vec<(Arc<str>, u64)> = counts.period.drain().collect();
         busiest.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         busiest.truncate(TOP_CLIENTS);
-        let named: Vec<String> = busiest.into_iter().map(|(c, _)| c).collect();
-        for gone in counts.named.iter().filter(|c| !named.contains(c)) {
-            for result in ["admitted", "limited"] {
+        let mut before = std::mem::take(&mut counts.named);
+        counts.named = busiest
+            .into_iter()
+            .map(|(client, _)| {
+                let kept = before.iter().position(|(c, _)| *c == client);
+                let series = match kept {
+                    Some(at) => before.swap_remove(at).1,
+                    None => series(&self.requests, &client),
+                };
+                (client, series)
+            })
+            .collect();
+        // Whoever left the top has its series removed: the label set stays bounded.
+        for (gone, _) in before {
+            for result in RESULTS {
                 self.requests.remove(&ClientLabels {
-                    client: gone.clone(),
+                    client: gone.to_string(),
                     result,
                 });
             }
         }
-        counts.named = named;
     }
 
-    /// The clients named in the metrics now.
+    /// The clients named in the metrics now, busiest first.
     pub fn named(&self) -> Vec<String> {
-        self.counts.lock().expect("client counts").named.clone()
+        let counts = self.counts.lock().expect("client counts");
+        counts.named.iter().map(|(c, _)| c.to_string()).collect()
     }
+}
+
+/// The `result` label values, in [`Series`] order.
+const RESULTS: [&str; 2] = ["admitted", "limited"];
+
+fn series(requests: &Family<ClientLabels, Counter>, client: &str) -> Series {
+    RESULTS.map(|result| {
+        requests
+            .get_or_create(&ClientLabels {
+                client: client.to_string(),
+                result,
+            })
+            .clone()
+    })
 }
 
 #[cfg(test)]
@@ -168,15 +194,18 @@ mod tests {
     #[test]
     fn a_client_over_its_rate_waits_the_refill_time() {
         let c = clients(10.0, 2);
-        assert!(c.check("a").is_ok());
-        assert!(c.check("a").is_ok());
-        let wait = c.check("a").expect_err("burst spent");
+        assert!(c.check(&"a".into()).is_ok());
+        assert!(c.check(&"a".into()).is_ok());
+        let wait = c.check(&"a".into()).expect_err("burst spent");
         // One token per 100 ms; the first was taken moments ago.
         assert!(
             wait > Duration::from_millis(90) && wait <= Duration::from_millis(100),
             "{wait:?}"
         );
-        assert!(c.check("b").is_ok(), "another client has its own bucket");
+        assert!(
+            c.check(&"b".into()).is_ok(),
+            "another client has its own bucket"
+        );
     }
 
     #[test]
@@ -184,7 +213,7 @@ mod tests {
         let c = clients(1e6, 1000);
         for i in 0..(TOP_CLIENTS + 5) {
             for _ in 0..=i {
-                c.check(&format!("client-{i:02}")).unwrap();
+                c.check(&format!("client-{i:02}").into()).unwrap();
             }
         }
         c.trim();
@@ -192,7 +221,7 @@ mod tests {
         assert_eq!(named.len(), TOP_CLIENTS);
         assert_eq!(named[0], format!("client-{:02}", TOP_CLIENTS + 4));
         assert!(!named.contains(&"client-00".to_string()));
-        c.check("client-00").unwrap();
+        c.check(&"client-00".into()).unwrap();
         let mut text = String::new();
         let mut registry = Registry::default();
         registry.register("client_requests", "", c.requests.clone());

@@ -483,7 +483,9 @@ mod tests {
         let mut held: Vec<_> = (0..100)
             .map(|_| limiter.try_acquire(Priority::Critical).unwrap())
             .collect();
-        let (order_tx, mut order) = tokio::sync::mpsc::channel(4);
+        // One message per waiter, two waiters.
+        const WAITERS: usize = 2;
+        let (order_tx, mut order) = tokio::sync::mpsc::channel(WAITERS);
         let mut waiters = Vec::new();
         for (priority, name) in [
             (Priority::Sheddable, "sheddable"),

@@ -74,6 +74,19 @@ fn closed_loop(
         .collect()
 }
 
+/// Waits (30 s at most) until the gateway has answered `n` unary transactions OK.
+async fn ok_outcomes(admin: SocketAddr, n: f64, what: &str) {
+    eventually(what, Duration::from_secs(30), || async {
+        let ok = metric(
+            admin,
+            "sluice_gateway_transactions_total{api=\"unary\",result=\"ok\"}",
+        )
+        .await?;
+        (ok >= n).then_some(())
+    })
+    .await;
+}
+
 async fn stop_all(stop: &AtomicBool, workers: Vec<JoinHandle<Vec<Outcome>>>) -> Vec<Outcome> {
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
@@ -101,16 +114,7 @@ async fn slowing_logging_lowers_the_limit_within_two_seconds_and_recovery_raises
     // More callers than the limit admits: it is in use, so latency moves it.
     let workers = closed_loop(&gw, 80, "limit", Priority::Default, &stop);
     const LIMIT: &str = "sluice_gateway_concurrency_limit ";
-    eventually("load", Duration::from_secs(30), || async {
-        (metric(
-            admin,
-            "sluice_gateway_transactions_total{api=\"unary\",result=\"ok\"}",
-        )
-        .await?
-            >= 500.0)
-            .then_some(())
-    })
-    .await;
+    ok_outcomes(admin, 500.0, "load").await;
     let before = gauge(admin, LIMIT).await;
     assert!(before >= 32.0, "{before}");
     mesh.set_faults(&mesh.logging, delay(100)).await;
@@ -307,16 +311,7 @@ async fn degradation_and_the_bottleneck_follow_a_slow_hop_and_leave_when_it_reco
         .await
     };
     // Steady load for a few periods: nothing is degraded, no hop is named.
-    eventually("steady load", Duration::from_secs(30), || async {
-        (metric(
-            admin,
-            "sluice_gateway_transactions_total{api=\"unary\",result=\"ok\"}",
-        )
-        .await?
-            >= 2_000.0)
-            .then_some(())
-    })
-    .await;
+    ok_outcomes(admin, 2_000.0, "steady load").await;
     assert_eq!(gauge(admin, LEVEL).await, 0.0);
     for hop in ["admission", "risk", "logging"] {
         assert_eq!(named(hop).await, Some(0.0), "{hop} named at steady load");
@@ -396,16 +391,7 @@ async fn a_stalled_logging_is_named_the_bottleneck() {
     let gw = mesh.gateway().await;
     let stop = Arc::new(AtomicBool::new(false));
     let workers = closed_loop(&gw, 8, "stall", Priority::Default, &stop);
-    eventually("load", Duration::from_secs(30), || async {
-        (metric(
-            admin,
-            "sluice_gateway_transactions_total{api=\"unary\",result=\"ok\"}",
-        )
-        .await?
-            >= 200.0)
-            .then_some(())
-    })
-    .await;
+    ok_outcomes(admin, 200.0, "load").await;
     // Nothing finishes: there is no latency to split, and the hop holding the work is named.
     mesh.set_faults(
         &mesh.logging,
