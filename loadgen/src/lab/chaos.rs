@@ -86,6 +86,7 @@ pub struct ChaosArgs {
     #[arg(long, default_value_t = crate::drive::spec::DEFAULT_CONNECTIONS)]
     pub connections: usize,
     /// An extra flag for the gateway, e.g. --gateway-flag=--reconnect-max=500ms (repeatable).
+    /// The gateway runs with --degradation off unless this says otherwise.
     #[arg(long, allow_hyphen_values = true)]
     pub gateway_flag: Vec<String>,
     /// Directory with the sluice-* binaries (default: this executable's directory).
@@ -307,8 +308,15 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         length.as_secs_f64()
     );
 
+    // Degradation off: chaos times each process's recovery, and a degradation level
+    // entered because the last process was stopped would keep notices skipped (and unary
+    // writes refused) for its 5 calm seconds, timing the hysteresis instead.
+    let mut gateway = args.gateway_flag.clone();
+    if !gateway.iter().any(|f| f.starts_with("--degradation")) {
+        gateway.extend(["--degradation".to_string(), "off".to_string()]);
+    }
     let options = MeshOptions {
-        gateway: args.gateway_flag.clone(),
+        gateway,
         ..Default::default()
     };
     let mut mesh = ProcMesh::start_ready(dir, options).await?;
