@@ -184,6 +184,14 @@ pub struct LoadArgs {
     /// Without it every priority is left unset (DEFAULT).
     #[arg(long, env = "SLUICE_LOAD_PRIORITY_MIX", value_name = "C:D:S")]
     pub priority_mix: Option<PriorityMix>,
+    /// Unary mode: behave as a cooperating client under overload (client-side adaptive
+    /// throttling, Google SRE book): when the gateway refuses calls (RESOURCE_EXHAUSTED,
+    /// UNAVAILABLE), refuse some before sending, so the gateway sees about K calls per one
+    /// it accepts (over the last 250 ms). 2 is the book's default; 1.1 wastes least. Calls
+    /// refused here are reported as `throttled`, never sent. Off by default: every call is
+    /// sent.
+    #[arg(long, env = "SLUICE_LOAD_CLIENT_THROTTLE", value_name = "K")]
+    pub client_throttle: Option<f64>,
     #[command(flatten)]
     pub traces: TraceLinkArgs,
     #[command(flatten)]
@@ -258,6 +266,7 @@ impl LoadArgs {
             .metrics(self.metrics.clone())
             .client_id(self.client_id.clone())
             .priority_mix(self.priority_mix)
+            .client_throttle(self.client_throttle)
             .trace_links(self.traces.jaeger_url.clone());
         if let Some(prefix) = &self.id_prefix {
             spec = spec.id_prefix(prefix);
@@ -435,6 +444,7 @@ mod tests {
         assert_eq!(flags.wait_ready, library.wait_ready);
         assert_eq!(flags.client_id, library.client_id);
         assert_eq!(flags.priority_mix, library.priority_mix);
+        assert_eq!(flags.client_throttle, library.client_throttle);
     }
 
     #[test]
@@ -460,6 +470,12 @@ mod tests {
                 sheddable: 10
             })
         );
+        let args = run(&["--mode", "unary", "--client-throttle", "1.1"]).unwrap();
+        let spec = args.load.spec(args.target, spec::DEFAULT_RATE).unwrap();
+        assert_eq!(spec.client_throttle, Some(1.1));
+        let args = run(&["--client-throttle", "0.5"]).unwrap();
+        let err = args.load.spec(args.target, spec::DEFAULT_RATE).unwrap_err();
+        assert!(format!("{err:#}").contains("client throttle K"), "{err:#}");
         for bad in ["10:80", "10:80:20", "a:b:c"] {
             let err = run(&["--priority-mix", bad]).unwrap_err().to_string();
             assert!(err.contains("--priority-mix"), "{err}");

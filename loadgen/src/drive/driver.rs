@@ -42,6 +42,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use crate::admin::metrics::GatewayPressure;
 use crate::drive::schedule::Arrivals;
 use crate::drive::spec::{CLIENT_ID_METADATA, LoadSpec, Mode, Pacing};
+use crate::drive::throttle::{Throttle, is_refusal};
 use crate::drive::traffic::Traffic;
 use crate::report::{Recorder, Report, RunInfo, Sent, StreamEnd, TimelinePoint};
 use rand::SeedableRng;
@@ -56,6 +57,9 @@ const STREAM_HANDOFF: usize = 1;
 /// Backoff between attempts to reopen a SubmitStream that ended (`reopen_streams`):
 /// doubling from the first to the second.
 const REOPEN_BACKOFF: (Duration, Duration) = (Duration::from_millis(20), Duration::from_secs(1));
+
+/// Mixed into `--seed` for the throttle's draws, so they are not the schedule's.
+const THROTTLE_SEED: u64 = 0x7407_7713;
 
 /// A send this much later than its due time counts as late (the generator fell behind).
 pub const LATE: Duration = Duration::from_millis(5);
@@ -245,6 +249,10 @@ struct Shared {
     scheduled: AtomicU64,
     /// Sent as [`CLIENT_ID_METADATA`] on every call, when the run names its client.
     client_id: Option<AsciiMetadataValue>,
+    /// With `--client-throttle`: the client-side throttle every unary call passes.
+    throttle: Option<Throttle>,
+    /// Calls the throttle refused (never sent).
+    throttled: AtomicU64,
 }
 
 /// What happened during the current second of the timeline.
@@ -253,6 +261,8 @@ struct Interval {
     done: u64,
     ok: u64,
     rejected: u64,
+    /// Refused by the client's own throttle, not sent.
+    throttled: u64,
     errors: u64,
     blocked: Duration,
     /// Set while a send is blocked; the timeline splits a long block across seconds.
@@ -270,6 +280,7 @@ impl Default for Interval {
             done: 0,
             ok: 0,
             rejected: 0,
+            throttled: 0,
             errors: 0,
             blocked: Duration::ZERO,
             blocked_since: None,
@@ -403,6 +414,24 @@ impl Shared {
             .record(sent, result, latency);
     }
 
+    /// The client's throttle refused a call: it is never sent.
+    fn throttled_one(&self) {
+        self.throttled.fetch_add(1, Ordering::Relaxed);
+        self.interval.lock().expect("interval lock").throttled += 1;
+    }
+
+    /// Tells the throttle, if any, how a sent call was answered.
+    fn throttle_answered(&self, result: Result<&Outcome, &tonic::Status>) {
+        let Some(throttle) = &self.throttle else {
+            return;
+        };
+        let code = match result {
+            Ok(o) => o.error.as_ref().map(|e| tonic::Code::from_i32(e.code)),
+            Err(s) => Some(s.code()),
+        };
+        throttle.answered(Instant::now(), code.is_some_and(is_refusal));
+    }
+
     fn sent_one(&self) {
         self.sent.fetch_add(1, Ordering::Relaxed);
         self.interval.lock().expect("interval lock").sent += 1;
@@ -483,6 +512,8 @@ pub async fn run_with(
         late: AtomicU64::new(0),
         scheduled: AtomicU64::new(0),
         client_id,
+        throttle: spec.client_throttle.map(|k| Throttle::new(k, start)),
+        throttled: AtomicU64::new(0),
     });
     let timeline = tokio::spawn(timeline(
         shared.clone(),
@@ -528,6 +559,7 @@ pub async fn run_with(
         timeline,
         scheduled,
         late: shared.late.load(Ordering::Relaxed),
+        throttled: shared.throttled.load(Ordering::Relaxed),
         stream_ends,
         trace_links: spec.trace_links.clone(),
     }))
@@ -580,6 +612,7 @@ async fn timeline(
             done: i.done as f64 / span,
             ok: i.ok as f64 / span,
             rejected: i.rejected as f64 / span,
+            throttled: i.throttled as f64 / span,
             errors: i.errors as f64 / span,
             blocked_pct: 100.0 * i.blocked.as_secs_f64() / span,
             p50_ms: if i.latency.is_empty() {
@@ -709,8 +742,17 @@ async fn drive_unary(
     let mut schedule = Schedule::new(&spec.pacing, start, end, spec.max_outstanding, spec.seed);
     let mut tasks = JoinSet::new();
     let mut n = 0usize;
+    let mut rng = SmallRng::seed_from_u64(spec.seed ^ THROTTLE_SEED);
     while let Some((intended, slot)) = schedule.next(&shared).await {
         while tasks.try_join_next().is_some() {}
+        if let Some(throttle) = &shared.throttle
+            && !throttle.admit(Instant::now(), &mut rng)
+        {
+            // Refused here, before it costs anything: no transaction, no call.
+            shared.throttled_one();
+            drop(slot);
+            continue;
+        }
         let (txn, span) = traced(traffic.next_transaction().0, "Submit");
         let mut client = clients[n % clients.len()].clone();
         n += 1;
@@ -725,11 +767,17 @@ async fn drive_unary(
         shared.sent_one();
         tasks.spawn(async move {
             match client.submit(request).await {
-                Ok(response) => shared.finish(&id, Ok(response.get_ref())),
+                Ok(response) => {
+                    shared.throttle_answered(Ok(response.get_ref()));
+                    shared.finish(&id, Ok(response.get_ref()))
+                }
                 Err(status) if lost_in_transit(&status) => {
                     shared.abandon(&id, &format!("connection lost: {status}"), false)
                 }
-                Err(status) => shared.finish(&id, Err(&status)),
+                Err(status) => {
+                    shared.throttle_answered(Err(&status));
+                    shared.finish(&id, Err(&status))
+                }
             };
         });
     }

@@ -1,7 +1,8 @@
 //! Driving load at a gateway: *what run* ([`spec`]: a [`spec::LoadSpec`] and its defaults),
 //! *when* to send ([`schedule`]: open-loop arrival profiles), *what* to send ([`traffic`]:
 //! payment-like transactions), and the [`driver`] that sends them over unary calls or
-//! long-lived SubmitStreams and accounts for every one of them.
+//! long-lived SubmitStreams and accounts for every one of them; [`throttle`] is the
+//! client-side adaptive throttling a cooperating client adds (`--client-throttle`).
 //!
 //! Kept apart from the lab and the reports so the measuring instrument can be read (and
 //! tested, against a port-0 gateway) without the meshes it is pointed at.
@@ -9,4 +10,5 @@
 pub mod driver;
 pub mod schedule;
 pub mod spec;
+pub mod throttle;
 pub mod traffic;

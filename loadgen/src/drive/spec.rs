@@ -167,6 +167,9 @@ pub struct LoadSpec {
     /// Each transaction's priority drawn from this mix, and the report broken down by
     /// priority; `None` leaves every priority unset (DEFAULT) and the report whole.
     pub priority_mix: Option<PriorityMix>,
+    /// Unary mode: client-side adaptive throttling with this K (requests the gateway may
+    /// see per call it accepts; see [`crate::drive::throttle`]); `None` sends every call.
+    pub client_throttle: Option<f64>,
 }
 
 impl Default for LoadSpec {
@@ -195,6 +198,7 @@ impl Default for LoadSpec {
             trace_links: None,
             client_id: None,
             priority_mix: None,
+            client_throttle: None,
         }
     }
 }
@@ -245,6 +249,12 @@ impl LoadSpec {
         ensure!(self.stream_buffer > 0, "stream buffer must be at least 1");
         if let Some(id) = &self.client_id {
             check_client_id(id).map_err(anyhow::Error::msg)?;
+        }
+        if let Some(k) = self.client_throttle {
+            ensure!(
+                k.is_finite() && k >= 1.0,
+                "client throttle K must be 1 or more (requests per accepted call; 2 is the SRE book's default), not {k}"
+            );
         }
         Ok(())
     }
@@ -362,6 +372,12 @@ impl LoadSpecBuilder {
     /// Draws each transaction's priority from `mix` and breaks the report down by priority.
     pub fn priority_mix(mut self, mix: Option<PriorityMix>) -> Self {
         self.0.priority_mix = mix;
+        self
+    }
+
+    /// Throttles unary calls on the client side (see [`LoadSpec::client_throttle`]).
+    pub fn client_throttle(mut self, k: Option<f64>) -> Self {
+        self.0.client_throttle = k;
         self
     }
 

@@ -388,6 +388,70 @@ async fn measure_saturation(
     Ok(driver::run(spec).await?.ok_rate)
 }
 
+/// The closed-loop concurrencies the overload section measures unary goodput and p99 at:
+/// what a perfectly chosen static limit would buy, refusing nothing. The last is
+/// saturation's ([`UNARY_SATURATION_CONCURRENCY`]).
+const FRONTIER: [usize; 4] = [32, 64, 128, UNARY_SATURATION_CONCURRENCY];
+
+/// One point of the throughput–latency curve.
+#[derive(Debug, Clone, Copy)]
+struct FrontierPoint {
+    concurrency: usize,
+    goodput: f64,
+    p99_ms: f64,
+}
+
+/// Unary goodput and p99 closed loop at each of [`FRONTIER`]'s concurrencies, on one mesh
+/// with `gateway`'s flags.
+async fn measure_frontier(
+    dir: &std::path::Path,
+    gateway: Vec<String>,
+) -> anyhow::Result<Vec<FrontierPoint>> {
+    let mesh = mesh_with(dir, gateway).await?;
+    let mut points = Vec::with_capacity(FRONTIER.len());
+    for concurrency in FRONTIER {
+        let spec = spec(
+            &mesh.gateway.url(),
+            Pacing::Closed { concurrency },
+            SATURATION_RUN,
+            format!("frontier-{concurrency}"),
+        )
+        .mode(Mode::Unary)
+        .max_outstanding(concurrency)
+        .warmup(SATURATION_WARMUP)
+        .build()?;
+        let report = driver::run(spec).await?;
+        points.push(FrontierPoint {
+            concurrency,
+            goodput: report.ok_rate,
+            p99_ms: report.latency_ms.p99,
+        });
+    }
+    Ok(points)
+}
+
+/// The fewest outstanding of `frontier` that carry [`GOODPUT_TARGET`] of `sat`: the best
+/// accepted p99 any limit could give at that goodput here.
+fn frontier_verdict(frontier: &[FrontierPoint], sat: f64, unloaded_p99: f64) -> Option<String> {
+    let p = frontier
+        .iter()
+        .find(|p| p.goodput >= GOODPUT_TARGET * sat)?;
+    Some(format!(
+        "  {:<28}{}: {} outstanding carry {:.0} % of saturation at p99 {:.1} ms = {:.1} x the unloaded {:.1} ms (closed loop, nothing refused)",
+        "best any limit can do here",
+        if p.p99_ms <= P99_TARGET_FACTOR * unloaded_p99 {
+            "reachable"
+        } else {
+            "out of reach"
+        },
+        p.concurrency,
+        100.0 * p.goodput / sat.max(1e-9),
+        p.p99_ms,
+        p.p99_ms / unloaded_p99.max(1e-9),
+        unloaded_p99
+    ))
+}
+
 /// Average encoded size of a generated transaction on the logging hop, bytes.
 fn message_bytes() -> f64 {
     let mut t = Traffic::new("stall-bounded-1234567", 0.0, 7);
@@ -555,22 +619,38 @@ struct OverloadControl {
     /// For transaction ids.
     slug: &'static str,
     flags: &'static [&'static str],
+    /// The generator as a cooperating client: client-side adaptive throttling with this K
+    /// (`--client-throttle`); `None` sends every call whatever the gateway answers.
+    client_throttle: Option<f64>,
 }
 
 /// The limit as it was (static, nothing degraded), then overload control as it ships
-/// (adaptive limit, degradation on by default). Saturation is measured on the first.
-const CONTROLS: [OverloadControl; 2] = [
+/// (adaptive limit, degradation on by default) against a client that sends every call, and
+/// against one that throttles itself when refused. Saturation is measured on the first.
+const CONTROLS: [OverloadControl; 3] = [
     OverloadControl {
         name: "static, no degradation",
         slug: "static",
         flags: &["--concurrency-limit", "static", "--degradation", "off"],
+        client_throttle: None,
     },
     OverloadControl {
         name: "adaptive",
         slug: "adaptive",
         flags: &["--concurrency-limit", "adaptive"],
+        client_throttle: None,
+    },
+    OverloadControl {
+        name: "adaptive + client throttle",
+        slug: "adaptive-throttled",
+        flags: &["--concurrency-limit", "adaptive"],
+        client_throttle: Some(CLIENT_THROTTLE_K),
     },
 ];
+
+/// K of the cooperating client's throttle: the gateway sees about 1.1 calls per one it
+/// accepts, so it refuses about one in eleven of what reaches it.
+const CLIENT_THROTTLE_K: f64 = 1.1;
 
 /// The measured segments of the overload run, by their index in its profile. Segment 0 is
 /// the lead-in: warmup at the base load while connections and the limit settle, not
@@ -646,6 +726,9 @@ struct StepResult {
     /// Share of the transactions due in the step that the gateway refused
     /// (RESOURCE_EXHAUSTED).
     refused: f64,
+    /// Share of the calls wanted while the step lasted that the client's own throttle
+    /// refused (never sent).
+    throttled: f64,
     /// The highest degradation level while the step lasted.
     degradation_max: Option<u8>,
 }
@@ -693,6 +776,11 @@ fn step_result(report: &Report, profile: &Arrivals, i: usize, tick: f64) -> Step
             f.errors.get("RESOURCE_EXHAUSTED").copied().unwrap_or(0) as f64 / f.sent.max(1) as f64
         }),
         degradation_max: points.iter().filter_map(|p| p.degradation_level).max(),
+        throttled: {
+            let throttled: f64 = points.iter().map(|p| p.throttled).sum();
+            let sent: f64 = points.iter().map(|p| p.sent).sum();
+            throttled / (throttled + sent).max(1e-9)
+        },
     }
 }
 
@@ -762,6 +850,7 @@ async fn overload_run(
         .timeout(DEFAULT_TIMEOUT)
         .tick(OVERLOAD_TICK)
         .max_outstanding(OPEN_LOOP_OUTSTANDING)
+        .client_throttle(control.client_throttle)
         // The timeline records the gateway's degradation level and bottleneck.
         .metrics(Some(metrics.clone()))
         .build()?,
@@ -818,15 +907,17 @@ async fn overload(dir: &std::path::Path, args: &PressureArgs) -> anyhow::Result<
         "--peak-factor and --slow-logging-load must be more than 0"
     );
     let measured_on = &CONTROLS[0];
-    let sat = match args.unary_saturation {
-        Some(s) => s,
+    let (sat, frontier) = match args.unary_saturation {
+        Some(s) => (s, Vec::new()),
         None => {
             eprintln!(
-                "measuring unary saturation (closed loop, {UNARY_SATURATION_CONCURRENCY} outstanding, {SATURATION_RUN:?}, {}) ...",
+                "measuring unary goodput and p99 closed loop at {FRONTIER:?} outstanding ({SATURATION_RUN:?} each, {}); saturation at {UNARY_SATURATION_CONCURRENCY} ...",
                 measured_on.name
             );
             let flags = measured_on.flags.iter().map(|f| f.to_string()).collect();
-            measure_saturation(dir, Mode::Unary, flags).await?
+            let frontier = measure_frontier(dir, flags).await?;
+            let sat = frontier.last().map_or(0.0, |p| p.goodput);
+            (sat, frontier)
         }
     };
     let profile = Arc::new(overload_profile(sat, args));
@@ -847,7 +938,7 @@ async fn overload(dir: &std::path::Path, args: &PressureArgs) -> anyhow::Result<
         figures
             .iter()
             .map(get)
-            .map(|s| format!("{s:>26}"))
+            .map(|s| format!("{s:>28}"))
             .collect::<String>()
     };
     let row = |label: &str, values: String| println!("{label:<44}{values}");
@@ -859,7 +950,7 @@ async fn overload(dir: &std::path::Path, args: &PressureArgs) -> anyhow::Result<
         "",
         CONTROLS
             .iter()
-            .map(|c| format!("{:>26}", c.name))
+            .map(|c| format!("{:>28}", c.name))
             .collect::<String>(),
     );
     for step in STEPS {
@@ -890,6 +981,10 @@ async fn overload(dir: &std::path::Path, args: &PressureArgs) -> anyhow::Result<
         row(
             "  refused (RESOURCE_EXHAUSTED)",
             col(&|f| format!("{:.1}%", 100.0 * f.steps[i].refused)),
+        );
+        row(
+            "  throttled by the client (not sent)",
+            col(&|f| format!("{:.1}%", 100.0 * f.steps[i].throttled)),
         );
         row(
             "  degradation level, max",
@@ -940,11 +1035,31 @@ async fn overload(dir: &std::path::Path, args: &PressureArgs) -> anyhow::Result<
     for (control, f) in CONTROLS.iter().zip(&figures) {
         println!("errors, {}: {}", control.name, f.errors);
     }
+    if !frontier.is_empty() {
+        println!(
+            "\nthe mesh's own curve, closed loop, {}, nothing refused:",
+            measured_on.name
+        );
+        for p in &frontier {
+            println!(
+                "  {:>5} outstanding: goodput {:>6.0} tx/s ({:>3.0} % of saturation), p99 {:>6.1} ms",
+                p.concurrency,
+                p.goodput,
+                100.0 * p.goodput / sat.max(1e-9),
+                p.p99_ms
+            );
+        }
+    }
     println!(
         "\ntarget: at {}x saturation, accepted p99 within {P99_TARGET_FACTOR}x of unloaded while goodput stays at {:.0} % of saturation or more (adaptive must meet it)",
         args.peak_factor,
         100.0 * GOODPUT_TARGET
     );
+    if let Some(line) =
+        frontier_verdict(&frontier, sat, figures[0].steps[Step::Base as usize].ok_p99)
+    {
+        println!("{line}");
+    }
     for (control, f) in CONTROLS.iter().zip(&figures) {
         let (met, why) = verdict(
             &f.steps[Step::Base as usize],
@@ -952,7 +1067,7 @@ async fn overload(dir: &std::path::Path, args: &PressureArgs) -> anyhow::Result<
             sat,
         );
         println!(
-            "  {:<24}{}: {why}",
+            "  {:<28}{}: {why}",
             control.name,
             if met { "met" } else { "MISSED" }
         );
@@ -976,6 +1091,7 @@ mod tests {
             done: ok,
             ok,
             rejected: 0.0,
+            throttled: 0.0,
             errors: 0.0,
             blocked_pct: 0.0,
             p50_ms: 0.0,

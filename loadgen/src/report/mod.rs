@@ -380,6 +380,7 @@ impl Recorder {
                 })
                 .collect(),
             late_sends: run.late,
+            throttled: run.throttled,
             by_priority: self.priority_figures(),
             steps: self.step_figures(),
             degradation_max: degradation.map(|(max, _)| max),
@@ -416,6 +417,8 @@ pub struct RunInfo {
     pub scheduled: Option<u64>,
     /// Sends that went out more than 5 ms after their due time.
     pub late: u64,
+    /// Calls the client's own throttle refused (`--client-throttle`): never sent.
+    pub throttled: u64,
     /// SubmitStreams that ended with an error or with transactions unanswered.
     pub stream_ends: Vec<StreamEnd>,
     /// Where trace ids link to, if anywhere.
@@ -581,6 +584,8 @@ pub struct TimelinePoint {
     pub ok: f64,
     /// RESOURCE_EXHAUSTED per second.
     pub rejected: f64,
+    /// Calls the client's own throttle refused per second (`--client-throttle`; not sent).
+    pub throttled: f64,
     /// Other failures per second.
     pub errors: f64,
     /// Share of the interval the generator's sends were blocked (stream window full, or no
@@ -698,6 +703,9 @@ pub struct Report {
     pub scheduled: Option<u64>,
     /// Sends more than 5 ms after their due time: the generator (or backpressure) fell behind.
     pub late_sends: u64,
+    /// Calls the client's own throttle refused (`--client-throttle`): scheduled, never sent,
+    /// in none of the other counts.
+    pub throttled: u64,
     /// With `--priority-mix`: per priority (critical, default, sheddable), what was sent and
     /// what came back.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -734,7 +742,7 @@ impl Report {
     /// When the generator did not keep its schedule: by how much, and why.
     pub fn generator_verdict(&self) -> Option<String> {
         let scheduled = self.scheduled?;
-        let short = scheduled.saturating_sub(self.sent);
+        let short = scheduled.saturating_sub(self.sent + self.throttled);
         let late_share = self.late_sends as f64 / self.sent.max(1) as f64;
         if short as f64 <= 0.01 * scheduled as f64 && late_share <= 0.01 {
             return None;
@@ -826,6 +834,13 @@ impl Report {
         let _ = writeln!(s, "decisions  {}", counts(&self.decisions));
         let _ = writeln!(s, "notify     {}", counts(&self.notifications));
         let _ = writeln!(s, "errors     {}", counts(&self.errors));
+        if self.throttled > 0 {
+            let _ = writeln!(
+                s,
+                "throttled  {} refused by this client before sending (--client-throttle): the gateway was refusing calls",
+                self.throttled
+            );
+        }
         if self.hung > 0 {
             let _ = writeln!(
                 s,
@@ -951,6 +966,7 @@ mod tests {
             timeline: Vec::new(),
             scheduled: Some(sent),
             late: 0,
+            throttled: 0,
             stream_ends: Vec::new(),
             trace_links,
         }
@@ -1186,6 +1202,7 @@ mod tests {
             done: 0.0,
             ok: 0.0,
             rejected: 0.0,
+            throttled: 0.0,
             errors: 0.0,
             blocked_pct: 0.0,
             p50_ms: 0.0,

@@ -320,7 +320,7 @@ async fn the_json_report_follows_its_documented_schema() {
     )
     .unwrap();
     type Check = fn(&serde_json::Value) -> bool;
-    let fields: [(&str, Check); 27] = [
+    let fields: [(&str, Check); 28] = [
         ("schema_version", |v| v.as_u64() == Some(2)),
         ("mode", |v| v.is_string()),
         ("loop_kind", |v| v.is_string()),
@@ -346,6 +346,7 @@ async fn the_json_report_follows_its_documented_schema() {
         ("blocked_send_seconds", |v| v.is_number()),
         ("scheduled", |v| v.is_u64() || v.is_null()),
         ("late_sends", |v| v.is_u64()),
+        ("throttled", |v| v.as_u64() == Some(0)),
         // With --metrics: the gateway's degradation level and bottleneck; at 100/s, calm.
         ("degradation_max", |v| v.as_u64() == Some(0)),
         ("degradation_seconds", |v| {
@@ -366,6 +367,7 @@ async fn the_json_report_follows_its_documented_schema() {
                             "done",
                             "ok",
                             "rejected",
+                            "throttled",
                             "errors",
                             "blocked_pct",
                             "p50_ms",

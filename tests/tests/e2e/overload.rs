@@ -1,6 +1,7 @@
 //! Overload control end to end, against the real binaries: the adaptive limit follows a
 //! slow hop, per-client token buckets push back by their refill time, priorities are shed in
-//! order, and degradation levels and the bottleneck follow a slow logging and a slow risk.
+//! order, degradation levels and the bottleneck follow a slow logging and a slow risk, and a
+//! client that throttles itself keeps its goodput with a fraction of the refusals.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sluice_proto::pb::gateway_client::GatewayClient;
 use sluice_proto::pb::{Faults, NotificationStatus, Outcome, Priority};
-use sluice_tests::{Mesh, MeshOptions, eventually, metric, txn};
+use sluice_tests::{Mesh, MeshOptions, eventually, loadgen_json, metric, txn};
 use tokio::task::JoinHandle;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -220,6 +221,73 @@ async fn a_client_over_its_rate_gets_pushback_equal_to_the_refill_time() {
     )
     .await;
     assert_eq!(limited, 1.0);
+}
+
+/// A client that throttles itself (`--client-throttle`) once refused sends the gateway
+/// about K calls per one it accepts: the same goodput with a fraction of the refusals. The
+/// gateway refuses by a client token bucket here (200/s), so what it accepts is the same
+/// in both runs whatever the machine's speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttling_client_keeps_its_goodput_with_a_fraction_of_the_refusals() {
+    const RATE: f64 = 200.0;
+    let mesh = Mesh::start_with(with_gateway(&[
+        "--client-rate",
+        "200",
+        "--client-burst",
+        "20",
+    ]))
+    .await;
+    let target = mesh.gateway.url();
+    let run = |throttle: Option<&'static str>| {
+        let target = target.clone();
+        async move {
+            let mut args = vec![
+                "run",
+                "--target",
+                &target,
+                "--mode",
+                "unary",
+                "--rate",
+                "1000",
+                "--duration",
+                "3s",
+                "--client-id",
+                "eager",
+            ];
+            if let Some(k) = throttle {
+                args.extend(["--client-throttle", k]);
+            }
+            loadgen_json(&args).await.1
+        }
+    };
+    let plain = run(None).await;
+    let throttled = run(Some("1.1")).await;
+    let refused = |r: &serde_json::Value| r["errors"]["RESOURCE_EXHAUSTED"].as_u64().unwrap_or(0);
+    let (ok_plain, ok_throttled) = (
+        plain["ok"].as_u64().unwrap(),
+        throttled["ok"].as_u64().unwrap(),
+    );
+    // The bucket's 200/s over 3 s (and its burst), whoever asks.
+    for ok in [ok_plain, ok_throttled] {
+        assert!(
+            (0.8 * 3.0 * RATE..=1.2 * 3.0 * RATE + 20.0).contains(&(ok as f64)),
+            "ok {ok}: plain {plain:#}\nthrottled {throttled:#}"
+        );
+    }
+    assert_eq!(plain["throttled"], 0);
+    let kept_back = throttled["throttled"].as_u64().unwrap();
+    assert!(kept_back > 1000, "the client held back only {kept_back}");
+    assert!(
+        refused(&throttled) * 3 < refused(&plain),
+        "refusals: {} throttled vs {} plain",
+        refused(&throttled),
+        refused(&plain)
+    );
+    // Every scheduled call is accounted for: sent or held back.
+    assert_eq!(
+        throttled["sent"].as_u64().unwrap() + kept_back,
+        throttled["scheduled"].as_u64().unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
