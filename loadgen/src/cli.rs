@@ -52,7 +52,8 @@ pub enum Command {
     /// The backpressure benchmark: stall logging at 50% load and overload the mesh 10x, with
     /// the default bounds and with the gateway's bounds removed; with `--sections overload`,
     /// overload control: unary steps 0.5x, 3x, 0.5x of saturation, then logging slowed, with
-    /// a static limit and with the adaptive one. Against the real binaries.
+    /// a static limit, the adaptive one, and the adaptive one against a client that throttles
+    /// itself; and the mesh's own throughput-latency curve. Against the real binaries.
     Pressure(crate::lab::pressure::PressureArgs),
     /// Exit 0 when an admin endpoint answers 200 (container healthchecks: the images have
     /// no shell or curl).

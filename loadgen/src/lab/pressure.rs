@@ -15,17 +15,20 @@
 //! 2. **10× overload.** SubmitStream offered at ten times saturation (no fault): goodput as a
 //!    share of saturation, and the gateway's peak memory.
 //!
-//! **Overload control** (about 1.5 minutes): unary saturation is measured closed loop on a
-//! gateway with a static limit and no degradation; then, for that gateway and for the
-//! adaptive one, a fresh mesh takes one open-loop unary run in steps — 0.5× saturation, 3×,
-//! 0.5× again, then logging slowed (a fixed delay through its Control API) at 1×. Per step:
+//! **Overload control** (about 3 minutes): the mesh's own throughput–latency curve is
+//! measured closed loop ([`FRONTIER`] outstanding; saturation is its last point) on a gateway
+//! with a static limit and no degradation; then, for that gateway, for the adaptive one, and
+//! for the adaptive one against a client that throttles itself when refused
+//! (`--client-throttle`), a fresh mesh takes one open-loop unary run in steps — 0.5×
+//! saturation, 3×, 0.5× again, then logging slowed (a fixed delay through its Control API)
+//! at 1×. Per step:
 //! goodput (OK/s), the p99 of *accepted* (OK) transactions, what the gateway refused; the
 //! time until the accepted p99 is back within 2× of the first step's after the peak; the
 //! degradation level and the bottleneck the gateway names; its peak memory. Unary, because
 //! that is where a concurrency limit refuses (a SubmitStream is paced instead), so goodput
 //! and the latency of what was accepted are two separate figures. The target: at 3×, the
 //! adaptive gateway keeps the accepted p99 within 2× of the unloaded one while its goodput
-//! stays at 90 % of saturation or more.
+//! stays at 90 % of saturation or more; the curve says whether any limit could, here.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -56,8 +59,8 @@ pub enum Section {
 
 #[derive(Debug, Clone, Args)]
 pub struct PressureArgs {
-    /// Which benchmarks to run, comma-separated: backpressure, overload. About 1.5 minutes
-    /// each.
+    /// Which benchmarks to run, comma-separated: backpressure (about 1.5 minutes),
+    /// overload (about 3).
     #[arg(
         long,
         value_enum,
