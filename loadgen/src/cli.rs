@@ -35,8 +35,11 @@ pub struct Cli {
 pub enum Command {
     /// Drive a running gateway and print a report.
     Run(RunArgs),
-    /// Start the whole mesh locally, drive it briefly, print the report, check the audit
-    /// log, shut down.
+    /// Start the whole mesh in this process and tell its story in about 40 s: steady load,
+    /// logging stalled (the pressure reaches the client), logging back (throughput returns),
+    /// 10x overload (refused with pushback); then a verdict per claim with its measured
+    /// figure, every acknowledgement checked against the audit log. --steady: one steady run
+    /// and its report instead.
     Demo(DemoArgs),
     /// Check a report's acknowledged ids against the audit log (via Logging/Read).
     Verify(VerifyArgs),
@@ -297,6 +300,14 @@ pub struct DemoArgs {
     /// Where the audit log goes (default: a temporary directory, removed afterwards).
     #[arg(long, env = "SLUICE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Instead of the story, drive the mesh at one steady rate (--rate, --duration, --mode,
+    /// ...), print the report and check the audit log.
+    #[arg(long)]
+    pub steady: bool,
+    /// The story: how long each of its four phases lasts (steady, logging stalled, logging
+    /// back, 10x overload), e.g. 9s.
+    #[arg(long, env = "SLUICE_DEMO_PHASE", default_value = "9s", value_parser = sluice_core::parse_duration)]
+    pub phase: Duration,
     #[command(flatten)]
     pub load: LoadArgs,
 }
@@ -324,6 +335,17 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
             print!("{}", report.text());
             args.load.write_reports("sluice-loadgen run", &report)?;
             Ok(true)
+        }
+        Command::Demo(args) if !args.steady => {
+            let spec = args
+                .load
+                .spec(spec::DEFAULT_TARGET.into(), DEFAULT_DEMO_RATE)?;
+            let story = crate::lab::demo::story(args.data_dir, spec, args.phase).await?;
+            println!();
+            print!("{}", story.text());
+            args.load
+                .write_reports("sluice-loadgen demo", &story.report)?;
+            Ok(story.passed())
         }
         Command::Demo(args) => {
             // The demo drives its own mesh's gateway, whatever the spec's target.

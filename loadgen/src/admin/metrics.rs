@@ -62,6 +62,9 @@ pub struct Bottleneck {
 pub struct GatewayPressure {
     /// Downstream queue depths: risk, logging, notification.
     pub queues: [f64; 3],
+    /// What the gateway holds for each downstream, queued or sent and awaiting its reply:
+    /// where a slow hop's pressure shows (a stalled hop's requests are mostly in flight).
+    pub held: [f64; 3],
     /// 0..=3; `None` from a gateway without overload control.
     pub degradation_level: Option<u8>,
     /// The hop with a non-zero share of p99, if the gateway names one (it names at most
@@ -73,14 +76,15 @@ impl GatewayPressure {
     /// Read from one scrape's samples: a queue missing reads as 0, a level or bottleneck
     /// missing as `None`.
     pub fn from_samples(samples: &BTreeMap<String, f64>) -> GatewayPressure {
-        let queues = QUEUES.map(|d| {
+        let gauge = |name: &str, d: &str| {
             samples
-                .get(&format!(
-                    "sluice_gateway_downstream_queue_depth{{downstream=\"{d}\"}}"
-                ))
+                .get(&format!("sluice_gateway_{name}{{downstream=\"{d}\"}}"))
                 .copied()
                 .unwrap_or(0.0)
-        });
+        };
+        let queues = QUEUES.map(|d| gauge("downstream_queue_depth", d));
+        let held =
+            QUEUES.map(|d| gauge("downstream_queue_depth", d) + gauge("downstream_inflight", d));
         let degradation_level = samples
             .get("sluice_gateway_degradation_level")
             .filter(|v| v.is_finite())
@@ -98,6 +102,7 @@ impl GatewayPressure {
             .max_by(|a, b| a.share.total_cmp(&b.share));
         GatewayPressure {
             queues,
+            held,
             degradation_level,
             bottleneck,
         }

@@ -72,6 +72,9 @@ pub struct OutcomeSignal {
     pub ok: watch::Sender<Option<Instant>>,
     /// The latest OK outcome whose notification was QUEUED (notification was reachable).
     pub notified: watch::Sender<Option<Instant>>,
+    /// When the latest blocked send started waiting (the gateway's backpressure reaching
+    /// this client).
+    pub blocked: watch::Sender<Option<Instant>>,
 }
 
 impl Default for OutcomeSignal {
@@ -79,8 +82,21 @@ impl Default for OutcomeSignal {
         Self {
             ok: watch::Sender::new(None),
             notified: watch::Sender::new(None),
+            blocked: watch::Sender::new(None),
         }
     }
+}
+
+/// Set when a line was printed under the live view, so its next redraw starts below the
+/// line instead of over it.
+static PRINTED_UNDER_LIVE_VIEW: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Prints `line` on stderr between the live view's redraws (a story's narration), so the
+/// view neither overwrites it nor is torn by it.
+pub fn narrate(line: &str) {
+    eprintln!("{line}");
+    PRINTED_UNDER_LIVE_VIEW.store(true, Ordering::Relaxed);
 }
 
 impl OutcomeSignal {
@@ -441,6 +457,9 @@ impl Shared {
     fn block_start(&self) -> Instant {
         let now = Instant::now();
         self.interval.lock().expect("interval lock").blocked_since = Some(now);
+        if let Some(signal) = &self.outcomes {
+            signal.blocked.send_replace(Some(now));
+        }
         now
     }
 
@@ -631,6 +650,7 @@ async fn timeline(
                 i.ok_latency.value_at_quantile(0.99) as f64 / 1000.0
             },
             queues: gateway.as_ref().map(|g| g.queues),
+            held: gateway.as_ref().map(|g| g.held),
             degradation_level: gateway.as_ref().and_then(|g| g.degradation_level),
             bottleneck: gateway.and_then(|g| g.bottleneck),
         };
@@ -1135,7 +1155,8 @@ impl LiveView {
             .iter()
             .map(|v| BARS[((v / max) * 7.0).round() as usize])
             .collect();
-        if self.drawn {
+        let narrated = PRINTED_UNDER_LIVE_VIEW.swap(false, Ordering::Relaxed);
+        if self.drawn && !narrated {
             // Up three lines, clear to the end of the screen.
             eprint!("\x1b[3F\x1b[J");
         }

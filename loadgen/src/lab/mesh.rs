@@ -19,6 +19,8 @@ pub struct LocalMesh {
     pub logging_url: String,
     pub gateway_admin: SocketAddr,
     pub data_dir: PathBuf,
+    /// The bearer token every service's Control (fault injection) API takes.
+    pub control_token: String,
     gateway_stop: CancellationToken,
     services_stop: CancellationToken,
     gateway: JoinHandle<Result<(), ServeError>>,
@@ -39,6 +41,16 @@ impl LocalMesh {
     /// Starts risk, notification, logging and the gateway. The audit log goes under
     /// `data_dir`, or a temporary directory removed on drop.
     pub async fn start(data_dir: Option<PathBuf>, grace: Duration) -> anyhow::Result<Self> {
+        Self::start_with(data_dir, grace, None).await
+    }
+
+    /// As [`LocalMesh::start`], with the gateway's default transaction deadline set to
+    /// `deadline` when given.
+    pub async fn start_with(
+        data_dir: Option<PathBuf>,
+        grace: Duration,
+        deadline: Option<Duration>,
+    ) -> anyhow::Result<Self> {
         let (data_dir, temp) = match data_dir {
             Some(dir) => (dir, None),
             None => {
@@ -49,20 +61,28 @@ impl LocalMesh {
         };
         let services_stop = CancellationToken::new();
         let gateway_stop = CancellationToken::new();
+        let control_token = sluice_core::admin_token::generate()?;
+        let control = sluice_core::admin_token::AdminTokenArgs {
+            admin_token: Some(control_token.clone()),
+            ..Default::default()
+        };
 
         let risk_l = bind().await?;
         let mut risk = sluice_risk::Config::defaults();
         risk.server.grace_period = grace;
+        risk.service.admin_token = control.clone();
         let risk_url = url(risk_l.grpc_addr());
 
         let notification_l = bind().await?;
         let mut notification = sluice_notification::Config::defaults();
         notification.server.grace_period = grace;
+        notification.service.admin_token = control.clone();
         let notification_url = url(notification_l.grpc_addr());
 
         let logging_l = bind().await?;
         let mut logging = sluice_logging::Config::defaults();
         logging.server.grace_period = grace;
+        logging.service.admin_token = control;
         logging.data_dir = data_dir.clone();
         let logging_url = url(logging_l.grpc_addr());
 
@@ -70,6 +90,9 @@ impl LocalMesh {
         let gateway_admin = gateway_l.admin_addr().expect("admin bound");
         let mut gateway = sluice_gateway::Config::defaults();
         gateway.server.grace_period = grace;
+        if let Some(deadline) = deadline {
+            gateway.default_deadline = sluice_core::HumanDuration(deadline);
+        }
         gateway.risk = risk_url;
         gateway.notification = notification_url;
         gateway.logging = logging_url.clone();
@@ -98,6 +121,7 @@ impl LocalMesh {
             logging_url,
             gateway_admin,
             data_dir,
+            control_token,
             gateway_stop,
             services_stop,
             gateway,

@@ -190,7 +190,7 @@ async fn start(spec: LoadSpec) -> anyhow::Result<(JoinHandle<anyhow::Result<Repo
 
 /// The highest value of each of `names` at `metrics`, sampled every [`SAMPLE_EVERY`] until
 /// `end`, starting from `floor`.
-async fn peaks<const N: usize>(
+pub(crate) async fn peaks<const N: usize>(
     metrics: &str,
     names: [&str; N],
     end: Instant,
@@ -206,8 +206,8 @@ async fn peaks<const N: usize>(
     floor
 }
 
-const RSS: &str = "sluice_gateway_process_resident_memory_bytes";
-const HELD: &str = "sluice_gateway_inflight{api=\"stream\"}";
+pub(crate) const RSS: &str = "sluice_gateway_process_resident_memory_bytes";
+pub(crate) const HELD: &str = "sluice_gateway_inflight{api=\"stream\"}";
 
 async fn set_stall(mesh: &ProcMesh, stall: bool) -> anyhow::Result<()> {
     let mut control = mesh.control(&mesh.logging).await?;
@@ -455,6 +455,16 @@ fn frontier_verdict(frontier: &[FrontierPoint], sat: f64, unloaded_p99: f64) -> 
     ))
 }
 
+/// The bound on SubmitStream transactions a default gateway holds between `connections`
+/// clients and logging, and the bytes those and its connections' HTTP/2 windows may take.
+pub(crate) fn held_bounds(connections: usize) -> (f64, f64) {
+    let d = sluice_gateway::Config::defaults();
+    let held = (d.downstream_queue + d.streams_per_downstream * d.downstream_stream_inflight)
+        .min(connections * d.stream_inflight) as f64;
+    let windows = (connections as f64 + 1.0) * f64::from(d.server.h2.connection_window);
+    (held, held * message_bytes() + windows)
+}
+
 /// Average encoded size of a generated transaction on the logging hop, bytes.
 fn message_bytes() -> f64 {
     let mut t = Traffic::new("stall-bounded-1234567", 0.0, 7);
@@ -515,13 +525,8 @@ async fn backpressure(dir: &std::path::Path, args: &PressureArgs) -> anyhow::Res
         figures.push(f);
     }
 
-    // The bound on transactions held between client and logging, from the gateway defaults.
-    let d = sluice_gateway::Config::defaults();
-    let held_bound = (d.downstream_queue + d.streams_per_downstream * d.downstream_stream_inflight)
-        .min(CONNECTIONS * d.stream_inflight) as f64;
-    let msg = message_bytes();
-    let windows = (CONNECTIONS as f64 + 1.0) * f64::from(d.server.h2.connection_window);
-    let bytes_bound = held_bound * msg + windows;
+    let (held_bound, bytes_bound) = held_bounds(CONNECTIONS);
+    let (d, msg) = (sluice_gateway::Config::defaults(), message_bytes());
 
     let col = |get: &dyn Fn(&Figures) -> String| {
         figures
@@ -1101,6 +1106,7 @@ mod tests {
             p99_ms: ok_p99_ms,
             ok_p99_ms,
             queues: None,
+            held: None,
             degradation_level: None,
             bottleneck: None,
         }

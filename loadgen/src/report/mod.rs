@@ -602,6 +602,10 @@ pub struct TimelinePoint {
     /// notification) at the end of the interval.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queues: Option<[f64; 3]>,
+    /// With `--metrics`: what the gateway holds per downstream (risk, logging,
+    /// notification), queued or awaiting a reply, at the end of the interval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<[f64; 3]>,
     /// With `--metrics`: the gateway's degradation level (0..=3) at the end of the interval.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub degradation_level: Option<u8>,
@@ -611,13 +615,13 @@ pub struct TimelinePoint {
 }
 
 impl TimelinePoint {
-    pub const HEADER: &str = "     t   offered      sent        ok  rejected    errors  blocked   p50 ms   p99 ms   queues risk/log/ntf  deg";
+    pub const HEADER: &str = "     t   offered      sent        ok  rejected    errors  blocked   p50 ms   p99 ms     held risk/log/ntf  deg";
 
     /// One row under [`TimelinePoint::HEADER`].
     pub fn line(&self) -> String {
         // The gateway's columns, when it was scraped: queues, level ("-" from a gateway
         // without overload control), and the bottleneck when it names one.
-        let gateway = self.queues.map_or(String::new(), |q| {
+        let gateway = self.held.or(self.queues).map_or(String::new(), |q| {
             let level = self
                 .degradation_level
                 .map_or("-".to_string(), |l| l.to_string());
@@ -630,7 +634,7 @@ impl TimelinePoint {
             )
         });
         format!(
-            "{:>5.0}s {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>7.1}% {:>8.2} {:>8.2}{gateway}",
+            "{:>5.1}s {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>7.1}% {:>8.2} {:>8.2}{gateway}",
             self.t,
             self.offered,
             self.sent,
@@ -1209,6 +1213,7 @@ mod tests {
             p99_ms: 0.0,
             ok_p99_ms: 0.0,
             queues: Some([0.0; 3]),
+            held: Some([0.0; 3]),
             degradation_level: level,
             bottleneck: bottleneck.map(|(hop, share)| Bottleneck {
                 hop: hop.into(),
@@ -1258,6 +1263,7 @@ mod tests {
         // No --metrics: nothing at all.
         let unscraped = TimelinePoint {
             queues: None,
+            held: None,
             ..point(1.0, None, None)
         };
         assert_eq!(bottleneck_named(std::slice::from_ref(&unscraped)), None);

@@ -1,4 +1,5 @@
-//! The load generator binary: `demo` end to end, and `run --json` + `verify`.
+//! The load generator binary: `demo` (the story and `--steady`) end to end, and
+//! `run --json` + `verify`.
 
 use std::process::Command;
 
@@ -12,6 +13,37 @@ fn loadgen(args: &[&str]) -> std::process::Output {
         .expect("run sluice-loadgen")
 }
 
+/// The story, its phases short: every claim holds, each with its figure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_tells_the_story_and_every_claim_holds() {
+    let out =
+        tokio::task::block_in_place(|| loadgen(&["demo", "--phase", "3s", "--rate", "1000", "-q"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed: {stdout}\n{stderr}");
+    assert!(!stdout.contains("FAILED"), "{stdout}");
+    for claim in [
+        "held   pressure reached the client ",
+        "held   memory stayed flat: ",
+        "held   nothing acknowledged was lost: ",
+        "held   throughput back ",
+        "refused by the gateway with pushback",
+    ] {
+        assert!(stdout.contains(claim), "no {claim:?} in:\n{stdout}");
+    }
+    assert!(stdout.contains("0 missing from the audit log"), "{stdout}");
+    assert!(stdout.contains("waited longest:"), "{stdout}");
+    // Each phase is narrated as it starts.
+    for phase in [
+        "steady:",
+        "logging stalled:",
+        "logging back:",
+        "10x overload:",
+    ] {
+        assert!(stderr.contains(phase), "no {phase:?} narrated:\n{stderr}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_the_mesh_and_checks_the_audit_log() {
     let dir = tempfile::tempdir().unwrap();
@@ -19,6 +51,7 @@ async fn demo_runs_the_mesh_and_checks_the_audit_log() {
     let out = tokio::task::block_in_place(|| {
         loadgen(&[
             "demo",
+            "--steady",
             "--duration",
             "2s",
             "--rate",
