@@ -1,4 +1,5 @@
-//! The HTTP admin listener: `/metrics` (Prometheus text), `/healthz` and `/readyz`.
+//! The HTTP admin listener: `/metrics` (Prometheus text), `/healthz` and `/readyz`, and
+//! whatever pages the binary adds (the gateway's pressure map at `/`).
 //!
 //! Kept off the gRPC port so scraping and health probes never compete with traffic for
 //! HTTP/2 streams or flow-control windows.
@@ -41,12 +42,14 @@ struct AdminState {
     readiness: Readiness,
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown` is cancelled.
+/// Serves `/metrics`, `/healthz`, `/readyz` and the binary's own `routes` on `listener`
+/// until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
     health: Health,
     readiness: Readiness,
+    routes: Option<Router>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
@@ -57,7 +60,8 @@ pub async fn serve(
             metrics,
             health,
             readiness,
-        });
+        })
+        .merge(routes.unwrap_or_default());
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

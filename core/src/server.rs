@@ -60,6 +60,8 @@ pub struct Listeners {
     announce: Option<&'static str>,
     /// Where a client finds the Control API's token; appended to the ready line.
     admin_token_file: Option<PathBuf>,
+    /// Pages the binary serves on its admin port beside `/metrics` (the gateway's map).
+    admin_routes: Option<axum::Router>,
     readiness: Readiness,
 }
 
@@ -81,6 +83,7 @@ impl Listeners {
             admin,
             announce: None,
             admin_token_file: None,
+            admin_routes: None,
             readiness: Readiness::default(),
         })
     }
@@ -96,6 +99,11 @@ impl Listeners {
     /// required downstreams are live, logging while its disk takes writes.
     pub fn readiness(&self) -> Readiness {
         self.readiness.clone()
+    }
+
+    /// Serves `routes` on the admin port too, beside `/metrics`, `/healthz` and `/readyz`.
+    pub fn set_admin_routes(&mut self, routes: axum::Router) {
+        self.admin_routes = Some(routes);
     }
 
     /// Names `path`, the file holding the Control API's token, in the ready line.
@@ -151,13 +159,19 @@ pub async fn run(
         .announce
         .map(|name| (name, listeners.ready_line(name)));
     let grpc_addr = listeners.grpc_addr();
-    let Listeners { grpc, admin, .. } = listeners;
+    let Listeners {
+        grpc,
+        admin,
+        admin_routes,
+        ..
+    } = listeners;
     let admin_task = admin.map(|listener| {
         tokio::spawn(admin::serve(
             listener,
             metrics.clone(),
             health.clone(),
             readiness.clone(),
+            admin_routes,
             shutdown.clone(),
         ))
     });

@@ -1,12 +1,14 @@
 //! The Sluice gateway: `mesh.v1.Gateway` ingress ([`ingress`], one tower stack per
 //! transaction) → fan-out of each transaction ([`fanout`]) → one long-lived stream client per
 //! downstream service ([`downstream`], a tower service whose readiness is queue room).
-//! `sluice_proto::validate` holds the ingress rules. See ARCHITECTURE.md for every bound on the path.
+//! `sluice_proto::validate` holds the ingress rules; [`map`] is the live pressure map on the
+//! admin port. See ARCHITECTURE.md for every bound on the path.
 
 pub mod config;
 pub mod downstream;
 pub mod fanout;
 pub mod ingress;
+pub mod map;
 pub mod overload;
 
 use std::time::Duration;
@@ -27,7 +29,7 @@ pub use config::{Config, ConfigError, Settings};
 /// Serves the gateway until `shutdown` is cancelled: stops accepting, lets in-flight
 /// transactions finish (within the grace period), then closes the downstream streams.
 pub async fn serve(
-    listeners: Listeners,
+    mut listeners: Listeners,
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
@@ -102,10 +104,12 @@ pub async fn serve(
     let router = config.server.h2.server().add_service(health).add_service(
         GatewayServer::new(ingress).max_decoding_message_size(config.server.h2.max_message_size),
     );
+    let metrics = sluice_core::metrics::Metrics::new(registry);
+    listeners.set_admin_routes(map::routes(metrics.clone()));
     let result = sluice_core::server::run(
         listeners,
         router,
-        sluice_core::metrics::Metrics::new(registry),
+        metrics,
         reporter,
         <GatewayServer<Ingress> as tonic::server::NamedService>::NAME,
         shutdown,

@@ -84,6 +84,7 @@ mod tests {
             Metrics::new(Default::default()),
             health,
             readiness.clone(),
+            None,
             stop.clone(),
         ));
         (base, readiness, stop)

@@ -65,6 +65,9 @@ pub struct GatewayPressure {
     /// What the gateway holds for each downstream, queued or sent and awaiting its reply:
     /// where a slow hop's pressure shows (a stalled hop's requests are mostly in flight).
     pub held: [f64; 3],
+    /// What each downstream may hold: its queue capacity or the gateway's concurrency limit,
+    /// whichever is less (the live view's bars).
+    pub bounds: [f64; 3],
     /// 0..=3; `None` from a gateway without overload control.
     pub degradation_level: Option<u8>,
     /// The hop with a non-zero share of p99, if the gateway names one (it names at most
@@ -85,6 +88,12 @@ impl GatewayPressure {
         let queues = QUEUES.map(|d| gauge("downstream_queue_depth", d));
         let held =
             QUEUES.map(|d| gauge("downstream_queue_depth", d) + gauge("downstream_inflight", d));
+        let limit = samples
+            .get("sluice_gateway_concurrency_limit")
+            .copied()
+            .filter(|l| *l > 0.0)
+            .unwrap_or(f64::INFINITY);
+        let bounds = QUEUES.map(|d| gauge("downstream_queue_capacity", d).min(limit));
         let degradation_level = samples
             .get("sluice_gateway_degradation_level")
             .filter(|v| v.is_finite())
@@ -103,6 +112,7 @@ impl GatewayPressure {
         GatewayPressure {
             queues,
             held,
+            bounds,
             degradation_level,
             bottleneck,
         }

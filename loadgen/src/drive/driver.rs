@@ -651,6 +651,7 @@ async fn timeline(
             },
             queues: gateway.as_ref().map(|g| g.queues),
             held: gateway.as_ref().map(|g| g.held),
+            held_bounds: gateway.as_ref().map(|g| g.bounds),
             degradation_level: gateway.as_ref().and_then(|g| g.degradation_level),
             bottleneck: gateway.and_then(|g| g.bottleneck),
         };
@@ -1124,6 +1125,8 @@ async fn reserve(
 struct LiveView {
     tty: bool,
     drawn: bool,
+    /// Lines the last drawing took.
+    lines: usize,
     ok_history: std::collections::VecDeque<f64>,
 }
 
@@ -1135,6 +1138,7 @@ impl LiveView {
         Self {
             tty: std::io::stderr().is_terminal(),
             drawn: false,
+            lines: 0,
             ok_history: Default::default(),
         }
     }
@@ -1156,16 +1160,22 @@ impl LiveView {
             .map(|v| BARS[((v / max) * 7.0).round() as usize])
             .collect();
         let narrated = PRINTED_UNDER_LIVE_VIEW.swap(false, Ordering::Relaxed);
+        let hops = p.hop_bars();
         if self.drawn && !narrated {
-            // Up three lines, clear to the end of the screen.
-            eprint!("\x1b[3F\x1b[J");
+            // Up over the last drawing, clear to the end of the screen.
+            eprint!("\x1b[{}F\x1b[J", self.lines);
         }
         eprintln!("{}", TimelinePoint::HEADER);
         eprintln!("{}", p.line());
         eprintln!(
-            "ok/s (last {}s, max {max:.0}) {spark}",
+            "ok/s (last {} intervals, max {max:.0}) {spark}",
             self.ok_history.len()
         );
+        self.lines = 3;
+        if let Some(hops) = hops {
+            eprintln!("{hops}");
+            self.lines += 1;
+        }
         self.drawn = true;
     }
 }

@@ -1107,6 +1107,7 @@ mod tests {
             ok_p99_ms,
             queues: None,
             held: None,
+            held_bounds: None,
             degradation_level: None,
             bottleneck: None,
         }

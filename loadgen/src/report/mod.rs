@@ -606,6 +606,9 @@ pub struct TimelinePoint {
     /// notification), queued or awaiting a reply, at the end of the interval.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held: Option<[f64; 3]>,
+    /// With `--metrics`: what each downstream may hold (for the live view's bars).
+    #[serde(skip)]
+    pub held_bounds: Option<[f64; 3]>,
     /// With `--metrics`: the gateway's degradation level (0..=3) at the end of the interval.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub degradation_level: Option<u8>,
@@ -616,6 +619,37 @@ pub struct TimelinePoint {
 
 impl TimelinePoint {
     pub const HEADER: &str = "     t   offered      sent        ok  rejected    errors  blocked   p50 ms   p99 ms     held risk/log/ntf  deg";
+
+    /// The live view's per-hop line: what the gateway holds for each downstream as a bar
+    /// against what it may hold, FULL at 90 %, and the bottleneck it names. None without
+    /// `--metrics`.
+    pub fn hop_bars(&self) -> Option<String> {
+        const WIDTH: usize = 10;
+        let (held, bounds) = (self.held?, self.held_bounds?);
+        let mut line = String::from("held");
+        for ((name, held), bound) in ["risk", "log", "ntf"].iter().zip(held).zip(bounds) {
+            let fill = if bound > 0.0 {
+                (held / bound).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            let cells = (fill * WIDTH as f64).round() as usize;
+            let full = if fill >= 0.9 { " FULL" } else { "" };
+            line.push_str(&format!(
+                "  {name} \u{2595}{}{}\u{258f} {held:.0}/{bound:.0}{full}",
+                "\u{2588}".repeat(cells),
+                "\u{2591}".repeat(WIDTH - cells)
+            ));
+        }
+        if let Some(b) = &self.bottleneck {
+            line.push_str(&format!(
+                "  << bottleneck: {} {:.0}%",
+                b.hop,
+                100.0 * b.share
+            ));
+        }
+        Some(line)
+    }
 
     /// One row under [`TimelinePoint::HEADER`].
     pub fn line(&self) -> String {
@@ -1198,6 +1232,19 @@ mod tests {
         assert!(json.get("degradation_max").is_none() && json.get("bottleneck").is_none());
     }
 
+    #[test]
+    fn the_live_view_draws_each_hop_against_its_bound_and_marks_a_full_one() {
+        let mut p = point(1.0, Some(3), Some(("logging", 0.97)));
+        assert_eq!(p.hop_bars(), None, "nothing without --metrics");
+        p.held = Some([0.0, 183.0, 5.0]);
+        p.held_bounds = Some([1024.0, 183.0, 1024.0]);
+        let bars = p.hop_bars().unwrap();
+        assert!(bars.contains("log \u{2595}\u{2588}\u{2588}\u{2588}\u{2588}\u{2588}\u{2588}\u{2588}\u{2588}\u{2588}\u{2588}\u{258f} 183/183 FULL"), "{bars}");
+        assert!(bars.contains("risk \u{2595}\u{2591}"), "{bars}");
+        assert!(!bars.contains("ntf \u{2595}\u{2588}"), "{bars}");
+        assert!(bars.ends_with("<< bottleneck: logging 97%"), "{bars}");
+    }
+
     fn point(t: f64, level: Option<u8>, bottleneck: Option<(&str, f64)>) -> TimelinePoint {
         TimelinePoint {
             t,
@@ -1214,6 +1261,7 @@ mod tests {
             ok_p99_ms: 0.0,
             queues: Some([0.0; 3]),
             held: Some([0.0; 3]),
+            held_bounds: None,
             degradation_level: level,
             bottleneck: bottleneck.map(|(hop, share)| Bottleneck {
                 hop: hop.into(),
@@ -1264,6 +1312,7 @@ mod tests {
         let unscraped = TimelinePoint {
             queues: None,
             held: None,
+            held_bounds: None,
             ..point(1.0, None, None)
         };
         assert_eq!(bottleneck_named(std::slice::from_ref(&unscraped)), None);

@@ -17,7 +17,7 @@ fn loadgen(args: &[&str]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_tells_the_story_and_every_claim_holds() {
     let out =
-        tokio::task::block_in_place(|| loadgen(&["demo", "--phase", "3s", "--rate", "1000", "-q"]));
+        tokio::task::block_in_place(|| loadgen(&["demo", "--phase", "4s", "--rate", "1000", "-q"]));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed: {stdout}\n{stderr}");
