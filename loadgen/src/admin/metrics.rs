@@ -65,8 +65,9 @@ pub struct GatewayPressure {
     /// What the gateway holds for each downstream, queued or sent and awaiting its reply:
     /// where a slow hop's pressure shows (a stalled hop's requests are mostly in flight).
     pub held: [f64; 3],
-    /// What each downstream may hold: its queue capacity or the gateway's concurrency limit,
-    /// whichever is less (the live view's bars).
+    /// What each downstream may hold: its queue capacity or the gateway's concurrency limit
+    /// (or what it has admitted, when the limit just fell below that), whichever is less
+    /// (the live view's bars).
     pub bounds: [f64; 3],
     /// 0..=3; `None` from a gateway without overload control.
     pub degradation_level: Option<u8>,
@@ -88,11 +89,17 @@ impl GatewayPressure {
         let queues = QUEUES.map(|d| gauge("downstream_queue_depth", d));
         let held =
             QUEUES.map(|d| gauge("downstream_queue_depth", d) + gauge("downstream_inflight", d));
+        // A limit that just fell below what was admitted before lets in what is held.
+        let admitted: f64 = samples
+            .iter()
+            .filter(|(k, _)| k.starts_with("sluice_gateway_inflight{"))
+            .map(|(_, v)| v)
+            .sum();
         let limit = samples
             .get("sluice_gateway_concurrency_limit")
             .copied()
             .filter(|l| *l > 0.0)
-            .unwrap_or(f64::INFINITY);
+            .map_or(f64::INFINITY, |l| l.max(admitted));
         let bounds = QUEUES.map(|d| gauge("downstream_queue_capacity", d).min(limit));
         let degradation_level = samples
             .get("sluice_gateway_degradation_level")

@@ -652,6 +652,18 @@ async fn timeline(
             queues: gateway.as_ref().map(|g| g.queues),
             held: gateway.as_ref().map(|g| g.held),
             held_bounds: gateway.as_ref().map(|g| g.bounds),
+            // Only when nothing finished (a stall): then the pending map is what the
+            // backpressure bounds, and the scan is cheap.
+            oldest_outstanding_ms: (i.done == 0)
+                .then(|| {
+                    shared
+                        .pending_map()
+                        .values()
+                        .map(|p| p.intended)
+                        .min()
+                        .map(|oldest| 1000.0 * now.duration_since(oldest).as_secs_f64())
+                })
+                .flatten(),
             degradation_level: gateway.as_ref().and_then(|g| g.degradation_level),
             bottleneck: gateway.and_then(|g| g.bottleneck),
         };

@@ -1108,6 +1108,7 @@ mod tests {
             queues: None,
             held: None,
             held_bounds: None,
+            oldest_outstanding_ms: None,
             degradation_level: None,
             bottleneck: None,
         }

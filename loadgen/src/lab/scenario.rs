@@ -338,6 +338,9 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
             ))
             // Phases start on the timeline; the mesh was ready before the first.
             .wait_ready(false)
+            // The gateway's side of the timeline: what it holds per hop, level, bottleneck
+            // (the HTML report's per-hop chart).
+            .metrics(mesh.gateway.metrics_url().ok())
             .trace_links(args.traces.jaeger_url.clone());
         if let Some(timeout) = &phase.timeout {
             spec = spec.timeout(duration(timeout, "timeout")?);

@@ -609,6 +609,10 @@ pub struct TimelinePoint {
     /// With `--metrics`: what each downstream may hold (for the live view's bars).
     #[serde(skip)]
     pub held_bounds: Option<[f64; 3]>,
+    /// In an interval in which nothing finished: how long the oldest transaction still
+    /// waiting had waited (from its intended send time) at the interval's end, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_outstanding_ms: Option<f64>,
     /// With `--metrics`: the gateway's degradation level (0..=3) at the end of the interval.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub degradation_level: Option<u8>,
@@ -1262,6 +1266,7 @@ mod tests {
             queues: Some([0.0; 3]),
             held: Some([0.0; 3]),
             held_bounds: None,
+            oldest_outstanding_ms: None,
             degradation_level: level,
             bottleneck: bottleneck.map(|(hop, share)| Bottleneck {
                 hop: hop.into(),
@@ -1313,6 +1318,7 @@ mod tests {
             queues: None,
             held: None,
             held_bounds: None,
+            oldest_outstanding_ms: None,
             ..point(1.0, None, None)
         };
         assert_eq!(bottleneck_named(std::slice::from_ref(&unscraped)), None);
