@@ -71,8 +71,9 @@ pub async fn run(
     eprintln!("starting risk, notification, logging and the gateway on loopback ...");
     let mesh = LocalMesh::start(data_dir, GRACE).await?;
     eprintln!(
-        "mesh up: gateway {} (metrics http://{}/metrics), audit log in {}",
+        "mesh up: gateway {} (metrics http://{}/metrics, pressure map http://{}/), audit log in {}",
         mesh.gateway_url,
+        mesh.gateway_admin,
         mesh.gateway_admin,
         mesh.data_dir.display()
     );
@@ -172,9 +173,10 @@ pub async fn story(
     let mesh = LocalMesh::start_with(data_dir, GRACE, Some(STORY_DEADLINE)).await?;
     let metrics = crate::admin::metrics::url(mesh.gateway_admin);
     eprintln!(
-        "mesh up: gateway {} (metrics {metrics}), audit log in {}",
+        "mesh up: gateway {} (metrics {metrics}), audit log in {}\npressure map: open http://{}/ in a browser to watch the hops live",
         mesh.gateway_url,
-        mesh.data_dir.display()
+        mesh.data_dir.display(),
+        mesh.gateway_admin
     );
     let result = drive_story(&mesh, &metrics, spec, rate, phase_for).await;
     eprintln!("shutting down ...");
