@@ -169,6 +169,19 @@ pub async fn metric(admin: SocketAddr, prefix: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// A headless Chromium on this machine (Debian's `chromium`), if any: the rendering checks
+/// are SKIPPED without one.
+pub fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| {
+            std::process::Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+}
+
 /// A minimal HTTP/1.1 GET, enough for the admin endpoints.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

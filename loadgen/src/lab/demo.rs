@@ -22,13 +22,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_proto::pb::Faults;
-
 use crate::admin::control::Control;
 use crate::drive::driver::{self, OutcomeSignal, narrate};
 use crate::drive::spec::{LoadSpec, Mode, Pacing};
 use crate::lab::mesh::LocalMesh;
-use crate::lab::pressure::{HELD, RSS, held_bounds, peaks};
+use crate::lab::pressure::{HELD, RSS, held_bounds, peaks, set_stall};
 use crate::report::Report;
 use crate::report::audit::{self, AuditCheck};
 
@@ -137,17 +135,6 @@ impl Story {
     }
 }
 
-/// Stalls (or releases) logging through its Control API.
-async fn stall_logging(control: &mut Control, stall: bool) -> anyhow::Result<()> {
-    control
-        .set(Faults {
-            stall,
-            ..Default::default()
-        })
-        .await?;
-    Ok(())
-}
-
 /// Sleeps until `at`, then prints the phase's narration at its time in the run.
 async fn phase(start: Instant, at: Duration, line: &str) {
     tokio::time::sleep_until((start + at).into()).await;
@@ -241,7 +228,7 @@ async fn drive_story(
         .await
         .unwrap_or(0.0);
     let stalled = Instant::now();
-    stall_logging(&mut control, true).await?;
+    set_stall(&mut control, true).await?;
     let mut blocked = signal.blocked.subscribe();
     let first_block = tokio::time::timeout(phase_for, async {
         blocked
@@ -272,7 +259,7 @@ async fn drive_story(
         "logging back: throughput returns and the backlog drains",
     )
     .await;
-    stall_logging(&mut control, false).await?;
+    set_stall(&mut control, false).await?;
 
     // 4. Overload.
     let overload_at = unstall_at + phase_for;

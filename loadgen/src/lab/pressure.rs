@@ -209,8 +209,11 @@ pub(crate) async fn peaks<const N: usize>(
 pub(crate) const RSS: &str = "sluice_gateway_process_resident_memory_bytes";
 pub(crate) const HELD: &str = "sluice_gateway_inflight{api=\"stream\"}";
 
-async fn set_stall(mesh: &ProcMesh, stall: bool) -> anyhow::Result<()> {
-    let mut control = mesh.control(&mesh.logging).await?;
+/// Stalls (or releases) a service through its Control API.
+pub(crate) async fn set_stall(
+    control: &mut crate::admin::control::Control,
+    stall: bool,
+) -> anyhow::Result<()> {
     control
         .set(Faults {
             stall,
@@ -279,7 +282,7 @@ async fn stall_phase(
     let baseline = crate::admin::metrics::metric(&metrics, RSS)
         .await
         .unwrap_or(0.0);
-    set_stall(&mesh, true).await?;
+    set_stall(&mut mesh.control(&mesh.logging).await?, true).await?;
     let stall_at = start.elapsed().as_secs_f64();
     let [held, rss] = peaks(
         &metrics,
@@ -288,7 +291,7 @@ async fn stall_phase(
         [0.0, baseline],
     )
     .await;
-    set_stall(&mesh, false).await?;
+    set_stall(&mut mesh.control(&mesh.logging).await?, false).await?;
     let unstall_at = start.elapsed().as_secs_f64();
     let report = load.await??;
     f.held_max = held;

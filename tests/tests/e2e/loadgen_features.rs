@@ -259,15 +259,7 @@ faults = [{ at = "0s", service = "risk", delay_ms = 30 }]
         "self-contained: nothing loaded from the network"
     );
 
-    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .find(|c| {
-            std::process::Command::new(c)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-    else {
+    let Some(chromium) = sluice_tests::chromium() else {
         eprintln!(
             "SKIPPED: rendering check (no chromium; Debian's `chromium` package provides it)"
         );

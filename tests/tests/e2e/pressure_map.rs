@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use sluice_proto::pb::Faults;
-use sluice_tests::{Mesh, bin_dir, eventually, http_get};
+use sluice_tests::{Mesh, bin_dir, chromium, eventually, http_get};
 
 /// The JSON body of an admin response.
 fn body(response: &str) -> Option<serde_json::Value> {
@@ -155,16 +155,4 @@ async fn the_map_marks_a_stalled_logging_full() {
 
     mesh.set_faults(&mesh.logging, Faults::default()).await;
     load.kill().await.ok();
-}
-
-/// A headless Chromium on this machine, if any.
-fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|c| {
-            std::process::Command::new(c)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
 }
