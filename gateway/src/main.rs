@@ -8,12 +8,12 @@ fn main() -> std::process::ExitCode {
         eprintln!("sluice-gateway: {e}");
         return std::process::ExitCode::from(64);
     }
-    let telemetry = config.server.telemetry.clone();
+    let server = config.server.clone();
     sluice_core::server::main_with(
         "sluice-gateway",
-        config.listen,
-        Some(config.admin_listen),
-        &telemetry,
+        (config.listen, Some(config.admin_listen)),
+        // The gateway does the most per transaction (one ingress, three egress hops).
+        (&server, sluice_core::server::DefaultWorkers::Cores),
         |listeners, shutdown| serve(listeners, config, shutdown),
     )
 }

@@ -206,6 +206,9 @@ pub struct MeshOptions {
     pub risk_replicas: usize,
     /// Audit-log partitions, one logging process each (0 or 1: one).
     pub logging_partitions: usize,
+    /// Where the audit log's temporary data directory is made (e.g. a tmpfs); default the
+    /// system's temporary directory.
+    pub data_root: Option<PathBuf>,
 }
 
 /// The four server binaries, started in dependency order.
@@ -232,7 +235,11 @@ impl ProcMesh {
     /// Starts risk, notification, logging (audit log in a fresh temporary directory) and the
     /// gateway from `bin_dir`. Does not wait for the gateway to be ready.
     pub fn start(bin_dir: &Path, options: MeshOptions) -> anyhow::Result<ProcMesh> {
-        let data_dir = tempfile::tempdir()?;
+        let data_dir = match &options.data_root {
+            Some(root) => tempfile::tempdir_in(root)
+                .with_context(|| format!("cannot make a data directory in {}", root.display()))?,
+            None => tempfile::tempdir()?,
+        };
         let admin_token = sluice_core::admin_token::generate()?;
         let with = |extra: &[String]| {
             let mut a = strings(&[

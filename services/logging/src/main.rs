@@ -13,12 +13,11 @@ fn main() -> std::process::ExitCode {
         Ok(config) => config,
         Err(exit) => return exit,
     };
-    let telemetry = config.server.telemetry.clone();
+    let server = config.server.clone();
     sluice_core::server::main_with(
         "sluice-logging",
-        config.listen,
-        Some(config.admin_listen),
-        &telemetry,
+        (config.listen, Some(config.admin_listen)),
+        (&server, sluice_runtime::SERVICE_WORKER_THREADS),
         |listeners, shutdown| serve(listeners, config, shutdown),
     )
 }
