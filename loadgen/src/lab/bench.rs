@@ -263,6 +263,53 @@ fn histogram_quantile(
     None
 }
 
+/// One open-loop run at half load: the client's latency and the audit log's commit time
+/// (write + `fdatasync`, and on a tmpfs everything the writer does per batch) meanwhile.
+struct Tail {
+    p50: f64,
+    p99: f64,
+    max: f64,
+    rate: f64,
+    fsync_p999: f64,
+    fsync_max: f64,
+}
+
+impl Tail {
+    fn line(&self) -> String {
+        format!(
+            "{:.0}/s p50 {:.2} ms p99 {:.2} ms max {:.1} ms; audit commit p99.9 {:.1} ms, max <= {:.1} ms",
+            self.rate, self.p50, self.p99, self.max, self.fsync_p999, self.fsync_max
+        )
+    }
+}
+
+async fn half_load_run(
+    args: &BenchArgs,
+    mesh: &ProcMesh,
+    mode: Mode,
+    rate: f64,
+    run: usize,
+) -> anyhow::Result<Tail> {
+    let logging = mesh.logging.metrics_url()?;
+    let before = crate::admin::metrics::samples(&logging).await;
+    let r = driver::run(args.spec(&mesh.gateway.url(), mode, Pacing::Open { rate }, run)?).await?;
+    let after = crate::admin::metrics::samples(&logging).await;
+    let fsync = |q| match (&before, &after) {
+        (Some(before), Some(after)) => {
+            histogram_quantile(FSYNC_METRIC, before, after, q).map(|s| s * 1e3)
+        }
+        _ => None,
+    };
+    Ok(Tail {
+        p50: r.latency_ms.p50,
+        p99: r.latency_ms.p99,
+        max: r.latency_ms.max,
+        rate: r.achieved_rate,
+        fsync_p999: fsync(0.999).unwrap_or(f64::NAN),
+        fsync_max: fsync(1.0).unwrap_or(f64::NAN),
+    })
+}
+
 /// One build under measurement: where its binaries are and what it measured.
 struct Build {
     name: &'static str,
@@ -272,9 +319,8 @@ struct Build {
     saturation: Vec<f64>,
     saturation_cost: Vec<Cost>,
     saturation_p99: Vec<f64>,
-    disk_p99: Vec<f64>,
-    fsync_p999: Vec<f64>,
-    tmpfs_p99: Vec<f64>,
+    disk: Vec<Tail>,
+    tmpfs: Vec<Tail>,
 }
 
 impl Build {
@@ -287,9 +333,8 @@ impl Build {
             saturation: Vec::new(),
             saturation_cost: Vec::new(),
             saturation_p99: Vec::new(),
-            disk_p99: Vec::new(),
-            fsync_p999: Vec::new(),
-            tmpfs_p99: Vec::new(),
+            disk: Vec::new(),
+            tmpfs: Vec::new(),
         }
     }
 
@@ -464,32 +509,14 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         if args.has(Section::Tail) {
             for run in 0..runs {
                 for (b, m) in measured.iter_mut().zip(&meshes) {
-                    let logging = m.logging.metrics_url()?;
-                    let before = crate::admin::metrics::samples(&logging).await;
-                    let pacing = Pacing::Open {
-                        rate: b.half_load(),
-                    };
-                    let r =
-                        driver::run(args.spec(&m.gateway.url(), mode, pacing, run + 100)?).await?;
-                    let after = crate::admin::metrics::samples(&logging).await;
-                    let fsync = match (before, after) {
-                        (Some(before), Some(after)) => {
-                            histogram_quantile(FSYNC_METRIC, &before, &after, 0.999)
-                                .map(|s| s * 1e3)
-                        }
-                        _ => None,
-                    }
-                    .unwrap_or(f64::NAN);
+                    let tail = half_load_run(&args, m, mode, b.half_load(), run + 100).await?;
                     eprintln!(
-                        "  {mode_name} {} half load on disk run {}: {:.0}/s p50 {:.2} ms p99 {:.2} ms; fsync p99.9 {fsync:.1} ms",
+                        "  {mode_name} {} half load on disk run {}: {}",
                         b.name,
                         run + 1,
-                        r.achieved_rate,
-                        r.latency_ms.p50,
-                        r.latency_ms.p99
+                        tail.line()
                     );
-                    b.disk_p99.push(r.latency_ms.p99);
-                    b.fsync_p999.push(fsync);
+                    b.disk.push(tail);
                 }
             }
         }
@@ -501,20 +528,14 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             }
             for run in 0..runs {
                 for (b, m) in measured.iter_mut().zip(&meshes) {
-                    let pacing = Pacing::Open {
-                        rate: b.half_load(),
-                    };
-                    let r =
-                        driver::run(args.spec(&m.gateway.url(), mode, pacing, run + 200)?).await?;
+                    let tail = half_load_run(&args, m, mode, b.half_load(), run + 200).await?;
                     eprintln!(
-                        "  {mode_name} {} half load on tmpfs run {}: {:.0}/s p50 {:.2} ms p99 {:.2} ms",
+                        "  {mode_name} {} half load on tmpfs run {}: {}",
                         b.name,
                         run + 1,
-                        r.achieved_rate,
-                        r.latency_ms.p50,
-                        r.latency_ms.p99
+                        tail.line()
                     );
-                    b.tmpfs_p99.push(r.latency_ms.p99);
+                    b.tmpfs.push(tail);
                 }
             }
         }
@@ -632,27 +653,29 @@ fn summary(args: &BenchArgs, mode: &str, builds: &[Build], single: Option<&Singl
     row(&mut s, "cpu at saturation", &|b| {
         (!b.saturation_cost.is_empty()).then(|| Cost::line(&b.saturation_cost))
     });
-    row(&mut s, "p99 at half load, disk", &|b| {
-        (!b.disk_p99.is_empty()).then(|| {
-            format!(
-                "{:.2} ms at {:.0}/s (runs {}); fsync p99.9 runs {} ms",
-                median(b.disk_p99.clone()),
-                b.half_load(),
-                list(&b.disk_p99, 1),
-                list(&b.fsync_p999, 1)
-            )
-        })
-    });
-    row(&mut s, "p99 at half load, tmpfs", &|b| {
-        (!b.tmpfs_p99.is_empty()).then(|| {
-            format!(
-                "{:.2} ms (runs {}; worst {:.2})",
-                median(b.tmpfs_p99.clone()),
-                list(&b.tmpfs_p99, 1),
-                b.tmpfs_p99.iter().copied().fold(0.0, f64::max)
-            )
-        })
-    });
+    for (label, pick) in [
+        (
+            "p99 at half load, disk",
+            (|b: &Build| &b.disk) as fn(&Build) -> &Vec<Tail>,
+        ),
+        ("p99 at half load, tmpfs", |b: &Build| &b.tmpfs),
+    ] {
+        row(&mut s, label, &|b| {
+            let tails = pick(b);
+            (!tails.is_empty()).then(|| {
+                let p99: Vec<f64> = tails.iter().map(|t| t.p99).collect();
+                let commit: Vec<f64> = tails.iter().map(|t| t.fsync_p999).collect();
+                format!(
+                    "{:.2} ms at {:.0}/s (runs {}; worst {:.1}); audit commit p99.9 runs {} ms",
+                    median(p99.clone()),
+                    b.half_load(),
+                    list(&p99, 1),
+                    p99.iter().copied().fold(0.0, f64::max),
+                    list(&commit, 1)
+                )
+            })
+        });
+    }
     if let Some(single) = single {
         let sat = median(single.saturation.clone());
         let cost = median(single.cost.clone());

@@ -12,6 +12,7 @@ pub mod commands;
 pub mod config;
 pub mod flags;
 pub mod frame;
+mod id_index;
 pub mod log;
 pub mod recovery;
 

@@ -23,7 +23,8 @@
 //! offset — sent only once that original is durable (when it sits in the same batch, after
 //! the batch's fsync). The same id with a different payload is refused
 //! ([`AuditError::Conflict`]) and nothing is written. The index lives in memory and grows
-//! with the log (about 130 bytes per record); it is rebuilt from the file on start.
+//! with the log (about 130 bytes per record), in shards that each grow on their own
+//! ([`crate::id_index`]); it is rebuilt from the file on start.
 //!
 //! # Recovery
 //!
@@ -34,7 +35,6 @@
 //! `fdatasync`'ed (records written but not synced before a crash become durable before any
 //! reply can mention them) and the directory is fsync'ed (a new file's entry survives).
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -50,7 +50,8 @@ use sluice_core::readiness::Readiness;
 use sluice_proto::pb::AuditEntry;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::frame::{self, Decoded, PayloadDigest};
+use crate::frame::{self, Decoded};
+use crate::id_index::IdIndex;
 use crate::recovery::{self, Scan};
 
 pub use crate::frame::MAX_RECORD_BYTES;
@@ -397,13 +398,11 @@ fn read_frame(reader: &mut impl io::Read, buf: &mut Vec<u8>) -> io::Result<Audit
     }
 }
 
-type IdIndex = HashMap<String, (u64, PayloadDigest)>;
-
 /// Scans `file`, building the id index and the read index.
 fn recover(file: &mut File) -> io::Result<(Scan, IdIndex, ReadIndex)> {
     let len = file.metadata()?.len();
     file.seek(SeekFrom::Start(0))?;
-    let mut by_id = HashMap::new();
+    let mut by_id = IdIndex::new();
     let mut index = ReadIndex::default();
     let scan = recovery::scan(BufReader::new(&mut *file), len, |entry, pos| {
         // Offsets lost to damage (refused below) or quarantined map to GAP.
@@ -580,6 +579,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn record(id: &str) -> NewRecord {
         crate::frame::tests::entry(0, id)
@@ -812,7 +812,7 @@ mod tests {
             file: File::open(&path).unwrap(),
             end: std::fs::metadata(&path).unwrap().len(),
             next_offset: 2,
-            by_id: HashMap::new(),
+            by_id: IdIndex::new(),
             index: Arc::default(),
             max_batch: 16,
             metrics: LogMetrics::new(&mut Registry::default()),
