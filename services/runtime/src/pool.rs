@@ -46,9 +46,11 @@ pub const DEFAULT_WORKERS: usize = 64;
 /// Default capacity of each stream's reply queue (replies produced but not yet taken by
 /// the transport). Room is taken before a read, so when it is full the stream is not read.
 pub const DEFAULT_REPLY_QUEUE: usize = 128;
-/// Default most workers one stream may hold at once. The gateway opens two streams per
-/// service, so half the default pool each lets it use the whole pool while one rogue
-/// stream can never take more than half.
+/// Default most workers one stream may hold at once: half the default pool, so one rogue
+/// stream can never take more than half. A gateway opens one stream per service (a second
+/// gateway, or `--streams-per-downstream 2`, uses the other half); 32 messages in work at
+/// once is far more than risk and notification need, and logging's group commit writes
+/// them in one fsync.
 pub const DEFAULT_STREAM_WORKERS: usize = 32;
 /// Largest pool size (`--workers`, `SetFaults`).
 pub const MAX_WORKERS: usize = 10_000;
