@@ -137,3 +137,63 @@ async fn run_reports_json_that_verify_checks_against_the_log() {
     let bad = tokio::task::block_in_place(|| loadgen(&["run", "--rate", "-3"]));
     assert!(!bad.status.success());
 }
+
+/// `bench` against a base build (here the same binaries): every figure for both builds,
+/// CPU per transaction charged to each mesh process, the tail on disk and on a tmpfs beside
+/// the audit commit time, and the single-hop reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_prints_the_cost_per_process_the_tail_and_the_single_hop_ratio() {
+    let tmpfs = tempfile::tempdir().unwrap();
+    let base = bin_dir().to_str().unwrap().to_string();
+    let out = tokio::task::block_in_place(|| {
+        loadgen(&[
+            "bench",
+            "--modes",
+            "stream",
+            "--runs",
+            "1",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--cost-rate",
+            "300",
+            "--stream-concurrency",
+            "64",
+            "--tmpfs",
+            tmpfs.path().to_str().unwrap(),
+            "--base-bin-dir",
+            &base,
+        ])
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stdout}\n{stderr}");
+    // Each build's CPU per transaction, split by process, every process charged something.
+    for build in ["base", "new"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains("cpu at 300/s") && l.contains(build))
+            .unwrap_or_else(|| panic!("no cost line for {build}:\n{stdout}"));
+        for role in ["gateway", "risk", "notification", "logging"] {
+            let used: f64 = line
+                .split(&format!("{role} "))
+                .nth(1)
+                .and_then(|rest| rest.split([',', ';']).next())
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {role} figure in {line:?}"));
+            assert!(used > 0.0, "{role} charged nothing: {line}");
+        }
+    }
+    for figure in [
+        "saturation",
+        "cpu at saturation",
+        "p99 at half load, disk",
+        "p99 at half load, tmpfs",
+        "audit commit p99.9 runs",
+        "single hop",
+        "mesh / single hop",
+    ] {
+        assert!(stdout.contains(figure), "no {figure:?} in:\n{stdout}");
+    }
+}
