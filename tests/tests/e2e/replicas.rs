@@ -23,6 +23,9 @@ fn options(risk_replicas: usize, partitions: usize, gateway: &[&str]) -> MeshOpt
     }
 }
 
+/// Streams the gateway opens to each replica (its default).
+const PER_REPLICA: f64 = sluice_gateway::downstream::DEFAULT_STREAMS as f64;
+
 /// Waits until the gateway's live streams to `downstream` (all replicas) satisfy `ok`.
 async fn wait_live_streams_until(
     mesh: &Mesh,
@@ -72,7 +75,7 @@ async fn risk_requests(gateway_admin: SocketAddr, replicas: &[SocketAddr]) -> Ve
 async fn one_account_meets_one_risk_replica_so_the_21st_is_review() {
     let mesh = Mesh::start_with(options(3, 1, &[])).await;
     // Every replica connected first: an account's home must be there from the start.
-    wait_live_streams(&mesh, "risk", 6.0).await;
+    wait_live_streams(&mesh, "risk", 3.0 * PER_REPLICA).await;
     let mut gw = mesh.gateway().await;
     let mut decisions = Vec::new();
     for n in 1..=21 {
@@ -146,7 +149,7 @@ async fn wait_more(ok: &AtomicUsize, n: usize, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2c_routes_around_a_slow_risk_replica_within_two_seconds() {
     let mesh = Mesh::start_with(options(3, 1, &["--risk-routing", "balance"])).await;
-    wait_live_streams(&mesh, "risk", 6.0).await;
+    wait_live_streams(&mesh, "risk", 3.0 * PER_REPLICA).await;
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, errors, tasks) = drive(mesh.gateway().await, 16, stop.clone());
     wait_more(&ok, 500, "load under way").await;
@@ -192,7 +195,7 @@ async fn p2c_routes_around_a_slow_risk_replica_within_two_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_risk_replica_costs_the_client_no_error() {
     let mut mesh = Mesh::start_with(options(3, 1, &[])).await;
-    wait_live_streams(&mesh, "risk", 6.0).await;
+    wait_live_streams(&mesh, "risk", 3.0 * PER_REPLICA).await;
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, errors, tasks) = drive(mesh.gateway().await, 16, stop.clone());
     wait_more(&ok, 500, "load under way").await;
@@ -234,7 +237,7 @@ async fn a_killed_risk_replica_costs_the_client_no_error() {
     .await;
     mesh.more_risk[0].sigkill();
     // The gateway notices (its streams to the replica break) and traffic goes on.
-    wait_live_streams_at_most(&mesh, "risk", 4.0).await;
+    wait_live_streams_at_most(&mesh, "risk", 2.0 * PER_REPLICA).await;
     wait_more(&ok, 1000, "1000 outcomes after the kill").await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
@@ -264,7 +267,7 @@ async fn a_killed_risk_replica_costs_the_client_no_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_audit_partition_fails_only_its_own_transactions() {
     let mut mesh = Mesh::start_with(options(1, 2, &[])).await;
-    wait_live_streams(&mesh, "logging", 4.0).await;
+    wait_live_streams(&mesh, "logging", 2.0 * PER_REPLICA).await;
     let mut gw = mesh.gateway().await;
     let mut acked = Vec::new();
     for n in 0..40 {
@@ -319,7 +322,7 @@ async fn a_down_audit_partition_fails_only_its_own_transactions() {
     assert!(!failed.is_empty(), "some ids belong to partition 1");
 
     mesh.more_logging[0].respawn().expect("restart partition 1");
-    wait_live_streams(&mesh, "logging", 4.0).await;
+    wait_live_streams(&mesh, "logging", 2.0 * PER_REPLICA).await;
     for id in failed {
         let o = gw.submit(txn(&id)).await.expect("resubmit").into_inner();
         assert_eq!(o.audit_partition, 1);
