@@ -405,10 +405,9 @@ where
         in_flight.spawn(
             async move {
                 let started = Instant::now();
-                // Built before the stack takes the request: a panic must still be answered.
-                let if_panicked = request.reject(&Status::internal(
-                    "the service failed processing this message",
-                ));
+                // Kept before the stack takes the request: a panic must still be answered
+                // (the rejection itself is built only then, not for every message).
+                let correlation_id = request.correlation_id();
                 let reply = match AssertUnwindSafe(stack.oneshot(request))
                     .catch_unwind()
                     .await
@@ -418,7 +417,10 @@ where
                     Err(_) => {
                         metrics.panics.inc();
                         tracing::error!("work panicked; answered INTERNAL");
-                        if_panicked
+                        Req::Reply::failed(
+                            correlation_id,
+                            &Status::internal("the service failed processing this message"),
+                        )
                     }
                 };
                 let error = reply.error().map(|e| (e.code, e.message.as_str()));
