@@ -45,6 +45,8 @@ until_ok() { local limit=$1; shift; local end=$(( $(date +%s) + limit )); until 
 metric() { curl -sf "http://$admin/metrics" | awk -v k="$1" '$1==k && !found {print $2; found=1}'; }
 at_least() { local v; v=$(metric "$1"); [ -n "$v" ] && awk -v v="$v" -v m="$2" 'BEGIN{exit !(v>=m)}'; }
 at_most() { local v; v=$(metric "$1"); [ -n "$v" ] && awk -v v="$v" -v m="$2" 'BEGIN{exit !(v<=m)}'; }
+# Streams the gateway opens to each replica (its DEFAULT_STREAMS, gateway/src/downstream/mod.rs).
+per_replica=1
 healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$(compose ps -q "$1")" 2>/dev/null)" = healthy ]; }
 json() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print($2)" "$1"; }
 
@@ -63,7 +65,7 @@ admin=$(compose port gateway 9101)
 idle=$(docker stats --no-stream --format '{{.Name}}={{.MemUsage}}' $(compose ps -q) | sed 's/ \/.*//' | tr '\n' ' ')
 
 echo "== replicas: kill one of three risk replicas under load"
-until_ok 30 at_least 'sluice_gateway_downstream_live_streams{downstream="risk"}' 6 || fail "the gateway never found three risk replicas"
+until_ok 30 at_least 'sluice_gateway_downstream_live_streams{downstream="risk"}' $((3 * per_replica)) || fail "the gateway never found three risk replicas"
 read -r -a risks <<<"$(compose ps -q risk | tr '\n' ' ')"
 [ "${#risks[@]}" = 3 ] || fail "expected 3 risk containers, found ${#risks[@]}"
 compose run --rm --no-deps -v "$out:/out" loadgen run --target http://gateway:50051 --mode unary --rate 300 \
@@ -71,7 +73,7 @@ compose run --rm --no-deps -v "$out:/out" loadgen run --target http://gateway:50
 load=$!
 until_ok 60 at_least 'sluice_gateway_transactions_total{api="unary",result="ok"}' 900 || fail "load never got going"
 docker kill "${risks[0]}" >/dev/null
-until_ok 10 at_most 'sluice_gateway_downstream_live_streams{downstream="risk"}' 4 || fail "the gateway never noticed the killed risk replica"
+until_ok 10 at_most 'sluice_gateway_downstream_live_streams{downstream="risk"}' $((2 * per_replica)) || fail "the gateway never noticed the killed risk replica"
 wait "$load" || fail "load generator failed: $(cat "$out/risk-kill.err")"
 [ "$(json "$out/risk-kill.json" "not r['errors'] and r['completed'] == r['sent']")" = True ] \
   || fail "a killed risk replica cost the client: errors $(json "$out/risk-kill.json" "r['errors']"), sent/completed $(json "$out/risk-kill.json" "(r['sent'], r['completed'])")"
@@ -79,7 +81,7 @@ wait "$load" || fail "load generator failed: $(cat "$out/risk-kill.err")"
   || fail "throughput dipped: $(json "$out/risk-kill.json" "[p['ok'] for p in r['timeline']]")"
 risk_kill_ok=$(json "$out/risk-kill.json" "r['ok']")
 docker start "${risks[0]}" >/dev/null
-until_ok 30 at_least 'sluice_gateway_downstream_live_streams{downstream="risk"}' 6 || fail "the restarted risk replica never rejoined"
+until_ok 30 at_least 'sluice_gateway_downstream_live_streams{downstream="risk"}' $((3 * per_replica)) || fail "the restarted risk replica never rejoined"
 
 echo "== replicas: cut one risk replica off the network under load"
 net=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}' "${risks[1]}" | awk '{print $1}')
@@ -89,7 +91,7 @@ load=$!
 until_ok 60 at_least 'sluice_gateway_transactions_total{api="unary",result="ok"}' "$(( $(metric 'sluice_gateway_transactions_total{api="unary",result="ok"}' | cut -d. -f1) + 600 ))" || fail "load never got going"
 t0=$(now)
 docker network disconnect "$net" "${risks[1]}"
-until_ok 10 at_most 'sluice_gateway_downstream_live_streams{downstream="risk"}' 4 || fail "the cut-off risk replica was never ejected"
+until_ok 10 at_most 'sluice_gateway_downstream_live_streams{downstream="risk"}' $((2 * per_replica)) || fail "the cut-off risk replica was never ejected"
 t_eject=$(echo "$(now) - $t0" | bc)
 awk -v t="$t_eject" 'BEGIN{exit !(t < 2.0)}' || fail "ejecting the cut-off replica took ${t_eject}s (keepalive 0.5 s + 0.75 s)"
 wait "$load" || fail "load generator failed: $(cat "$out/risk-cut.err")"
@@ -104,13 +106,13 @@ load=$!
 until_ok 60 at_least 'sluice_gateway_transactions_total{api="unary",result="ok"}' "$(( $(metric 'sluice_gateway_transactions_total{api="unary",result="ok"}' | cut -d. -f1) + 1500 ))" || fail "load never got going"
 loaded=$(docker stats --no-stream --format '{{.Name}}={{.MemUsage}}' $(compose ps -q) | sed 's/ \/.*//' | tr '\n' ' ')
 compose kill logging-1 >/dev/null 2>&1
-until_ok 30 at_most 'sluice_gateway_downstream_live_streams{downstream="logging"}' 2 || fail "gateway never noticed partition 1 was gone"
+until_ok 30 at_most 'sluice_gateway_downstream_live_streams{downstream="logging"}' "$per_replica" || fail "gateway never noticed partition 1 was gone"
 until_ok 30 at_least 'sluice_gateway_rejected_total{api="unary",reason="unavailable"}' 1 || fail "no request failed fast during the outage"
 # Partition 0's transactions go on meanwhile.
 ok_down=$(metric 'sluice_gateway_transactions_total{api="unary",result="ok"}' | cut -d. -f1)
 until_ok 10 at_least 'sluice_gateway_transactions_total{api="unary",result="ok"}' $((ok_down + 300)) || fail "partition 0 stopped with partition 1"
 compose start logging-1 >/dev/null 2>&1
-until_ok 60 at_least 'sluice_gateway_downstream_live_streams{downstream="logging"}' 4 || fail "gateway never reconnected"
+until_ok 60 at_least 'sluice_gateway_downstream_live_streams{downstream="logging"}' $((2 * per_replica)) || fail "gateway never reconnected"
 wait "$load" || fail "load generator failed: $(cat "$out/kill.err")"
 [ "$(json "$out/kill.json" "r['completed'] == r['sent']")" = True ] || fail "hung requests: $(json "$out/kill.json" "(r['sent'], r['completed'])")"
 [ "$(json "$out/kill.json" "set(r['errors']) <= {'UNAVAILABLE', 'DEADLINE_EXCEEDED'}")" = True ] || fail "unexpected errors $(json "$out/kill.json" "r['errors']")"
