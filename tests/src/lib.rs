@@ -14,11 +14,28 @@ use std::time::Duration;
 pub use sluice_loadgen::lab::procs::{MeshOptions, Proc, ProcMesh};
 use sluice_proto::pb::gateway_client::GatewayClient;
 use sluice_proto::pb::logging_client::LoggingClient;
-use sluice_proto::pb::{AuditEntry, ReadRequest, Transaction};
+use sluice_proto::pb::{AuditEntry, Faults, ReadRequest, Transaction};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+
+/// The faults that stall a service: it reads nothing until [`CLEAR`].
+pub const STALL: Faults = Faults {
+    stall: true,
+    delay_ms: 0,
+    jitter_ms: 0,
+    error_rate: 0.0,
+    workers: 0,
+};
+/// No faults: the service as configured.
+pub const CLEAR: Faults = Faults {
+    stall: false,
+    delay_ms: 0,
+    jitter_ms: 0,
+    error_rate: 0.0,
+    workers: 0,
+};
 
 /// The directory holding the workspace's binaries, built on first use.
 pub fn bin_dir() -> &'static Path {

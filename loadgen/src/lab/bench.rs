@@ -459,50 +459,39 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             meshes.push(mesh(&args, &b.dir, mode, None).await?);
         }
         if args.has(Section::Cost) {
+            let pacing = Pacing::Open {
+                rate: args.cost_rate,
+            };
             for run in 0..runs {
                 for (b, m) in measured.iter_mut().zip(&meshes) {
-                    let cpu = Cpu::of_mesh(m, ticks);
-                    let pacing = Pacing::Open {
-                        rate: args.cost_rate,
-                    };
-                    let (r, cost) = cpu
-                        .run(args.spec(&m.gateway.url(), mode, pacing, run)?)
-                        .await?;
+                    let (r, cost) = charged_run(&args, m, mode, pacing.clone(), run, ticks).await?;
                     eprintln!(
-                        "  {mode_name} {} cost run {}: {:.0} µs/tx at {:.0}/s, p99 {:.2} ms",
+                        "  {mode_name} {} cost run {}: {}",
                         b.name,
                         run + 1,
-                        cost.total(),
-                        r.achieved_rate,
-                        r.latency_ms.p99
+                        run_line(&r, &cost)
                     );
-                    b.cost.push(cost);
                     b.cost_p99.push(r.latency_ms.p99);
+                    b.cost.push(cost);
                 }
             }
         }
         if args.has(Section::Saturation) {
+            let pacing = Pacing::Closed {
+                concurrency: args.concurrency(mode),
+            };
             for run in 0..runs {
                 for (b, m) in measured.iter_mut().zip(&meshes) {
-                    let cpu = Cpu::of_mesh(m, ticks);
-                    let pacing = Pacing::Closed {
-                        concurrency: args.concurrency(mode),
-                    };
-                    let (r, cost) = cpu
-                        .run(args.spec(&m.gateway.url(), mode, pacing, run)?)
-                        .await?;
+                    let (r, cost) = charged_run(&args, m, mode, pacing.clone(), run, ticks).await?;
                     eprintln!(
-                        "  {mode_name} {} saturation run {}: {:.0} ok/s, {:.0} µs/tx, p99 {:.1} ms, errors {:?}",
+                        "  {mode_name} {} saturation run {}: {}",
                         b.name,
                         run + 1,
-                        r.ok_rate,
-                        cost.total(),
-                        r.latency_ms.p99,
-                        r.errors
+                        run_line(&r, &cost)
                     );
                     b.saturation.push(r.ok_rate);
-                    b.saturation_cost.push(cost);
                     b.saturation_p99.push(r.latency_ms.p99);
+                    b.saturation_cost.push(cost);
                 }
             }
         }
@@ -562,6 +551,31 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+/// One run against `mesh`, its CPU charged to each of the mesh's processes.
+async fn charged_run(
+    args: &BenchArgs,
+    mesh: &ProcMesh,
+    mode: Mode,
+    pacing: Pacing,
+    run: usize,
+    ticks: f64,
+) -> anyhow::Result<(Report, Cost)> {
+    Cpu::of_mesh(mesh, ticks)
+        .run(args.spec(&mesh.gateway.url(), mode, pacing, run)?)
+        .await
+}
+
+/// A charged run's progress line.
+fn run_line(r: &Report, cost: &Cost) -> String {
+    format!(
+        "{:.0} ok/s, {:.0} µs/tx, p99 {:.2} ms, errors {:?}",
+        r.ok_rate,
+        cost.total(),
+        r.latency_ms.p99,
+        r.errors
+    )
 }
 
 /// The single-hop reference: this generator against `sink` in its own process.

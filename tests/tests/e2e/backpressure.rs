@@ -22,20 +22,7 @@ fn strings(list: &[&str]) -> Vec<String> {
         .collect()
 }
 
-const STALL: Faults = Faults {
-    stall: true,
-    delay_ms: 0,
-    jitter_ms: 0,
-    error_rate: 0.0,
-    workers: 0,
-};
-const CLEAR: Faults = Faults {
-    stall: false,
-    delay_ms: 0,
-    jitter_ms: 0,
-    error_rate: 0.0,
-    workers: 0,
-};
+use sluice_tests::{CLEAR, STALL};
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// Per-second timeline points of a report whose `t` lies in `[from, to]`.

@@ -15,13 +15,7 @@ use tokio::task::JoinHandle;
 use tonic::Code;
 use tonic::transport::Channel;
 
-const CLEAR: Faults = Faults {
-    delay_ms: 0,
-    jitter_ms: 0,
-    error_rate: 0.0,
-    stall: false,
-    workers: 0,
-};
+use sluice_tests::CLEAR;
 
 fn delay(ms: u32) -> Faults {
     Faults {

@@ -1,12 +1,11 @@
 //! The live pressure map on the gateway's admin port: with logging stalled under load, its
 //! snapshot marks logging full (and nothing else), its event stream pushes snapshots, and
 //! the page, rendered in headless Chromium, draws the logging hop full.
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use sluice_proto::pb::Faults;
-use sluice_tests::{Mesh, bin_dir, chromium, eventually, http_get};
+use sluice_tests::{Mesh, STALL, bin_dir, chromium, eventually, http_get};
 
 /// The JSON body of an admin response.
 fn body(response: &str) -> Option<serde_json::Value> {
@@ -82,14 +81,7 @@ async fn the_map_marks_a_stalled_logging_full() {
     let event = first_event(admin).await;
     assert_eq!(event["services"].as_array().map(Vec::len), Some(3));
 
-    mesh.set_faults(
-        &mesh.logging,
-        Faults {
-            stall: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    mesh.set_faults(&mesh.logging, STALL).await;
     let stalled = eventually("logging drawn full", Duration::from_secs(15), || async {
         let s = body(&http_get(admin, "/pressure").await?)?;
         (hop(&s, "logging")["full"] == true).then_some(s)

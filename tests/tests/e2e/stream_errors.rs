@@ -1,11 +1,10 @@
 //! Errors and shutdown end a SubmitStream visibly, and no path leaks the gateway's
 //! accounting (in-flight gauges, transaction counts).
-
 use std::time::Duration;
 
 use prost::Message;
 use sluice_proto::pb::Faults;
-use sluice_tests::{Mesh, eventually, metric, open_submit_stream, submit_stream_raw, txn};
+use sluice_tests::{Mesh, STALL, eventually, metric, open_submit_stream, submit_stream_raw, txn};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -81,14 +80,7 @@ async fn cancelled_calls_and_broken_streams_leak_no_accounting() {
     let mesh = Mesh::start().await;
     let admin = mesh.gateway.admin.expect("gateway admin");
     let gw = mesh.gateway().await;
-    mesh.set_faults(
-        &mesh.logging,
-        Faults {
-            stall: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    mesh.set_faults(&mesh.logging, STALL).await;
     // 50 unary calls and a stream with 20 admitted, all stuck behind the stalled log.
     let mut calls = Vec::new();
     for i in 0..50 {
