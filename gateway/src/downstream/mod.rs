@@ -62,6 +62,15 @@ pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(50);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Default queue slots kept for immediate (unary) admissions.
 pub const DEFAULT_IMMEDIATE_RESERVED: usize = 256;
+/// Default linger: how long a stream that finds its queue empty holds the next request
+/// before sending it, so the requests that arrive meanwhile share its HTTP/2 frame, its
+/// write and the service's wake-up. Zero sends each request at once.
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(1);
+/// Default most requests a linger waits for: with this many together the batch goes at
+/// once, so at high rates a linger ends long before its time.
+pub const DEFAULT_LINGER_BATCH: u16 = 8;
+/// Largest `--downstream-linger-batch`.
+pub const MAX_LINGER_BATCH: u16 = 4096;
 
 /// One request for a downstream: the message, its absolute deadline, and the hop's span
 /// (which records the queue wait and ends when the reply or the failure arrives).
@@ -129,6 +138,11 @@ pub struct DownstreamConfig {
     /// streams wait: every freed slot would otherwise go to a waiting reader. At most a
     /// quarter of the queue.
     pub immediate_reserved: usize,
+    /// How long a stream that found its queue empty holds the next request before sending
+    /// it ([`DEFAULT_LINGER`]); a queue that is not empty is never held.
+    pub linger: Duration,
+    /// Most requests a linger gathers before sending ([`DEFAULT_LINGER_BATCH`]).
+    pub linger_batch: usize,
 }
 
 impl Default for DownstreamConfig {
@@ -142,6 +156,8 @@ impl Default for DownstreamConfig {
             max_message_size: sluice_core::h2::DEFAULT_MAX_MESSAGE_SIZE,
             auth: None,
             immediate_reserved: DEFAULT_IMMEDIATE_RESERVED,
+            linger: DEFAULT_LINGER,
+            linger_batch: usize::from(DEFAULT_LINGER_BATCH),
         }
     }
 }

@@ -7,7 +7,7 @@
 //! the reply with that id. When the stream breaks, every request still waiting fails
 //! UNAVAILABLE and the stream reopens after a [`Backoff`] delay.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -16,7 +16,7 @@ use std::time::Instant;
 use futures::Stream;
 use sluice_core::{CancellationToken, spans};
 use sluice_proto::{HopReply, HopRequest};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 use tonic::{GrpcMethod, Status, Streaming};
@@ -249,8 +249,74 @@ async fn drain_queue<R: HopRequest>(shared: &Shared<R>) {
     }
 }
 
+/// A request taken from the queue with its place under `stream_inflight`, not yet sent.
+type Taken<R> = (OwnedSemaphorePermit, Envelope<R>);
+
+/// Takes the next requests into `batch` (empty on entry); false when the stream is to end.
+///
+/// A queue that is not empty gives one request at once: the encoder asks again before it
+/// flushes, so everything already queued shares a frame anyway. An empty queue means the
+/// next request starts a batch: it is held until `linger` has passed or `linger_batch`
+/// requests are together, so that those arriving meanwhile share its frame, its write and
+/// the service's wake-up instead of each paying for its own.
+async fn take_batch<R: HopRequest>(
+    shared: &Shared<R>,
+    inflight: &Arc<Semaphore>,
+    stop: &CancellationToken,
+    batch: &mut VecDeque<Taken<R>>,
+) -> bool {
+    let (linger, most) = (shared.config.linger, shared.config.linger_batch.max(1));
+    let permit = tokio::select! {
+        p = inflight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return false },
+        _ = stop.cancelled() => return false,
+    };
+    let mut rx = tokio::select! {
+        rx = shared.rx.lock() => rx,
+        _ = stop.cancelled() => return false,
+    };
+    match rx.try_recv() {
+        Ok(envelope) => {
+            batch.push_back((permit, envelope));
+            return true;
+        }
+        Err(mpsc::error::TryRecvError::Disconnected) => return false,
+        Err(mpsc::error::TryRecvError::Empty) => {}
+    }
+    let first = tokio::select! {
+        e = rx.recv() => e,
+        _ = stop.cancelled() => return false,
+    };
+    let Some(first) = first else { return false };
+    batch.push_back((permit, first));
+    if linger.is_zero() {
+        return true;
+    }
+    let until = tokio::time::sleep(linger);
+    tokio::pin!(until);
+    while batch.len() < most {
+        let permit = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return false,
+            _ = &mut until => break,
+            p = inflight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return false },
+        };
+        let next = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return false,
+            _ = &mut until => break,
+            e = rx.recv() => e,
+        };
+        match next {
+            Some(envelope) => batch.push_back((permit, envelope)),
+            None => break,
+        }
+    }
+    true
+}
+
 /// The request body of one stream: pulls from the shared queue only when polled (the h2
-/// stream has room) and while fewer than `stream_inflight` requests await replies.
+/// stream has room) and while fewer than `stream_inflight` requests await replies; a
+/// request that finds the queue empty lingers for company ([`take_batch`]).
 fn outbound<R: HopRequest>(
     shared: Arc<Shared<R>>,
     pending: Arc<Mutex<Pending<R>>>,
@@ -258,22 +324,12 @@ fn outbound<R: HopRequest>(
     stop: CancellationToken,
 ) -> Outbound<R> {
     Outbound(Box::pin(async_stream::stream! {
+        let mut batch = VecDeque::with_capacity(shared.config.linger_batch.max(1));
         loop {
-            let permit = tokio::select! {
-                p = inflight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                _ = stop.cancelled() => break,
-            };
-            let envelope = {
-                let mut rx = tokio::select! {
-                    rx = shared.rx.lock() => rx,
-                    _ = stop.cancelled() => break,
-                };
-                tokio::select! {
-                    e = rx.recv() => e,
-                    _ = stop.cancelled() => break,
-                }
-            };
-            let Some(envelope) = envelope else { break };
+            if batch.is_empty() && !take_batch(&shared, &inflight, &stop, &mut batch).await {
+                break;
+            }
+            let Some((permit, envelope)) = batch.pop_front() else { break };
             let Envelope { call, reply, enqueued_at, outstanding, .. } = envelope;
             let (mut request, span) = (call.request, call.span);
             shared.metrics.queue_depth.dec();
@@ -304,6 +360,12 @@ fn outbound<R: HopRequest>(
             let handed = Instant::now();
             yield request;
             shared.metrics.send_blocked.inc_by(handed.elapsed().as_secs_f64());
+        }
+        // Taken but never sent: answered now, not left to a dropped reply channel.
+        for (_, envelope) in batch {
+            shared.metrics.queue_depth.dec();
+            let status = Status::unavailable(format!("{} stream closed", R::NAME));
+            refuse::<R>(envelope.reply, &envelope.call.span, "stream_broke", status);
         }
     }))
 }
