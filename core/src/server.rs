@@ -234,29 +234,24 @@ pub struct CommonServerArgs {
     /// cannot take every file descriptor.
     #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = crate::incoming::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
-    /// Threads that run the server's tasks (1 to 256). Default: one for risk, notification
-    /// and logging, the number of cores for the gateway. Each thread parked on its own
-    /// wakes separately: on a box shared by the whole mesh, fewer threads per service means
-    /// fewer wake-ups and context switches per message (see the README's performance table).
-    #[arg(long, env = "SLUICE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=MAX_WORKER_THREADS as i64))]
-    pub worker_threads: Option<u16>,
+    /// Threads that run the server's tasks (1 to 256). Every Sluice process defaults to
+    /// one: each message costs little work and much waking, and on a machine the mesh
+    /// shares, a second thread per process bought more wake-ups and context switches than
+    /// parallelism (`sluice-loadgen bench`: less CPU per transaction and a higher saturation
+    /// for the gateway too; the README's performance table). Give a gateway that has
+    /// cores of its own one thread per core.
+    #[arg(long, env = "SLUICE_WORKER_THREADS", default_value_t = DEFAULT_WORKER_THREADS, value_parser = clap::value_parser!(u16).range(1..=MAX_WORKER_THREADS as i64))]
+    pub worker_threads: u16,
     #[command(flatten)]
     pub h2: crate::h2::H2Settings,
     #[command(flatten)]
     pub telemetry: crate::telemetry::TelemetryArgs,
 }
 
+/// Default `--worker-threads`.
+pub const DEFAULT_WORKER_THREADS: u16 = 1;
 /// Most `--worker-threads`: far past any useful value on one machine.
 pub const MAX_WORKER_THREADS: u16 = 256;
-
-/// How many threads run a binary's tasks when `--worker-threads` is not given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DefaultWorkers {
-    /// One per core (tokio's default): the gateway, which does the most per transaction.
-    Cores,
-    /// Exactly this many.
-    Exactly(u16),
-}
 
 impl CommonServerArgs {
     /// The accept loop's limits.
@@ -274,7 +269,7 @@ impl CommonServerArgs {
 pub fn main_with<F, Fut>(
     name: &'static str,
     (grpc, admin): (SocketAddr, Option<SocketAddr>),
-    (common, workers): (&CommonServerArgs, DefaultWorkers),
+    common: &CommonServerArgs,
     serve: F,
 ) -> std::process::ExitCode
 where
@@ -284,12 +279,7 @@ where
     let telemetry = &common.telemetry;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    match (common.worker_threads, workers) {
-        (Some(n), _) | (None, DefaultWorkers::Exactly(n)) => {
-            builder.worker_threads(usize::from(n.max(1)));
-        }
-        (None, DefaultWorkers::Cores) => {}
-    }
+    builder.worker_threads(usize::from(common.worker_threads));
     let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -364,13 +354,13 @@ mod tests {
             crate::incoming::DEFAULT_MAX_CONNECTIONS
         );
         assert_eq!(common.grace_period, crate::shutdown::DEFAULT_GRACE_PERIOD);
-        assert_eq!(common.worker_threads, None);
+        assert_eq!(common.worker_threads, DEFAULT_WORKER_THREADS);
     }
 
     #[test]
     fn worker_threads_are_bounded() {
         let parse = |v: &str| Cli::try_parse_from(["test", "--worker-threads", v]);
-        assert_eq!(parse("2").unwrap().common.worker_threads, Some(2));
+        assert_eq!(parse("2").unwrap().common.worker_threads, 2);
         assert!(parse("0").is_err());
         assert!(parse("257").is_err());
     }

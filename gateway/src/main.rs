@@ -17,8 +17,7 @@ fn main() -> std::process::ExitCode {
     sluice_core::server::main_with(
         "sluice-gateway",
         (config.listen, Some(config.admin_listen)),
-        // The gateway does the most per transaction (one ingress, three egress hops).
-        (&server, sluice_core::server::DefaultWorkers::Cores),
+        &server,
         |listeners, shutdown| serve(listeners, config, shutdown),
     )
 }

@@ -190,6 +190,60 @@ async fn readiness_is_queue_room() {
 }
 
 #[tokio::test]
+async fn a_request_that_finds_the_queue_empty_lingers_for_company() {
+    let linger = Duration::from_millis(50);
+    let url = answering().await;
+    let (d, _workers) = client(
+        &url,
+        DownstreamConfig {
+            linger,
+            linger_batch: 100,
+            ..config(16, 16)
+        },
+    );
+    until_live(&d).await;
+    let sent = Instant::now();
+    let reply = d.service(Admission::Wait).oneshot(call("alone")).await;
+    assert_eq!(reply.expect("answered").risk_score, 7.0);
+    assert!(
+        sent.elapsed() >= linger,
+        "a lone request is held for the linger, answered after {:?}",
+        sent.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_linger_ends_when_its_batch_is_full() {
+    // A linger far past the test's life: only a full batch (4) can send these.
+    let url = answering().await;
+    let (d, _workers) = client(
+        &url,
+        DownstreamConfig {
+            linger: Duration::from_secs(3600),
+            linger_batch: 4,
+            ..config(16, 16)
+        },
+    );
+    until_live(&d).await;
+    let first: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(d.service(Admission::Wait).oneshot(call(&format!("t{i}")))))
+        .collect();
+    until("the stream took the three", || {
+        d.outstanding() == 3 && d.queue_depth() == 0
+    })
+    .await;
+    assert!(
+        first.iter().all(|r| !r.is_finished()),
+        "three of a batch of four wait for the fourth"
+    );
+    let fourth = d.service(Admission::Wait).oneshot(call("t3")).await;
+    assert_eq!(fourth.expect("answered").risk_score, 7.0);
+    for r in first {
+        assert_eq!(r.await.unwrap().expect("answered").risk_score, 7.0);
+    }
+}
+
+#[tokio::test]
 async fn no_live_stream_fails_fast() {
     // Nothing listens on this port (bound, then closed).
     let url = {

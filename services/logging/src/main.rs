@@ -22,7 +22,7 @@ fn main() -> std::process::ExitCode {
     sluice_core::server::main_with(
         "sluice-logging",
         (config.listen, Some(config.admin_listen)),
-        (&server, sluice_runtime::SERVICE_WORKER_THREADS),
+        &server,
         |listeners, shutdown| serve(listeners, config, shutdown),
     )
 }

@@ -37,11 +37,3 @@ pub mod trace;
 
 pub use pool::{ReplyStream, WorkerPool};
 pub use service::{ServiceArgs, ServiceConfig, run_service};
-
-/// Threads that run a downstream service's tasks unless `--worker-threads` says otherwise:
-/// one. A service does little per message (the work itself is microseconds); what costs is
-/// waking up for it, and with two threads per service every message could wake both. On a
-/// machine the whole mesh shares, one thread per service cut the mesh's CPU per transaction
-/// (the README's performance table has the figures).
-pub const SERVICE_WORKER_THREADS: sluice_core::server::DefaultWorkers =
-    sluice_core::server::DefaultWorkers::Exactly(1);
