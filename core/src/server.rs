@@ -354,7 +354,7 @@ mod tests {
             crate::incoming::DEFAULT_MAX_CONNECTIONS
         );
         assert_eq!(common.grace_period, crate::shutdown::DEFAULT_GRACE_PERIOD);
-        assert_eq!(common.worker_threads, DEFAULT_WORKER_THREADS);
+        assert_eq!(common.worker_threads, super::DEFAULT_WORKER_THREADS);
     }
 
     #[test]
