@@ -245,7 +245,10 @@ impl Recorder {
             message: message.to_string(),
             latency: Some(latency),
         };
-        self.slowest.offer(micros, noted);
+        // Ranked by the exact latency (the one reported), not the histogram's microseconds:
+        // two in the same microsecond would tie and come out in arrival order.
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.slowest.offer(nanos, noted);
         if let Some(error) = error {
             if self.failed.len() < DEFAULT_FAILED {
                 self.failed.push(noted());
