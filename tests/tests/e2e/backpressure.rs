@@ -222,20 +222,42 @@ async fn stalled_logging_refuses_unary_fast_with_pushback_and_loses_nothing() {
 
     let gw = mesh.gateway().await;
     let (tx, mut rx) = mpsc::channel(CALLS);
-    for i in 0..CALLS {
-        let (mut gw, tx) = (gw.clone(), tx.clone());
-        tokio::spawn(async move {
-            let id = format!("bp-unary-{i}");
-            let mut request = tonic::Request::new(txn(&id));
-            request.set_timeout(Duration::from_secs(120));
-            let started = Instant::now();
-            let result = gw
-                .submit(request)
-                .await
-                .map(|r| r.into_inner().audit_offset);
-            let _ = tx.send((id, result, started.elapsed())).await;
-        });
-    }
+    let send = |calls: std::ops::Range<usize>| {
+        for i in calls {
+            let (mut gw, tx) = (gw.clone(), tx.clone());
+            tokio::spawn(async move {
+                let id = format!("bp-unary-{i}");
+                let mut request = tonic::Request::new(txn(&id));
+                request.set_timeout(Duration::from_secs(120));
+                let started = Instant::now();
+                let result = gw
+                    .submit(request)
+                    .await
+                    .map(|r| r.into_inner().audit_offset);
+                let _ = tx.send((id, result, started.elapsed())).await;
+            });
+        }
+    };
+    // First as many calls as logging's streams carry: they leave the queue for the streams
+    // (and stay there, unread). Only then the burst, which meets a queue the streams no
+    // longer pull from: it fills and the rest are refused, whatever the order in which the
+    // gateway's tasks run.
+    let on_streams = (STREAMS * STREAM_INFLIGHT) as usize;
+    send(0..on_streams);
+    eventually(
+        "logging's streams carry their in-flight bound",
+        Duration::from_secs(60),
+        || async move {
+            let sent = metric(
+                admin,
+                "sluice_gateway_downstream_inflight{downstream=\"logging\"}",
+            )
+            .await?;
+            (sent as usize == on_streams).then_some(())
+        },
+    )
+    .await;
+    send(on_streams..CALLS);
     drop(tx);
     // The refused come back at once; the admitted wait for logging. Wait until every call is
     // either back or counted in flight at the gateway.
@@ -256,13 +278,9 @@ async fn stalled_logging_refuses_unary_fast_with_pushback_and_loses_nothing() {
         },
     )
     .await;
-    assert!(
-        inflight as u64 <= bound,
-        "{inflight} admitted, bound {bound}"
-    );
-    assert!(
-        inflight as u64 >= bound - 2,
-        "{inflight} admitted: queues not at their bound {bound}"
+    assert_eq!(
+        inflight as u64, bound,
+        "admitted: the queue and the streams' in-flight, exactly"
     );
     for (id, result, elapsed) in &refused {
         let status = result
