@@ -139,6 +139,8 @@ fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
 fn parse(body: &str) -> BTreeMap<String, f64> {
     body.lines()
         .filter(|l| !l.starts_with('#'))
+        // An OpenMetrics exemplar follows the value after " # ": not part of the sample.
+        .map(|l| l.split_once(" # ").map_or(l, |(sample, _)| sample))
         .filter_map(|l| l.rsplit_once(' '))
         .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_string(), v)))
         .collect()
@@ -153,6 +155,15 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(s["x{a=\"1\"}"], 3.0);
         assert_eq!(s["up"], 1.5);
+    }
+
+    #[test]
+    fn an_exemplar_is_not_part_of_its_sample() {
+        let body =
+            "h_bucket{api=\"stream\",le=\"0.01\"} 7 # {trace_id=\"4bf9\"} 0.004 1700000000.1\n";
+        let s = super::parse(body);
+        assert_eq!(s["h_bucket{api=\"stream\",le=\"0.01\"}"], 7.0);
+        assert_eq!(s.len(), 1);
     }
 
     #[test]

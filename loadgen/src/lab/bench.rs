@@ -36,6 +36,9 @@ pub const DEFAULT_COST_RATE: f64 = 3000.0;
 pub const DEFAULT_TMPFS: &str = "/dev/shm";
 /// The audit log's fsync histogram (logging's `/metrics`).
 const FSYNC_METRIC: &str = "sluice_logging_audit_fsync_seconds";
+/// The gateway's own latency, admission to outcome (its `/metrics`), by API: what of the
+/// client's latency the mesh spent, apart from the generator and the sockets to it.
+const GATEWAY_LATENCY: &str = "sluice_gateway_latency_seconds";
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -218,9 +221,10 @@ fn list(v: &[f64], decimals: usize) -> String {
 }
 
 /// The `q` quantile (seconds) of the observations a Prometheus histogram gained between two
-/// scrapes, interpolated within its bucket as `histogram_quantile` does.
+/// scrapes, interpolated within its bucket as `histogram_quantile` does: the histogram
+/// `name`, its series with the label `label` (e.g. `api="stream"`; `""` when it has one).
 fn histogram_quantile(
-    name: &str,
+    (name, label): (&str, &str),
     before: &BTreeMap<String, f64>,
     after: &BTreeMap<String, f64>,
     q: f64,
@@ -229,8 +233,9 @@ fn histogram_quantile(
     let mut buckets: Vec<(f64, f64)> = after
         .range(prefix.clone()..)
         .take_while(|(k, _)| k.starts_with(&prefix))
+        .filter(|(k, _)| k.contains(label))
         .filter_map(|(k, v)| {
-            let le = k.rsplit_once("le=\"")?.1.strip_suffix("\"}")?;
+            let le = k.split_once("le=\"")?.1.split_once('"')?.0;
             let le = if le == "+Inf" {
                 f64::INFINITY
             } else {
@@ -272,13 +277,21 @@ struct Tail {
     rate: f64,
     fsync_p999: f64,
     fsync_max: f64,
+    /// p99 of the gateway's own latency (admission to outcome) over the run.
+    gateway_p99: f64,
 }
 
 impl Tail {
     fn line(&self) -> String {
         format!(
-            "{:.0}/s p50 {:.2} ms p99 {:.2} ms max {:.1} ms; audit commit p99.9 {:.1} ms, max <= {:.1} ms",
-            self.rate, self.p50, self.p99, self.max, self.fsync_p999, self.fsync_max
+            "{:.0}/s p50 {:.2} ms p99 {:.2} ms max {:.1} ms; gateway p99 {:.1} ms; audit commit p99.9 {:.1} ms, max <= {:.1} ms",
+            self.rate,
+            self.p50,
+            self.p99,
+            self.max,
+            self.gateway_p99,
+            self.fsync_p999,
+            self.fsync_max
         )
     }
 }
@@ -290,16 +303,27 @@ async fn half_load_run(
     rate: f64,
     run: usize,
 ) -> anyhow::Result<Tail> {
-    let logging = mesh.logging.metrics_url()?;
-    let before = crate::admin::metrics::samples(&logging).await;
+    let (logging, gateway) = (mesh.logging.metrics_url()?, mesh.gateway.metrics_url()?);
+    let scrape = || async {
+        let logging = crate::admin::metrics::samples(&logging).await;
+        (logging, crate::admin::metrics::samples(&gateway).await)
+    };
+    let before = scrape().await;
     let r = driver::run(args.spec(&mesh.gateway.url(), mode, Pacing::Open { rate }, run)?).await?;
-    let after = crate::admin::metrics::samples(&logging).await;
-    let fsync = |q| match (&before, &after) {
+    let after = scrape().await;
+    let ms = |series: (&str, &str), before: &Option<_>, after: &Option<_>, q| match (before, after)
+    {
         (Some(before), Some(after)) => {
-            histogram_quantile(FSYNC_METRIC, before, after, q).map(|s| s * 1e3)
+            histogram_quantile(series, before, after, q).map(|s| s * 1e3)
         }
         _ => None,
     };
+    let fsync = |q| ms((FSYNC_METRIC, ""), &before.0, &after.0, q);
+    let api = match mode {
+        Mode::Unary => "unary",
+        Mode::Stream => "stream",
+    };
+    let api = format!("api=\"{api}\"");
     Ok(Tail {
         p50: r.latency_ms.p50,
         p99: r.latency_ms.p99,
@@ -307,6 +331,7 @@ async fn half_load_run(
         rate: r.achieved_rate,
         fsync_p999: fsync(0.999).unwrap_or(f64::NAN),
         fsync_max: fsync(1.0).unwrap_or(f64::NAN),
+        gateway_p99: ms((GATEWAY_LATENCY, &api), &before.1, &after.1, 0.99).unwrap_or(f64::NAN),
     })
 }
 
@@ -679,12 +704,14 @@ fn summary(args: &BenchArgs, mode: &str, builds: &[Build], single: Option<&Singl
             (!tails.is_empty()).then(|| {
                 let p99: Vec<f64> = tails.iter().map(|t| t.p99).collect();
                 let commit: Vec<f64> = tails.iter().map(|t| t.fsync_p999).collect();
+                let gateway: Vec<f64> = tails.iter().map(|t| t.gateway_p99).collect();
                 format!(
-                    "{:.2} ms at {:.0}/s (runs {}; worst {:.1}); audit commit p99.9 runs {} ms",
+                    "{:.2} ms at {:.0}/s (runs {}; worst {:.1}); gateway p99 runs {} ms; audit commit p99.9 runs {} ms",
                     median(p99.clone()),
                     b.half_load(),
                     list(&p99, 1),
                     p99.iter().copied().fold(0.0, f64::max),
+                    list(&gateway, 1),
                     list(&commit, 1)
                 )
             })
@@ -743,13 +770,33 @@ mod tests {
             ("x_bucket{le=\"0.01\"}", 1100.0),
             ("x_bucket{le=\"+Inf\"}", 1100.0),
         ]);
-        let p50 = histogram_quantile("x", &before, &after, 0.5).unwrap();
+        let p50 = histogram_quantile(("x", ""), &before, &after, 0.5).unwrap();
         assert!((p50 - 0.000_505).abs() < 1e-6, "{p50}");
-        let p999 = histogram_quantile("x", &before, &after, 0.999).unwrap();
+        let p999 = histogram_quantile(("x", ""), &before, &after, 0.999).unwrap();
         // Rank 999: 9 of the 10 in the 1–10 ms bucket.
         assert!((p999 - 0.0091).abs() < 1e-6, "{p999}");
-        assert_eq!(histogram_quantile("x", &after, &after, 0.5), None);
-        assert_eq!(histogram_quantile("y", &before, &after, 0.5), None);
+        assert_eq!(histogram_quantile(("x", ""), &after, &after, 0.5), None);
+        assert_eq!(histogram_quantile(("y", ""), &before, &after, 0.5), None);
+    }
+
+    #[test]
+    fn a_histogram_quantile_reads_only_the_series_asked_for() {
+        let before = samples(&[]);
+        // As prometheus-client writes them: `le` first. Unary all under 1 ms, stream all
+        // between 1 and 10 ms: each API its own p99.
+        let after = samples(&[
+            ("g_bucket{le=\"0.001\",api=\"stream\"}", 0.0),
+            ("g_bucket{le=\"0.01\",api=\"stream\"}", 100.0),
+            ("g_bucket{le=\"+Inf\",api=\"stream\"}", 100.0),
+            ("g_bucket{le=\"0.001\",api=\"unary\"}", 100.0),
+            ("g_bucket{le=\"0.01\",api=\"unary\"}", 100.0),
+            ("g_bucket{le=\"+Inf\",api=\"unary\"}", 100.0),
+        ]);
+        let q = |api: &str| {
+            histogram_quantile(("g", &format!("api=\"{api}\"")), &before, &after, 0.99).unwrap()
+        };
+        assert!(q("stream") > 0.001, "{}", q("stream"));
+        assert!(q("unary") <= 0.001, "{}", q("unary"));
     }
 
     #[test]
