@@ -196,4 +196,23 @@ async fn bench_prints_the_cost_per_process_the_tail_and_the_single_hop_ratio() {
     ] {
         assert!(stdout.contains(figure), "no {figure:?} in:\n{stdout}");
     }
+    // Every half-load run read the gateway's own p99 from its histogram (numbers, not NaN:
+    // the series was found).
+    let half_load: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("p99 at half load"))
+        .collect();
+    assert!(!half_load.is_empty(), "no half-load rows in:\n{stdout}");
+    for line in half_load {
+        let runs = line
+            .split_once("gateway p99 runs ")
+            .and_then(|(_, rest)| rest.split_once(" ms"))
+            .map(|(runs, _)| runs);
+        assert!(
+            runs.is_some_and(|r| r
+                .split(' ')
+                .all(|v| v.parse::<f64>().is_ok_and(|v| v > 0.0))),
+            "no gateway p99 in {line:?}"
+        );
+    }
 }
