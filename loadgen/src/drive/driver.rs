@@ -567,10 +567,7 @@ pub async fn run_with(
         .as_ref()
         .map(|_| shared.scheduled.load(Ordering::Relaxed));
     Ok(recorder.report(RunInfo {
-        mode: match spec.mode {
-            Mode::Unary => "unary".into(),
-            Mode::Stream => "stream".into(),
-        },
+        mode: spec.mode.name().into(),
         loop_kind: loop_kind.into(),
         target_rate,
         measured_seconds: measured.as_secs_f64(),
@@ -712,7 +709,8 @@ fn pacer(
                 }
                 // A generator that fell behind stops at the end too: what it could not send
                 // shows as sent < scheduled, not as a run that overstays its duration.
-                if Instant::now() >= end {
+                let now = Instant::now();
+                if now >= end {
                     let mut unsent = 1;
                     while let Some(n) = arrivals.next_after(at, &mut rng).filter(|n| *n < horizon) {
                         unsent += 1;
@@ -721,7 +719,6 @@ fn pacer(
                     let _ = tx.blocking_send(Tick::Unsent(unsent));
                     return;
                 }
-                let now = Instant::now();
                 if due > now {
                     std::thread::sleep(due - now);
                 }

@@ -65,6 +65,16 @@ pub enum Mode {
     Stream,
 }
 
+impl Mode {
+    /// Its name as the report and the gateway's `api` label spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Unary => "unary",
+            Mode::Stream => "stream",
+        }
+    }
+}
+
 /// How sends are paced.
 #[derive(Debug, Clone)]
 pub enum Pacing {

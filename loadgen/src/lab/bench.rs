@@ -319,11 +319,7 @@ async fn half_load_run(
         _ => None,
     };
     let fsync = |q| ms((FSYNC_METRIC, ""), &before.0, &after.0, q);
-    let api = match mode {
-        Mode::Unary => "unary",
-        Mode::Stream => "stream",
-    };
-    let api = format!("api=\"{api}\"");
+    let api = format!("api=\"{}\"", mode.name());
     Ok(Tail {
         p50: r.latency_ms.p50,
         p99: r.latency_ms.p99,
@@ -473,7 +469,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     );
     let mut out = Vec::new();
     for &mode in &args.modes {
-        let mode_name = format!("{mode:?}").to_lowercase();
+        let mode_name = mode.name();
         let mut measured: Vec<Build> = builds
             .iter()
             .map(|(name, dir)| Build::new(name, dir.clone()))
@@ -558,7 +554,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         } else {
             None
         };
-        out.push(summary(&args, &mode_name, &measured, single.as_ref()));
+        out.push(summary(&args, mode_name, &measured, single.as_ref()));
     }
     println!();
     for block in out {
