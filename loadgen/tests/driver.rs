@@ -151,6 +151,14 @@ async fn a_stream_that_ends_unavailable_counts_what_it_left_unanswered() {
         "{text}"
     );
     assert!(text.contains(&format!("NO_OUTCOME {}", report.sent - answered)));
+    // The stall probe watched the measured time (the run ended early, when the streams
+    // did) and the report says what it saw.
+    let stalls = report.stalls.expect("the stall probe's count");
+    assert!(
+        stalls.watched_s > 0.0 && stalls.watched_s < 30.0,
+        "{stalls:?}"
+    );
+    assert!(text.contains("machine    "), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -544,10 +544,13 @@ pub async fn run_with(
     ));
     let traffic = Traffic::new(spec.id_prefix.clone(), spec.invalid_ratio, spec.seed)
         .with_priorities(spec.priority_mix);
+    let probe = super::stalls::StallProbe::start(measure_from, end)
+        .map_err(|e| anyhow::anyhow!("cannot start the stall probe thread: {e}"))?;
     match spec.mode {
         Mode::Unary => drive_unary(&spec, clients, traffic, shared.clone(), start, end).await,
         Mode::Stream => drive_stream(&spec, clients, traffic, shared.clone(), start, end).await?,
     }
+    let stalls = probe.stop();
     shared.abandon_rest();
     timeline.abort();
     let timeline = std::mem::take(&mut *shared.timeline_points());
@@ -578,6 +581,7 @@ pub async fn run_with(
         throttled: shared.throttled.load(Ordering::Relaxed),
         stream_ends,
         trace_links: spec.trace_links.clone(),
+        stalls: Some(stalls),
     }))
 }
 

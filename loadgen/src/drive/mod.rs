@@ -10,5 +10,6 @@
 pub mod driver;
 pub mod schedule;
 pub mod spec;
+pub mod stalls;
 pub mod throttle;
 pub mod traffic;

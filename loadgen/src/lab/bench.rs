@@ -11,7 +11,8 @@
 //! - **saturation**: closed-loop OK/s at a concurrency that saturates the mesh.
 //! - **tail**: the p99 of every open-loop run at half of saturation, with the audit log on
 //!   disk (next to that run's `fdatasync` p99.9 from logging's `audit_fsync_seconds`) and on
-//!   a tmpfs (`--tmpfs`): the mesh's own tail apart from the disk's.
+//!   a tmpfs (`--tmpfs`): the mesh's own tail apart from the disk's. Beside each, how long
+//!   the machine stalled meanwhile ([`crate::drive::stalls`]): what no mesh can hide.
 //! - **single hop**: the same generator against `sink`, a bare tonic gateway in its own
 //!   process, and the ratios mesh / single hop.
 //!
@@ -26,6 +27,7 @@ use clap::{Args, ValueEnum};
 
 use crate::drive::driver;
 use crate::drive::spec::{LoadSpec, Mode, Pacing};
+use crate::drive::stalls::Stalls;
 use crate::lab::procs::{MeshOptions, Proc, ProcMesh, bin_dir};
 use crate::report::Report;
 
@@ -279,19 +281,23 @@ struct Tail {
     fsync_max: f64,
     /// p99 of the gateway's own latency (admission to outcome) over the run.
     gateway_p99: f64,
+    /// How long the machine kept a ready thread off the CPU meanwhile.
+    stalls: Stalls,
 }
 
 impl Tail {
     fn line(&self) -> String {
         format!(
-            "{:.0}/s p50 {:.2} ms p99 {:.2} ms max {:.1} ms; gateway p99 {:.1} ms; audit commit p99.9 {:.1} ms, max <= {:.1} ms",
+            "{:.0}/s p50 {:.2} ms p99 {:.2} ms max {:.1} ms; gateway p99 {:.1} ms; audit commit p99.9 {:.1} ms, max <= {:.1} ms; machine stalls {:.0} ms, longest {:.1} ms",
             self.rate,
             self.p50,
             self.p99,
             self.max,
             self.gateway_p99,
             self.fsync_p999,
-            self.fsync_max
+            self.fsync_max,
+            self.stalls.total_ms,
+            self.stalls.longest_ms
         )
     }
 }
@@ -328,6 +334,7 @@ async fn half_load_run(
         fsync_p999: fsync(0.999).unwrap_or(f64::NAN),
         fsync_max: fsync(1.0).unwrap_or(f64::NAN),
         gateway_p99: ms((GATEWAY_LATENCY, &api), &before.1, &after.1, 0.99).unwrap_or(f64::NAN),
+        stalls: r.stalls.unwrap_or_default(),
     })
 }
 
@@ -701,14 +708,18 @@ fn summary(args: &BenchArgs, mode: &str, builds: &[Build], single: Option<&Singl
                 let p99: Vec<f64> = tails.iter().map(|t| t.p99).collect();
                 let commit: Vec<f64> = tails.iter().map(|t| t.fsync_p999).collect();
                 let gateway: Vec<f64> = tails.iter().map(|t| t.gateway_p99).collect();
+                let stalled: Vec<f64> = tails.iter().map(|t| t.stalls.total_ms).collect();
+                let longest: Vec<f64> = tails.iter().map(|t| t.stalls.longest_ms).collect();
                 format!(
-                    "{:.2} ms at {:.0}/s (runs {}; worst {:.1}); gateway p99 runs {} ms; audit commit p99.9 runs {} ms",
+                    "{:.2} ms at {:.0}/s (runs {}; worst {:.1}); gateway p99 runs {} ms; audit commit p99.9 runs {} ms; machine stalls runs {} ms, longest {} ms",
                     median(p99.clone()),
                     b.half_load(),
                     list(&p99, 1),
                     p99.iter().copied().fold(0.0, f64::max),
                     list(&gateway, 1),
-                    list(&commit, 1)
+                    list(&commit, 1),
+                    list(&stalled, 0),
+                    list(&longest, 1)
                 )
             })
         });

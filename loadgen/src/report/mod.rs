@@ -23,6 +23,7 @@ use sluice_proto::pb::{Decision, NotificationStatus, Outcome, Priority};
 
 use crate::admin::metrics::{Bottleneck, DEGRADATION_LEVELS};
 use crate::drive::schedule::Arrivals;
+use crate::drive::stalls::Stalls;
 use exemplars::{DEFAULT_FAILED, DEFAULT_SLOWEST, Exemplar, Noted, TopK, TraceLinks};
 
 /// One acknowledged transaction: its id and where its audit record is (partition, offset).
@@ -389,6 +390,7 @@ impl Recorder {
             degradation_max: degradation.map(|(max, _)| max),
             degradation_seconds: degradation.map(|(_, seconds)| seconds),
             bottleneck,
+            stalls: run.stalls,
             timeline: run.timeline,
             hung: self.hung,
             stream_ends: run.stream_ends,
@@ -426,6 +428,8 @@ pub struct RunInfo {
     pub stream_ends: Vec<StreamEnd>,
     /// Where trace ids link to, if anywhere.
     pub trace_links: Option<TraceLinks>,
+    /// The stall probe's count over the measured time.
+    pub stalls: Option<Stalls>,
 }
 
 /// What one share of a run (a priority, a step of the schedule) sent and got back.
@@ -769,6 +773,10 @@ pub struct Report {
     /// With `--metrics`: the hop the gateway named as its bottleneck most often.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bottleneck: Option<BottleneckSeen>,
+    /// What the stall probe saw over the measured time: how long the machine kept a
+    /// ready thread off the CPU ([`crate::drive::stalls`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalls: Option<Stalls>,
     /// Per-second timeline of the whole run.
     pub timeline: Vec<TimelinePoint>,
     /// The latency distribution at fixed quantiles (50 % … 99.999 %).
@@ -910,6 +918,9 @@ impl Report {
         if let Some(verdict) = self.generator_verdict() {
             let _ = writeln!(s, "generator  {verdict}");
         }
+        if let Some(stalls) = &self.stalls {
+            let _ = writeln!(s, "machine    {}", stalls.line());
+        }
         if let (Some(max), Some(seconds)) = (self.degradation_max, self.degradation_seconds) {
             let at = seconds.map(|v| format!("{v:.1}")).join("/");
             let _ = writeln!(
@@ -1014,6 +1025,7 @@ mod tests {
             throttled: 0,
             stream_ends: Vec::new(),
             trace_links,
+            stalls: None,
         }
     }
 

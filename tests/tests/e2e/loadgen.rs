@@ -191,6 +191,7 @@ async fn bench_prints_the_cost_per_process_the_tail_and_the_single_hop_ratio() {
         "p99 at half load, disk",
         "p99 at half load, tmpfs",
         "audit commit p99.9 runs",
+        "machine stalls runs",
         "single hop",
         "mesh / single hop",
     ] {
