@@ -51,6 +51,14 @@ pub fn run(command: &Command) -> std::process::ExitCode {
             d.reason
         );
     }
+    if scan.preallocated > 0 {
+        println!(
+            "set aside: bytes {}-{} ({} bytes of zeros written ahead of the appends)",
+            scan.len - scan.preallocated,
+            scan.len,
+            scan.preallocated
+        );
+    }
     if let Some(t) = &scan.torn_tail {
         println!(
             "torn tail: bytes {}-{} ({} bytes: {}), the last write, never acknowledged",

@@ -91,6 +91,8 @@ pub struct Config {
     pub append_queue: usize,
     /// Most records written and fsync'ed together.
     pub max_batch: usize,
+    /// Bytes of zeros kept written ahead of the log's end, a chunk at a time (0: none).
+    pub preallocate: u64,
     /// The partition this process owns.
     pub partition: Partition,
     /// The token Append and Read require; `None`: no check.
@@ -118,6 +120,12 @@ impl TryFrom<Flags> for Config {
             data_dir: flags.data_dir,
             append_queue: in_range("append-queue", flags.append_queue, 1, MAX_APPEND_QUEUE)?,
             max_batch: in_range("max-batch", flags.max_batch, 1, MAX_BATCH)?,
+            preallocate: in_range(
+                "preallocate",
+                flags.preallocate,
+                0,
+                crate::log::MAX_PREALLOCATE,
+            )?,
             partition: Partition::parse(&flags.partition, flags.partitions, hostname)?,
             mesh_token: flags.mesh_token.filter(|t| !t.is_empty()),
             service: flags.service.try_into()?,
@@ -149,6 +157,7 @@ mod tests {
         let c = Config::defaults();
         assert_eq!(c.append_queue, log::DEFAULT_APPEND_QUEUE);
         assert_eq!(c.max_batch, log::DEFAULT_MAX_BATCH);
+        assert_eq!(c.preallocate, log::DEFAULT_PREALLOCATE);
         assert_eq!(c.data_dir, PathBuf::from(crate::flags::DEFAULT_DATA_DIR));
         assert_eq!(c.mesh_token, None);
     }
@@ -159,6 +168,7 @@ mod tests {
             (&["--append-queue", "0"][..], "append-queue"),
             (&["--max-batch", "0"], "max-batch"),
             (&["--max-batch", "16385"], "max-batch"),
+            (&["--preallocate", "67108865"], "preallocate"),
             (&["--reply-queue", "0"], "reply-queue"),
             (&["--partition", "2", "--partitions", "2"], "partition"),
             (&["--partition", "x"], "partition"),

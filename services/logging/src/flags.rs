@@ -50,6 +50,11 @@ pub struct Flags {
     /// Most records written and fsync'ed together (group commit).
     #[arg(long, env = "SLUICE_MAX_BATCH", default_value_t = log::DEFAULT_MAX_BATCH)]
     pub max_batch: usize,
+    /// Bytes of zeros the writer keeps written ahead of the log's end, set aside a chunk
+    /// this size at a time (0 to 67108864; 0: none). An append into them does not change
+    /// the file's size, so its fdatasync flushes data without a journal commit.
+    #[arg(long, env = "SLUICE_PREALLOCATE", default_value_t = log::DEFAULT_PREALLOCATE)]
+    pub preallocate: u64,
     /// This process's audit-log partition, 0-based: a number, or `auto` for the ordinal at
     /// the end of the host name (a Kubernetes StatefulSet pod `logging-1` is partition 1).
     /// It appends only the transactions whose id hashes to it and refuses the rest

@@ -231,6 +231,7 @@ pub async fn serve(
         &config.data_dir,
         config.append_queue,
         config.max_batch,
+        config.preallocate,
         &mut registry,
     )
     .map_err(|e| match e {

@@ -16,6 +16,18 @@
 //! runs, the next batch gathers, so many records share one fsync under load and a lone record
 //! is not held waiting for company.
 //!
+//! # Room ahead of the end
+//!
+//! An append that grows the file changes its size, so its `fdatasync` must also commit the
+//! inode through the filesystem's journal. The writer therefore keeps zeros written ahead
+//! of the end (`--preallocate`, [`DEFAULT_PREALLOCATE`] at a time): a batch overwrites
+//! them, and its `fdatasync` flushes data alone; the size changes once per chunk. Zeros
+//! written, not `fallocate`d: a write into an allocated-but-unwritten extent is a metadata
+//! change too. On this project's ext4 VM, 12.8 KB appends each followed by `fdatasync`
+//! committed 2,100–2,900 times a second into a growing file and 5,000 times into one kept
+//! 256 KiB ahead. Recovery reads zeros that run to the end of the file as that room, not
+//! as damage ([`crate::recovery`]).
+//!
 //! # Idempotency
 //!
 //! The writer keeps an index from transaction id to offset and payload digest. The same id
@@ -62,6 +74,14 @@ pub use crate::recovery::LOG_FILE;
 pub const DEFAULT_APPEND_QUEUE: usize = 4096;
 /// Default most records written and fsync'ed together.
 pub const DEFAULT_MAX_BATCH: usize = 1024;
+/// Default bytes of zeros written ahead of the log's end at a time (`--preallocate`): a
+/// chunk's write and flush ride with one batch's, so a larger one lengthens that batch's
+/// commit (4 MiB chunks put 15 ms into the commit p99.9 on this project's VM).
+pub const DEFAULT_PREALLOCATE: u64 = 256 * 1024;
+/// Most `--preallocate`: recovery reads the zeros once per start, byte by byte.
+pub const MAX_PREALLOCATE: u64 = 64 * 1024 * 1024;
+/// Zeros written from this buffer, a piece at a time.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// Audit log failures.
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +243,7 @@ impl AuditLog {
         dir: &Path,
         append_queue: usize,
         max_batch: usize,
+        preallocate: u64,
         registry: &mut Registry,
     ) -> Result<Self, AuditError> {
         let path = dir.join(LOG_FILE);
@@ -249,8 +270,10 @@ impl AuditLog {
                 regions: scan.damage.len(),
             });
         }
+        let mut allocated = scan.len;
         if let Some(tail) = &scan.torn_tail {
             file.set_len(tail.start).map_err(io_err)?;
+            allocated = tail.start;
             tracing::warn!(
                 path = %path.display(),
                 records = scan.records,
@@ -282,6 +305,8 @@ impl AuditLog {
             path: path.clone(),
             file,
             end,
+            allocated,
+            preallocate: preallocate.min(MAX_PREALLOCATE),
             next_offset: scan.next_offset,
             by_id,
             index: index.clone(),
@@ -426,6 +451,10 @@ struct Writer {
     file: File,
     /// File length of committed data.
     end: u64,
+    /// The file's length: `end` and the zeros written ahead of it.
+    allocated: u64,
+    /// Zeros to write ahead at a time; 0 writes none.
+    preallocate: u64,
     next_offset: u64,
     by_id: IdIndex,
     index: Arc<RwLock<ReadIndex>>,
@@ -464,6 +493,24 @@ impl Writer {
             self.commit(&mut batch, &mut buf);
         }
         tracing::debug!("audit writer stopped");
+    }
+
+    /// Makes sure `len` bytes past `end` are zeros already written: if not, writes zeros up
+    /// to the next multiple of `preallocate` past them. They reach the disk with the batch's
+    /// `fdatasync`, which commits the new file size once for the whole chunk.
+    fn make_room(&mut self, len: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt as _;
+        let needed = self.end + len;
+        if self.preallocate == 0 || needed <= self.allocated {
+            return Ok(());
+        }
+        let target = (needed / self.preallocate + 1) * self.preallocate;
+        while self.allocated < target {
+            let n = (target - self.allocated).min(ZEROS.len() as u64) as usize;
+            self.file.write_all_at(&ZEROS[..n], self.allocated)?;
+            self.allocated += n as u64;
+        }
+        Ok(())
     }
 
     /// Writes and fsyncs one batch, then answers every job in it.
@@ -516,8 +563,8 @@ impl Writer {
         }
         if !buf.is_empty() {
             let written = self
-                .file
-                .write_all(buf)
+                .make_room(buf.len() as u64)
+                .and_then(|()| self.file.write_all(buf))
                 .and_then(|()| self.file.sync_data());
             if let Err(source) = written {
                 self.write_errors.log(|suppressed| {
@@ -533,8 +580,10 @@ impl Writer {
                     .file
                     .set_len(self.end)
                     .and_then(|()| self.file.seek(SeekFrom::Start(self.end)).map(|_| ()));
-                if let Err(e) = rollback {
-                    self.poisoned = Some(format!("cannot roll back a failed write: {e}"));
+                match rollback {
+                    // The room ahead went with it; the next batch sets it aside again.
+                    Ok(()) => self.allocated = self.end,
+                    Err(e) => self.poisoned = Some(format!("cannot roll back a failed write: {e}")),
                 }
                 let message = source.to_string();
                 for job in batch.drain(..) {
@@ -586,7 +635,7 @@ mod tests {
     }
 
     fn open(dir: &Path) -> AuditLog {
-        AuditLog::open(dir, 64, 16, &mut Registry::default()).unwrap()
+        AuditLog::open(dir, 64, 16, 0, &mut Registry::default()).unwrap()
     }
 
     #[tokio::test]
@@ -683,6 +732,92 @@ mod tests {
         assert_eq!(log.read(11, 1).unwrap()[0].id, "new");
     }
 
+    fn open_preallocating(dir: &Path, chunk: u64) -> AuditLog {
+        AuditLog::open(dir, 64, 16, chunk, &mut Registry::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn appends_overwrite_zeros_set_aside_ahead_and_a_reopen_goes_on_after_the_last_record() {
+        const CHUNK: u64 = 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOG_FILE);
+        let zero_tail = |bytes: &[u8]| bytes.iter().rev().take_while(|&&b| b == 0).count();
+        {
+            let log = open_preallocating(dir.path(), CHUNK);
+            for i in 0..100 {
+                log.append(record(&format!("p{i}"))).await.unwrap();
+                // The file is whole chunks, with zeros after the records.
+                let len = std::fs::metadata(&path).unwrap().len();
+                assert_eq!(len % CHUNK, 0, "after {i}: {len}");
+            }
+            log.close();
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() > 4 * CHUNK as usize, "100 records span chunks");
+        assert!(zero_tail(&bytes) > 0, "room set aside at the end");
+        let scan = recovery::check(dir.path()).unwrap();
+        assert_eq!((scan.records, scan.next_offset), (100, 101));
+        assert!(scan.damage.is_empty() && scan.torn_tail.is_none());
+        assert!(scan.preallocated > 0 && scan.preallocated <= 2 * CHUNK);
+
+        // Reopened, the log goes on after its last record, not after the zeros.
+        let log = open_preallocating(dir.path(), CHUNK);
+        assert_eq!(log.len(), 100);
+        assert_eq!(log.append(record("p7")).await.unwrap().offset, 8);
+        for i in 100..200 {
+            let a = log.append(record(&format!("p{i}"))).await.unwrap();
+            assert_eq!(a.offset, i + 1);
+        }
+        let all = log.read(1, 1000).unwrap();
+        assert_eq!(all.len(), 200);
+        assert!(
+            all.iter()
+                .enumerate()
+                .all(|(i, e)| e.offset == i as u64 + 1)
+        );
+        log.close();
+        let scan = recovery::check(dir.path()).unwrap();
+        assert_eq!(scan.records, 200);
+        assert!(scan.damage.is_empty() && scan.torn_tail.is_none());
+        // Without room set aside (--preallocate 0), the same log opens and appends too.
+        let log = open(dir.path());
+        assert_eq!(log.append(record("p200")).await.unwrap().offset, 201);
+    }
+
+    #[tokio::test]
+    async fn a_torn_batch_in_the_room_set_aside_is_cut_and_the_room_set_aside_again() {
+        const CHUNK: u64 = 4096;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOG_FILE);
+        {
+            let log = open_preallocating(dir.path(), CHUNK);
+            for i in 0..3 {
+                log.append(record(&format!("t{i}"))).await.unwrap();
+            }
+            log.close();
+        }
+        // A crash mid-batch: part of a frame landed in the zeros.
+        let end = recovery::check(dir.path()).unwrap().valid_end();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[end as usize..end as usize + 6].copy_from_slice(&[42, 0, 0, 0, 9, 9]);
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(recovery::check(dir.path()).unwrap().torn_tail.is_some());
+
+        let log = open_preallocating(dir.path(), CHUNK);
+        assert_eq!(log.len(), 3);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            end,
+            "the tail was cut"
+        );
+        assert_eq!(log.append(record("t3")).await.unwrap().offset, 4);
+        assert_eq!(std::fs::metadata(&path).unwrap().len() % CHUNK, 0);
+        log.close();
+        let scan = recovery::check(dir.path()).unwrap();
+        assert_eq!(scan.records, 4);
+        assert!(scan.torn_tail.is_none() && scan.preallocated > 0);
+    }
+
     #[tokio::test]
     async fn corrupt_record_marks_the_tail() {
         let dir = tempfile::tempdir().unwrap();
@@ -727,7 +862,7 @@ mod tests {
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x20;
         std::fs::write(&path, &bytes).unwrap();
-        let err = AuditLog::open(dir.path(), 64, 16, &mut Registry::default())
+        let err = AuditLog::open(dir.path(), 64, 16, 0, &mut Registry::default())
             .err()
             .expect("a damaged log must not open");
         let AuditError::Damaged {
@@ -811,6 +946,8 @@ mod tests {
             path: path.clone(),
             file: File::open(&path).unwrap(),
             end: std::fs::metadata(&path).unwrap().len(),
+            allocated: std::fs::metadata(&path).unwrap().len(),
+            preallocate: 0,
             next_offset: 2,
             by_id: IdIndex::new(),
             index: Arc::default(),

@@ -15,6 +15,12 @@
 //!   one to a quarantine file beside the log and writes a gap marker in its place, so every
 //!   valid record keeps its offset and no offset is ever handed out twice.
 //!
+//! Zeros that run from the last record to the end of the file are neither: they are room the
+//! writer set aside ahead of its appends ([`crate::log`]: `--preallocate`), counted in
+//! [`Scan::preallocated`]. A crash inside them can only have left a batch that was never
+//! acknowledged (it is acknowledged after its `fdatasync`), so all-zero is free space and
+//! anything else there is a torn tail as before.
+//!
 //! The scan reads through a sliding window, so memory stays bounded by the largest record,
 //! not the file.
 
@@ -69,12 +75,17 @@ pub struct Scan {
     pub next_offset: u64,
     pub damage: Vec<Damage>,
     pub torn_tail: Option<TornTail>,
+    /// Zero bytes from the last record to the end of the file: room set aside for appends.
+    pub preallocated: u64,
 }
 
 impl Scan {
-    /// Where valid data ends: the start of a torn tail, else the file length.
+    /// Where valid data ends: the start of a torn tail, else of the room set aside, else
+    /// the file length.
     pub fn valid_end(&self) -> u64 {
-        self.torn_tail.as_ref().map_or(self.len, |t| t.start)
+        self.torn_tail
+            .as_ref()
+            .map_or(self.len - self.preallocated, |t| t.start)
     }
 }
 
@@ -202,8 +213,12 @@ pub fn scan(
             Decoded::Frame { .. } => "record offset out of sequence",
             Decoded::Bad(reason) => reason,
         };
-        match resync(&mut window, pos + 1, len, out.next_offset)? {
-            None => {
+        match resync(&mut window, pos, len, out.next_offset)? {
+            Resync::Zeros => {
+                out.preallocated = len - pos;
+                break;
+            }
+            Resync::Nothing => {
                 out.torn_tail = Some(TornTail {
                     start: pos,
                     len: len.saturating_sub(pos),
@@ -212,7 +227,7 @@ pub fn scan(
                 });
                 break;
             }
-            Some((next, offset)) => {
+            Resync::At(next, offset) => {
                 out.damage.push(Damage {
                     start: pos,
                     end: next,
@@ -228,23 +243,37 @@ pub fn scan(
     Ok(out)
 }
 
-/// The position and offset of the first valid frame at or after `from` whose offset is at
-/// least `expected`, if any.
-fn resync(
-    window: &mut Window<impl Read>,
-    from: u64,
-    len: u64,
-    expected: u64,
-) -> io::Result<Option<(u64, u64)>> {
-    for pos in from..len {
-        if let Decoded::Frame { entry, .. } = window.frame_at(pos)?
+/// What follows a frame that is not valid where it sits.
+enum Resync {
+    /// A valid frame at this position, with this offset: the bytes before it are damage.
+    At(u64, u64),
+    /// Only zeros to the end of the file: room set aside for appends.
+    Zeros,
+    /// No valid frame to the end of the file, and not only zeros: a torn tail.
+    Nothing,
+}
+
+/// Looks past the invalid frame at `at` for the first valid frame whose offset is at least
+/// `expected`, noting whether every byte on the way is zero.
+fn resync(window: &mut Window<impl Read>, at: u64, len: u64, expected: u64) -> io::Result<Resync> {
+    let mut zeros = true;
+    for pos in at..len {
+        if zeros && window.bytes(pos, 1)?.first().is_some_and(|&b| b != 0) {
+            zeros = false;
+        }
+        if pos > at
+            && let Decoded::Frame { entry, .. } = window.frame_at(pos)?
             && entry.offset >= expected
             && in_sequence(&entry, entry.offset)
         {
-            return Ok(Some((pos, entry.offset)));
+            return Ok(Resync::At(pos, entry.offset));
         }
     }
-    Ok(None)
+    Ok(if zeros {
+        Resync::Zeros
+    } else {
+        Resync::Nothing
+    })
 }
 
 /// Scans the log under `dir` without changing anything (`sluice-logging check`).
@@ -381,6 +410,51 @@ mod tests {
         assert!(s.damage.is_empty());
         let t = s.torn_tail.unwrap();
         assert_eq!((t.start, t.offset), (starts[9], 10));
+    }
+
+    #[test]
+    fn zeros_to_the_end_are_room_set_aside_not_damage() {
+        let (mut bytes, _) = log(100);
+        let records = bytes.len() as u64;
+        bytes.resize(bytes.len() + 256 * 1024, 0);
+        let (s, seen) = scan_bytes(&bytes);
+        assert_eq!((s.records, s.next_offset), (100, 101));
+        assert!(s.damage.is_empty() && s.torn_tail.is_none(), "{s:?}");
+        assert_eq!(s.preallocated, 256 * 1024);
+        assert_eq!(s.valid_end(), records);
+        assert_eq!(seen, (1..=100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_torn_write_into_the_room_set_aside_is_a_torn_tail() {
+        // The last batch got half of its bytes into the zeros before the crash.
+        let (mut bytes, starts) = log(10);
+        let torn = starts[9] as usize + 5;
+        bytes.truncate(torn);
+        bytes.resize(torn + 4096, 0);
+        let (s, _) = scan_bytes(&bytes);
+        assert_eq!(s.records, 9);
+        assert_eq!(s.preallocated, 0);
+        assert_eq!(s.valid_end(), starts[9]);
+        let t = s.torn_tail.unwrap();
+        assert_eq!((t.start, t.offset, t.len), (starts[9], 10, 4096 + 5));
+    }
+
+    #[test]
+    fn zeros_followed_by_records_are_damage_even_with_room_after_them() {
+        // A zeroed page mid-file is not room set aside: records follow it.
+        let (mut bytes, starts) = log(500);
+        let (from, to) = (starts[100] as usize, starts[120] as usize);
+        bytes[from..to].fill(0);
+        bytes.resize(bytes.len() + 4096, 0);
+        let (s, _) = scan_bytes(&bytes);
+        assert_eq!(s.damage.len(), 1, "{s:?}");
+        assert_eq!(
+            (s.damage[0].start, s.damage[0].end),
+            (starts[100], starts[120])
+        );
+        assert_eq!((s.records, s.preallocated), (480, 4096));
+        assert!(s.torn_tail.is_none());
     }
 
     #[test]

@@ -52,14 +52,20 @@ async fn mid_file_damage_is_refused_checked_and_repaired_without_losing_offsets(
     let dir_arg = dir.to_str().unwrap();
     let log = dir.join("audit.log");
     let mut bytes = std::fs::read(&log).unwrap();
-    let len = bytes.len();
-    bytes[len / 2] ^= 0x10;
+    // The middle of the records, not of the zeros the writer set aside after them.
+    let records = bytes.iter().rposition(|&b| b != 0).expect("records") + 1;
+    assert!(
+        records < bytes.len(),
+        "room set aside after the records (--preallocate)"
+    );
+    bytes[records / 2] ^= 0x10;
     std::fs::write(&log, &bytes).unwrap();
 
     // check: reports, changes nothing, exit 65.
     let (code, out, _) = logging_cli(&["check", "--data-dir", dir_arg]);
     assert_eq!(code, 65, "{out}");
     assert!(out.contains("DAMAGED bytes"), "{out}");
+    assert!(out.contains("set aside: bytes"), "{out}");
     assert_eq!(std::fs::read(&log).unwrap(), bytes, "check changed the log");
 
     // A start refuses with exit 65 and one line naming the file, byte and offset.
