@@ -312,7 +312,7 @@ async fn the_json_report_follows_its_documented_schema() {
     )
     .unwrap();
     type Check = fn(&serde_json::Value) -> bool;
-    let fields: [(&str, Check); 28] = [
+    let fields: [(&str, Check); 29] = [
         ("schema_version", |v| v.as_u64() == Some(2)),
         ("mode", |v| v.is_string()),
         ("loop_kind", |v| v.is_string()),
@@ -347,6 +347,13 @@ async fn the_json_report_follows_its_documented_schema() {
         }),
         ("bottleneck", |v| {
             v["hop"] == "none" && v["intervals"] == 0 && v["of_intervals"].as_u64() > Some(0)
+        }),
+        ("stalls", |v| {
+            ["count", "long"].iter().all(|k| v[k].is_u64())
+                && ["total_ms", "longest_ms"]
+                    .iter()
+                    .all(|k| v[k].as_f64().is_some_and(|x| x >= 0.0))
+                && v["watched_s"].as_f64().is_some_and(|s| s > 0.0)
         }),
         ("timeline", |v| {
             v.as_array().is_some_and(|a| {
