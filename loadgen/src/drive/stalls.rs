@@ -69,10 +69,17 @@ impl Stalls {
     }
 }
 
-/// A running probe; [`StallProbe::stop`] ends it and returns what it saw.
+/// A running probe; [`StallProbe::stop`] ends it and returns what it saw. Dropped without
+/// `stop` (a run that failed), it still ends its thread.
 pub struct StallProbe {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<Stalls>,
+    thread: Option<JoinHandle<Stalls>>,
+}
+
+impl Drop for StallProbe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl StallProbe {
@@ -83,13 +90,19 @@ impl StallProbe {
         let thread = std::thread::Builder::new()
             .name("loadgen-stalls".into())
             .spawn(move || watch(&flag, from, until, || std::thread::sleep(PROBE_INTERVAL)))?;
-        Ok(StallProbe { stop, thread })
+        Ok(StallProbe {
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// Stops the probe (within one [`PROBE_INTERVAL`]) and returns its count.
-    pub fn stop(self) -> Stalls {
+    pub fn stop(mut self) -> Stalls {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap_or_default()
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
     }
 }
 
@@ -126,6 +139,15 @@ mod tests {
         assert_eq!((s.count, s.long), (2, 1));
         assert!((s.total_ms - 9.0).abs() < 1e-9);
         assert!((s.longest_ms - 7.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_probe_dropped_without_stop_ends_its_thread() {
+        let now = Instant::now();
+        let probe = StallProbe::start(now, now + Duration::from_secs(60)).unwrap();
+        let stop = probe.stop.clone();
+        drop(probe);
+        assert!(stop.load(Ordering::Relaxed), "the thread was told to end");
     }
 
     #[test]
