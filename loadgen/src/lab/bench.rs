@@ -12,7 +12,8 @@
 //! - **tail**: the p99 of every open-loop run at half of saturation, with the audit log on
 //!   disk (next to that run's `fdatasync` p99.9 from logging's `audit_fsync_seconds`) and on
 //!   a tmpfs (`--tmpfs`): the mesh's own tail apart from the disk's. Beside each, how long
-//!   the machine stalled meanwhile ([`crate::drive::stalls`]): what no mesh can hide.
+//!   the machine stalled meanwhile ([`crate::drive::stalls`]): what no mesh can hide; and
+//!   the generator's own CPU, its share of the cores the mesh runs on.
 //! - **single hop**: the same generator against `sink`, a bare tonic gateway in its own
 //!   process, and the ratios mesh / single hop.
 //!
@@ -283,12 +284,15 @@ struct Tail {
     gateway_p99: f64,
     /// How long the machine kept a ready thread off the CPU meanwhile.
     stalls: Stalls,
+    /// The generator's own CPU over the run (this process: driver, pacer, probe), in % of
+    /// one core: its share of the two cores the mesh runs on.
+    generator_cpu: f64,
 }
 
 impl Tail {
     fn line(&self) -> String {
         format!(
-            "{:.0}/s p50 {:.2} ms p99 {:.2} ms max {:.1} ms; gateway p99 {:.1} ms; audit commit p99.9 {:.1} ms, max <= {:.1} ms; machine stalls {:.0} ms, longest {:.1} ms",
+            "{:.0}/s p50 {:.2} ms p99 {:.2} ms max {:.1} ms; gateway p99 {:.1} ms; audit commit p99.9 {:.1} ms, max <= {:.1} ms; machine stalls {:.0} ms, longest {:.1} ms; generator cpu {:.0} %",
             self.rate,
             self.p50,
             self.p99,
@@ -297,7 +301,8 @@ impl Tail {
             self.fsync_p999,
             self.fsync_max,
             self.stalls.total_ms,
-            self.stalls.longest_ms
+            self.stalls.longest_ms,
+            self.generator_cpu
         )
     }
 }
@@ -315,7 +320,13 @@ async fn half_load_run(
         (logging, crate::admin::metrics::samples(&gateway).await)
     };
     let before = scrape().await;
+    let (me, ticks) = (std::process::id(), ticks_per_second());
+    let (cpu_before, started) = (cpu_seconds(me, ticks), std::time::Instant::now());
     let r = driver::run(args.spec(&mesh.gateway.url(), mode, Pacing::Open { rate }, run)?).await?;
+    let generator_cpu = match (cpu_before, cpu_seconds(me, ticks)) {
+        (Some(b), Some(a)) => (a - b) / started.elapsed().as_secs_f64().max(1e-9) * 100.0,
+        _ => f64::NAN,
+    };
     let after = scrape().await;
     let ms = |series: (&str, &str), before: &Option<_>, after: &Option<_>, q| match (before, after)
     {
@@ -335,6 +346,7 @@ async fn half_load_run(
         fsync_max: fsync(1.0).unwrap_or(f64::NAN),
         gateway_p99: ms((GATEWAY_LATENCY, &api), &before.1, &after.1, 0.99).unwrap_or(f64::NAN),
         stalls: r.stalls.unwrap_or_default(),
+        generator_cpu,
     })
 }
 
@@ -710,8 +722,9 @@ fn summary(args: &BenchArgs, mode: &str, builds: &[Build], single: Option<&Singl
                 let gateway: Vec<f64> = tails.iter().map(|t| t.gateway_p99).collect();
                 let stalled: Vec<f64> = tails.iter().map(|t| t.stalls.total_ms).collect();
                 let longest: Vec<f64> = tails.iter().map(|t| t.stalls.longest_ms).collect();
+                let generator: Vec<f64> = tails.iter().map(|t| t.generator_cpu).collect();
                 format!(
-                    "{:.2} ms at {:.0}/s (runs {}; worst {:.1}); gateway p99 runs {} ms; audit commit p99.9 runs {} ms; machine stalls runs {} ms, longest {} ms",
+                    "{:.2} ms at {:.0}/s (runs {}; worst {:.1}); gateway p99 runs {} ms; audit commit p99.9 runs {} ms; machine stalls runs {} ms, longest {} ms; generator cpu runs {} % of a core",
                     median(p99.clone()),
                     b.half_load(),
                     list(&p99, 1),
@@ -719,7 +732,8 @@ fn summary(args: &BenchArgs, mode: &str, builds: &[Build], single: Option<&Singl
                     list(&gateway, 1),
                     list(&commit, 1),
                     list(&stalled, 0),
-                    list(&longest, 1)
+                    list(&longest, 1),
+                    list(&generator, 0)
                 )
             })
         });

@@ -192,6 +192,7 @@ async fn bench_prints_the_cost_per_process_the_tail_and_the_single_hop_ratio() {
         "p99 at half load, tmpfs",
         "audit commit p99.9 runs",
         "machine stalls runs",
+        "generator cpu runs",
         "single hop",
         "mesh / single hop",
     ] {
@@ -214,6 +215,18 @@ async fn bench_prints_the_cost_per_process_the_tail_and_the_single_hop_ratio() {
                 .split(' ')
                 .all(|v| v.parse::<f64>().is_ok_and(|v| v > 0.0))),
             "no gateway p99 in {line:?}"
+        );
+        // The generator's CPU was read for every run (its own process, from /proc): a
+        // number, not NaN.
+        let cpu = line
+            .split_once("generator cpu runs ")
+            .and_then(|(_, rest)| rest.split_once(" %"))
+            .map(|(runs, _)| runs);
+        assert!(
+            cpu.is_some_and(|r| r
+                .split(' ')
+                .all(|v| v.parse::<f64>().is_ok_and(|v| v >= 0.0))),
+            "no generator cpu in {line:?}"
         );
     }
 }
