@@ -26,7 +26,7 @@ pub const STALL_THRESHOLD: Duration = Duration::from_millis(1);
 pub const LONG_STALL: Duration = Duration::from_millis(5);
 
 /// The stalls the probe saw over the measured part of a run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Stalls {
     /// Wake-ups [`STALL_THRESHOLD`] or more late.
     pub count: u64,
@@ -142,7 +142,7 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_dropped_without_stop_ends_its_thread() {
+    fn a_probe_dropped_without_stop_tells_its_thread_to_end() {
         let now = Instant::now();
         let probe = StallProbe::start(now, now + Duration::from_secs(60)).unwrap();
         let stop = probe.stop.clone();

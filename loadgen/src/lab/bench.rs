@@ -309,6 +309,7 @@ impl Tail {
 
 async fn half_load_run(
     args: &BenchArgs,
+    ticks: f64,
     mesh: &ProcMesh,
     mode: Mode,
     rate: f64,
@@ -320,7 +321,7 @@ async fn half_load_run(
         (logging, crate::admin::metrics::samples(&gateway).await)
     };
     let before = scrape().await;
-    let (me, ticks) = (std::process::id(), ticks_per_second());
+    let me = std::process::id();
     let (cpu_before, started) = (cpu_seconds(me, ticks), std::time::Instant::now());
     let r = driver::run(args.spec(&mesh.gateway.url(), mode, Pacing::Open { rate }, run)?).await?;
     let generator_cpu = match (cpu_before, cpu_seconds(me, ticks)) {
@@ -538,7 +539,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         if args.has(Section::Tail) {
             for run in 0..runs {
                 for (b, m) in measured.iter_mut().zip(&meshes) {
-                    let tail = half_load_run(&args, m, mode, b.half_load(), run + 100).await?;
+                    let tail =
+                        half_load_run(&args, ticks, m, mode, b.half_load(), run + 100).await?;
                     eprintln!(
                         "  {mode_name} {} half load on disk run {}: {}",
                         b.name,
@@ -557,7 +559,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             }
             for run in 0..runs {
                 for (b, m) in measured.iter_mut().zip(&meshes) {
-                    let tail = half_load_run(&args, m, mode, b.half_load(), run + 200).await?;
+                    let tail =
+                        half_load_run(&args, ticks, m, mode, b.half_load(), run + 200).await?;
                     eprintln!(
                         "  {mode_name} {} half load on tmpfs run {}: {}",
                         b.name,

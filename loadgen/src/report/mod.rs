@@ -775,7 +775,7 @@ pub struct Report {
     pub bottleneck: Option<BottleneckSeen>,
     /// What the stall probe saw over the measured time: how long the machine kept a
     /// ready thread off the CPU ([`crate::drive::stalls`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stalls: Option<Stalls>,
     /// Per-second timeline of the whole run.
     pub timeline: Vec<TimelinePoint>,

@@ -205,28 +205,29 @@ async fn bench_prints_the_cost_per_process_the_tail_and_the_single_hop_ratio() {
         .filter(|l| l.contains("p99 at half load"))
         .collect();
     assert!(!half_load.is_empty(), "no half-load rows in:\n{stdout}");
+    // The figures listed after `label` up to `unit`, one per run (`None` unless every one
+    // is a number: NaN would mean the figure was never read).
+    let runs = |line: &str, label: &str, unit: &str| -> Option<Vec<f64>> {
+        let (_, rest) = line.split_once(label)?;
+        let (runs, _) = rest.split_once(unit)?;
+        runs.split(' ').map(|v| v.parse::<f64>().ok()).collect()
+    };
     for line in half_load {
-        let runs = line
-            .split_once("gateway p99 runs ")
-            .and_then(|(_, rest)| rest.split_once(" ms"))
-            .map(|(runs, _)| runs);
+        // The gateway's own p99, from its histogram: the series was found.
         assert!(
-            runs.is_some_and(|r| r
-                .split(' ')
-                .all(|v| v.parse::<f64>().is_ok_and(|v| v > 0.0))),
+            runs(line, "gateway p99 runs ", " ms").is_some_and(|v| v.iter().all(|&v| v > 0.0)),
             "no gateway p99 in {line:?}"
         );
-        // The generator's CPU was read for every run (its own process, from /proc): a
-        // number, not NaN.
-        let cpu = line
-            .split_once("generator cpu runs ")
-            .and_then(|(_, rest)| rest.split_once(" %"))
-            .map(|(runs, _)| runs);
-        assert!(
-            cpu.is_some_and(|r| r
-                .split(' ')
-                .all(|v| v.parse::<f64>().is_ok_and(|v| v >= 0.0))),
-            "no generator cpu in {line:?}"
-        );
+        // The stall probe's total and the generator's own CPU (from /proc), every run.
+        for (label, unit) in [
+            ("machine stalls runs ", " ms"),
+            ("longest ", " ms"),
+            ("generator cpu runs ", " %"),
+        ] {
+            assert!(
+                runs(line, label, unit).is_some_and(|v| v.iter().all(|&v| v >= 0.0)),
+                "no {label:?} figures in {line:?}"
+            );
+        }
     }
 }
