@@ -52,7 +52,8 @@ pub struct Flags {
     pub max_batch: usize,
     /// Bytes of zeros the writer keeps written ahead of the log's end, set aside a chunk
     /// this size at a time (0 to 67108864; 0: none). An append into them does not change
-    /// the file's size, so its fdatasync flushes data without a journal commit.
+    /// the file's size, so its fdatasync flushes data without a journal commit. Where a chunk
+    /// cannot be written (a nearly full disk), appends go on without one.
     #[arg(long, env = "SLUICE_PREALLOCATE", default_value_t = log::DEFAULT_PREALLOCATE)]
     pub preallocate: u64,
     /// This process's audit-log partition, 0-based: a number, or `auto` for the ordinal at

@@ -307,6 +307,9 @@ impl AuditLog {
             end,
             allocated,
             preallocate: preallocate.min(MAX_PREALLOCATE),
+            room_errors: RateLimitedLog::default(),
+            #[cfg(test)]
+            room_fails: false,
             next_offset: scan.next_offset,
             by_id,
             index: index.clone(),
@@ -455,6 +458,12 @@ struct Writer {
     allocated: u64,
     /// Zeros to write ahead at a time; 0 writes none.
     preallocate: u64,
+    /// Zeros that could not be written (a disk with less than a chunk free): logged once
+    /// an interval, the batch appended without them.
+    room_errors: RateLimitedLog,
+    /// Tests: writing zeros fails as on a disk with less than a chunk free.
+    #[cfg(test)]
+    room_fails: bool,
     next_offset: u64,
     by_id: IdIndex,
     index: Arc<RwLock<ReadIndex>>,
@@ -498,14 +507,35 @@ impl Writer {
     /// Makes sure `len` bytes past `end` are zeros already written: if not, writes zeros up
     /// to the next multiple of `preallocate` past them. They reach the disk with the batch's
     /// `fdatasync`, which commits the new file size once for the whole chunk.
+    ///
+    /// Zeros that cannot be written (a disk with less than a chunk free) are given back and
+    /// the batch appends without room, as with `--preallocate 0`: room ahead must never make
+    /// an append fail that would fit. Only a failure to give them back is an error.
     fn make_room(&mut self, len: u64) -> io::Result<()> {
-        use std::os::unix::fs::FileExt as _;
         let needed = self.end + len;
         if self.preallocate == 0 || needed <= self.allocated {
             return Ok(());
         }
         let target = (needed / self.preallocate + 1) * self.preallocate;
+        let before = self.allocated;
+        if let Err(error) = self.write_zeros(target) {
+            self.room_errors.log(|suppressed| {
+                tracing::warn!(path = %self.path.display(), %error, suppressed, "cannot set room aside ahead of the audit log's end; appending without it");
+            });
+            self.file.set_len(before)?;
+            self.allocated = before;
+        }
+        Ok(())
+    }
+
+    /// Writes zeros from `allocated` up to `target`.
+    fn write_zeros(&mut self, target: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt as _;
         while self.allocated < target {
+            #[cfg(test)]
+            if self.room_fails {
+                return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+            }
             let n = (target - self.allocated).min(ZEROS.len() as u64) as usize;
             self.file.write_all_at(&ZEROS[..n], self.allocated)?;
             self.allocated += n as u64;
@@ -595,6 +625,9 @@ impl Writer {
                 return;
             }
             self.end += buf.len() as u64;
+            // Appended without room (none asked for, or none could be set aside): the zeros
+            // ahead, if any, start here.
+            self.allocated = self.allocated.max(self.end);
             if self.failing {
                 self.set_failing(false);
                 self.write_errors.flush(|suppressed| {
@@ -932,6 +965,89 @@ mod tests {
         );
     }
 
+    /// A writer on the log at `path` through `file`, appending after its last byte as
+    /// offset `next_offset`, for tests that swap what its writes meet.
+    fn writer_on(path: &Path, file: File, preallocate: u64, next_offset: u64) -> Writer {
+        let len = std::fs::metadata(path).unwrap().len();
+        Writer {
+            path: path.to_path_buf(),
+            file,
+            end: len,
+            allocated: len,
+            preallocate,
+            room_errors: RateLimitedLog::default(),
+            room_fails: false,
+            next_offset,
+            by_id: IdIndex::new(),
+            index: Arc::default(),
+            max_batch: 16,
+            metrics: LogMetrics::new(&mut Registry::default()),
+            poisoned: None,
+            health: Arc::default(),
+            write_errors: RateLimitedLog::default(),
+            failing: false,
+        }
+    }
+
+    /// One append for [`Writer::commit`], and where its answer arrives.
+    fn job(record: NewRecord) -> (AppendJob, oneshot::Receiver<Result<Appended, AuditError>>) {
+        let (reply, done) = oneshot::channel();
+        (AppendJob { record, reply }, done)
+    }
+
+    #[test]
+    fn zeros_that_cannot_be_written_leave_appends_going_without_room() {
+        const CHUNK: u64 = 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOG_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap();
+        let mut writer = writer_on(&path, file, CHUNK, 1);
+        let mut buf = Vec::new();
+        let mut append = |writer: &mut Writer, i: u64| {
+            let (j, mut done) = job(record(&format!("room-{i}")));
+            writer.commit(&mut vec![j], &mut buf);
+            let appended = done.try_recv().unwrap().unwrap();
+            assert_eq!(appended.offset, i, "append {i}");
+        };
+        append(&mut writer, 1);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            CHUNK,
+            "a chunk set aside"
+        );
+        // A disk with less than a chunk free: every append still goes in, past the room.
+        writer.room_fails = true;
+        for i in 2..=40 {
+            append(&mut writer, i);
+        }
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            len > 2 * CHUNK,
+            "{len}: grew past the room by appends alone"
+        );
+        assert_eq!(len, writer.end, "no zeros after the records");
+        assert!(
+            writer.room_errors.suppressed() > 0,
+            "the room was asked for again and again"
+        );
+        // Room again: the next append sets a chunk aside after the records, never over them.
+        writer.room_fails = false;
+        append(&mut writer, 41);
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert!(len.is_multiple_of(CHUNK) && len > writer.end, "{len}");
+        drop(writer);
+        let scan = recovery::check(dir.path()).unwrap();
+        assert_eq!((scan.records, scan.next_offset), (41, 42));
+        assert!(scan.damage.is_empty() && scan.torn_tail.is_none());
+        assert!(scan.preallocated > 0);
+    }
+
     #[tokio::test]
     async fn failing_writes_mark_the_service_not_ready_until_one_succeeds() {
         let dir = tempfile::tempdir().unwrap();
@@ -942,35 +1058,11 @@ mod tests {
         log.append(record("ok-1")).await.unwrap();
         // Swap the writer's file for a read-only handle: every write fails, as on a full disk.
         let path = dir.path().join(LOG_FILE);
-        let mut writer = Writer {
-            path: path.clone(),
-            file: File::open(&path).unwrap(),
-            end: std::fs::metadata(&path).unwrap().len(),
-            allocated: std::fs::metadata(&path).unwrap().len(),
-            preallocate: 0,
-            next_offset: 2,
-            by_id: IdIndex::new(),
-            index: Arc::default(),
-            max_batch: 16,
-            metrics: LogMetrics::new(&mut Registry::default()),
-            poisoned: None,
-            health: log.health.clone(),
-            write_errors: RateLimitedLog::default(),
-            failing: false,
-        };
-        let job = |id: &str| {
-            let (reply, done) = oneshot::channel();
-            (
-                AppendJob {
-                    record: record(id),
-                    reply,
-                },
-                done,
-            )
-        };
+        let mut writer = writer_on(&path, File::open(&path).unwrap(), 0, 2);
+        writer.health = log.health.clone();
         let mut buf = Vec::new();
         for i in 0..100 {
-            let (j, mut done) = job(&format!("fail-{i}"));
+            let (j, mut done) = job(record(&format!("fail-{i}")));
             writer.commit(&mut vec![j], &mut buf);
             assert!(matches!(done.try_recv(), Ok(Err(AuditError::Io { .. }))));
             // A read-only handle cannot roll back either; a full disk can.
@@ -983,7 +1075,7 @@ mod tests {
             "one line for 100 failures"
         );
         writer.file = OpenOptions::new().append(true).open(&path).unwrap();
-        let (j, mut done) = job("ok-2");
+        let (j, mut done) = job(record("ok-2"));
         writer.commit(&mut vec![j], &mut buf);
         assert!(matches!(done.try_recv(), Ok(Ok(_))));
         assert!(readiness.is_ready(), "ready again once a write succeeds");
