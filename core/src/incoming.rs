@@ -22,6 +22,10 @@
 //! It is also where the connection cap lives: every connection holds a permit of a
 //! semaphore of `--max-connections`; one over the cap is accepted and closed at once (its
 //! descriptor is freed, the peer sees the close instead of a silent backlog) and counted.
+//!
+//! The admin port (HTTP/1) uses the same loop with its own cap (`--admin-max-connections`)
+//! and no preface check: [`crate::admin`] bounds its connections with hyper's header-read
+//! timeout and an idle timeout instead.
 
 use std::io;
 use std::pin::Pin;
@@ -61,17 +65,21 @@ pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Limits the accept loop enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct IncomingConfig {
-    /// Time a connection has to deliver the full HTTP/2 preface before it is closed.
-    pub handshake_timeout: Duration,
+    /// Time a connection has to deliver the full HTTP/2 preface before it is closed;
+    /// `None`: no preface is expected (the admin port speaks HTTP/1).
+    pub handshake_timeout: Option<Duration>,
     /// Connections open at once; one more is accepted and closed at once.
     pub max_connections: usize,
+    /// The flag that sets `max_connections`, for the log line when it is reached.
+    pub max_connections_flag: &'static str,
 }
 
 impl Default for IncomingConfig {
     fn default() -> Self {
         Self {
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_flag: "--max-connections",
         }
     }
 }
@@ -94,28 +102,46 @@ impl ConnectionMetrics {
     /// Registers `connections_open`, `connections_accepted_total`,
     /// `connections_rejected_total{reason}` and `accept_errors_total` in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
+        Self::register_for(registry, "gRPC")
+    }
+
+    /// The same metrics for the listener named `what` (e.g. "admin", under a registry
+    /// prefixed `admin`).
+    pub fn register_for(registry: &mut Registry, what: &str) -> Self {
         let m = Self::default();
         registry.register(
             "connections_open",
-            "gRPC connections open (accepted, not yet closed)",
+            format!("{what} connections open (accepted, not yet closed)"),
             m.open.clone(),
         );
         registry.register(
             "connections_accepted",
-            "gRPC connections accepted",
+            format!("{what} connections accepted"),
             m.accepted.clone(),
         );
         registry.register(
             "connections_rejected",
-            "gRPC connections closed by the server before serving: reason=handshake_timeout (no full HTTP/2 preface in time), max_connections (over the cap)",
+            format!("{what} connections closed by the server: reason=handshake_timeout (no full HTTP/2 preface in time), header_timeout (no full HTTP/1 request head in time), idle_timeout (nothing read or written for too long), max_connections (over the cap)"),
             m.rejected.clone(),
         );
         registry.register(
             "accept_errors",
-            "Failed accept calls on the gRPC listener (EMFILE, ENFILE, ECONNABORTED, ...)",
+            format!(
+                "Failed accept calls on the {what} listener (EMFILE, ENFILE, ECONNABORTED, ...)"
+            ),
             m.accept_errors.clone(),
         );
         m
+    }
+
+    /// Counts a connection closed for `reason` (a `connections_rejected_total` label).
+    pub fn count_rejected(&self, reason: &'static str) {
+        self.reject(reason).inc();
+    }
+
+    /// Connections closed for `reason` so far.
+    pub fn rejected(&self, reason: &'static str) -> u64 {
+        self.reject(reason).get()
     }
 
     /// Connections open now.
@@ -180,12 +206,15 @@ impl Incoming {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             // Dropping the socket closes it: the peer learns now, not after a backlog wait.
             self.metrics.reject("max_connections").inc();
-            let max = self.config.max_connections;
+            let (max, flag) = (
+                self.config.max_connections,
+                self.config.max_connections_flag,
+            );
             self.over_limit.log(|suppressed| {
                 tracing::warn!(
                     max_connections = max,
                     suppressed,
-                    "connection refused: at --max-connections"
+                    "connection refused: at {flag}"
                 )
             });
             return None;
@@ -294,8 +323,9 @@ impl Drop for Tracked {
 }
 
 /// An accepted TCP connection that must deliver the HTTP/2 preface within the handshake
-/// timeout: until it has sent 24 bytes, a read that would wait past the deadline fails with
-/// `TimedOut` instead, and hyper closes the connection. After that it is a plain `TcpStream`.
+/// timeout (when one is set): until it has sent 24 bytes, a read that would wait past the
+/// deadline fails with `TimedOut` instead, and hyper closes the connection. After that it is
+/// a plain `TcpStream`.
 ///
 /// Closing lingers: after its FIN, it reads (and drops) what the peer still sends, until the
 /// peer closes too or [`LINGER`] passes. Closing a socket with unread bytes in its receive
@@ -321,10 +351,10 @@ struct Handshake {
 }
 
 impl Connection {
-    fn new(stream: TcpStream, timeout: Duration, tracked: Tracked) -> Self {
+    fn new(stream: TcpStream, timeout: Option<Duration>, tracked: Tracked) -> Self {
         Self {
             stream,
-            handshake: Some(Handshake {
+            handshake: timeout.map(|timeout| Handshake {
                 deadline: Box::pin(tokio::time::sleep(timeout)),
                 timeout,
                 received: 0,

@@ -15,6 +15,7 @@
 //! - [`admin_token`]: where the Control API's token comes from (flag, file, or generated and
 //!   written). The Control API itself, like the worker pool, is the service side of a hop:
 //!   crate `sluice-runtime`.
+//! - [`descriptors`]: the connection caps fitted to `RLIMIT_NOFILE` less a reserve.
 //! - [`deadline`]: per-message deadlines carried as Unix milliseconds across hops.
 //! - [`server`]: binding, the ready line, and running a tonic router until shutdown.
 //! - [`spans`]: the tracer, gRPC span attributes, failure marking.
@@ -26,6 +27,7 @@ pub mod admin;
 pub mod admin_token;
 pub mod auth;
 pub mod deadline;
+pub mod descriptors;
 pub mod h2;
 pub mod incoming;
 pub mod log_format;

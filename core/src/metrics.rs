@@ -41,13 +41,17 @@ pub struct Metrics {
     registry: Arc<Registry>,
     resident_memory: Gauge,
     connections: ConnectionMetrics,
+    admin_connections: ConnectionMetrics,
 }
 
 impl Metrics {
     /// Freezes `registry`, adding process metrics (`process_resident_memory_bytes`) and
-    /// the gRPC listener's connection metrics (`connections_*`, `accept_errors_total`).
+    /// the gRPC and admin listeners' connection metrics (`connections_*`,
+    /// `accept_errors_total`, `admin_connections_*`, `admin_accept_errors_total`).
     pub fn new(mut registry: Registry) -> Self {
         let connections = ConnectionMetrics::register(&mut registry);
+        let admin_connections =
+            ConnectionMetrics::register_for(registry.sub_registry_with_prefix("admin"), "admin");
         let resident_memory = Gauge::default();
         registry.register(
             "process_resident_memory_bytes",
@@ -63,12 +67,18 @@ impl Metrics {
             registry: Arc::new(registry),
             resident_memory,
             connections,
+            admin_connections,
         }
     }
 
     /// The gRPC listener's connection metrics.
     pub fn connections(&self) -> &ConnectionMetrics {
         &self.connections
+    }
+
+    /// The admin listener's connection metrics (`admin_connections_*`).
+    pub fn admin_connections(&self) -> &ConnectionMetrics {
+        &self.admin_connections
     }
 
     /// The registry in Prometheus text format, process metrics refreshed.

@@ -16,8 +16,9 @@ use tonic::transport::server::Router;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::admin::{self, Health};
+use crate::admin::{self, AdminLimits, Health};
 use crate::admin_token::AdminTokenError;
+use crate::descriptors::{self, ConnectionCaps};
 use crate::incoming::{Incoming, IncomingConfig};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -165,9 +166,11 @@ pub async fn run(
         admin_routes,
         ..
     } = listeners;
+    let caps = common.connection_caps(admin.is_some())?;
     let admin_task = admin.map(|listener| {
         tokio::spawn(admin::serve(
             listener,
+            common.admin_limits(caps.admin),
             metrics.clone(),
             health.clone(),
             readiness.clone(),
@@ -181,7 +184,14 @@ pub async fn run(
     let mirror = readiness.mirror_into(health_reporter.clone(), ready_service);
     health.set(true);
 
-    let incoming = Incoming::new(grpc, common.incoming(), metrics.connections().clone());
+    let incoming = Incoming::new(
+        grpc,
+        IncomingConfig {
+            max_connections: caps.grpc,
+            ..common.incoming()
+        },
+        metrics.connections().clone(),
+    );
     let server = router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     if let Some((name, line)) = ready_line {
         println!("{line}");
@@ -234,6 +244,26 @@ pub struct CommonServerArgs {
     /// cannot take every file descriptor.
     #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = crate::incoming::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Most admin (HTTP: /metrics, health, the map) connections open at once. One more is
+    /// accepted and closed at once (`admin_connections_rejected_total{reason="max_connections"}`).
+    /// Together with --max-connections it stays within RLIMIT_NOFILE less --fd-reserve:
+    /// the start lowers both to fit and says so.
+    #[arg(long, env = "SLUICE_ADMIN_MAX_CONNECTIONS", default_value_t = crate::admin::DEFAULT_ADMIN_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub admin_max_connections: u64,
+    /// Time an admin connection has to send a whole request head, on a new connection and
+    /// between keep-alive requests, e.g. 10s; then it is closed
+    /// (`admin_connections_rejected_total{reason="header_timeout"}`). Bounds silent and
+    /// slowloris connections.
+    #[arg(long, env = "SLUICE_ADMIN_HEADER_TIMEOUT", default_value = "10s", value_parser = crate::parse_duration)]
+    pub admin_header_timeout: Duration,
+    /// Time an admin connection may go with nothing read and nothing written, e.g. 60s;
+    /// then it is closed (`reason="idle_timeout"`). Bounds a map viewer that stops reading.
+    #[arg(long, env = "SLUICE_ADMIN_IDLE_TIMEOUT", default_value = "60s", value_parser = crate::parse_duration)]
+    pub admin_idle_timeout: Duration,
+    /// File descriptors kept out of the connection caps for everything else the process
+    /// opens (listeners, the audit log, downstream connections, the runtime's own).
+    #[arg(long, env = "SLUICE_FD_RESERVE", default_value_t = crate::descriptors::DEFAULT_FD_RESERVE)]
+    pub fd_reserve: u64,
     /// Threads that run the server's tasks (1 to 256). Every Sluice process defaults to
     /// one: each message costs little work and much waking, and on a machine the mesh
     /// shares, a second thread per process bought more wake-ups and context switches than
@@ -254,12 +284,55 @@ pub const DEFAULT_WORKER_THREADS: u16 = 1;
 pub const MAX_WORKER_THREADS: u16 = 256;
 
 impl CommonServerArgs {
-    /// The accept loop's limits.
+    /// The accept loop's limits, as configured (before [`Self::connection_caps`] fits them).
     pub fn incoming(&self) -> IncomingConfig {
         IncomingConfig {
-            handshake_timeout: self.handshake_timeout,
+            handshake_timeout: Some(self.handshake_timeout),
             max_connections: self.max_connections,
+            max_connections_flag: "--max-connections",
         }
+    }
+
+    /// The admin listener's bounds, with the cap `admin` (as fitted).
+    pub fn admin_limits(&self, admin: usize) -> AdminLimits {
+        AdminLimits {
+            max_connections: admin,
+            header_timeout: self.admin_header_timeout,
+            idle_timeout: self.admin_idle_timeout,
+        }
+    }
+
+    /// Raises the soft descriptor limit to the hard one, fits the connection caps into it
+    /// ([`crate::descriptors`]) and says at start which limit applies.
+    pub fn connection_caps(&self, with_admin: bool) -> Result<ConnectionCaps, ServeError> {
+        let nofile = descriptors::raise_nofile_limit();
+        let admin = if with_admin {
+            self.admin_max_connections as usize
+        } else {
+            0
+        };
+        let caps = descriptors::fit(self.max_connections, admin, self.fd_reserve, nofile)
+            .map_err(|e| ServeError::Config(e.to_string()))?;
+        let nofile = nofile.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
+        if caps.lowered {
+            tracing::warn!(
+                max_connections = caps.grpc,
+                admin_max_connections = caps.admin,
+                asked = %format!("{} + {admin}", self.max_connections),
+                rlimit_nofile = %nofile,
+                fd_reserve = self.fd_reserve,
+                "connection caps lowered to fit RLIMIT_NOFILE less --fd-reserve (raise the limit to keep them)"
+            );
+        } else {
+            tracing::info!(
+                max_connections = caps.grpc,
+                admin_max_connections = caps.admin,
+                rlimit_nofile = %nofile,
+                fd_reserve = self.fd_reserve,
+                "connection caps"
+            );
+        }
+        Ok(caps)
     }
 }
 
@@ -354,6 +427,9 @@ mod tests {
             crate::incoming::DEFAULT_MAX_CONNECTIONS
         );
         assert_eq!(common.grace_period, crate::shutdown::DEFAULT_GRACE_PERIOD);
+        let admin = common.admin_limits(common.admin_max_connections as usize);
+        assert_eq!(admin, crate::admin::AdminLimits::default());
+        assert_eq!(common.fd_reserve, crate::descriptors::DEFAULT_FD_RESERVE);
         assert_eq!(common.worker_threads, super::DEFAULT_WORKER_THREADS);
     }
 

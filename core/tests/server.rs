@@ -10,6 +10,7 @@ use clap::Parser;
 use futures::StreamExt;
 use prometheus_client::registry::Registry;
 use sluice_core::CancellationToken;
+use sluice_core::admin::AdminLimits;
 use sluice_core::incoming::{ConnectionMetrics, H2_PREFACE, Incoming, IncomingConfig};
 use sluice_core::server::{CommonServerArgs, Listeners};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -97,7 +98,7 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_without_the_preface_are_closed_and_real_clients_keep_working() {
     let server = serve(IncomingConfig {
-        handshake_timeout: Duration::from_millis(300),
+        handshake_timeout: Some(Duration::from_millis(300)),
         ..Default::default()
     })
     .await;
@@ -131,7 +132,7 @@ async fn connections_without_the_preface_are_closed_and_real_clients_keep_workin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preface_sent_byte_by_byte_past_the_deadline_does_not_buy_time() {
     let server = serve(IncomingConfig {
-        handshake_timeout: Duration::from_millis(200),
+        handshake_timeout: Some(Duration::from_millis(200)),
         ..Default::default()
     })
     .await;
@@ -164,8 +165,9 @@ async fn a_preface_sent_byte_by_byte_past_the_deadline_does_not_buy_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_max_connections_is_closed_at_once_and_the_cap_frees_up() {
     let server = serve(IncomingConfig {
-        handshake_timeout: Duration::from_secs(60),
+        handshake_timeout: Some(Duration::from_secs(60)),
         max_connections: 2,
+        ..Default::default()
     })
     .await;
     let mut client = connect(server.addr).await;
@@ -293,4 +295,101 @@ async fn readyz_follows_readiness_and_healthz_stays_liveness() {
     drop(client);
     stop.cancel();
     server.await.unwrap().unwrap();
+}
+
+/// An admin listener with `limits`, and its connection metrics.
+async fn serve_admin(limits: AdminLimits) -> (SocketAddr, ConnectionMetrics, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let metrics = sluice_core::metrics::Metrics::new(Registry::default());
+    let connections = metrics.admin_connections().clone();
+    let stop = CancellationToken::new();
+    // A route that reads a request body, for a client that stops sending one.
+    let echo = axum::Router::new().route(
+        "/echo",
+        axum::routing::post(|body: String| async move { body }),
+    );
+    tokio::spawn(sluice_core::admin::serve(
+        listener,
+        limits,
+        metrics,
+        Default::default(),
+        Default::default(),
+        Some(echo),
+        stop.clone(),
+    ));
+    (addr, connections, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connections_are_capped_and_silent_slow_or_stalled_ones_closed() {
+    let header_timeout = Duration::from_millis(400);
+    let (addr, metrics, stop) = serve_admin(AdminLimits {
+        max_connections: 8,
+        header_timeout,
+        idle_timeout: Duration::from_millis(600),
+    })
+    .await;
+
+    // Silent connections and a slowloris that sends a byte of its head every 50 ms: all
+    // fill the cap, the ones over it are closed at once, the rest within the header timeout.
+    let mut held = Vec::new();
+    for _ in 0..7 {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    eventually("7 admin connections open", || metrics.open() == 7).await;
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    eventually("8 open", || metrics.open() == 8).await;
+    let over: Vec<_> = futures::future::join_all((0..5).map(|_| TcpStream::connect(addr))).await;
+    for conn in over {
+        let sent = tokio::time::timeout(PATIENCE, until_closed(conn.unwrap()))
+            .await
+            .expect("over the cap: closed at once");
+        assert!(sent.is_empty());
+    }
+    assert_eq!(metrics.over_limit(), 5);
+    let started = std::time::Instant::now();
+    let drip = tokio::spawn(async move {
+        for b in
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n"
+        {
+            if slow.write_all(&[*b]).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    });
+    for conn in held {
+        tokio::time::timeout(PATIENCE, until_closed(conn))
+            .await
+            .expect("a silent admin connection is closed");
+    }
+    assert!(
+        drip.await.unwrap(),
+        "the slowloris was cut off before its head was complete"
+    );
+    assert!(started.elapsed() < PATIENCE);
+    eventually("every silent connection closed", || metrics.open() == 0).await;
+    assert_eq!(metrics.rejected("header_timeout"), 8);
+
+    // The port still answers, and a keep-alive connection serves several requests.
+    assert_eq!(http_status(addr, "/metrics").await, 200);
+
+    // A client that sends a head promising a body, then stalls: the idle timeout closes it.
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly ten b")
+        .await
+        .unwrap();
+    tokio::time::timeout(PATIENCE, until_closed(stalled))
+        .await
+        .expect("a stalled request is closed");
+    assert_eq!(metrics.rejected("idle_timeout"), 1);
+    assert_eq!(
+        http_status(addr, "/healthz").await,
+        503,
+        "answers (not serving yet)"
+    );
+    stop.cancel();
 }

@@ -81,6 +81,7 @@ mod tests {
         let stop = CancellationToken::new();
         tokio::spawn(serve(
             listener,
+            Default::default(),
             Metrics::new(Default::default()),
             health,
             readiness.clone(),
