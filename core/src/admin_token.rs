@@ -58,7 +58,7 @@ pub struct AdminTokenArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum AdminTokenError {
     // `error`, not `source`: the message says it already, so error chains do not repeat it.
-    #[error("cannot read the admin token file {path}: {error}")]
+    #[error("cannot read the token file {path}: {error}")]
     Read {
         path: PathBuf,
         error: std::io::Error,

@@ -10,6 +10,11 @@ kustomization (a multi-document YAML file). Run by validate.sh with the venv's P
   PodDisruptionBudget;
 - the audit log: StatefulSet replicas = SLUICE_PARTITIONS = the gateway's SLUICE_LOGGING
   entries, entry K being pod K's stable name; risk and notification behind headless Services.
+- the mesh token (the audit log's Append/Read guard): the gateway and logging each name a file
+  in SLUICE_MESH_TOKEN_FILE that a volume mount fills from key `mesh-token` of Secret
+  `sluice-mesh-token`, readable by the pod's group only (fsGroup), never a literal
+  SLUICE_MESH_TOKEN; logging is not opened with SLUICE_ALLOW_OPEN_AUDIT_LOG; risk and
+  notification do not get the token at all.
 """
 
 import re
@@ -25,6 +30,10 @@ SERVERS = {
     "sluice-logging": "mesh.v1.Logging",
 }
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
+# The mesh token: its Secret and key, who must hold it and who must not.
+MESH_SECRET, MESH_KEY = "sluice-mesh-token", "mesh-token"
+MESH_HOLDERS = ("sluice-gateway", "sluice-logging")
+MESH_NEVER = ("sluice-risk", "sluice-notification")
 
 problems = []
 
@@ -54,6 +63,87 @@ def env_of(container, configmaps):
     for var in container.get("env") or []:
         env[var["name"]] = var.get("value")
     return env
+
+
+def secret_sources(volume):
+    """(Secret name, its `items` or None for every key, default mode) of a secret or
+    projected volume."""
+    if "secret" in volume:
+        sec = volume["secret"]
+        yield sec.get("secretName"), sec.get("items"), sec.get("defaultMode", 0o644)
+    projected = volume.get("projected") or {}
+    for source in projected.get("sources") or []:
+        if "secret" in source:
+            sec = source["secret"]
+            yield sec.get("name"), sec.get("items"), projected.get("defaultMode", 0o644)
+
+
+def secret_file(pod, c, path):
+    """(Secret name, key, mode) that fills file `path` in container `c`, or None when no
+    secret volume mount of `c` provides that file."""
+    mounts = sorted(c.get("volumeMounts") or [], key=lambda m: -len(m["mountPath"]))
+    for m in mounts:
+        mount = m["mountPath"].rstrip("/")
+        if m.get("subPath"):
+            if path != mount:
+                continue
+            rel = m["subPath"]
+        elif path.startswith(mount + "/"):
+            rel = path[len(mount) + 1 :]
+        else:
+            continue
+        volume = next((v for v in pod.get("volumes") or [] if v["name"] == m["name"]), None)
+        for name, items, mode in secret_sources(volume or {}):
+            if items is None:
+                if "/" not in rel:
+                    return name, rel, mode
+                continue
+            for item in items:
+                if item.get("path") == rel:
+                    return name, item["key"], item.get("mode", mode)
+        return None  # the deepest mount over `path` decides
+    return None
+
+
+def mounts_secret(pod, c, secret):
+    volumes = {v["name"]: v for v in pod.get("volumes") or []}
+    return any(
+        name == secret
+        for m in c.get("volumeMounts") or []
+        for name, _, _ in secret_sources(volumes.get(m["name"]) or {})
+    )
+
+
+def check_mesh_token(obj, pod, c, env):
+    name = binary(c)
+    if name in MESH_NEVER:
+        given = "SLUICE_MESH_TOKEN" in env or "SLUICE_MESH_TOKEN_FILE" in env
+        if given or mounts_secret(pod, c, MESH_SECRET):
+            problem(obj, f"{name} gets the mesh token: only the gateway and logging hold it")
+        return
+    if name not in MESH_HOLDERS:
+        return
+    if "SLUICE_MESH_TOKEN" in env:
+        problem(obj, "SLUICE_MESH_TOKEN is set: give the token as a file (SLUICE_MESH_TOKEN_FILE)")
+    if name == "sluice-logging":
+        if str(env.get("SLUICE_ALLOW_OPEN_AUDIT_LOG", "")).lower() in ("true", "1", "yes", "on"):
+            problem(obj, "SLUICE_ALLOW_OPEN_AUDIT_LOG opens the audit log to anyone who reaches it")
+    path = env.get("SLUICE_MESH_TOKEN_FILE")
+    if not path:
+        problem(obj, "no SLUICE_MESH_TOKEN_FILE: the audit log requires the mesh token")
+        return
+    found = secret_file(pod, c, str(path))
+    if found is None or found[:2] != (MESH_SECRET, MESH_KEY):
+        actual = f" (it is key {found[1]!r} of {found[0]!r})" if found else ""
+        want = f"key {MESH_KEY!r} of Secret {MESH_SECRET!r}"
+        problem(obj, f"SLUICE_MESH_TOKEN_FILE {path} is not {want}{actual}")
+        return
+    mode = found[2]
+    if mode & 0o007:
+        problem(obj, f"the mesh token file has mode {mode:o}: readable by others")
+    elif not mode & 0o040 or (pod.get("securityContext") or {}).get("fsGroup") is None:
+        # Secret files belong to root: the non-root user reads them through the pod's fsGroup.
+        problem(obj, f"the mesh token file (mode {mode:o}) needs group read and the pod's fsGroup")
 
 
 def check_container(obj, pod, c, long_running):
@@ -125,6 +215,7 @@ def main(path):
                 env = env_of(c, configmaps)
                 servers[binary(c)] = (obj, env)
                 check_server(obj, pod, c, env)
+                check_mesh_token(obj, pod, c, env)
                 labels = template["metadata"].get("labels") or {}
                 if not any(
                     (p["spec"]["selector"].get("matchLabels") or {}).items() <= labels.items()

@@ -6,7 +6,9 @@
 #   - against the Kubernetes API schemas with kubernetes-validate, strictly: an unknown field,
 #     a wrong type or a kind without a schema fails;
 #   - against policy.py: the rules the manifests promise that no schema checks (resources,
-#     locked-down containers, probes, grace periods, PDBs, audit-log partitions).
+#     locked-down containers, probes, grace periods, PDBs, audit-log partitions, and the mesh
+#     token: the gateway and logging read it from Secret sluice-mesh-token through
+#     SLUICE_MESH_TOKEN_FILE, risk and notification never get it).
 # A kustomize warning fails too. Every problem is printed; the exit code is 1 if any.
 #
 # Needs kubectl and python3. The first run installs kubernetes-validate (pinned) from PyPI

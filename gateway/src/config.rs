@@ -78,10 +78,10 @@ pub struct Config {
     #[arg(long, env = "SLUICE_RISK_AFFINITY_EPSILON", default_value_t = DEFAULT_AFFINITY_EPSILON)]
     pub risk_affinity_epsilon: f64,
     /// Token presented to the downstream services when streams open (`authorization:
-    /// Bearer`); the logging service requires it for Append when started with the same
-    /// flag. Unset = none sent.
-    #[arg(long, env = "SLUICE_MESH_TOKEN", hide_env_values = true)]
-    pub mesh_token: Option<String>,
+    /// Bearer`); the logging service requires it for Append when given the same token.
+    /// Unset = none sent.
+    #[command(flatten)]
+    pub mesh: sluice_core::auth::MeshTokenArgs,
     /// Long-lived streams per downstream, all on one HTTP/2 connection.
     #[arg(long, env = "SLUICE_STREAMS_PER_DOWNSTREAM", default_value_t = downstream::DEFAULT_STREAMS)]
     pub streams_per_downstream: usize,
@@ -203,7 +203,11 @@ impl Config {
 
     /// Checks the flags and turns them into the settings the gateway runs with.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
-        let auth = sluice_core::auth::bearer(self.mesh_token.as_deref())
+        let token = self
+            .mesh
+            .resolve()
+            .map_err(|e| ConfigError::MeshToken(e.to_string()))?;
+        let auth = sluice_core::auth::bearer(token.as_deref())
             .map_err(|e| ConfigError::MeshToken(e.to_string()))?;
         let unbounded = self.unbounded_for_comparison;
         let downstream = DownstreamConfig {
@@ -400,7 +404,7 @@ pub enum ConfigError {
         value: String,
         rule: String,
     },
-    #[error("--mesh-token: {0}")]
+    #[error("--mesh-token/--mesh-token-file: {0}")]
     MeshToken(String),
 }
 

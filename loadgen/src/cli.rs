@@ -321,9 +321,10 @@ pub struct VerifyArgs {
     /// A report written by `run --json`.
     #[arg(long)]
     pub report: PathBuf,
-    /// The mesh token, when the logging service requires one for Read (its --mesh-token).
-    #[arg(long, env = "SLUICE_MESH_TOKEN", hide_env_values = true)]
-    pub mesh_token: Option<String>,
+    /// The mesh token, when the logging service requires one for Read (the same
+    /// --mesh-token or --mesh-token-file it was given).
+    #[command(flatten)]
+    pub mesh: sluice_core::auth::MeshTokenArgs,
 }
 
 /// Runs a parsed command. `Ok(false)` means it ran but a check failed.
@@ -406,12 +407,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Verify(args) => {
             let acked = crate::report::json::read_acked(&args.report)?;
-            let check = crate::report::audit::check_with_token(
-                &args.logging,
-                args.mesh_token.as_deref(),
-                &acked,
-            )
-            .await?;
+            let token = args.mesh.resolve()?;
+            let check =
+                crate::report::audit::check_with_token(&args.logging, token.as_deref(), &acked)
+                    .await?;
             println!("{}", serde_json::to_string_pretty(&check)?);
             Ok(check.passed())
         }

@@ -5,14 +5,16 @@
 #
 #  1. build the images, `up` three risk replicas, two notification replicas, the two audit
 #     partitions and the gateway (no Jaeger: it cannot be pulled offline; the mesh logs once
-#     that export fails), wait for readiness; the one-shot `token` service writes the admin
-#     token they all read (no default secret)
+#     that export fails), wait for readiness; the one-shot `token` and `mesh-token` services
+#     write the admin token they all read and the mesh token that logging requires of the
+#     gateway and `verify` (no default secret)
 #  2. replicas under load: `docker kill` one of three risk replicas → no client error,
 #     throughput steady; `docker network disconnect` another (silence, not a reset) → the
 #     gateway ejects it within 2 s (HTTP/2 keepalive), no request hangs or fails
 #  3. load; `kill` audit partition 1 mid-run, start it again: only its transactions fail
 #     (partition 0's go on), no hung requests, no acknowledged record lost in either
-#     partition, throughput recovers
+#     partition, throughput recovers; the audit log refuses Read without the mesh token and
+#     with a wrong one (UNAUTHENTICATED), while `verify` with the shared file reads it
 #  3. stall audit partition 1 through the Control API (the old default token is refused; the
 #     shared token file works): the load generator's sends block
 #  4. `stop`: every container exits 0 within the grace period; `down -v` cleans up
@@ -59,7 +61,9 @@ echo "== up (without jaeger): risk x3, notification x2, logging-0, logging-1, ga
 t0=$(now)
 compose up -d --scale risk=3 --scale notification=2 risk notification logging-0 logging-1 gateway >/dev/null 2>&1
 until_ok 60 healthy gateway || fail "gateway never became healthy (ready)"
-[ "$(docker inspect -f '{{.State.ExitCode}}' "$(compose ps -a -q token)")" = 0 ] || fail "the token init service failed"
+for init in token mesh-token; do
+  [ "$(docker inspect -f '{{.State.ExitCode}}' "$(compose ps -a -q "$init")")" = 0 ] || fail "the $init init service failed"
+done
 t_healthy=$(echo "$(now) - $t0" | bc)
 admin=$(compose port gateway 9101)
 idle=$(docker stats --no-stream --format '{{.Name}}={{.MemUsage}}' $(compose ps -q) | sed 's/ \/.*//' | tr '\n' ' ')
@@ -124,6 +128,21 @@ compose run --rm --no-deps -v "$out:/out" loadgen verify --report /out/kill.json
 acked=$(json "$out/kill.json" "len(r['acked'])")
 outage=$(json "$out/kill.json" "r['errors']")
 
+echo "== the audit log refuses callers without the mesh token"
+# The verify above read both partitions with the shared token file (and the gateway appended
+# with it all along). The same Read with a wrong token (the admin token's file) is refused...
+unauthenticated() { grep -qiE 'unauthenticated|valid authentication credentials' "$1"; }
+compose run --rm --no-deps -v "$out:/out" -e SLUICE_MESH_TOKEN_FILE=/secrets/admin-token loadgen verify \
+  --report /out/kill.json >"$out/wrong-token.txt" 2>&1 && fail "logging served Read with a wrong mesh token"
+unauthenticated "$out/wrong-token.txt" || fail "a wrong mesh token was not refused as UNAUTHENTICATED: $(cat "$out/wrong-token.txt")"
+# ...and so is one with none: a bare container on the stack's network, without the compose
+# service's environment (no SLUICE_MESH_TOKEN_FILE) or the secrets volume.
+lnet=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}' "$(compose ps -q logging-0)" | awk '{print $1}')
+docker run --rm --network "$lnet" -v "$out:/out" "sluice:$SLUICE_TAG" /usr/local/bin/sluice-loadgen verify \
+  --logging http://logging-0:50054,http://logging-1:50054 --report /out/kill.json >"$out/no-token.txt" 2>&1 \
+  && fail "logging served Read without a mesh token"
+unauthenticated "$out/no-token.txt" || fail "a Read without the mesh token was not refused as UNAUTHENTICATED: $(cat "$out/no-token.txt")"
+
 echo "== stall logging through the Control API"
 # One partition stalled is enough to stop a stream: its reader waits to admit the next
 # transaction in order, and every other partition's transactions behind it wait too.
@@ -167,6 +186,7 @@ docker e2e figures
   one of three risk replicas killed under 300/s: $risk_kill_ok ok, no error
   one risk replica cut off the network: ejected in ${t_eject}s, no error, no hung request
   audit partition 1 killed and restarted under load: $acked acknowledged, none missing; outage errors $outage
+  audit log Read without the mesh token or with a wrong one: UNAUTHENTICATED
   audit partition 1 stalled: load generator blocked ${blocked}s of a 6 s run
   stop: ${t_stop}s, every container exit 0
 docker e2e: PASSED

@@ -127,11 +127,36 @@ impl TryFrom<Flags> for Config {
                 crate::log::MAX_PREALLOCATE,
             )?,
             partition: Partition::parse(&flags.partition, flags.partitions, hostname)?,
-            mesh_token: flags.mesh_token.filter(|t| !t.is_empty()),
+            mesh_token: open_only_on_loopback(
+                flags.listen,
+                flags
+                    .mesh
+                    .resolve()
+                    .map_err(|e| BadFlag::new("mesh-token-file", "", e.to_string()))?,
+                flags.allow_open_audit_log,
+            )?,
             service: flags.service.try_into()?,
             server: flags.server,
         })
     }
+}
+
+/// The audit log's "protected mode" (Redis's name for it): without a mesh token, Append and
+/// Read are open to anyone who reaches the port, so the port must be a loopback one — unless
+/// the operator said otherwise, explicitly. Returns the token.
+fn open_only_on_loopback(
+    listen: SocketAddr,
+    token: Option<String>,
+    allow_open: bool,
+) -> Result<Option<String>, BadFlag> {
+    if token.is_none() && !listen.ip().is_loopback() && !allow_open {
+        return Err(BadFlag::new(
+            "listen",
+            listen,
+            "an audit log without a mesh token serves only on a loopback address (anyone who reaches it could append records and read every account): give it --mesh-token-file FILE (`sluice-loadgen gen-token --out FILE` makes one) or SLUICE_MESH_TOKEN, listen on 127.0.0.1, or pass --allow-open-audit-log",
+        ));
+    }
+    Ok(token)
 }
 
 #[cfg(test)]
@@ -177,6 +202,25 @@ mod tests {
             assert_eq!(config(args).unwrap_err().flag, flag, "{args:?}");
         }
         assert_eq!(config(&["--mesh-token", ""]).unwrap().mesh_token, None);
+    }
+
+    #[test]
+    fn without_a_token_the_audit_log_serves_only_on_loopback() {
+        let open = ["--listen", "0.0.0.0:50054"];
+        let refused = config(&open).unwrap_err();
+        assert_eq!(refused.flag, "listen");
+        assert!(refused.rule.contains("--allow-open-audit-log"), "{refused}");
+        assert!(config(&["--listen", "[::]:50054"]).is_err());
+        let with_token = config(&[&open[..], &["--mesh-token", "t0k"]].concat()).unwrap();
+        assert_eq!(with_token.mesh_token.as_deref(), Some("t0k"));
+        let opted_out = config(&[&open[..], &["--allow-open-audit-log"]].concat()).unwrap();
+        assert_eq!(opted_out.mesh_token, None);
+        for loopback in ["127.0.0.1:50054", "127.0.0.9:1", "[::1]:50054"] {
+            assert_eq!(config(&["--listen", loopback]).unwrap().mesh_token, None);
+        }
+        // A token file that cannot be read stops the start, by flag.
+        let missing = config(&["--mesh-token-file", "/nonexistent/mesh-token"]).unwrap_err();
+        assert_eq!(missing.flag, "mesh-token-file");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
+use sluice_core::auth::MeshTokenArgs;
 use sluice_core::server::CommonServerArgs;
 use sluice_runtime::ServiceArgs;
 
@@ -67,10 +68,17 @@ pub struct Flags {
     /// of the id over this count.
     #[arg(long, env = "SLUICE_PARTITIONS", default_value_t = 1)]
     pub partitions: u32,
-    /// Token that Append and Read require (`authorization: Bearer <token>`); the gateway
-    /// and `sluice-loadgen verify` send theirs with the same flag. Unset or empty = no check.
-    #[arg(long, env = "SLUICE_MESH_TOKEN", hide_env_values = true)]
-    pub mesh_token: Option<String>,
+    /// The token Append and Read require (`authorization: Bearer <token>`); the gateway and
+    /// `sluice-loadgen verify` present theirs with the same flags. Without one the audit log
+    /// is open to whoever reaches the port, so it serves only on a loopback address unless
+    /// --allow-open-audit-log says otherwise.
+    #[command(flatten)]
+    pub mesh: MeshTokenArgs,
+    /// Serve Append and Read without a mesh token on a non-loopback address: anyone who
+    /// reaches the port can append records and read every account. Without this flag (or a
+    /// token) a logging bound beyond loopback refuses to start.
+    #[arg(long, env = "SLUICE_ALLOW_OPEN_AUDIT_LOG", default_value_t = false)]
+    pub allow_open_audit_log: bool,
     #[command(flatten)]
     pub service: ServiceArgs,
     #[command(flatten)]

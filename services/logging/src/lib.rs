@@ -257,7 +257,10 @@ pub async fn serve(
     };
     let service = tonic::service::interceptor::InterceptedService::new(
         LoggingServer::new(service).max_decoding_message_size(config.server.h2.max_message_size),
-        RequireBearer::new(config.mesh_token.clone(), "the service's --mesh-token"),
+        RequireBearer::new(
+            config.mesh_token.clone(),
+            "the service's --mesh-token or --mesh-token-file",
+        ),
     );
     // A generated Control token goes beside the audit log.
     let admin_token = config

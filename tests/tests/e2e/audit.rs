@@ -321,3 +321,45 @@ async fn logging_validates_and_requires_the_mesh_token() {
     }
     assert_eq!(ids, vec!["tok-1", "squat-id-1"]);
 }
+
+/// Protected mode: a logging beyond loopback with no mesh token refuses to start, exit 64 and
+/// one line saying what to do; with a token file, or on loopback, it starts.
+#[test]
+fn an_open_audit_log_beyond_loopback_refuses_to_start() {
+    let data = tempfile::tempdir().unwrap();
+    let logging = |args: &[&str]| {
+        std::process::Command::new(sluice_tests::bin_dir().join("sluice-logging"))
+            .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path())
+            .args(args)
+            .env_remove("SLUICE_MESH_TOKEN")
+            .env_remove("SLUICE_MESH_TOKEN_FILE")
+            .output()
+            .unwrap()
+    };
+    let out = logging(&["--listen", "0.0.0.0:0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--mesh-token-file") && stderr.contains("--allow-open-audit-log"),
+        "{stderr}"
+    );
+    let token = data.path().join("mesh-token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let with_token = sluice_tests::Proc::spawn(
+        sluice_tests::bin_dir(),
+        "sluice-logging",
+        &[
+            "--listen".into(),
+            "0.0.0.0:0".into(),
+            "--admin-listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            data.path().join("served").to_string_lossy().into_owned(),
+            "--mesh-token-file".into(),
+            token.to_string_lossy().into_owned(),
+        ],
+    );
+    assert!(with_token.is_ok(), "starts with a token file");
+}
