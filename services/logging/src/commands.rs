@@ -14,14 +14,19 @@ pub fn run(command: &Command) -> std::process::ExitCode {
     };
     let path = dir.join(log::LOG_FILE);
     let scanned = if repairing {
-        recovery::repair(dir).map(|r| (r.before, Some(r.quarantined)))
+        recovery::repair(dir).map(|r| (r.before, Some((r.quarantined, r.new_recovery_point))))
     } else {
         recovery::check(dir).map(|s| (s, None))
     };
     let (scan, quarantined) = match scanned {
         Ok(s) => s,
+        Err(e @ recovery::ScanError::PointUnreadable(_)) => {
+            println!("verdict: DAMAGED — {e}");
+            return ExitCode::from(sluice_core::server::EXIT_DATA_DAMAGED);
+        }
+        // The error names the file that failed.
         Err(e) => {
-            eprintln!("sluice-logging: cannot read {}: {e}", path.display());
+            eprintln!("sluice-logging: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -36,14 +41,29 @@ pub fn run(command: &Command) -> std::process::ExitCode {
             String::new()
         }
     );
+    match scan.recovery_point {
+        Some(p) => println!(
+            "recovery point: offset {} durable (byte {}); nothing at or below it is cut as torn",
+            p.durable_through(),
+            p.end
+        ),
+        None => println!(
+            "recovery point: none (a log from an earlier version): a bad last record cannot be told from a torn write"
+        ),
+    }
     for d in &scan.damage {
         let lost = if d.lost_through >= d.lost_from {
             format!("offsets {}-{}", d.lost_from, d.lost_through)
         } else {
             "no offset".to_string()
         };
+        let after = if d.records_follow {
+            "valid records follow"
+        } else {
+            "at or below the recovery point, so acknowledged records are damaged or missing, not torn"
+        };
         println!(
-            "DAMAGED bytes {}-{} ({} bytes, {}; first frame: {}); valid records follow",
+            "DAMAGED bytes {}-{} ({} bytes, {}; first frame: {}); {after}",
             d.start,
             d.end,
             d.end - d.start,
@@ -60,14 +80,25 @@ pub fn run(command: &Command) -> std::process::ExitCode {
         );
     }
     if let Some(t) = &scan.torn_tail {
+        let acknowledged = if scan.recovery_point.is_some() {
+            "past the recovery point: never acknowledged"
+        } else {
+            "no recovery point, so it cannot be proven never acknowledged"
+        };
         println!(
-            "torn tail: bytes {}-{} ({} bytes: {}), the last write, never acknowledged",
-            t.start, scan.len, t.len, t.reason
+            "torn tail: bytes {}-{} ({} bytes: {}), the last write (offset {} on), {acknowledged}",
+            t.start, scan.len, t.len, t.reason, t.offset
         );
     }
     match quarantined {
-        Some(files) if files.is_empty() => println!("nothing to repair"),
-        Some(files) => {
+        Some((files, new_point)) if files.is_empty() => {
+            if new_point {
+                println!("repaired: a new recovery point was written");
+            } else {
+                println!("nothing to repair");
+            }
+        }
+        Some((files, _)) => {
             for f in &files {
                 println!("quarantined: {}", f.display());
             }

@@ -24,8 +24,9 @@ pub const DEFAULT_DATA_DIR: &str = "data/logging";
 /// appends share one fsync (group commit). Appending an id already in the log with the same
 /// payload writes nothing and returns the original offset; with a different payload it is
 /// refused (ALREADY_EXISTS). On start the log rebuilds its index and cuts a torn tail (the
-/// last write, never acknowledged); any other damage stops the start with exit code 65 —
-/// see `check` and `repair`. Every flag can also be set through the environment variable
+/// last write, past the recovery point kept in `audit.log.recovery-point`: never
+/// acknowledged); any other damage, a bad last record the recovery point says was durable
+/// included, stops the start with exit code 65 — see `check` and `repair`. Every flag can also be set through the environment variable
 /// shown.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -97,8 +98,8 @@ pub enum Command {
     },
     /// Moves every damaged region (and a torn tail) to a quarantine file beside the log
     /// (`audit.log.quarantine.<start>-<end>`) and rewrites the log without it: valid records
-    /// keep their offsets, quarantined offsets are never handed out again. Stop the service
-    /// first.
+    /// keep their offsets, quarantined offsets are never handed out again; then writes the
+    /// recovery point anew. Stop the service first.
     Repair {
         /// Directory holding the audit log.
         #[arg(long, env = "SLUICE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]

@@ -5,16 +5,20 @@
 //!
 //! - [`flags`]: the command line as given; [`config`]: what serving it means, checked;
 //!   [`commands`]: `check` and `repair`, run instead of the server.
-//! - [`frame`] → [`recovery`] → [`log`]: one record on disk, the scan on open, the log.
+//! - [`frame`] → [`recovery`] → [`log`]: one record on disk, the scan on open, the log;
+//!   [`recovery_point`]: how far the log was durable, so rot is not cut as a torn write.
 //! - this module: the gRPC service, Append over the [worker pool](sluice_runtime::pool).
 
 pub mod commands;
 pub mod config;
 pub mod flags;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzz_check;
 mod id_index;
 pub mod log;
 pub mod recovery;
+pub mod recovery_point;
 
 use prometheus_client::registry::Registry;
 use sluice_core::auth::RequireBearer;
@@ -235,7 +239,9 @@ pub async fn serve(
         &mut registry,
     )
     .map_err(|e| match e {
-        AuditError::Damaged { .. } => ServeError::DataDamaged(e.to_string()),
+        AuditError::Damaged { .. } | AuditError::PointUnreadable(_) => {
+            ServeError::DataDamaged(e.to_string())
+        }
         e => ServeError::Other(format!("{e} (check --data-dir)")),
     })?;
     let partition = config.partition;

@@ -40,8 +40,10 @@
 //!
 //! # Recovery
 //!
-//! On open the file is scanned ([`crate::recovery`]). A torn tail (damage that runs to the
-//! end of the file: the last write, never acknowledged) is cut. Damage followed by valid
+//! On open the file is scanned ([`crate::recovery`]) by the recovery point
+//! ([`crate::recovery_point`]: how far the log was durable, published after each commit's
+//! fsync). A torn tail (damage that runs to the end of the file past the point: the last
+//! write, never acknowledged) is cut; a bad record at or below it is damage. Damage followed by valid
 //! records refuses the open with [`AuditError::Damaged`]: those records were acknowledged,
 //! and no automatic step may drop them or reuse their offsets. Before serving, the file is
 //! `fdatasync`'ed (records written but not synced before a crash become durable before any
@@ -64,7 +66,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::frame::{self, Decoded};
 use crate::id_index::IdIndex;
-use crate::recovery::{self, Scan};
+use crate::recovery::{self, Scan, ScanError};
+use crate::recovery_point::{self, Checkpointer, RecoveryPoint};
 
 pub use crate::frame::MAX_RECORD_BYTES;
 pub use crate::recovery::LOG_FILE;
@@ -92,6 +95,10 @@ pub enum AuditError {
     Closed,
     #[error("audit log failed earlier and refuses writes until restarted: {0}")]
     Poisoned(String),
+    /// The recovery point cannot be read: a bad last record cannot be told from a torn
+    /// write, so the log will not open.
+    #[error(transparent)]
+    PointUnreadable(#[from] recovery::PointUnreadable),
     #[error(transparent)]
     TooLarge(#[from] frame::TooLarge),
     /// The id is in the log with a different payload.
@@ -123,7 +130,7 @@ impl From<AuditError> for tonic::Status {
             AuditError::Io { .. } | AuditError::Closed | AuditError::Poisoned(_) => {
                 tonic::Code::Unavailable
             }
-            AuditError::Damaged { .. } => tonic::Code::DataLoss,
+            AuditError::Damaged { .. } | AuditError::PointUnreadable(_) => tonic::Code::DataLoss,
         };
         tonic::Status::new(code, e.to_string())
     }
@@ -259,7 +266,18 @@ impl AuditLog {
             .truncate(false)
             .open(&path)
             .map_err(io_err)?;
-        let (scan, by_id, index) = recover(&mut file).map_err(io_err)?;
+        let point = match recovery::recovery_point(dir) {
+            Ok(point) => point,
+            Err(ScanError::PointUnreadable(e)) => return Err(e.into()),
+            Err(ScanError::Io { path, source, .. }) => return Err(AuditError::Io { path, source }),
+        };
+        let (scan, by_id, index) = recover(&mut file, point).map_err(io_err)?;
+        if point.is_none() && scan.len > 0 {
+            tracing::warn!(
+                path = %path.display(),
+                "no recovery point beside this audit log (written by an earlier version): a bad last record cannot be told from a torn write this once; one is kept from now on"
+            );
+        }
         if let Some(first) = scan.damage.first() {
             return Err(AuditError::Damaged {
                 path,
@@ -280,7 +298,8 @@ impl AuditLog {
                 cut_bytes = tail.len,
                 at = tail.start,
                 reason = tail.reason,
-                "cut a torn tail off the audit log (the last write; never acknowledged)"
+                recovery_point = point.map(|p| p.next_offset),
+                "cut a torn tail off the audit log (the last write, past the recovery point: never acknowledged)"
             );
         }
         // Whatever reached the file before a crash becomes durable before any reply can
@@ -292,6 +311,19 @@ impl AuditLog {
         })?;
         let end = scan.valid_end();
         file.seek(SeekFrom::Start(end)).map_err(io_err)?;
+        // Everything up to `end` is durable now: the point moves there before any append.
+        let checkpoint = Checkpointer::start(
+            dir,
+            RecoveryPoint {
+                end,
+                next_offset: scan.next_offset,
+            },
+            recovery_point::DEFAULT_INTERVAL,
+        )
+        .map_err(|source| AuditError::Io {
+            path: dir.join(recovery_point::RECOVERY_POINT_FILE),
+            source,
+        })?;
         let metrics = LogMetrics::new(registry);
         metrics.records.set(index.records as i64);
         metrics.queue_capacity.set(append_queue as i64);
@@ -311,6 +343,7 @@ impl AuditLog {
             #[cfg(test)]
             room_fails: false,
             next_offset: scan.next_offset,
+            checkpoint: Some(checkpoint),
             by_id,
             index: index.clone(),
             max_batch: max_batch.max(1),
@@ -426,13 +459,16 @@ fn read_frame(reader: &mut impl io::Read, buf: &mut Vec<u8>) -> io::Result<Audit
     }
 }
 
-/// Scans `file`, building the id index and the read index.
-fn recover(file: &mut File) -> io::Result<(Scan, IdIndex, ReadIndex)> {
+/// Scans `file` by the recovery point `point`, building the id index and the read index.
+fn recover(
+    file: &mut File,
+    point: Option<RecoveryPoint>,
+) -> io::Result<(Scan, IdIndex, ReadIndex)> {
     let len = file.metadata()?.len();
     file.seek(SeekFrom::Start(0))?;
     let mut by_id = IdIndex::new();
     let mut index = ReadIndex::default();
-    let scan = recovery::scan(BufReader::new(&mut *file), len, |entry, pos| {
+    let scan = recovery::scan(BufReader::new(&mut *file), len, point, |entry, pos| {
         // Offsets lost to damage (refused below) or quarantined map to GAP.
         index.positions.resize(
             (entry.offset - 1).max(index.positions.len() as u64) as usize,
@@ -465,6 +501,8 @@ struct Writer {
     #[cfg(test)]
     room_fails: bool,
     next_offset: u64,
+    /// Told where each commit ended, once durable (`None` in tests of the writer alone).
+    checkpoint: Option<Checkpointer>,
     by_id: IdIndex,
     index: Arc<RwLock<ReadIndex>>,
     max_batch: usize,
@@ -632,6 +670,12 @@ impl Writer {
                 self.set_failing(false);
                 self.write_errors.flush(|suppressed| {
                     tracing::info!(path = %self.path.display(), suppressed, "audit writes succeed again");
+                });
+            }
+            if let Some(checkpoint) = &self.checkpoint {
+                checkpoint.publish(RecoveryPoint {
+                    end: self.end,
+                    next_offset: self.next_offset,
                 });
             }
             let mut index = self.index.write().expect("index lock");
@@ -852,7 +896,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn corrupt_record_marks_the_tail() {
+    async fn a_flipped_bit_in_the_last_acknowledged_record_is_damage_not_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         {
             let log = open(dir.path());
@@ -864,14 +908,71 @@ mod tests {
         let path = dir.path().join(LOG_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 1;
-        bytes[last] ^= 0xff; // flip a byte of the third (last) record's payload
+        bytes[last] ^= 0x01; // one bit of the third (last, acknowledged) record's payload
         std::fs::write(&path, &bytes).unwrap();
+        let refused = AuditLog::open(dir.path(), 64, 16, 0, &mut Registry::default());
+        assert!(
+            matches!(refused, Err(AuditError::Damaged { offset: 3, .. })),
+            "rot in an acknowledged record is not cut as torn"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing changed");
+        let scan = recovery::check(dir.path()).unwrap();
+        assert_eq!(
+            (
+                scan.damage.len(),
+                scan.damage[0].lost_from,
+                scan.damage[0].lost_through
+            ),
+            (1, 3, 3)
+        );
+        assert!(scan.torn_tail.is_none());
+        recovery::repair(dir.path()).unwrap();
         let log = open(dir.path());
         assert_eq!(log.len(), 2);
         assert_eq!(
-            log.append(record("t2")).await.unwrap(),
+            log.read(1, 10)
+                .unwrap()
+                .iter()
+                .map(|e| e.offset)
+                .collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(
+            log.append(record("t9")).await.unwrap(),
             Appended {
-                offset: 3,
+                offset: 4,
+                duplicate: false
+            },
+            "offset 3 is never handed to another transaction"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_torn_past_the_recovery_point_is_cut_silently() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = open(dir.path());
+            for i in 0..3 {
+                log.append(record(&format!("t{i}"))).await.unwrap();
+            }
+            log.close();
+        }
+        // Half of a fourth record: a write the crash tore before its fsync returned.
+        let mut half = Vec::new();
+        let mut fourth = record("t3");
+        fourth.offset = 4;
+        crate::frame::encode(&fourth, &mut half).unwrap();
+        half.truncate(half.len() / 2);
+        let path = dir.path().join(LOG_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&half);
+        std::fs::write(&path, &bytes).unwrap();
+        let log = open(dir.path());
+        assert_eq!(log.len(), 3);
+        assert_eq!(
+            log.append(record("t3")).await.unwrap(),
+            Appended {
+                offset: 4,
                 duplicate: false
             }
         );
@@ -978,6 +1079,7 @@ mod tests {
             room_errors: RateLimitedLog::default(),
             room_fails: false,
             next_offset,
+            checkpoint: None,
             by_id: IdIndex::new(),
             index: Arc::default(),
             max_batch: 16,

@@ -6,8 +6,14 @@
 //! sequence it looks for the next valid, in-sequence frame further on:
 //!
 //! - **none**: the damage runs to the end of the file. Only the last write can be torn by a
-//!   crash, and a record is acknowledged only after its write was fsync'ed, so nothing cut
-//!   here was ever acknowledged: a *torn tail*, which opening the log cuts.
+//!   crash, and a record is acknowledged only after its write was fsync'ed — but rot in the
+//!   last acknowledged record looks the same. The [recovery point](crate::recovery_point)
+//!   tells them apart: if the damage starts at an offset the point says was durable, it is
+//!   damage like any other (its region runs to the end of the file; its lost offsets run
+//!   through the point's last). Only damage starting past the point is a *torn tail*, never
+//!   acknowledged, which opening the log cuts. Without a point (a log from before they
+//!   existed) a tail is cut as before, but nothing claims it was never acknowledged.
+//!   A log that simply ends before its recovery point has lost acknowledged records too.
 //! - **one**: valid records follow the damage, so it is not a torn write — a flipped bit,
 //!   a zeroed page, an overwritten record. Records after it were acknowledged and the ones
 //!   inside it may have been. Opening refuses ([`crate::log::AuditError::Damaged`]: exit
@@ -31,6 +37,7 @@ use std::path::{Path, PathBuf};
 use sluice_proto::pb::AuditEntry;
 
 use crate::frame::{self, Decoded, HEADER_BYTES, MAX_RECORD_BYTES};
+use crate::recovery_point::{self, Loaded, RecoveryPoint};
 
 /// The log file's name under the data directory.
 pub const LOG_FILE: &str = "audit.log";
@@ -50,9 +57,12 @@ pub struct Damage {
     pub lost_through: u64,
     /// What was wrong with the first frame of the region.
     pub reason: &'static str,
+    /// Valid records follow the region; otherwise it runs to the end of the file, below
+    /// the recovery point (rot in acknowledged records, or records missing).
+    pub records_follow: bool,
 }
 
-/// Damage that runs to the end of the file: a torn last write.
+/// Damage that runs to the end of the file, past the recovery point: a torn last write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TornTail {
     pub start: u64,
@@ -77,6 +87,9 @@ pub struct Scan {
     pub torn_tail: Option<TornTail>,
     /// Zero bytes from the last record to the end of the file: room set aside for appends.
     pub preallocated: u64,
+    /// The recovery point the scan went by (`None`: none known, so a torn tail cannot be
+    /// proven never acknowledged).
+    pub recovery_point: Option<RecoveryPoint>,
 }
 
 impl Scan {
@@ -183,21 +196,45 @@ fn next_after(entry: &AuditEntry) -> u64 {
 }
 
 /// Scans a log of `len` bytes from `src`, calling `on_entry(entry, position)` for every valid
-/// record and gap marker in order. Reads only; never panics on any content.
+/// record and gap marker in order; records below `point` were durable, so bad bytes where
+/// they are due are damage, never a torn tail. Reads only; never panics on any content.
 pub fn scan(
     src: impl Read,
     len: u64,
+    point: Option<RecoveryPoint>,
     mut on_entry: impl FnMut(&AuditEntry, u64),
 ) -> io::Result<Scan> {
     let mut window = Window::new(src);
     let mut out = Scan {
         len,
         next_offset: 1,
+        recovery_point: point,
         ..Scan::default()
+    };
+    let durable_through = point.map_or(0, |p| p.durable_through());
+    // Damage from `pos` to the end of the file, owning offsets up to the recovery point's.
+    let below_point = |out: &mut Scan, pos: u64, reason: &'static str| {
+        out.damage.push(Damage {
+            start: pos,
+            end: len,
+            lost_from: out.next_offset,
+            lost_through: durable_through,
+            reason,
+            records_follow: false,
+        });
+        out.next_offset = durable_through + 1;
     };
     let mut pos = 0u64;
     loop {
         let reason = match window.frame_at(pos)? {
+            Decoded::End if out.next_offset <= durable_through => {
+                below_point(
+                    &mut out,
+                    pos,
+                    "the log ends before its recovery point: durable records are missing",
+                );
+                break;
+            }
             Decoded::End => break,
             Decoded::Frame { entry, size } if in_sequence(&entry, out.next_offset) => {
                 on_entry(&entry, pos);
@@ -214,6 +251,10 @@ pub fn scan(
             Decoded::Bad(reason) => reason,
         };
         match resync(&mut window, pos, len, out.next_offset)? {
+            Resync::Zeros | Resync::Nothing if out.next_offset <= durable_through => {
+                below_point(&mut out, pos, reason);
+                break;
+            }
             Resync::Zeros => {
                 out.preallocated = len - pos;
                 break;
@@ -234,6 +275,7 @@ pub fn scan(
                     lost_from: out.next_offset,
                     lost_through: offset - 1,
                     reason,
+                    records_follow: true,
                 });
                 out.next_offset = offset;
                 pos = next;
@@ -276,12 +318,62 @@ fn resync(window: &mut Window<impl Read>, at: u64, len: u64, expected: u64) -> i
     })
 }
 
+/// The recovery point file holds no valid point: the start refuses, as for damage.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{path}: unreadable (neither slot holds a valid recovery point), so a bad last record cannot be told from a torn write; nothing was changed. `sluice-logging repair --data-dir {dir}` quarantines anything past the last valid record and writes a new one"
+)]
+pub struct PointUnreadable {
+    pub path: PathBuf,
+    pub dir: PathBuf,
+}
+
+/// Failures reading a data directory: I/O, naming the file that failed, or an unreadable
+/// recovery point.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("cannot {what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error(transparent)]
+    PointUnreadable(#[from] PointUnreadable),
+}
+
+impl ScanError {
+    fn io(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ScanError {
+        let path = path.to_path_buf();
+        move |source| ScanError::Io { what, path, source }
+    }
+}
+
+/// The recovery point under `dir`: `Ok(None)` when there is none (a new log, or one from
+/// before recovery points).
+pub fn recovery_point(dir: &Path) -> Result<Option<RecoveryPoint>, ScanError> {
+    let path = dir.join(recovery_point::RECOVERY_POINT_FILE);
+    match recovery_point::load(dir).map_err(ScanError::io("read", &path))? {
+        Loaded::Absent => Ok(None),
+        Loaded::At(p) => Ok(Some(p)),
+        Loaded::Unreadable => Err(PointUnreadable {
+            path,
+            dir: dir.to_path_buf(),
+        }
+        .into()),
+    }
+}
+
 /// Scans the log under `dir` without changing anything (`sluice-logging check`).
-pub fn check(dir: &Path) -> io::Result<Scan> {
+pub fn check(dir: &Path) -> Result<Scan, ScanError> {
+    check_with(dir, recovery_point(dir)?)
+}
+
+fn check_with(dir: &Path, point: Option<RecoveryPoint>) -> Result<Scan, ScanError> {
     let path = dir.join(LOG_FILE);
-    let file = File::open(&path)?;
-    let len = file.metadata()?.len();
-    scan(io::BufReader::new(file), len, |_, _| {})
+    let file = File::open(&path).map_err(ScanError::io("read", &path))?;
+    let len = file.metadata().map_err(ScanError::io("read", &path))?.len();
+    scan(io::BufReader::new(file), len, point, |_, _| {}).map_err(ScanError::io("read", &path))
 }
 
 /// What a repair did.
@@ -290,28 +382,51 @@ pub struct Repaired {
     pub before: Scan,
     /// Quarantine files written, one per damaged region (and one for a torn tail).
     pub quarantined: Vec<PathBuf>,
+    /// The recovery point was unreadable and has been written anew.
+    pub new_recovery_point: bool,
 }
 
 /// Rewrites the log under `dir` without its damage (`sluice-logging repair`): valid records
 /// are copied byte for byte, each damaged region goes to a quarantine file and a gap marker
 /// takes its offsets, a torn tail is quarantined and cut. The new log is fsync'ed and
 /// renamed over the old one, and the directory fsync'ed, so a crash leaves one or the other.
-pub fn repair(dir: &Path) -> io::Result<Repaired> {
+/// Then the recovery point is set to the repaired log's end. An unreadable recovery point
+/// proves nothing: the repair then quarantines whatever follows the last valid record.
+pub fn repair(dir: &Path) -> Result<Repaired, ScanError> {
     let path = dir.join(LOG_FILE);
-    let before = check(dir)?;
+    let (point, point_unreadable) = match recovery_point(dir) {
+        Ok(point) => (point, false),
+        Err(ScanError::PointUnreadable(_)) => (None, true),
+        Err(e) => return Err(e),
+    };
+    let before = check_with(dir, point)?;
+    let next_point = |len: u64| RecoveryPoint {
+        end: len,
+        next_offset: before.next_offset,
+    };
     if before.damage.is_empty() && before.torn_tail.is_none() {
+        if point_unreadable {
+            recovery_point::store(dir, next_point(before.valid_end())).map_err(ScanError::io(
+                "write",
+                &dir.join(recovery_point::RECOVERY_POINT_FILE),
+            ))?;
+        }
         return Ok(Repaired {
             before,
             quarantined: Vec::new(),
+            new_recovery_point: point_unreadable,
         });
     }
-    let bytes = std::fs::read(&path)?;
+    let bytes = std::fs::read(&path).map_err(ScanError::io("read", &path))?;
     let mut quarantined = Vec::new();
-    let mut quarantine = |start: u64, end: u64| -> io::Result<()> {
+    let mut quarantine = |start: u64, end: u64| -> Result<(), ScanError> {
         let q = dir.join(format!("{QUARANTINE_PREFIX}.{start}-{end}"));
-        let mut f = File::create(&q)?;
-        f.write_all(&bytes[start as usize..end as usize])?;
-        f.sync_all()?;
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&q)?;
+            f.write_all(&bytes[start as usize..end as usize])?;
+            f.sync_all()
+        };
+        write().map_err(ScanError::io("write the quarantine file", &q))?;
         quarantined.push(q);
         Ok(())
     };
@@ -331,25 +446,32 @@ pub fn repair(dir: &Path) -> io::Result<Repaired> {
         copied = d.end;
     }
     let valid_end = before.valid_end();
-    out.extend_from_slice(&bytes[copied as usize..valid_end as usize]);
+    out.extend_from_slice(&bytes[copied as usize..valid_end.max(copied) as usize]);
     if let Some(t) = &before.torn_tail {
         quarantine(t.start, before.len)?;
     }
     let tmp = dir.join(format!("{LOG_FILE}.repair-tmp"));
-    {
+    let write = || -> io::Result<()> {
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .open(&tmp)?;
         f.write_all(&out)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
-    sync_dir(dir)?;
+        f.sync_all()
+    };
+    write().map_err(ScanError::io("write", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(ScanError::io("replace", &path))?;
+    sync_dir(dir).map_err(ScanError::io("sync", dir))?;
+    // Offsets are never renumbered, so the old point stays true until this one lands.
+    recovery_point::store(dir, next_point(out.len() as u64)).map_err(ScanError::io(
+        "write",
+        &dir.join(recovery_point::RECOVERY_POINT_FILE),
+    ))?;
     Ok(Repaired {
         before,
         quarantined,
+        new_recovery_point: point_unreadable,
     })
 }
 
@@ -388,7 +510,7 @@ mod tests {
 
     fn scan_bytes(bytes: &[u8]) -> (Scan, Vec<u64>) {
         let mut seen = Vec::new();
-        let s = scan(bytes, bytes.len() as u64, |e, _| seen.push(e.offset)).unwrap();
+        let s = scan(bytes, bytes.len() as u64, None, |e, _| seen.push(e.offset)).unwrap();
         (s, seen)
     }
 
@@ -470,7 +592,8 @@ mod tests {
                 end: starts[3001],
                 lost_from: 3001,
                 lost_through: 3001,
-                reason: "CRC mismatch"
+                reason: "CRC mismatch",
+                records_follow: true,
             }]
         );
         assert_eq!(s.records, 5999);
@@ -489,6 +612,168 @@ mod tests {
         let first_after = starts.iter().position(|&p| p >= 12288).unwrap() as u64 + 1;
         assert_eq!(s.damage[1].lost_through, first_after - 1);
         assert!(s.torn_tail.is_none());
+    }
+
+    /// The point after record `n` of a log whose records start at `starts`.
+    fn point_after(n: u64, bytes: &[u8], starts: &[u64]) -> RecoveryPoint {
+        RecoveryPoint {
+            end: starts
+                .get(n as usize)
+                .copied()
+                .unwrap_or(bytes.len() as u64),
+            next_offset: n + 1,
+        }
+    }
+
+    fn scan_by(bytes: &[u8], point: RecoveryPoint) -> Scan {
+        scan(bytes, bytes.len() as u64, Some(point), |_, _| {}).unwrap()
+    }
+
+    #[test]
+    fn a_flipped_bit_in_the_last_durable_record_is_damage_not_a_torn_tail() {
+        let (mut bytes, starts) = log(10);
+        let point = point_after(10, &bytes, &starts);
+        bytes[starts[9] as usize + 12] ^= 0x01;
+        // Without a point it looks torn, and is cut: what the recovery point is for.
+        assert!(scan_bytes(&bytes).0.torn_tail.is_some());
+        let s = scan_by(&bytes, point);
+        assert!(s.torn_tail.is_none(), "{s:?}");
+        assert_eq!(
+            s.damage,
+            vec![Damage {
+                start: starts[9],
+                end: bytes.len() as u64,
+                lost_from: 10,
+                lost_through: 10,
+                reason: "CRC mismatch",
+                records_follow: false,
+            }]
+        );
+        assert_eq!(
+            (s.records, s.next_offset),
+            (9, 11),
+            "offset 10 is never reused"
+        );
+        // The same rot with room set aside after it, and with half a batch torn after it.
+        let mut roomy = bytes.clone();
+        roomy.resize(bytes.len() + 4096, 0);
+        assert_eq!(scan_by(&roomy, point).damage.len(), 1);
+        let mut torn_after = bytes.clone();
+        torn_after.extend_from_slice(&[9, 0, 0, 0, 1, 2]);
+        let s = scan_by(&torn_after, point);
+        assert_eq!(
+            (s.damage.len(), s.damage[0].end),
+            (1, torn_after.len() as u64)
+        );
+    }
+
+    #[test]
+    fn a_write_torn_past_the_recovery_point_is_still_a_torn_tail() {
+        let (mut bytes, starts) = log(10);
+        let point = point_after(9, &bytes, &starts);
+        bytes.truncate(starts[9] as usize + 5);
+        let s = scan_by(&bytes, point);
+        assert!(s.damage.is_empty(), "{s:?}");
+        let t = s.torn_tail.unwrap();
+        assert_eq!((t.start, t.offset), (starts[9], 10));
+        // Room set aside past the point is room.
+        let (mut roomy, starts) = log(10);
+        roomy.resize(roomy.len() + 4096, 0);
+        let s = scan_by(&roomy, point_after(10, &roomy, &starts));
+        assert!(s.damage.is_empty() && s.torn_tail.is_none());
+        assert_eq!(s.preallocated, 4096);
+    }
+
+    #[test]
+    fn a_log_that_ends_before_its_recovery_point_has_lost_durable_records() {
+        let (bytes, starts) = log(10);
+        let point = point_after(10, &bytes, &starts);
+        let cut = &bytes[..starts[7] as usize];
+        let s = scan_by(cut, point);
+        assert_eq!(s.damage.len(), 1, "{s:?}");
+        let d = &s.damage[0];
+        assert_eq!(
+            (d.start, d.end, d.lost_from, d.lost_through),
+            (starts[7], starts[7], 8, 10)
+        );
+        assert!(!d.records_follow);
+        assert_eq!(s.next_offset, 11);
+    }
+
+    #[test]
+    fn repair_quarantines_a_rotten_last_record_behind_a_gap_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut bytes, starts) = log(10);
+        let point = point_after(10, &bytes, &starts);
+        bytes[starts[9] as usize + 12] ^= 0x01;
+        std::fs::write(dir.path().join(LOG_FILE), &bytes).unwrap();
+        recovery_point::store(dir.path(), point).unwrap();
+        let before = check(dir.path()).unwrap();
+        assert_eq!(before.damage.len(), 1);
+        let r = repair(dir.path()).unwrap();
+        assert_eq!(r.quarantined.len(), 1);
+        assert_eq!(
+            std::fs::read(&r.quarantined[0]).unwrap(),
+            &bytes[starts[9] as usize..]
+        );
+        let after = check(dir.path()).unwrap();
+        assert!(
+            after.damage.is_empty() && after.torn_tail.is_none(),
+            "{after:?}"
+        );
+        assert_eq!(
+            (after.records, after.gap_offsets, after.next_offset),
+            (9, 1, 11)
+        );
+        assert_eq!(
+            recovery_point(dir.path()).unwrap().map(|p| p.next_offset),
+            Some(11)
+        );
+    }
+
+    #[test]
+    fn an_unreadable_recovery_point_refuses_and_repair_writes_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bytes, _) = log(5);
+        std::fs::write(dir.path().join(LOG_FILE), &bytes).unwrap();
+        std::fs::write(
+            dir.path().join(recovery_point::RECOVERY_POINT_FILE),
+            [1u8; 64],
+        )
+        .unwrap();
+        assert!(matches!(
+            check(dir.path()),
+            Err(ScanError::PointUnreadable(_))
+        ));
+        let r = repair(dir.path()).unwrap();
+        assert!(r.new_recovery_point && r.quarantined.is_empty());
+        assert_eq!(
+            recovery_point(dir.path()).unwrap().map(|p| p.next_offset),
+            Some(6)
+        );
+    }
+
+    #[test]
+    fn repair_names_the_path_it_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut bytes, starts) = log(10);
+        bytes[starts[4] as usize + 12] ^= 0x01;
+        std::fs::write(dir.path().join(LOG_FILE), &bytes).unwrap();
+        // Where the quarantine file would go, a directory already stands.
+        let blocked = dir
+            .path()
+            .join(format!("{QUARANTINE_PREFIX}.{}-{}", starts[4], starts[5]));
+        std::fs::create_dir(&blocked).unwrap();
+        let e = repair(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains(&blocked.display().to_string()) && e.contains("quarantine"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join(LOG_FILE)).unwrap(),
+            bytes,
+            "unchanged"
+        );
     }
 
     #[test]
@@ -549,7 +834,7 @@ mod tests {
                 lo = lo.min(cut);
             }
             let mut seen = Vec::new();
-            let s = scan(bytes.as_slice(), bytes.len() as u64, |e, _| seen.push(e.clone())).unwrap();
+            let s = scan(bytes.as_slice(), bytes.len() as u64, None, |e, _| seen.push(e.clone())).unwrap();
             for e in &seen {
                 prop_assert_eq!(e, &entry(e.offset));
             }
@@ -563,6 +848,32 @@ mod tests {
             // Nothing reported twice, in order.
             prop_assert!(seen.windows(2).all(|w| w[0].offset < w[1].offset));
             prop_assert!(s.next_offset > seen.last().map_or(0, |e| e.offset));
+        }
+
+        /// With a recovery point, whatever is done to the bytes: nothing at or below the
+        /// point is ever cut as a torn tail, and no offset up to it is handed out again.
+        #[test]
+        fn nothing_durable_is_ever_cut_as_torn(
+            n in 1u64..40,
+            durable in any::<prop::sample::Index>(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 1usize..100), 0..3),
+            truncate in any::<Option<prop::sample::Index>>(),
+        ) {
+            let (mut bytes, starts) = log(n);
+            let point = point_after(durable.index(n as usize + 1) as u64, &bytes, &starts);
+            for (at, value, span) in &edits {
+                let i = at.index(bytes.len());
+                let end = (i + span).min(bytes.len());
+                for b in &mut bytes[i..end] { *b = b.wrapping_add(*value | 1); }
+            }
+            if let Some(t) = truncate {
+                bytes.truncate(t.index(bytes.len() + 1));
+            }
+            let s = scan_by(&bytes, point);
+            if let Some(t) = &s.torn_tail {
+                prop_assert!(t.offset > point.durable_through(), "{t:?} cut below {point:?}");
+            }
+            prop_assert!(s.next_offset > point.durable_through());
         }
     }
 }

@@ -129,6 +129,82 @@ async fn mid_file_damage_is_refused_checked_and_repaired_without_losing_offsets(
     assert_eq!(new.audit_offset, 601);
 }
 
+/// Issue 23: one flipped bit in the *last* acknowledged record. On disk it looks like a torn
+/// write; the recovery point says it was durable, so it is damage: the start refuses (65),
+/// `check` names it, `repair` quarantines it behind a gap marker, and its offset is never
+/// handed to another transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rot_in_the_last_acknowledged_record_is_damage_and_its_offset_never_reused() {
+    let mut mesh = Mesh::start().await;
+    let mut gw = mesh.gateway().await;
+    for i in 0..50 {
+        let o = gw
+            .submit(txn(&format!("rot-{i}")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(o.audit_offset, i + 1);
+    }
+    mesh.logging.sigterm().expect("sigterm logging");
+    assert!(mesh.logging.wait_exit(Duration::from_secs(20)).is_some());
+    mesh.wait_gateway(ServingStatus::NotServing).await;
+    let dir = mesh.data_dir.path().to_path_buf();
+    let dir_arg = dir.to_str().unwrap();
+    let log = dir.join("audit.log");
+    let mut bytes = std::fs::read(&log).unwrap();
+    // The last byte of the last record (the zeros after it are room set aside).
+    let last = bytes.iter().rposition(|&b| b != 0).expect("records");
+    bytes[last] ^= 0x01;
+    std::fs::write(&log, &bytes).unwrap();
+
+    let (code, out, _) = logging_cli(&["check", "--data-dir", dir_arg]);
+    assert_eq!(code, 65, "{out}");
+    assert!(
+        out.contains("DAMAGED bytes") && out.contains("offsets 50-50"),
+        "{out}"
+    );
+    assert!(out.contains("at or below the recovery point"), "{out}");
+    assert!(!out.contains("never acknowledged"), "{out}");
+    let (code, _, err) = logging_cli(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir_arg,
+    ]);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("record offset 50"), "{err}");
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        bytes,
+        "a refused start changed the log"
+    );
+
+    let (code, out, err) = logging_cli(&["repair", "--data-dir", dir_arg]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("quarantined: "), "{out}");
+    assert_eq!(logging_cli(&["check", "--data-dir", dir_arg]).0, 0);
+    mesh.restart_logging();
+    mesh.wait_gateway(ServingStatus::Serving).await;
+    let offsets: Vec<u64> = mesh
+        .audit_entries()
+        .await
+        .iter()
+        .map(|e| e.offset)
+        .collect();
+    assert_eq!(
+        offsets,
+        (1..50).collect::<Vec<_>>(),
+        "every other record at its offset"
+    );
+    let next = gw.submit(txn("after-rot")).await.unwrap().into_inner();
+    assert_eq!(
+        next.audit_offset, 51,
+        "offset 50 names one transaction only"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_reused_for_another_transaction_is_refused_and_a_replay_is_reported() {
     let mesh = Mesh::start().await;
