@@ -348,7 +348,6 @@ async fn admin_connections_are_capped_and_silent_slow_or_stalled_ones_closed() {
         assert!(sent.is_empty());
     }
     assert_eq!(metrics.over_limit(), 5);
-    let started = std::time::Instant::now();
     let drip = tokio::spawn(async move {
         for b in
             b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n"
@@ -369,7 +368,6 @@ async fn admin_connections_are_capped_and_silent_slow_or_stalled_ones_closed() {
         drip.await.unwrap(),
         "the slowloris was cut off before its head was complete"
     );
-    assert!(started.elapsed() < PATIENCE);
     eventually("every silent connection closed", || metrics.open() == 0).await;
     assert_eq!(metrics.rejected("header_timeout"), 8);
 

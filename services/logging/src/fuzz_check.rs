@@ -65,7 +65,7 @@ pub fn check_damaged_log(data: &[u8]) -> Option<Scan> {
     for e in &seen {
         assert_eq!(e, &entry(e.offset), "a record that was never written");
     }
-    for (i, &start) in starts.iter().enumerate() {
+    for i in 0..starts.len() {
         let end = starts.get(i + 1).copied().unwrap_or(usize::MAX);
         if end <= first_damage && end <= log.len() {
             assert!(
@@ -74,7 +74,6 @@ pub fn check_damaged_log(data: &[u8]) -> Option<Scan> {
                 i + 1
             );
         }
-        let _ = start;
     }
     assert!(scan.next_offset > seen.last().map_or(0, |e| e.offset));
     // Nothing the recovery point calls durable is cut as torn, nor its offset reused.
