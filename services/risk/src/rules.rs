@@ -11,7 +11,9 @@
 //!
 //! A REVIEW with both reasons scores 0.8.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use lru::LruCache;
 use std::time::{Duration, Instant};
 
 use sluice_proto::pb::Decision;
@@ -25,8 +27,9 @@ pub const DEFAULT_VELOCITY_LIMIT: usize = 20;
 /// Default velocity window.
 pub const DEFAULT_VELOCITY_WINDOW: Duration = Duration::from_secs(60);
 /// Default number of accounts whose recent transactions are tracked. Bounds the velocity
-/// tracker's memory; when full, expired entries are swept and, if it is still full, a new
-/// account is scored without history (its velocity rule cannot fire until room frees up).
+/// tracker's memory; when full, a new account takes the place of the least recently active
+/// one if that one's entries have all expired, else it is scored without history (its
+/// velocity rule cannot fire until room frees up).
 pub const DEFAULT_MAX_TRACKED_ACCOUNTS: usize = 100_000;
 
 /// The configurable rule set.
@@ -108,7 +111,10 @@ impl RiskRules {
 }
 
 /// Recent transactions per account (time and id hash), bounded in accounts and in entries
-/// per account.
+/// per account. Accounts are kept least recently active first (the `lru` crate), so making
+/// room for a new one costs O(1) whatever the table holds: a flood of fresh accounts into a
+/// full table (every one still inside the window) must not turn each request into a scan
+/// of every account — that made risk answer ~35 requests a second under a hostile client.
 ///
 /// A replay — the same id again, as a client retrying after a lost reply sends it — is not
 /// counted twice: its id is still among the account's entries while it matters. (Entries
@@ -119,7 +125,7 @@ pub struct VelocityTracker {
     max_accounts: usize,
     /// At most `limit + 1` entries per account are kept: enough to tell "over the limit".
     keep_per_account: usize,
-    recent: HashMap<String, VecDeque<(Instant, u64)>>,
+    recent: LruCache<String, VecDeque<(Instant, u64)>>,
 }
 
 /// A stable 64-bit hash of a transaction id (SipHash with fixed keys; ids within one
@@ -137,7 +143,7 @@ impl VelocityTracker {
             window,
             max_accounts,
             keep_per_account: limit + 1,
-            recent: HashMap::new(),
+            recent: LruCache::unbounded(),
         }
     }
 
@@ -145,14 +151,22 @@ impl VelocityTracker {
     /// for the account) and returns how many fall within the window, this one included
     /// (capped at limit + 1).
     pub fn record(&mut self, account: &str, id: &str, now: Instant) -> usize {
-        if !self.recent.contains_key(account) && self.recent.len() >= self.max_accounts {
-            self.sweep(now);
-            if self.recent.len() >= self.max_accounts {
+        let window = self.window;
+        if !self.recent.contains(account) && self.recent.len() >= self.max_accounts.max(1) {
+            // The least recently active account: if even its entries are live, all are.
+            let expired = self.recent.peek_lru().is_some_and(|(_, times)| {
+                times
+                    .back()
+                    .is_none_or(|(t, _)| now.duration_since(*t) >= window)
+            });
+            if !expired {
                 return 1;
             }
+            self.recent.pop_lru();
         }
-        let window = self.window;
-        let times = self.recent.entry(account.to_string()).or_default();
+        let times = self
+            .recent
+            .get_or_insert_mut(account.to_string(), VecDeque::new);
         while times
             .front()
             .is_some_and(|(t, _)| now.duration_since(*t) >= window)
@@ -173,15 +187,6 @@ impl VelocityTracker {
     /// Accounts currently tracked.
     pub fn accounts(&self) -> usize {
         self.recent.len()
-    }
-
-    fn sweep(&mut self, now: Instant) {
-        let window = self.window;
-        self.recent.retain(|_, times| {
-            times
-                .back()
-                .is_some_and(|(t, _)| now.duration_since(*t) < window)
-        });
     }
 }
 
@@ -272,8 +277,19 @@ mod tests {
         t.record("b", "2", t0);
         assert_eq!(t.record("c", "3", t0), 1);
         assert_eq!(t.accounts(), 2);
-        // Once a's and b's entries expire, the sweep makes room.
-        t.record("c", "4", t0 + Duration::from_secs(61));
-        assert_eq!(t.accounts(), 1);
+        // Once a's entries expire, the least recently active account makes room.
+        t.record("b", "5", t0 + Duration::from_secs(30));
+        assert_eq!(t.record("c", "4", t0 + Duration::from_secs(61)), 1);
+        assert_eq!(t.accounts(), 2);
+        assert_eq!(
+            t.record("b", "6", t0 + Duration::from_secs(61)),
+            2,
+            "b's history kept"
+        );
+        assert_eq!(
+            t.record("c", "7", t0 + Duration::from_secs(61)),
+            2,
+            "c tracked now"
+        );
     }
 }
