@@ -17,6 +17,7 @@ use crate::downstream::route::DEFAULT_AFFINITY_EPSILON;
 use crate::downstream::{self, Balancer, DownstreamConfig, Routing, Target};
 use crate::ingress::{self, IngressLimits};
 use crate::overload::clients::ClientRate;
+use crate::overload::priority::PriorityPolicy;
 use crate::overload::{self, Degradation, LimitMode, OverloadConfig};
 
 /// Default gRPC address.
@@ -118,6 +119,15 @@ pub struct Config {
     /// is refused RESOURCE_EXHAUSTED with pushback.
     #[arg(long, env = "SLUICE_MAX_STREAMS", default_value_t = ingress::DEFAULT_MAX_STREAMS)]
     pub max_streams: usize,
+    /// Most SubmitStream calls open at once on one connection (its share of
+    /// --max-streams); beyond it a new stream on that connection is refused
+    /// RESOURCE_EXHAUSTED with pushback.
+    #[arg(long, env = "SLUICE_MAX_STREAMS_PER_CONNECTION", default_value_t = ingress::DEFAULT_MAX_STREAMS_PER_CONNECTION)]
+    pub max_streams_per_connection: usize,
+    /// How long a SubmitStream may hold its slot while its client sends nothing and nothing
+    /// of it is in flight; then it ends UNAVAILABLE and the slot is free, e.g. 30s (0: never).
+    #[arg(long, env = "SLUICE_STREAM_IDLE_TIMEOUT", default_value_t = HumanDuration(ingress::DEFAULT_STREAM_IDLE_TIMEOUT))]
+    pub stream_idle_timeout: HumanDuration,
     /// Most transactions admitted and awaiting their outcome over all SubmitStreams
     /// together. When reached, streams stop reading (in turn, first come first served)
     /// until outcomes free room.
@@ -162,6 +172,13 @@ pub struct Config {
     /// Tokens a client may save up for a burst (with --client-rate). Default: one second's.
     #[arg(long, env = "SLUICE_CLIENT_BURST")]
     pub client_burst: Option<u32>,
+    /// Which clients may claim CRITICAL priority: comma-separated CLIENT=critical (a client
+    /// is its x-client-id, else its IP address; `*=critical` trusts every client). Any other
+    /// client's CRITICAL transactions are taken as DEFAULT. Both the priority and
+    /// x-client-id are unauthenticated unless the deployment authenticates them in front
+    /// of the gateway. Empty = no grants.
+    #[arg(long, env = "SLUICE_PRIORITY_POLICY", default_value = "")]
+    pub priority_policy: String,
     /// The latency objective degradation levels and bottleneck naming are measured against
     /// (p99, arrival to outcome), e.g. 50ms.
     #[arg(long, env = "SLUICE_LATENCY_SLO", default_value_t = HumanDuration(overload::level::DEFAULT_LATENCY_SLO))]
@@ -234,6 +251,12 @@ impl Config {
                 self.stream_inflight
             },
             max_streams: self.max_streams,
+            max_streams_per_connection: self.max_streams_per_connection,
+            // 0 = never: a sleep this long never fires in a process's life.
+            stream_idle_timeout: match self.stream_idle_timeout.0 {
+                Duration::ZERO => Duration::from_secs(100 * 365 * 24 * 3600),
+                t => t,
+            },
             streams_inflight: if unbounded {
                 UNBOUNDED
             } else {
@@ -315,6 +338,8 @@ impl Config {
         if self.latency_slo.0.is_zero() {
             return Err(value("latency-slo", "0".into(), "must be above 0"));
         }
+        let priority_policy = PriorityPolicy::parse(&self.priority_policy)
+            .map_err(|rule| value("priority-policy", self.priority_policy.clone(), &rule))?;
         if self.unbounded_for_comparison {
             // Unbounded means unbounded: no limit that moves either.
             return Ok(OverloadConfig {
@@ -324,6 +349,7 @@ impl Config {
                 client_rate,
                 latency_slo: self.latency_slo.0,
                 degradation: Degradation::Off,
+                priority_policy,
             });
         }
         Ok(OverloadConfig {
@@ -333,6 +359,7 @@ impl Config {
             client_rate,
             latency_slo: self.latency_slo.0,
             degradation: self.degradation,
+            priority_policy,
         })
     }
 }

@@ -92,7 +92,12 @@ pub async fn serve(
         listeners.readiness(),
         shutdown.clone(),
     ));
-    let overload = Overload::new(settings.overload.clone(), &mut registry, hops);
+    let overload = Overload::new(
+        settings.overload.clone(),
+        &mut registry,
+        hops,
+        settings.logging.len(),
+    );
     tokio::spawn(overload.clone().run(shutdown.clone()));
     let ingress = Ingress::new(
         fanout,

@@ -43,7 +43,8 @@ impl Service<TxnRequest> for Dispatch {
         // Two phases, two allocations: admission (large: the fan-out's state, waiting for
         // queue room) is boxed on its own and freed once the transaction is queued, so what
         // a pending transaction holds until its outcome is only its replies and a guard.
-        let (arrived, overload) = (request.arrived, self.overload.clone());
+        let (arrived, partition) = (request.arrived, request.partition);
+        let overload = self.overload.clone();
         let admission = Box::pin(admit(self.clone(), request));
         Box::pin(async move {
             // A statement of its own, so the admission box is dropped before the next await.
@@ -55,6 +56,7 @@ impl Service<TxnRequest> for Dispatch {
                 admission: replied.admitted.saturating_duration_since(arrived),
                 risk: replied.risk,
                 logging: replied.logging,
+                partition,
             });
             outcome
         })

@@ -42,7 +42,7 @@ use tracing::Instrument as _;
 
 use crate::fanout::Fanout;
 use crate::overload::Overload;
-use admission::{StreamRoom, exhausted};
+use admission::{SlotRefused, StreamRoom, exhausted};
 use metrics::IngressMetrics;
 use request::{Api, TxnRequest, call_deadline, client_of};
 use stack::{IngressService, ingress_stack};
@@ -54,6 +54,12 @@ pub const DEFAULT_MAX_INFLIGHT: usize = 2048;
 pub const DEFAULT_STREAM_INFLIGHT: usize = 1024;
 /// Default most SubmitStream calls open at once, all connections together.
 pub const DEFAULT_MAX_STREAMS: usize = 256;
+/// Default most SubmitStream calls open at once on one connection: an eighth of
+/// [`DEFAULT_MAX_STREAMS`], so one connection cannot hold every slot.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: usize = 32;
+/// Default time a SubmitStream may hold its slot sending nothing, with nothing in flight,
+/// before it is closed.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default most transactions admitted and awaiting their outcome over every SubmitStream.
 pub const DEFAULT_STREAMS_INFLIGHT: usize = 4096;
 /// Default outcomes per SubmitStream produced but not yet taken by the transport.
@@ -69,6 +75,8 @@ pub struct IngressLimits {
     pub max_inflight: usize,
     pub stream_inflight: usize,
     pub max_streams: usize,
+    pub max_streams_per_connection: usize,
+    pub stream_idle_timeout: Duration,
     pub streams_inflight: usize,
     pub outcome_queue: usize,
     pub default_deadline: Duration,
@@ -81,6 +89,8 @@ impl Default for IngressLimits {
             max_inflight: DEFAULT_MAX_INFLIGHT,
             stream_inflight: DEFAULT_STREAM_INFLIGHT,
             max_streams: DEFAULT_MAX_STREAMS,
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
             streams_inflight: DEFAULT_STREAMS_INFLIGHT,
             outcome_queue: DEFAULT_OUTCOME_QUEUE,
             default_deadline: DEFAULT_DEADLINE,
@@ -101,6 +111,8 @@ pub struct Ingress {
     metrics: IngressMetrics,
     /// Whether transactions need their client named (per-client rate limits on).
     name_clients: bool,
+    /// For whether the priority policy needs a call's client named.
+    overload: Overload,
 }
 
 impl Ingress {
@@ -118,12 +130,14 @@ impl Ingress {
             name_clients: overload.clients().is_some(),
             room: StreamRoom::new(
                 limits.max_streams,
+                limits.max_streams_per_connection,
                 limits.streams_inflight,
                 limits.stream_inflight,
             ),
             limits,
             shutdown,
             metrics,
+            overload: overload.clone(),
         }
     }
 }
@@ -135,10 +149,8 @@ impl Gateway for Ingress {
     async fn submit(&self, request: Request<Transaction>) -> Result<Response<Outcome>, Status> {
         let peer = request.remote_addr();
         let (metadata, _, txn) = request.into_parts();
-        let client = self
-            .name_clients
-            .then(|| client_of(&metadata, peer))
-            .flatten();
+        let needed = self.name_clients || self.overload.needs_client_for(txn.priority);
+        let client = needed.then(|| client_of(&metadata, peer)).flatten();
         let mut request = TxnRequest::unary(txn, metadata);
         request.client = client;
         self.unary.clone().oneshot(request).await.map(Response::new)
@@ -148,15 +160,26 @@ impl Gateway for Ingress {
         &self,
         request: Request<Streaming<Transaction>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
-        let Some(open) = self.room.open_stream() else {
-            self.metrics.reject(Api::Stream, "stream_limit");
-            return Err(exhausted(
-                format!(
-                    "gateway at its SubmitStream limit ({} open); retry later or use fewer streams",
-                    self.limits.max_streams
-                ),
-                self.limits.retry_pushback,
-            ));
+        let slot = match self.room.open_stream(request.remote_addr()) {
+            Ok(slot) => slot,
+            Err(SlotRefused::Gateway(max)) => {
+                self.metrics.reject(Api::Stream, "stream_limit");
+                return Err(exhausted(
+                    format!(
+                        "gateway at its SubmitStream limit ({max} open); retry later or use fewer streams"
+                    ),
+                    self.limits.retry_pushback,
+                ));
+            }
+            Err(SlotRefused::Connection(max)) => {
+                self.metrics.reject(Api::Stream, "connection_streams");
+                return Err(exhausted(
+                    format!(
+                        "this connection has {max} SubmitStreams open, its most (--max-streams-per-connection); send more on the open ones or open another connection"
+                    ),
+                    self.limits.retry_pushback,
+                ));
+            }
         };
         let (tx, rx) = mpsc::channel(self.limits.outcome_queue.max(1));
         let now = Instant::now();
@@ -179,10 +202,8 @@ impl Gateway for Ingress {
             span.record("sluice.propagation.received", received.as_str());
         }
         let span = sluice_core::spans::with_parent(span, parent.clone());
-        let client = self
-            .name_clients
-            .then(|| client_of(request.metadata(), request.remote_addr()))
-            .flatten();
+        // Named once per stream: for rate limits, and for any CRITICAL claim it makes.
+        let client = client_of(request.metadata(), request.remote_addr());
         let reader = StreamReader {
             client,
             deadline,
@@ -192,7 +213,8 @@ impl Gateway for Ingress {
             room: self.room.clone(),
             shutdown: self.shutdown.clone(),
             metrics: self.metrics.clone(),
-            _open: open,
+            idle_timeout: self.limits.stream_idle_timeout,
+            _slot: slot,
         };
         // The reader runs in the stream's span: its log lines carry the stream's trace.
         tokio::spawn(reader.run(request.into_inner(), tx).instrument(span));

@@ -1,15 +1,21 @@
 //! The overload layer (`crate::overload` holds the mechanisms): per transaction, in order,
 //!
+//! 0. the priority the transaction may claim (`--priority-policy`: CRITICAL from a client
+//!    not granted it is taken as DEFAULT);
 //! 1. the degradation level: it is a span attribute; level 1+ skips notification for all
 //!    but CRITICAL; level 2+ refuses SHEDDABLE (RESOURCE_EXHAUSTED, reason `degraded`);
-//!    level 3 refuses unary writes (UNAVAILABLE with pushback);
+//!    level 3 refuses unary writes (UNAVAILABLE with pushback); then its audit partition's
+//!    own level, which refuses that partition's SHEDDABLE at 2 and all of its transactions
+//!    at 3 (reason `partition_degraded`);
 //! 2. the client's token bucket, when `--client-rate` is set: a unary call over its rate is
 //!    refused RESOURCE_EXHAUSTED with `grpc-retry-pushback-ms` = the time until its next
 //!    token (reason `client_rate`); a stream message waits for the token instead — the
 //!    stream is paced, and its client's window fills;
 //! 3. the concurrency limit, at the transaction's priority share: unary takes a slot or is
 //!    refused (reason `concurrency_limit`); a stream message waits for one, within its
-//!    deadline. The slot is held until the outcome, whose latency feeds the adaptive limit.
+//!    deadline. The slot is held until the outcome, whose latency feeds the adaptive limit;
+//!    then the partition's share of the limit (reason `partition_share`), so transactions
+//!    stuck on one partition cannot hold every slot.
 //!
 //! A stream message refused here lets its reader read on (`release_reader`), as every
 //! refusal does.
@@ -83,7 +89,12 @@ where
     S: Service<TxnRequest, Response = Outcome, Error = Status>,
 {
     let api = request.api();
-    let priority = Priority::try_from(request.txn.priority).unwrap_or(Priority::Default);
+    let claimed = Priority::try_from(request.txn.priority).unwrap_or(Priority::Default);
+    let priority = layer.overload.priority(request.client.as_deref(), claimed);
+    if priority != claimed {
+        request.txn.priority = priority as i32;
+        request.span.set_attribute("sluice.priority_demoted", true);
+    }
     let refuse = |request: &mut TxnRequest, reason: &'static str, status: Status| {
         layer.metrics.reject(api, reason);
         request.release_reader();
@@ -109,6 +120,23 @@ where
             layer.pushback,
         );
         return refuse(&mut request, "degraded", status);
+    }
+    let partition = layer.overload.partition_of(&request.txn.id);
+    request.partition = partition;
+    let partition_level = layer.overload.partition_level(partition);
+    if partition_level >= 3 || (partition_level >= 2 && priority == Priority::Sheddable) {
+        let status = with_pushback(
+            Status::unavailable(format!(
+                "audit partition {partition} degraded (level {partition_level}): its {}transactions refused until it recovers; other partitions are served",
+                if partition_level >= 3 {
+                    ""
+                } else {
+                    "SHEDDABLE "
+                }
+            )),
+            layer.pushback,
+        );
+        return refuse(&mut request, "partition_degraded", status);
     }
     if let Some(clients) = layer.overload.clients() {
         let Some(client) = request.client.clone() else {
@@ -169,6 +197,18 @@ where
             }
         }
     };
+    let held = match layer.overload.hold_partition(partition) {
+        Ok(held) => held,
+        Err(share) => {
+            let status = exhausted(
+                format!(
+                    "audit partition {partition} holds its share of the concurrency limit ({share}): its transactions wait on it; retry later"
+                ),
+                layer.pushback,
+            );
+            return refuse(&mut request, "partition_share", status);
+        }
+    };
     let admitted = Instant::now();
     let result = inner.call(request).await;
     // Quick refusals below (a full queue, no live stream) say nothing about latency.
@@ -176,9 +216,13 @@ where
         Ok(_) => true,
         Err(s) => s.code() == tonic::Code::DeadlineExceeded,
     };
-    if counts {
+    if counts && layer.overload.limit_learns_from(partition) {
         limiter.record(admitted.elapsed());
     }
+    if result.is_ok() {
+        held.progressed();
+    }
+    drop(held);
     drop(permit);
     result
 }

@@ -54,11 +54,14 @@ pub(crate) struct TxnRequest {
     /// SubmitStream only: told (or dropped) once the transaction is admitted to every
     /// required queue or refused, so the reader may read the next message.
     pub(crate) admitted: Option<oneshot::Sender<()>>,
-    /// Who sent it, for per-client rate limits (set only while they are on): the
-    /// `x-client-id` metadata, else the peer's IP; None when `x-client-id` is unusable.
+    /// Who sent it, for per-client rate limits and the priority policy (set only when one
+    /// of them needs it): the `x-client-id` metadata, else the peer's IP; None when
+    /// `x-client-id` is unusable or the client was not needed.
     pub(crate) client: Option<Arc<str>>,
     /// Whether to notify (false at degradation level 1+ for all but CRITICAL).
     pub(crate) notify: bool,
+    /// Its audit partition (set by the overload layer).
+    pub(crate) partition: u32,
 }
 
 /// The metadata key naming the client for per-client rate limits.
@@ -97,6 +100,7 @@ impl TxnRequest {
             admitted: None,
             client: None,
             notify: true,
+            partition: 0,
         }
     }
 
@@ -122,6 +126,7 @@ impl TxnRequest {
             admitted: Some(admitted),
             client: None,
             notify: true,
+            partition: 0,
         }
     }
 

@@ -3,7 +3,15 @@
 //! within its fair share. While it waits it does not read, so the client's HTTP/2 window
 //! fills and its sends block. Outcomes go back in completion order through a bounded queue
 //! (`--outcome-queue`).
+//!
+//! The mesh's clock stops when an outcome is *ready*, not when the client takes it: the
+//! reader collects finished transactions whether or not the client is reading, so their
+//! concurrency-limit slots come back and their latency (what the adaptive limit, the
+//! degradation level and the bottleneck read) is the mesh's own. An outcome waiting for
+//! the client's window keeps its `--streams-inflight` room — charged to this stream's
+//! share, so a client that never reads holds only its own share and stops being read.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -18,7 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tonic::{Status, Streaming};
 use tower::{Service as _, ServiceExt as _};
 
-use super::admission::StreamRoom;
+use super::admission::{StreamRoom, StreamSlot};
 use super::metrics::IngressMetrics;
 use super::request::TxnRequest;
 use super::stack::IngressService;
@@ -38,6 +46,9 @@ enum Stop {
     Broken(Status),
     /// The gateway is shutting down: end UNAVAILABLE, saying how many were not read.
     ShuttingDown,
+    /// Nothing sent and nothing in flight for `--stream-idle-timeout`: end UNAVAILABLE,
+    /// freeing the slot.
+    Idle,
 }
 
 pub(crate) struct StreamReader {
@@ -53,8 +64,10 @@ pub(crate) struct StreamReader {
     pub(crate) room: StreamRoom,
     pub(crate) shutdown: CancellationToken,
     pub(crate) metrics: IngressMetrics,
-    /// This stream's place under `max_streams`.
-    pub(crate) _open: OwnedSemaphorePermit,
+    /// Ends the stream when it holds its slot and sends nothing for this long.
+    pub(crate) idle_timeout: Duration,
+    /// This stream's place under `--max-streams` and `--max-streams-per-connection`.
+    pub(crate) _slot: StreamSlot,
 }
 
 impl StreamReader {
@@ -70,33 +83,51 @@ impl StreamReader {
                 .span_context()
                 .clone()
         };
-        let mut pending: FuturesUnordered<BoxFuture<'static, Outcome>> = FuturesUnordered::new();
+        let mut pending: FuturesUnordered<BoxFuture<'static, Answered>> = FuturesUnordered::new();
+        // Outcomes ready and not yet taken by the outcome queue (the client is slow to read),
+        // each still holding its room; with `pending`, at most this stream's share.
+        let mut ready: VecDeque<Answered> = VecDeque::new();
         let mut stop = Stop::Reading;
         let mut client_gone = false;
         // A permit under `streams_inflight`, taken before the read it allows.
         let mut room: Option<OwnedSemaphorePermit> = None;
         // The transaction being admitted: nothing more is read until it is (or is refused).
         let mut admitting: Option<oneshot::Receiver<()>> = None;
+        // Restarted by every message read and every outcome handed over.
+        let idle = tokio::time::sleep(self.idle_timeout);
+        tokio::pin!(idle);
         loop {
             let reading = matches!(stop, Stop::Reading);
-            let may_read = reading && admitting.is_none() && pending.len() < self.room.share();
+            let held = pending.len() + ready.len();
+            let may_read = reading && admitting.is_none() && held < self.room.share();
+            // Waiting on the client alone: nothing of its in flight, room to read.
+            let quiet = may_read && room.is_some() && held == 0;
             tokio::select! {
-                // Outcomes first: they free room for the next read.
+                // Outcomes first: collected the moment they are ready, whatever the client
+                // does, then handed to the outcome queue as it has room.
                 biased;
-                Some(outcome) = pending.next(), if !pending.is_empty() => {
-                    if tx.send(Ok(outcome)).await.is_err() {
+                Some(answered) = pending.next(), if !pending.is_empty() => ready.push_back(answered),
+                slot = tx.reserve(), if !ready.is_empty() => match slot {
+                    Ok(slot) => {
+                        let (outcome, _room) = ready.pop_front().expect("guarded");
+                        slot.send(Ok(outcome));
+                        idle.as_mut().reset(tokio::time::Instant::now() + self.idle_timeout);
+                    }
+                    Err(_) => {
                         client_gone = true;
                         break; // client gone; dropping `pending` counts the rest cancelled
                     }
-                }
+                },
                 _ = async { admitting.as_mut().expect("guarded").await }, if admitting.is_some() => {
                     admitting = None;
                 }
                 _ = self.shutdown.cancelled(), if reading => stop = Stop::ShuttingDown,
+                _ = &mut idle, if quiet => stop = Stop::Idle,
                 // FIFO: streams waiting for room get it in turn.
                 permit = self.room.permit(), if may_read && room.is_none() => room = permit,
                 message = inbound.message(), if may_read && room.is_some() => match message {
                     Ok(Some(txn)) => {
+                        idle.as_mut().reset(tokio::time::Instant::now() + self.idle_timeout);
                         let permit = room.take().expect("read only with room");
                         let (admitted, rx) = oneshot::channel();
                         admitting = Some(rx);
@@ -117,6 +148,14 @@ impl StreamReader {
             _ if client_gone => None,
             Stop::Reading | Stop::HalfClosed => None,
             Stop::Broken(status) => Some(status),
+            Stop::Idle => {
+                self.metrics
+                    .reject(super::request::Api::Stream, "stream_idle");
+                Some(Status::unavailable(format!(
+                    "SubmitStream sent nothing for {:?} with nothing in flight: closed to free its slot; open a new one when there is work (--stream-idle-timeout)",
+                    self.idle_timeout
+                )))
+            }
             Stop::ShuttingDown => {
                 let unread = count_unread(&mut inbound).await;
                 Some(Status::unavailable(format!(
@@ -139,14 +178,14 @@ impl StreamReader {
     }
 
     /// Sends one transaction down the ingress stack; its outcome (an error Outcome when it
-    /// failed) once done. `room` is held until then.
+    /// failed) once done, with `room`, held until the outcome is queued for the client.
     async fn submit(
         &mut self,
         txn: Transaction,
         link: &SpanContext,
         admitted: oneshot::Sender<()>,
         room: OwnedSemaphorePermit,
-    ) -> BoxFuture<'static, Outcome> {
+    ) -> BoxFuture<'static, Answered> {
         let id = txn.id.clone();
         let mut request = TxnRequest::stream_message(
             txn,
@@ -164,11 +203,14 @@ impl StreamReader {
         };
         Box::pin(async move {
             let outcome = outcome.await.unwrap_or_else(|s| error_outcome(id, &s));
-            drop(room);
-            outcome
+            (outcome, room)
         })
     }
 }
+
+/// A transaction's outcome and the `--streams-inflight` room it holds until the outcome
+/// queue takes it.
+type Answered = (Outcome, OwnedSemaphorePermit);
 
 /// Reads (and drops) what a shut-down stream's client has already sent, for at most
 /// [`UNREAD_COUNT_WINDOW`], and returns how many messages that was.

@@ -50,6 +50,8 @@ pub struct Split {
     pub admission: Duration,
     pub risk: Duration,
     pub logging: Duration,
+    /// Its audit partition.
+    pub partition: u32,
 }
 
 impl Split {
@@ -172,6 +174,7 @@ mod tests {
             admission: MS * admission as u32,
             risk: MS * risk as u32,
             logging: MS * logging as u32,
+            partition: 0,
         }
     }
 

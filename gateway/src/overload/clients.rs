@@ -3,9 +3,16 @@
 //! governor's GCRA is the bucket; what this adds is the bounds a hostile client cannot
 //! break, and metrics whose label set cannot grow without bound:
 //!
-//! - At most [`MAX_CLIENTS`] buckets. Buckets that are full again are forgotten every
-//!   [`Clients::trim`] (an absent bucket and a full one behave alike); a new client beyond
-//!   the bound shares one overflow bucket, [`OTHER`], with every other such client.
+//! - At most [`MAX_CLIENTS`] buckets, kept least recently used first (the `lru` crate). A
+//!   new client beyond the bound takes the bucket of the client heard from least recently
+//!   (`client_buckets_evicted_total` counts it), so a stream of fresh `x-client-id`s pushes
+//!   out only idle clients — and itself — never a newcomer who is still sending. Buckets
+//!   idle long enough to be full again are forgotten every [`Clients::trim`] (an absent
+//!   bucket and a full one behave alike).
+//!
+//! `x-client-id` is what the client says it is: unauthenticated unless the deployment
+//! authenticates it in front of the gateway. A client that rotates ids gets a fresh bucket
+//! each time; the concurrency limit, not the bucket, is what bounds it.
 //! - `sluice_gateway_client_requests_total{client, result}` names at most
 //!   [`TOP_CLIENTS`] clients: the busiest of the last period (re-chosen every trim). The
 //!   rest count as `client="other"`; a client that leaves the top has its series removed.
@@ -15,8 +22,12 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::num::NonZeroUsize;
+use std::time::Instant;
+
 use governor::clock::{Clock as _, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota};
+use governor::{DefaultDirectRateLimiter, Quota};
+use lru::LruCache;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -26,7 +37,7 @@ use prometheus_client::registry::Registry;
 pub const MAX_CLIENTS: usize = 10_000;
 /// Most clients named in the per-client metrics.
 pub const TOP_CLIENTS: usize = 10;
-/// The bucket and the label of everyone beyond the bounds.
+/// The metrics label of every client not among the [`TOP_CLIENTS`].
 pub const OTHER: &str = "other";
 /// Longest `x-client-id` taken as given; a longer one is refused INVALID_ARGUMENT.
 pub const MAX_CLIENT_ID: usize = 64;
@@ -51,11 +62,18 @@ struct ClientLabels {
 #[derive(Clone)]
 pub struct Clients {
     rate: ClientRate,
-    buckets: Arc<DefaultKeyedRateLimiter<Arc<str>>>,
-    /// The overflow bucket's key.
-    other: Arc<str>,
+    quota: Quota,
+    /// Least recently used first; at most [`MAX_CLIENTS`].
+    buckets: Arc<Mutex<LruCache<Arc<str>, Bucket>>>,
     counts: Arc<Mutex<Counts>>,
     requests: Family<ClientLabels, Counter>,
+    evicted: Counter,
+}
+
+/// One client's token bucket (governor's GCRA) and when it was last used.
+struct Bucket {
+    limiter: DefaultDirectRateLimiter,
+    last: Instant,
 }
 
 /// A client's two series, [admitted, limited], held so that counting allocates nothing.
@@ -82,11 +100,19 @@ impl Clients {
             "Transactions per client (x-client-id, else peer IP) by result (admitted, limited); the busiest clients by name, the rest as other",
             requests.clone(),
         );
+        let evicted = Counter::default();
+        registry.register(
+            "client_buckets_evicted",
+            "Client buckets given to a new client because every one of the bounded number was taken (the least recently used client's)",
+            evicted.clone(),
+        );
         let other = series(&requests, OTHER);
+        let capacity = NonZeroUsize::new(MAX_CLIENTS).expect("a positive bound");
         Self {
             rate,
-            buckets: Arc::new(DefaultKeyedRateLimiter::keyed(quota)),
-            other: Arc::from(OTHER),
+            quota,
+            buckets: Arc::new(Mutex::new(LruCache::new(capacity))),
+            evicted,
             counts: Arc::new(Mutex::new(Counts {
                 period: HashMap::new(),
                 named: Vec::new(),
@@ -102,25 +128,38 @@ impl Clients {
 
     /// Takes a token for `client`, or says how long until its next one; counts it.
     pub fn check(&self, client: &Arc<str>) -> Result<(), Duration> {
-        let full = self.buckets.len() >= MAX_CLIENTS;
-        let mut counts = self.counts.lock().expect("client counts");
-        let key = match counts.period.get_mut(client) {
-            Some(n) => {
-                *n += 1;
-                client
-            }
-            None => {
-                if counts.period.len() < MAX_CLIENTS {
-                    counts.period.insert(client.clone(), 1);
+        let result = {
+            let now = Instant::now();
+            let mut buckets = self.buckets.lock().expect("client buckets");
+            let bucket = match buckets.get_mut(client) {
+                Some(bucket) => bucket,
+                None => {
+                    // At the bound, `push` hands back the least recently used client's.
+                    let fresh = Bucket {
+                        limiter: DefaultDirectRateLimiter::direct(self.quota),
+                        last: now,
+                    };
+                    if buckets.push(client.clone(), fresh).is_some() {
+                        self.evicted.inc();
+                    }
+                    buckets.get_mut(client).expect("just inserted")
                 }
-                // A client new this period, with every bucket taken: the shared one.
-                if full { &self.other } else { client }
-            }
+            };
+            bucket.last = now;
+            bucket
+                .limiter
+                .check()
+                .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
         };
-        let result = self
-            .buckets
-            .check_key(key)
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()));
+        let mut counts = self.counts.lock().expect("client counts");
+        let room = counts.period.len() < MAX_CLIENTS;
+        match counts.period.get_mut(client) {
+            Some(n) => *n += 1,
+            None if room => {
+                counts.period.insert(client.clone(), 1);
+            }
+            None => {}
+        }
         let series = counts
             .named
             .iter()
@@ -133,8 +172,19 @@ impl Clients {
     /// Forgets full buckets, and names the period's busiest clients in the metrics from
     /// now on. Called every few seconds.
     pub fn trim(&self) {
-        self.buckets.retain_recent();
-        self.buckets.shrink_to_fit();
+        {
+            // A bucket idle for a whole burst's refill is full: forgetting it changes nothing.
+            let refill =
+                Duration::from_secs_f64(f64::from(self.rate.burst.max(1)) / self.rate.rate);
+            let now = Instant::now();
+            let mut buckets = self.buckets.lock().expect("client buckets");
+            while buckets
+                .peek_lru()
+                .is_some_and(|(_, b)| now.duration_since(b.last) >= refill)
+            {
+                buckets.pop_lru();
+            }
+        }
         let mut counts = self.counts.lock().expect("client counts");
         let mut busiest: Vec<(Arc<str>, u64)> = counts.period.drain().collect();
         busiest.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -206,6 +256,29 @@ mod tests {
             c.check(&"b".into()).is_ok(),
             "another client has its own bucket"
         );
+    }
+
+    #[test]
+    fn rotating_ids_evict_idle_clients_not_a_newcomer_still_sending() {
+        let c = clients(1e6, 5);
+        let honest: Arc<str> = "honest".into();
+        for i in 0..(3 * MAX_CLIENTS) {
+            assert!(
+                c.check(&format!("rotating-{i}").into()).is_ok(),
+                "a fresh id has a full bucket"
+            );
+            if i % 1000 == 0 {
+                // The newcomer sends now and then, within its rate: never pushed out, so
+                // never given a second burst, and never shares anyone's bucket.
+                assert!(
+                    c.check(&honest).is_ok(),
+                    "the newcomer keeps its own bucket"
+                );
+            }
+        }
+        assert_eq!(c.buckets.lock().unwrap().len(), MAX_CLIENTS);
+        assert!(c.buckets.lock().unwrap().contains(&honest));
+        assert_eq!(c.evicted.get(), (2 * MAX_CLIENTS + 1) as u64);
     }
 
     #[test]

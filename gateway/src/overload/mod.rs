@@ -5,7 +5,16 @@
 //! - [`limit`]: the adaptive concurrency limit (every 250 ms) and the priority shares of it;
 //! - [`clients`]: per-client token buckets;
 //! - [`level`]: degradation levels (every second), with hysteresis;
-//! - [`bottleneck`]: which hop the slowest transactions wait on (every second).
+//! - [`bottleneck`]: which hop the slowest transactions wait on (every second);
+//! - [`partition`]: each audit partition's own level and share of the limit, so one that
+//!   stalls is charged for what it holds;
+//! - [`priority`]: which clients may claim CRITICAL (`--priority-policy`).
+//!
+//! **Clocks.** Every control reads the mesh's own time on the gateway's monotonic clock
+//! (`Instant`): a transaction's latency runs from admission (or arrival, for the bottleneck's
+//! admission share) to the moment its outcome is *ready* — never the time the outcome then
+//! waits for the client to read it (`ingress/stream.rs` collects outcomes whether or not the
+//! client reads).
 //!
 //! Every bound here is a named constant in its module; ARCHITECTURE.md lists them.
 
@@ -13,12 +22,15 @@ pub mod bottleneck;
 pub mod clients;
 pub mod level;
 pub mod limit;
+pub mod partition;
+pub mod priority;
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -28,6 +40,9 @@ use bottleneck::{Detector, Hop, Split};
 use clients::{ClientRate, Clients};
 use level::{Levels, Signals};
 use limit::{Gradient, Limiter};
+use partition::Health;
+use priority::PriorityPolicy;
+use sluice_proto::pb::Priority;
 
 /// How the concurrency limit is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -54,6 +69,7 @@ pub struct OverloadConfig {
     pub client_rate: Option<ClientRate>,
     pub latency_slo: Duration,
     pub degradation: Degradation,
+    pub priority_policy: PriorityPolicy,
 }
 
 impl Default for OverloadConfig {
@@ -65,6 +81,7 @@ impl Default for OverloadConfig {
             client_rate: None,
             latency_slo: level::DEFAULT_LATENCY_SLO,
             degradation: Degradation::On,
+            priority_policy: PriorityPolicy::default(),
         }
     }
 }
@@ -86,6 +103,48 @@ struct HopLabels {
     hop: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    partition: u32,
+}
+
+/// What one audit partition holds now, kept by [`PartitionHold`]s.
+#[derive(Default)]
+struct PartLoad {
+    /// Transactions of this partition holding a concurrency-limit slot.
+    inflight: AtomicUsize,
+    /// When `inflight` last rose from 0 (ns after `Inner::epoch`).
+    busy_since: AtomicU64,
+    /// When one of its transactions last finished OK (ns after `Inner::epoch`): progress.
+    last_done: AtomicU64,
+    /// Its own degradation level ([`partition`]).
+    level: AtomicU8,
+}
+
+/// One transaction's place in its partition's [`PartLoad`], given back on drop.
+pub struct PartitionHold {
+    overload: Overload,
+    partition: u32,
+}
+
+impl PartitionHold {
+    /// Its transaction finished OK: the partition made progress. (A quick refusal or a
+    /// deadline is not progress: a stalled partition refuses or times out everything.)
+    pub fn progressed(&self) {
+        let inner = &self.overload.inner;
+        let part = &inner.parts[self.partition as usize];
+        part.last_done
+            .store(inner.nanos(Instant::now()), Ordering::Release);
+    }
+}
+
+impl Drop for PartitionHold {
+    fn drop(&mut self) {
+        let part = &self.overload.inner.parts[self.partition as usize];
+        part.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The overload state shared by ingress and the controller.
 #[derive(Clone)]
 pub struct Overload {
@@ -105,13 +164,31 @@ struct Inner {
     baseline_gauge: Gauge<f64, std::sync::atomic::AtomicU64>,
     level_gauge: Gauge,
     bottleneck: Family<HopLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// One per audit partition, in order.
+    parts: Box<[PartLoad]>,
+    part_level_gauge: Family<PartitionLabels, Gauge>,
+    /// The zero of the partitions' timestamps.
+    epoch: Instant,
+    demoted: Counter,
+}
+
+impl Inner {
+    fn nanos(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
 }
 
 /// Periods between trims of the client buckets (and re-choosing the named clients).
 const CLIENT_TRIM_PERIODS: u64 = 10;
 
 impl Overload {
-    pub fn new(config: OverloadConfig, registry: &mut Registry, hops: HopLoads) -> Self {
+    /// `partitions`: how many audit partitions transactions are spread over (at least 1).
+    pub fn new(
+        config: OverloadConfig,
+        registry: &mut Registry,
+        hops: HopLoads,
+        partitions: usize,
+    ) -> Self {
         let initial = match config.mode {
             LimitMode::Adaptive => limit::INITIAL_LIMIT.clamp(config.min_limit, config.max_limit),
             LimitMode::Static => config.max_limit,
@@ -127,8 +204,29 @@ impl Overload {
             baseline_gauge: Gauge::default(),
             level_gauge: Gauge::default(),
             bottleneck: Family::default(),
+            parts: (0..partitions.max(1))
+                .map(|_| PartLoad::default())
+                .collect(),
+            part_level_gauge: Family::default(),
+            epoch: Instant::now(),
+            demoted: Counter::default(),
             config,
         };
+        registry.register(
+            "partition_degradation_level",
+            "Each audit partition's own degradation level (from its own transactions' latency): 2 refuses its SHEDDABLE transactions, 3 all of its transactions",
+            inner.part_level_gauge.clone(),
+        );
+        registry.register(
+            "priority_demoted",
+            "CRITICAL claims taken as DEFAULT: the client is not granted CRITICAL by --priority-policy",
+            inner.demoted.clone(),
+        );
+        for p in 0..inner.parts.len() as u32 {
+            let _ = inner
+                .part_level_gauge
+                .get_or_create(&PartitionLabels { partition: p });
+        }
         registry.register(
             "concurrency_limit",
             "Most transactions admitted and unanswered, both APIs together (adaptive: follows latency against its baseline)",
@@ -177,6 +275,66 @@ impl Overload {
         self.inner.level.load(Ordering::Acquire)
     }
 
+    /// How many audit partitions there are.
+    pub fn partitions(&self) -> u32 {
+        self.inner.parts.len() as u32
+    }
+
+    /// Transaction `id`'s audit partition (the logging route's rule).
+    pub fn partition_of(&self, id: &str) -> u32 {
+        sluice_proto::partition::of(id, self.partitions())
+    }
+
+    /// Partition `partition`'s own degradation level (0 when degradation is off).
+    pub fn partition_level(&self, partition: u32) -> u8 {
+        self.inner.parts[partition as usize]
+            .level
+            .load(Ordering::Acquire)
+    }
+
+    /// A place for one transaction of `partition` within its share of the limit
+    /// ([`partition::share_cap`]), or that share when it is full.
+    pub fn hold_partition(&self, partition: u32) -> Result<PartitionHold, usize> {
+        let inner = &self.inner;
+        let part = &inner.parts[partition as usize];
+        let cap = partition::share_cap(inner.limiter.limit(), inner.parts.len());
+        let before = part
+            .inflight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .map_err(|_| cap)?;
+        if before == 0 {
+            part.busy_since
+                .store(inner.nanos(Instant::now()), Ordering::Release);
+        }
+        Ok(PartitionHold {
+            overload: self.clone(),
+            partition,
+        })
+    }
+
+    /// Whether the adaptive limit learns from `partition`'s latency: not while the
+    /// partition is singled out (its own level above the gateway's).
+    pub fn limit_learns_from(&self, partition: u32) -> bool {
+        self.partition_level(partition) <= self.level()
+    }
+
+    /// The priority `client`'s `claimed` one is taken as under `--priority-policy`;
+    /// a demotion is counted.
+    pub fn priority(&self, client: Option<&str>, claimed: Priority) -> Priority {
+        let allowed = self.inner.config.priority_policy.allowed(client, claimed);
+        if allowed != claimed {
+            self.inner.demoted.inc();
+        }
+        allowed
+    }
+
+    /// True when the priority policy needs the client named to decide `claimed`.
+    pub fn needs_client_for(&self, claimed: i32) -> bool {
+        claimed == Priority::Critical as i32 && !self.inner.config.priority_policy.trusts_everyone()
+    }
+
     /// Records one finished transaction's latency split.
     pub fn finished(&self, split: Split) {
         let seen = self.inner.seen.fetch_add(1, Ordering::Relaxed) as usize;
@@ -199,6 +357,7 @@ impl Overload {
         )
         .with_buffer(inner.config.latency_slo / limit::SLO_BUFFER_DIVISOR);
         let mut levels = Levels::default();
+        let mut health: Vec<Health> = (0..inner.parts.len()).map(|_| Health::default()).collect();
         let mut detector = Detector::default();
         let mut tick = tokio::time::interval(limit::LIMIT_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -231,7 +390,7 @@ impl Overload {
             if !ticks.is_multiple_of(ticks_per_period) {
                 continue;
             }
-            self.period(now, &mut levels, &mut detector);
+            self.period(now, &mut levels, &mut health, &mut detector);
             if let Some(clients) = &inner.clients
                 && ticks.is_multiple_of(ticks_per_period * CLIENT_TRIM_PERIODS)
             {
@@ -240,8 +399,63 @@ impl Overload {
         }
     }
 
+    /// Each partition's latency signal this period (None: idle), its level moved.
+    fn partition_health(
+        &self,
+        now: Instant,
+        splits: &[Split],
+        health: &mut [Health],
+    ) -> Vec<Option<Duration>> {
+        let inner = &self.inner;
+        let mut by_part: Vec<Vec<Split>> = vec![Vec::new(); inner.parts.len()];
+        for split in splits {
+            if let Some(part) = by_part.get_mut(split.partition as usize) {
+                part.push(*split);
+            }
+        }
+        let at = inner.nanos(now);
+        let mut signals = Vec::with_capacity(inner.parts.len());
+        for (p, ((load, health), done)) in inner.parts.iter().zip(health).zip(by_part).enumerate() {
+            let p99 = (!done.is_empty()).then(|| bottleneck::admitted_p99(&done));
+            let stalled = (load.inflight.load(Ordering::Acquire) > 0).then(|| {
+                let since = load
+                    .busy_since
+                    .load(Ordering::Acquire)
+                    .max(load.last_done.load(Ordering::Acquire));
+                Duration::from_nanos(at.saturating_sub(since))
+            });
+            let (latency, changed) = health.observe(p99, stalled, inner.config.latency_slo);
+            signals.push(latency);
+            if inner.config.degradation == Degradation::On
+                && let Some(level) = changed
+            {
+                let before = load.level.swap(level, Ordering::AcqRel);
+                inner
+                    .part_level_gauge
+                    .get_or_create(&PartitionLabels {
+                        partition: p as u32,
+                    })
+                    .set(i64::from(level));
+                tracing::warn!(
+                    partition = p,
+                    from = before,
+                    to = level,
+                    latency_ms = latency.unwrap_or_default().as_secs_f64() * 1000.0,
+                    "audit partition {p}: degradation level {before} → {level}"
+                );
+            }
+        }
+        signals
+    }
+
     /// One period: the level and the bottleneck from what finished in it.
-    fn period(&self, now: Instant, levels: &mut Levels, detector: &mut Detector) {
+    fn period(
+        &self,
+        now: Instant,
+        levels: &mut Levels,
+        health: &mut [Health],
+        detector: &mut Detector,
+    ) {
         let inner = &self.inner;
         let mut splits = std::mem::take(&mut *inner.splits.lock().expect("splits lock"));
         let (p99, candidate) = bottleneck::candidate(&mut splits);
@@ -257,7 +471,12 @@ impl Overload {
         // The level looks at what the mesh does with admitted work: time waiting to be
         // admitted is a SubmitStream's backpressure doing its job (it says so in the
         // bottleneck), and must not get polite unary callers refused.
-        let admitted = stalled.unwrap_or_else(|| bottleneck::admitted_p99(&splits));
+        let mut admitted = stalled.unwrap_or_else(|| bottleneck::admitted_p99(&splits));
+        if inner.parts.len() > 1 {
+            // Each partition by its own transactions; the gateway by the healthiest.
+            let partitions = self.partition_health(now, &splits, health);
+            admitted = partition::gateway_latency(&partitions).unwrap_or_default();
+        }
         // A stall finishes nothing to split: the hop holding the work is the candidate.
         let candidate = match stalled {
             Some(_) => bottleneck::holding(risk.outstanding, logging.outstanding),

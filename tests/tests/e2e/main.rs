@@ -8,6 +8,7 @@ mod chaos;
 mod connections;
 mod control;
 mod dashboard;
+mod fairness;
 mod faults;
 mod hostile;
 mod loadgen;
