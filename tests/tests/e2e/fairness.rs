@@ -97,8 +97,9 @@ async fn a_client_that_reads_slowly_does_not_lower_the_limit_for_another() {
         .await
         .expect("limit exported");
 
-    // The slow reader: a SubmitStream that sends without pause and reads one outcome every
-    // 50 ms, on its own connection.
+    // The slow reader: a SubmitStream that sends without pause and reads an outcome every
+    // 5 ms (slower than the mesh answers), on its own connection. Its outcomes wait for it;
+    // a limit that read their delivery time would see seconds.
     let sending = Arc::new(AtomicBool::new(true));
     let slow = {
         let gw = mesh.gateway().await;
@@ -116,7 +117,7 @@ async fn a_client_that_reads_slowly_does_not_lower_the_limit_for_another() {
             let mut read = 0u64;
             while let Ok(Some(_)) = outcomes.message().await {
                 read += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             read
         })
@@ -145,7 +146,7 @@ async fn a_client_that_reads_slowly_does_not_lower_the_limit_for_another() {
         let tally = tally.clone();
         paced(
             mesh.gateway().await,
-            200,
+            100,
             |n| txn(&format!("other-{n}")),
             move |_| Some(tally.clone()),
             stop.clone(),
