@@ -25,27 +25,10 @@ use std::time::Duration;
 use futures::future::{BoxFuture, FutureExt as _};
 use sluice_proto::pb::Outcome;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::Status;
 use tower::{Layer, Service};
 
-use super::metrics::IngressMetrics;
+use super::refusal::{Reason, Refusal};
 use super::request::TxnRequest;
-
-/// `status` with a `grpc-retry-pushback-ms` trailer: the standard way to tell a gRPC
-/// client when to retry.
-pub(crate) fn with_pushback(mut status: Status, pushback: Duration) -> Status {
-    if let Ok(value) = pushback.as_millis().to_string().parse() {
-        status
-            .metadata_mut()
-            .insert("grpc-retry-pushback-ms", value);
-    }
-    status
-}
-
-/// RESOURCE_EXHAUSTED with pushback.
-pub(crate) fn exhausted(message: impl Into<String>, pushback: Duration) -> Status {
-    with_pushback(Status::resource_exhausted(message), pushback)
-}
 
 /// The unary in-flight limit. See the module docs.
 #[derive(Clone)]
@@ -53,16 +36,14 @@ pub(crate) struct InflightLimitLayer {
     permits: Arc<Semaphore>,
     limit: usize,
     pushback: Duration,
-    metrics: IngressMetrics,
 }
 
 impl InflightLimitLayer {
-    pub(crate) fn new(limit: usize, pushback: Duration, metrics: IngressMetrics) -> Self {
+    pub(crate) fn new(limit: usize, pushback: Duration) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limit.clamp(1, Semaphore::MAX_PERMITS))),
             limit,
             pushback,
-            metrics,
         }
     }
 }
@@ -85,25 +66,25 @@ pub(crate) struct InflightLimit<S> {
 
 impl<S> Service<TxnRequest> for InflightLimit<S>
 where
-    S: Service<TxnRequest, Response = Outcome, Error = Status>,
+    S: Service<TxnRequest, Response = Outcome, Error = Refusal>,
     S::Future: Send + 'static,
 {
     type Response = Outcome;
-    type Error = Status;
-    type Future = BoxFuture<'static, Result<Outcome, Status>>;
+    type Error = Refusal;
+    type Future = BoxFuture<'static, Result<Outcome, Refusal>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Refusal>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: TxnRequest) -> Self::Future {
         let Ok(permit) = self.limit.permits.clone().try_acquire_owned() else {
-            self.limit.metrics.reject(request.api(), "inflight_limit");
-            let status = exhausted(
+            let refusal = Refusal::new(
+                Reason::InflightLimit,
                 format!("gateway at its in-flight limit ({})", self.limit.limit),
-                self.limit.pushback,
-            );
-            return futures::future::ready(Err(status)).boxed();
+            )
+            .pushback(self.limit.pushback);
+            return futures::future::ready(Err(refusal)).boxed();
         };
         let outcome = self.inner.call(request);
         async move {

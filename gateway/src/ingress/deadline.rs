@@ -9,9 +9,9 @@
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use super::refusal::Refusal;
 use futures::future::BoxFuture;
 use sluice_proto::pb::Outcome;
-use tonic::Status;
 use tower::{Layer, Service};
 
 use super::request::{Origin, TxnRequest, call_deadline};
@@ -39,14 +39,14 @@ pub(crate) struct Deadlined<S> {
 
 impl<S> Service<TxnRequest> for Deadlined<S>
 where
-    S: Service<TxnRequest, Response = Outcome, Error = Status>,
+    S: Service<TxnRequest, Response = Outcome, Error = Refusal>,
     S::Future: Send + 'static,
 {
     type Response = Outcome;
-    type Error = Status;
-    type Future = BoxFuture<'static, Result<Outcome, Status>>;
+    type Error = Refusal;
+    type Future = BoxFuture<'static, Result<Outcome, Refusal>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Refusal>> {
         self.inner.poll_ready(cx)
     }
 
@@ -61,7 +61,7 @@ where
             tokio::time::timeout_at(deadline.into(), outcome)
                 .await
                 .unwrap_or_else(|_| {
-                    Err(Status::deadline_exceeded(
+                    Err(Refusal::deadline_failed(
                         "deadline passed waiting for risk and logging",
                     ))
                 })

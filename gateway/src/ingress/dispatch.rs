@@ -6,12 +6,11 @@ use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use sluice_proto::pb::Outcome;
-use tonic::Status;
 use tower::Service;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use super::admission::exhausted;
-use super::metrics::{IngressMetrics, reject_reason};
+use super::metrics::IngressMetrics;
+use super::refusal::Refusal;
 use super::request::{Api, TxnRequest};
 use crate::fanout::{Admission, Dispatched, Fanout};
 use crate::overload::Overload;
@@ -30,12 +29,12 @@ pub(crate) struct Dispatch {
 
 impl Service<TxnRequest> for Dispatch {
     type Response = Outcome;
-    type Error = Status;
-    type Future = BoxFuture<'static, Result<Outcome, Status>>;
+    type Error = Refusal;
+    type Future = BoxFuture<'static, Result<Outcome, Refusal>>;
 
     /// Always ready: queue room is waited for (or refused) per transaction in `call`, where
     /// the wait is traced and bounded by the transaction's deadline.
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Refusal>> {
         Poll::Ready(Ok(()))
     }
 
@@ -43,22 +42,28 @@ impl Service<TxnRequest> for Dispatch {
         // Two phases, two allocations: admission (large: the fan-out's state, waiting for
         // queue room) is boxed on its own and freed once the transaction is queued, so what
         // a pending transaction holds until its outcome is only its replies and a guard.
-        let (arrived, partition) = (request.arrived, request.partition);
-        let overload = self.overload.clone();
+        let (arrived, partition, api) = (request.arrived, request.partition, request.api());
+        let (overload, metrics) = (self.overload.clone(), self.metrics.clone());
         let admission = Box::pin(admit(self.clone(), request));
         Box::pin(async move {
             // A statement of its own, so the admission box is dropped before the next await.
             let admitted = admission.await;
             let (dispatched, _inflight) = admitted?;
             let (outcome, replied) = dispatched.timed_outcome().await;
+            let (total, admission) = (
+                arrived.elapsed(),
+                replied.admitted.saturating_duration_since(arrived),
+            );
+            metrics.stage(api, "admission", admission);
+            metrics.stage(api, "mesh", total.saturating_sub(admission));
             overload.finished(Split {
-                total: arrived.elapsed(),
-                admission: replied.admitted.saturating_duration_since(arrived),
+                total,
+                admission,
                 risk: replied.risk,
                 logging: replied.logging,
                 partition,
             });
-            outcome
+            outcome.map_err(Refusal::failed)
         })
     }
 }
@@ -67,7 +72,7 @@ impl Service<TxnRequest> for Dispatch {
 async fn admit(
     this: Dispatch,
     mut request: TxnRequest,
-) -> Result<(Dispatched, GaugeGuard), Status> {
+) -> Result<(Dispatched, GaugeGuard), Refusal> {
     let api = request.api();
     let admission = match api {
         Api::Unary => Admission::Immediate,
@@ -96,14 +101,13 @@ async fn admit(
     match dispatched {
         Ok(d) => Ok((d, this.metrics.admitted(api))),
         Err(status) => {
-            this.metrics.reject(api, reject_reason(&status));
-            Err(
-                if api == Api::Unary && status.code() == tonic::Code::ResourceExhausted {
-                    exhausted(status.message(), this.pushback)
-                } else {
-                    status
-                },
-            )
+            let full = status.code() == tonic::Code::ResourceExhausted;
+            let refusal = Refusal::at_admission(status);
+            Err(if api == Api::Unary && full {
+                refusal.pushback(this.pushback)
+            } else {
+                refusal
+            })
         }
     }
 }

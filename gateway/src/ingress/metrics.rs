@@ -8,6 +8,7 @@
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use super::refusal::Refusal;
 use futures::future::BoxFuture;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -18,7 +19,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use sluice_core::metrics::GaugeGuard;
 use sluice_proto::pb::Outcome;
-use tonic::Status;
 use tower::{Layer, Service};
 
 use super::request::{Api, TxnRequest};
@@ -35,24 +35,23 @@ struct ApiLabels {
     api: &'static str,
 }
 
+/// A transaction's stages at the gateway, each on the gateway's monotonic clock.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    api: &'static str,
+    /// `admission` (read → admitted to every required queue: the concurrency limit's and
+    /// the queues' wait), `mesh` (admitted → outcome ready: what the limit and the levels
+    /// read), `delivery` (SubmitStream: outcome ready → taken by the transport, i.e. the
+    /// wait for the client's HTTP/2 window).
+    stage: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RejectLabels {
     api: &'static str,
     /// `inflight_limit`, `stream_limit`, `queue_full`, `unavailable`, `invalid_argument`,
     /// `deadline`, `already_exists`.
     reason: &'static str,
-}
-
-/// The rejection reason of a status returned at admission.
-pub(crate) fn reject_reason(status: &Status) -> &'static str {
-    match status.code() {
-        tonic::Code::ResourceExhausted => "queue_full",
-        tonic::Code::Unavailable => "unavailable",
-        tonic::Code::InvalidArgument => "invalid_argument",
-        tonic::Code::DeadlineExceeded => "deadline",
-        tonic::Code::AlreadyExists => "already_exists",
-        _ => "other",
-    }
 }
 
 /// An exemplar's labels: the trace of the transaction observed.
@@ -85,6 +84,7 @@ pub(crate) struct IngressMetrics {
     pub(crate) blocked_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     rejected: Family<RejectLabels, Counter>,
     pub(crate) streams: Gauge,
+    stages: Family<StageLabels, Histogram>,
 }
 
 impl IngressMetrics {
@@ -99,7 +99,15 @@ impl IngressMetrics {
             blocked_seconds: Counter::default(),
             rejected: Family::default(),
             streams: Gauge::default(),
+            stages: Family::new_with_constructor(|| {
+                Histogram::new(sluice_core::metrics::latency_buckets())
+            }),
         };
+        registry.register(
+            "stage_seconds",
+            "Where a transaction's time at the gateway goes, by API and stage: admission (read to admitted to every queue), mesh (admitted to outcome ready), delivery (SubmitStream: outcome ready to taken by the transport)",
+            m.stages.clone(),
+        );
         registry.register(
             "admission_blocked_seconds",
             "Seconds SubmitStream readers spent blocked waiting for downstream queue room, all streams",
@@ -144,6 +152,40 @@ impl IngressMetrics {
         GaugeGuard::hold(&self.inflight.get_or_create(&ApiLabels { api: api.label() }))
     }
 
+    /// Observes `took` in `stage` for `api` (see `StageLabels`).
+    pub(crate) fn stage(&self, api: Api, stage: &'static str, took: std::time::Duration) {
+        self.stages
+            .get_or_create(&StageLabels {
+                api: api.label(),
+                stage,
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The `delivery` stage's histogram for SubmitStream, to observe without a lookup.
+    pub(crate) fn delivery(&self) -> Histogram {
+        self.stages
+            .get_or_create(&StageLabels {
+                api: Api::Stream.label(),
+                stage: "delivery",
+            })
+            .clone()
+    }
+
+    fn finish_cancelled(&self, api: Api, started: Instant, exemplar: Option<TraceExemplar>) {
+        self.latency
+            .get_or_create(&ApiLabels { api: api.label() })
+            .observe(started.elapsed().as_secs_f64(), exemplar, None);
+        self.transactions
+            .get_or_create(&ResultLabels {
+                api: api.label(),
+                result: code_label(tonic::Code::Cancelled),
+            })
+            .inc();
+    }
+
+    /// Counts a refusal made outside the stack (a stream slot, an idle stream); the stack's
+    /// own are counted by [`MetricsLayer`] from their [`Refusal`].
     pub(crate) fn reject(&self, api: Api, reason: &'static str) {
         self.rejected
             .get_or_create(&RejectLabels {
@@ -156,7 +198,7 @@ impl IngressMetrics {
     fn finish(
         &self,
         api: Api,
-        result: Result<&Outcome, &Status>,
+        result: Result<&Outcome, &Refusal>,
         started: Instant,
         exemplar: Option<TraceExemplar>,
     ) {
@@ -165,7 +207,12 @@ impl IngressMetrics {
                 None => "ok".to_string(),
                 Some(e) => code_label(tonic::Code::from_i32(e.code)),
             },
-            Err(s) => code_label(s.code()),
+            Err(refusal) => {
+                if refusal.refused() {
+                    self.reject(api, refusal.reason.label());
+                }
+                code_label(refusal.code())
+            }
         };
         self.latency
             .get_or_create(&ApiLabels { api: api.label() })
@@ -213,14 +260,14 @@ pub(crate) struct Metered<S> {
 
 impl<S> Service<TxnRequest> for Metered<S>
 where
-    S: Service<TxnRequest, Response = Outcome, Error = Status>,
+    S: Service<TxnRequest, Response = Outcome, Error = Refusal>,
     S::Future: Send + 'static,
 {
     type Response = Outcome;
-    type Error = Status;
-    type Future = BoxFuture<'static, Result<Outcome, Status>>;
+    type Error = Refusal;
+    type Future = BoxFuture<'static, Result<Outcome, Refusal>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Refusal>> {
         self.inner.poll_ready(cx)
     }
 
@@ -259,7 +306,7 @@ impl Tracked {
         }
     }
 
-    fn finish(mut self, result: Result<&Outcome, &Status>) {
+    fn finish(mut self, result: Result<&Outcome, &Refusal>) {
         self.finished = true;
         let exemplar = TraceExemplar::of(&self.span);
         self.metrics
@@ -270,10 +317,9 @@ impl Tracked {
 impl Drop for Tracked {
     fn drop(&mut self) {
         if !self.finished {
-            let status = Status::cancelled("cancelled before its outcome");
             let exemplar = TraceExemplar::of(&self.span);
             self.metrics
-                .finish(self.api, Err(&status), self.started, exemplar);
+                .finish_cancelled(self.api, self.started, exemplar);
         }
     }
 }

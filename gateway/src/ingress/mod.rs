@@ -22,6 +22,7 @@ mod deadline;
 mod dispatch;
 mod metrics;
 mod overload;
+mod refusal;
 mod request;
 mod stack;
 mod stream;
@@ -35,17 +36,18 @@ use sluice_core::CancellationToken;
 use sluice_proto::pb::gateway_server::Gateway;
 use sluice_proto::pb::{Outcome, Transaction};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tower::ServiceExt as _;
 use tracing::Instrument as _;
 
 use crate::fanout::Fanout;
 use crate::overload::Overload;
-use admission::{SlotRefused, StreamRoom, exhausted};
+use admission::{SlotRefused, StreamRoom};
 use metrics::IngressMetrics;
+use refusal::{Reason, Refusal};
 use request::{Api, TxnRequest, call_deadline, client_of};
 use stack::{IngressService, ingress_stack};
+pub use stream::OutcomeStream;
 use stream::StreamReader;
 
 /// Default most unary calls in flight at once.
@@ -144,7 +146,7 @@ impl Ingress {
 
 #[tonic::async_trait]
 impl Gateway for Ingress {
-    type SubmitStreamStream = ReceiverStream<Result<Outcome, Status>>;
+    type SubmitStreamStream = OutcomeStream;
 
     async fn submit(&self, request: Request<Transaction>) -> Result<Response<Outcome>, Status> {
         let peer = request.remote_addr();
@@ -153,7 +155,12 @@ impl Gateway for Ingress {
         let client = needed.then(|| client_of(&metadata, peer)).flatten();
         let mut request = TxnRequest::unary(txn, metadata);
         request.client = client;
-        self.unary.clone().oneshot(request).await.map(Response::new)
+        self.unary
+            .clone()
+            .oneshot(request)
+            .await
+            .map(Response::new)
+            .map_err(Refusal::into_status)
     }
 
     async fn submit_stream(
@@ -161,24 +168,25 @@ impl Gateway for Ingress {
         request: Request<Streaming<Transaction>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
         let slot = match self.room.open_stream(request.remote_addr()) {
+            Ok(slot) => Ok(slot),
+            Err(SlotRefused::Gateway(max)) => Err(Refusal::new(
+                Reason::StreamLimit,
+                format!(
+                    "gateway at its SubmitStream limit ({max} open); retry later or use fewer streams"
+                ),
+            )),
+            Err(SlotRefused::Connection(max)) => Err(Refusal::new(
+                Reason::ConnectionStreams,
+                format!(
+                    "this connection has {max} SubmitStreams open, its most (--max-streams-per-connection); send more on the open ones or open another connection"
+                ),
+            )),
+        };
+        let slot = match slot {
             Ok(slot) => slot,
-            Err(SlotRefused::Gateway(max)) => {
-                self.metrics.reject(Api::Stream, "stream_limit");
-                return Err(exhausted(
-                    format!(
-                        "gateway at its SubmitStream limit ({max} open); retry later or use fewer streams"
-                    ),
-                    self.limits.retry_pushback,
-                ));
-            }
-            Err(SlotRefused::Connection(max)) => {
-                self.metrics.reject(Api::Stream, "connection_streams");
-                return Err(exhausted(
-                    format!(
-                        "this connection has {max} SubmitStreams open, its most (--max-streams-per-connection); send more on the open ones or open another connection"
-                    ),
-                    self.limits.retry_pushback,
-                ));
+            Err(refusal) => {
+                self.metrics.reject(Api::Stream, refusal.reason.label());
+                return Err(refusal.pushback(self.limits.retry_pushback).into_status());
             }
         };
         let (tx, rx) = mpsc::channel(self.limits.outcome_queue.max(1));
@@ -218,6 +226,9 @@ impl Gateway for Ingress {
         };
         // The reader runs in the stream's span: its log lines carry the stream's trace.
         tokio::spawn(reader.run(request.into_inner(), tx).instrument(span));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(OutcomeStream {
+            rx,
+            delivery: self.metrics.delivery(),
+        }))
     }
 }

@@ -25,12 +25,10 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use sluice_proto::pb::{Outcome, Priority};
-use tonic::Status;
 use tower::{Layer, Service};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use super::admission::{exhausted, with_pushback};
-use super::metrics::IngressMetrics;
+use super::refusal::{Reason, Refusal};
 use super::request::{Api, CLIENT_ID, TxnRequest};
 use crate::overload::Overload;
 use crate::overload::limit::LimitPermit;
@@ -38,7 +36,6 @@ use crate::overload::limit::LimitPermit;
 #[derive(Clone)]
 pub(crate) struct OverloadLayer {
     pub(crate) overload: Overload,
-    pub(crate) metrics: IngressMetrics,
     pub(crate) pushback: Duration,
 }
 
@@ -60,14 +57,14 @@ pub(crate) struct Overloaded<S> {
 
 impl<S> Service<TxnRequest> for Overloaded<S>
 where
-    S: Service<TxnRequest, Response = Outcome, Error = Status> + Clone + Send + 'static,
+    S: Service<TxnRequest, Response = Outcome, Error = Refusal> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Outcome;
-    type Error = Status;
-    type Future = BoxFuture<'static, Result<Outcome, Status>>;
+    type Error = Refusal;
+    type Future = BoxFuture<'static, Result<Outcome, Refusal>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Refusal>> {
         self.inner.poll_ready(cx)
     }
 
@@ -84,9 +81,9 @@ async fn admit<S>(
     layer: OverloadLayer,
     mut inner: S,
     mut request: TxnRequest,
-) -> Result<Outcome, Status>
+) -> Result<Outcome, Refusal>
 where
-    S: Service<TxnRequest, Response = Outcome, Error = Status>,
+    S: Service<TxnRequest, Response = Outcome, Error = Refusal>,
 {
     let api = request.api();
     let claimed = Priority::try_from(request.txn.priority).unwrap_or(Priority::Default);
@@ -95,10 +92,9 @@ where
         request.txn.priority = priority as i32;
         request.span.set_attribute("sluice.priority_demoted", true);
     }
-    let refuse = |request: &mut TxnRequest, reason: &'static str, status: Status| {
-        layer.metrics.reject(api, reason);
+    let refuse = |request: &mut TxnRequest, refusal: Refusal| {
         request.release_reader();
-        Err(status)
+        Err(refusal)
     };
     let level = layer.overload.level();
     request
@@ -106,63 +102,69 @@ where
         .set_attribute("sluice.degradation_level", i64::from(level));
     request.notify = level < 1 || priority == Priority::Critical;
     if level >= 3 && api == Api::Unary {
-        let status = with_pushback(
-            Status::unavailable(
-                "gateway degraded (level 3): writes refused until latency recovers",
-            ),
-            layer.pushback,
+        let refusal = Refusal::degraded(
+            level,
+            "gateway degraded (level 3): writes refused until latency recovers",
         );
-        return refuse(&mut request, "degraded", status);
+        return refuse(&mut request, refusal.pushback(layer.pushback));
     }
     if level >= 2 && priority == Priority::Sheddable {
-        let status = exhausted(
+        let refusal = Refusal::degraded(
+            2,
             format!("gateway degraded (level {level}): SHEDDABLE transactions refused"),
-            layer.pushback,
         );
-        return refuse(&mut request, "degraded", status);
+        return refuse(&mut request, refusal.pushback(layer.pushback));
     }
     let partition = layer.overload.partition_of(&request.txn.id);
     request.partition = partition;
     let partition_level = layer.overload.partition_level(partition);
     if partition_level >= 3 || (partition_level >= 2 && priority == Priority::Sheddable) {
-        let status = with_pushback(
-            Status::unavailable(format!(
+        let refusal = Refusal::new(
+            Reason::PartitionDegraded,
+            format!(
                 "audit partition {partition} degraded (level {partition_level}): its {}transactions refused until it recovers; other partitions are served",
                 if partition_level >= 3 {
                     ""
                 } else {
                     "SHEDDABLE "
                 }
-            )),
-            layer.pushback,
+            ),
         );
-        return refuse(&mut request, "partition_degraded", status);
+        return refuse(&mut request, refusal.pushback(layer.pushback));
     }
     if let Some(clients) = layer.overload.clients() {
         let Some(client) = request.client.clone() else {
-            let status = Status::invalid_argument(format!(
-                "{CLIENT_ID}: must be 1-{} visible ASCII characters",
-                crate::overload::clients::MAX_CLIENT_ID
-            ));
-            return refuse(&mut request, "invalid_argument", status);
+            let refusal = Refusal::new(
+                Reason::InvalidArgument,
+                format!(
+                    "{CLIENT_ID}: must be 1-{} visible ASCII characters",
+                    crate::overload::clients::MAX_CLIENT_ID
+                ),
+            );
+            return refuse(&mut request, refusal);
         };
         while let Err(wait) = clients.check(&client) {
             if api == Api::Unary {
                 let rate = clients.rate();
-                let status = exhausted(
+                let refusal = Refusal::new(
+                    Reason::ClientRate,
                     format!(
                         "client {client} over its rate ({}/s, burst {})",
                         rate.rate, rate.burst
                     ),
-                    // Rounded up: retrying at the pushback finds the token there.
-                    Duration::from_millis(wait.as_nanos().div_ceil(1_000_000) as u64),
-                );
-                return refuse(&mut request, "client_rate", status);
+                )
+                // Rounded up: retrying at the pushback finds the token there.
+                .pushback(Duration::from_millis(
+                    wait.as_nanos().div_ceil(1_000_000) as u64,
+                ));
+                return refuse(&mut request, refusal);
             }
             if Instant::now() + wait >= request.deadline {
-                let status =
-                    Status::deadline_exceeded("deadline passed waiting for the client's rate");
-                return refuse(&mut request, "deadline", status);
+                let refusal = Refusal::new(
+                    Reason::Deadline,
+                    "deadline passed waiting for the client's rate",
+                );
+                return refuse(&mut request, refusal);
             }
             tokio::time::sleep(wait).await;
         }
@@ -172,16 +174,16 @@ where
         Api::Unary => match limiter.try_acquire(priority) {
             Some(p) => p,
             None => {
-                let status = exhausted(
+                let refusal = Refusal::new(
+                    Reason::ConcurrencyLimit,
                     format!(
                         "gateway at its concurrency limit ({} in flight, {:?} share {})",
                         limiter.inflight(),
                         priority,
                         limiter.ceiling(priority)
                     ),
-                    layer.pushback,
                 );
-                return refuse(&mut request, "concurrency_limit", status);
+                return refuse(&mut request, refusal.pushback(layer.pushback));
             }
         },
         Api::Stream => {
@@ -189,10 +191,11 @@ where
             {
                 Ok(p) => p,
                 Err(_) => {
-                    let status = Status::deadline_exceeded(
+                    let refusal = Refusal::new(
+                        Reason::Deadline,
                         "deadline passed waiting for the concurrency limit",
                     );
-                    return refuse(&mut request, "deadline", status);
+                    return refuse(&mut request, refusal);
                 }
             }
         }
@@ -200,13 +203,13 @@ where
     let held = match layer.overload.hold_partition(partition) {
         Ok(held) => held,
         Err(share) => {
-            let status = exhausted(
+            let refusal = Refusal::new(
+                Reason::PartitionShare,
                 format!(
                     "audit partition {partition} holds its share of the concurrency limit ({share}): its transactions wait on it; retry later"
                 ),
-                layer.pushback,
             );
-            return refuse(&mut request, "partition_share", status);
+            return refuse(&mut request, refusal.pushback(layer.pushback));
         }
     };
     let admitted = Instant::now();

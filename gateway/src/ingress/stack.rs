@@ -9,16 +9,17 @@ use super::deadline::DeadlineLayer;
 use super::dispatch::Dispatch;
 use super::metrics::{IngressMetrics, MetricsLayer};
 use super::overload::OverloadLayer;
+use super::refusal::Refusal;
 use super::request::{Api, TxnRequest};
 use super::trace::TraceLayer;
 use super::validate::ValidateLayer;
 use crate::fanout::Fanout;
 use crate::overload::Overload;
 use sluice_proto::pb::Outcome;
-use tonic::Status;
 
-/// What a transaction goes through at ingress: one transaction in, its outcome out.
-pub(crate) type IngressService = BoxCloneSyncService<TxnRequest, Outcome, Status>;
+/// What a transaction goes through at ingress: one transaction in, its outcome (or why
+/// not) out.
+pub(crate) type IngressService = BoxCloneSyncService<TxnRequest, Outcome, Refusal>;
 
 /// The ingress stack for `api`. Each layer says why it sits where it does; a new
 /// per-transaction policy (an adaptive limit, a per-client rate limit) is one more layer
@@ -32,28 +33,26 @@ pub(crate) fn ingress_stack(
 ) -> IngressService {
     // Unary calls are refused, never parked, beyond the in-flight limit. SubmitStream's
     // admission gates the read itself, so it lives in the stream reader (`admission.rs`).
-    let inflight_limit = (api == Api::Unary).then(|| {
-        InflightLimitLayer::new(limits.max_inflight, limits.retry_pushback, metrics.clone())
-    });
+    let inflight_limit = (api == Api::Unary)
+        .then(|| InflightLimitLayer::new(limits.max_inflight, limits.retry_pushback));
     let stack = ServiceBuilder::new()
         // Outermost: the span exists before any decision, so a refusal is part of the trace.
         .layer(TraceLayer)
-        // Counts every result, refusals below included, with the trace as exemplar; its
-        // guard restores the in-flight gauge on every path, cancellation included.
+        // Counts every result, and every refusal below by the reason its layer gave, with
+        // the trace as exemplar; its guard counts a dropped call as cancelled.
         .layer(MetricsLayer(metrics.clone()))
         // Everything below, queue waits included, is bounded by the deadline.
         .layer(DeadlineLayer {
             default: limits.default_deadline,
         })
         // Cheap: bad input is refused before it takes a permit or queue room.
-        .layer(ValidateLayer(metrics.clone()))
+        .layer(ValidateLayer)
         // Refuse with pushback rather than queue: the hard ceiling first.
         .option_layer(inflight_limit)
         // The limits that move: degradation level, the client's rate, the concurrency
         // limit at the transaction's priority (a stream waits for it; unary is refused).
         .layer(OverloadLayer {
             overload: overload.clone(),
-            metrics: metrics.clone(),
             pushback: limits.retry_pushback,
         })
         .service(Dispatch {
@@ -72,16 +71,14 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::{Duration, Instant};
 
-    use prometheus_client::registry::Registry;
     use sluice_proto::pb::{Outcome, Transaction};
     use tokio::sync::{Notify, oneshot};
-    use tonic::Status;
     use tonic::metadata::MetadataMap;
     use tower::{Layer, Service, ServiceExt, service_fn};
 
     use super::super::admission::InflightLimitLayer;
     use super::super::deadline::DeadlineLayer;
-    use super::super::metrics::IngressMetrics;
+    use super::super::refusal::Refusal;
     use super::super::request::TxnRequest;
     use super::super::validate::ValidateLayer;
 
@@ -101,10 +98,6 @@ mod tests {
         TxnRequest::unary(txn, MetadataMap::new())
     }
 
-    fn metrics() -> IngressMetrics {
-        IngressMetrics::new(&mut Registry::default())
-    }
-
     fn ok(request: &TxnRequest) -> Outcome {
         Outcome {
             id: request.txn.id.clone(),
@@ -121,12 +114,11 @@ mod tests {
                 let release = release.clone();
                 async move {
                     release.notified().await;
-                    Ok::<_, Status>(ok(&r))
+                    Ok::<_, Refusal>(ok(&r))
                 }
             })
         };
-        let mut svc =
-            InflightLimitLayer::new(1, Duration::from_millis(250), metrics()).layer(inner);
+        let mut svc = InflightLimitLayer::new(1, Duration::from_millis(250)).layer(inner);
         let first = svc.ready().await.unwrap().call(unary(txn("a")));
         let refused = svc
             .ready()
@@ -135,6 +127,8 @@ mod tests {
             .call(unary(txn("b")))
             .await
             .expect_err("over the limit");
+        assert_eq!(refused.reason, super::super::refusal::Reason::InflightLimit);
+        let refused = refused.into_status();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         assert_eq!(
             refused.metadata().get("grpc-retry-pushback-ms").unwrap(),
@@ -155,7 +149,7 @@ mod tests {
             let seen = seen.clone();
             service_fn(move |r: TxnRequest| {
                 *seen.lock().unwrap() = Some((r.arrived, r.deadline));
-                std::future::pending::<Result<Outcome, Status>>()
+                std::future::pending::<Result<Outcome, Refusal>>()
             })
         };
         let mut svc = DeadlineLayer {
@@ -188,10 +182,10 @@ mod tests {
             let calls = calls.clone();
             service_fn(move |r: TxnRequest| {
                 calls.fetch_add(1, Ordering::Relaxed);
-                std::future::ready(Ok::<_, Status>(ok(&r)))
+                std::future::ready(Ok::<_, Refusal>(ok(&r)))
             })
         };
-        let mut svc = ValidateLayer(metrics()).layer(inner);
+        let mut svc = ValidateLayer.layer(inner);
         let mut bad = txn("a");
         bad.currency = "euro".into();
         let (admitted, told) = oneshot::channel();
@@ -205,7 +199,7 @@ mod tests {
             .await
             .expect_err("invalid");
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
-        assert!(status.message().contains("currency"), "{status}");
+        assert!(status.message().contains("currency"), "{status:?}");
         assert_eq!(
             calls.load(Ordering::Relaxed),
             0,

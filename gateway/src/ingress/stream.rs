@@ -28,6 +28,7 @@ use tower::{Service as _, ServiceExt as _};
 
 use super::admission::{StreamRoom, StreamSlot};
 use super::metrics::IngressMetrics;
+use super::refusal::{Reason, Refusal};
 use super::request::TxnRequest;
 use super::stack::IngressService;
 use crate::fanout::error_outcome;
@@ -74,7 +75,7 @@ impl StreamReader {
     pub(crate) async fn run(
         mut self,
         mut inbound: Streaming<Transaction>,
-        tx: mpsc::Sender<Result<Outcome, Status>>,
+        tx: mpsc::Sender<Timed>,
     ) {
         let _open = GaugeGuard::hold(&self.metrics.streams);
         let link = {
@@ -86,7 +87,7 @@ impl StreamReader {
         let mut pending: FuturesUnordered<BoxFuture<'static, Answered>> = FuturesUnordered::new();
         // Outcomes ready and not yet taken by the outcome queue (the client is slow to read),
         // each still holding its room; with `pending`, at most this stream's share.
-        let mut ready: VecDeque<Answered> = VecDeque::new();
+        let mut ready: VecDeque<(Instant, Answered)> = VecDeque::new();
         let mut stop = Stop::Reading;
         let mut client_gone = false;
         // A permit under `streams_inflight`, taken before the read it allows.
@@ -106,11 +107,13 @@ impl StreamReader {
                 // Outcomes first: collected the moment they are ready, whatever the client
                 // does, then handed to the outcome queue as it has room.
                 biased;
-                Some(answered) = pending.next(), if !pending.is_empty() => ready.push_back(answered),
+                Some(answered) = pending.next(), if !pending.is_empty() => {
+                    ready.push_back((Instant::now(), answered));
+                }
                 slot = tx.reserve(), if !ready.is_empty() => match slot {
                     Ok(slot) => {
-                        let (outcome, _room) = ready.pop_front().expect("guarded");
-                        slot.send(Ok(outcome));
+                        let (at, (outcome, _room)) = ready.pop_front().expect("guarded");
+                        slot.send((at, Ok(outcome)));
                         idle.as_mut().reset(tokio::time::Instant::now() + self.idle_timeout);
                     }
                     Err(_) => {
@@ -149,12 +152,16 @@ impl StreamReader {
             Stop::Reading | Stop::HalfClosed => None,
             Stop::Broken(status) => Some(status),
             Stop::Idle => {
+                let refusal = Refusal::new(
+                    Reason::StreamIdle,
+                    format!(
+                        "SubmitStream sent nothing for {:?} with nothing in flight: closed to free its slot; open a new one when there is work (--stream-idle-timeout)",
+                        self.idle_timeout
+                    ),
+                );
                 self.metrics
-                    .reject(super::request::Api::Stream, "stream_idle");
-                Some(Status::unavailable(format!(
-                    "SubmitStream sent nothing for {:?} with nothing in flight: closed to free its slot; open a new one when there is work (--stream-idle-timeout)",
-                    self.idle_timeout
-                )))
+                    .reject(super::request::Api::Stream, refusal.reason.label());
+                Some(refusal.into_status())
             }
             Stop::ShuttingDown => {
                 let unread = count_unread(&mut inbound).await;
@@ -173,7 +180,7 @@ impl StreamReader {
             ),
         }
         if let Some(status) = end {
-            let _ = tx.send(Err(status)).await;
+            let _ = tx.send((Instant::now(), Err(status))).await;
         }
     }
 
@@ -202,7 +209,9 @@ impl StreamReader {
             Err(status) => Box::pin(futures::future::ready(Err(status))),
         };
         Box::pin(async move {
-            let outcome = outcome.await.unwrap_or_else(|s| error_outcome(id, &s));
+            let outcome = outcome
+                .await
+                .unwrap_or_else(|refusal| error_outcome(id, &refusal.into_status()));
             (outcome, room)
         })
     }
@@ -211,6 +220,33 @@ impl StreamReader {
 /// A transaction's outcome and the `--streams-inflight` room it holds until the outcome
 /// queue takes it.
 type Answered = (Outcome, OwnedSemaphorePermit);
+
+/// What the outcome queue holds: when the outcome was ready, and the outcome (or the
+/// stream's ending status).
+pub(crate) type Timed = (Instant, Result<Outcome, Status>);
+
+/// The SubmitStream response body: the outcome queue, observing each outcome's `delivery`
+/// stage (ready → taken by the transport, which takes it when the client's window has room).
+pub struct OutcomeStream {
+    pub(crate) rx: mpsc::Receiver<Timed>,
+    pub(crate) delivery: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl futures::Stream for OutcomeStream {
+    type Item = Result<Outcome, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx).map(|timed| {
+            timed.map(|(ready, outcome)| {
+                self.delivery.observe(ready.elapsed().as_secs_f64());
+                outcome
+            })
+        })
+    }
+}
 
 /// Reads (and drops) what a shut-down stream's client has already sent, for at most
 /// [`UNREAD_COUNT_WINDOW`], and returns how many messages that was.

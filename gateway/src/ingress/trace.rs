@@ -10,11 +10,11 @@
 
 use std::task::{Context, Poll};
 
+use super::refusal::Refusal;
 use futures::future::BoxFuture;
 use opentelemetry::Context as OtelContext;
 use sluice_core::{propagation, spans};
 use sluice_proto::pb::Outcome;
-use tonic::Status;
 use tower::{Layer, Service};
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -38,14 +38,14 @@ pub(crate) struct Traced<S> {
 
 impl<S> Service<TxnRequest> for Traced<S>
 where
-    S: Service<TxnRequest, Response = Outcome, Error = Status>,
+    S: Service<TxnRequest, Response = Outcome, Error = Refusal>,
     S::Future: Send + 'static,
 {
     type Response = Outcome;
-    type Error = Status;
-    type Future = BoxFuture<'static, Result<Outcome, Status>>;
+    type Error = Refusal;
+    type Future = BoxFuture<'static, Result<Outcome, Refusal>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Refusal>> {
         self.inner.poll_ready(cx)
     }
 
@@ -127,7 +127,7 @@ fn ingress_span(request: &TxnRequest) -> (tracing::Span, OtelContext) {
 struct SpanEnd(Option<tracing::Span>);
 
 impl SpanEnd {
-    fn finish(mut self, result: Result<&Outcome, &Status>) {
+    fn finish(mut self, result: Result<&Outcome, &Refusal>) {
         if let Some(span) = self.0.take() {
             end_ingress(&span, result);
         }
@@ -137,17 +137,20 @@ impl SpanEnd {
 impl Drop for SpanEnd {
     fn drop(&mut self) {
         if let Some(span) = self.0.take() {
-            let status = Status::cancelled("cancelled before its outcome");
-            end_ingress(&span, Err(&status));
+            let cancelled = (
+                tonic::Code::Cancelled as i32,
+                "cancelled before its outcome",
+            );
+            spans::finish(&span, Some(cancelled), "error");
         }
     }
 }
 
 /// Marks an ingress span with the transaction's result (an error Outcome counts as failed).
-fn end_ingress(span: &tracing::Span, result: Result<&Outcome, &Status>) {
+fn end_ingress(span: &tracing::Span, result: Result<&Outcome, &Refusal>) {
     let error = match result {
         Ok(o) => o.error.as_ref().map(|e| (e.code, e.message.as_str())),
-        Err(s) => Some((s.code() as i32, s.message())),
+        Err(refusal) => Some((refusal.code() as i32, refusal.message())),
     };
     let event = match error.map(|(code, _)| tonic::Code::from_i32(code)) {
         Some(tonic::Code::ResourceExhausted) => "rejected",

@@ -487,6 +487,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             ""
         }
     );
+    println!("bench: {}", crate::lab::procs::cpu_split());
     let mut out = Vec::new();
     for &mode in &args.modes {
         let mode_name = mode.name();

@@ -540,6 +540,7 @@ async fn backpressure(dir: &std::path::Path, args: &PressureArgs) -> anyhow::Res
     };
     let secs = |v: Option<f64>| v.map_or("never".to_string(), |s| format!("{s:.1} s"));
     println!("\nbackpressure benchmark: release binaries on loopback, saturation {sat:.0} tx/s");
+    println!("{}", crate::lab::procs::cpu_split());
     println!(
         "{:<44}{}",
         "",
@@ -753,6 +754,11 @@ struct ControlFigures {
     recovery: Option<f64>,
     rss_peak: f64,
     rss_growth: f64,
+    /// At the peak, the mean time a transaction spent in each gateway stage (ms):
+    /// admission, mesh (`sluice_gateway_stage_seconds`). Beside the client's accepted p99,
+    /// it says where a queue formed: in front of the gateway (the client's connection, the
+    /// socket) when neither stage holds it.
+    peak_stages: Option<[f64; 2]>,
     /// Busiest risk and logging worker pools (of their capacity) before logging was
     /// slowed: whether a pool ever filled, i.e. whether a load-aware pool size would have
     /// had anything to do.
@@ -761,6 +767,27 @@ struct ControlFigures {
     /// The bottleneck the gateway named most often while logging was slow.
     bottleneck: Option<BottleneckSeen>,
     errors: String,
+}
+
+/// Mean ms per unary transaction in the gateway's admission and mesh stages between two
+/// scrapes.
+fn stage_means(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+) -> [f64; 2] {
+    ["admission", "mesh"].map(|stage| {
+        let series = |part: &str| {
+            let key =
+                format!("sluice_gateway_stage_seconds_{part}{{api=\"unary\",stage=\"{stage}\"}}");
+            after.get(&key).copied().unwrap_or(0.0) - before.get(&key).copied().unwrap_or(0.0)
+        };
+        let count = series("count");
+        if count > 0.0 {
+            1000.0 * series("sum") / count
+        } else {
+            0.0
+        }
+    })
 }
 
 /// The timeline points whose interval (`tick` seconds, ending at `t`) lies within
@@ -873,6 +900,20 @@ async fn overload_run(
     let slow_from = profile.segment_start(Step::SlowLogging as usize);
     let slow_at = start + Duration::from_secs_f64(slow_from);
     let (risk_metrics, logging_metrics) = (mesh.risk.metrics_url()?, mesh.logging.metrics_url()?);
+    let peak_stages = {
+        let (from, to) = (
+            profile.segment_start(Step::Peak as usize),
+            profile.segment_start(Step::After as usize),
+        );
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until((start + Duration::from_secs_f64(from)).into()).await;
+            let before = crate::admin::metrics::samples(&metrics).await;
+            tokio::time::sleep_until((start + Duration::from_secs_f64(to)).into()).await;
+            let after = crate::admin::metrics::samples(&metrics).await;
+            before.zip(after).map(|(b, a)| stage_means(&b, &a))
+        })
+    };
     let ([rss], [risk_busy, risk_capacity], [logging_busy, logging_capacity]) = tokio::join!(
         peaks(&metrics, [RSS], slow_at, [baseline]),
         peaks(&risk_metrics, [RISK_BUSY, RISK_CAPACITY], slow_at, [0.0; 2]),
@@ -886,6 +927,7 @@ async fn overload_run(
     set_logging_delay(&mesh, args.slow_logging_delay).await?;
     let [rss] = peaks(&metrics, [RSS], start + total, [rss]).await;
     let report = load.await??;
+    let peak_stages = peak_stages.await?;
 
     let tick = OVERLOAD_TICK.as_secs_f64();
     let steps: Vec<StepResult> = (0..profile.segments.len())
@@ -903,6 +945,7 @@ async fn overload_run(
         steps,
         rss_peak: rss,
         rss_growth: rss - baseline,
+        peak_stages,
         pools_busy: [risk_busy, logging_busy],
         pools_capacity: [risk_capacity, logging_capacity],
         bottleneck: bottleneck_named(slow),
@@ -957,6 +1000,7 @@ async fn overload(dir: &std::path::Path, args: &PressureArgs) -> anyhow::Result<
         "\noverload control: unary, release binaries on loopback, saturation {sat:.0} tx/s (closed loop, {})",
         measured_on.name
     );
+    println!("{}", crate::lab::procs::cpu_split());
     row(
         "",
         CONTROLS
@@ -1006,6 +1050,14 @@ async fn overload(dir: &std::path::Path, args: &PressureArgs) -> anyhow::Result<
             }),
         );
         match step {
+            Step::Peak => row(
+                "  at the gateway, mean admission / mesh",
+                col(&|f| {
+                    f.peak_stages.map_or("-".to_string(), |[admission, mesh]| {
+                        format!("{admission:.1} / {mesh:.1} ms")
+                    })
+                }),
+            ),
             Step::After => row(
                 &format!("  accepted p99 back within {P99_TARGET_FACTOR}x unloaded after"),
                 col(&|f| {

@@ -38,6 +38,41 @@ pub fn bin_dir(given: Option<&Path>) -> anyhow::Result<PathBuf> {
         .to_path_buf())
 }
 
+/// The environment variable naming the CPUs every mesh process the lab starts is pinned to
+/// (a `taskset -c` list, e.g. `4-15`), so the generator can run on CPUs of its own
+/// (`taskset -c 0-3 sluice-loadgen bench …`; `bench/multicore.sh` does both).
+pub const MESH_CPUS_ENV: &str = "SLUICE_LAB_MESH_CPUS";
+
+/// The CPUs mesh processes are pinned to, if [`MESH_CPUS_ENV`] names any.
+pub fn mesh_cpus() -> Option<String> {
+    std::env::var(MESH_CPUS_ENV)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Where the generator and the mesh run, for the header of every figure: the generator's
+/// own CPUs (its affinity) and the mesh's ([`MESH_CPUS_ENV`], else the same CPUs).
+pub fn cpu_split() -> String {
+    let own = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    match mesh_cpus() {
+        Some(mesh) => format!(
+            "generator on CPUs {own}, mesh on CPUs {mesh} ({cores} usable by the generator)"
+        ),
+        None => format!(
+            "generator and mesh share CPUs {own} (unpinned; {MESH_CPUS_ENV} pins the mesh apart)"
+        ),
+    }
+}
+
 /// A running binary, killed on drop. Its stderr goes to a log file.
 pub struct Proc {
     pub name: String,
@@ -70,7 +105,16 @@ impl Proc {
         let log_dir = tempfile::tempdir()?;
         let log = log_dir.path().join(format!("{bin}.log"));
         let path = dir.join(bin);
-        let mut child = Command::new(&path)
+        // Pinned apart from the generator when asked (`taskset` execs the binary: same pid).
+        let mut command = match mesh_cpus() {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpus).arg(&path);
+                c
+            }
+            None => Command::new(&path),
+        };
+        let mut child = command
             .args(args)
             .env(
                 "RUST_LOG",

@@ -289,12 +289,15 @@ async fn a_throttling_client_keeps_its_goodput_with_a_fraction_of_the_refusals()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sheddable_is_refused_before_default_and_critical_is_never_starved() {
-    // A static limit of 20: SHEDDABLE may fill 15, DEFAULT 18, CRITICAL all 20.
+    // A static limit of 20: SHEDDABLE may fill 15, DEFAULT 18, CRITICAL all 20. Every
+    // client here may claim CRITICAL.
     let mesh = Mesh::start_with(with_gateway(&[
         "--concurrency-limit",
         "static",
         "--concurrency-max",
         "20",
+        "--priority-policy",
+        "*=critical",
     ]))
     .await;
     let admin = mesh.gateway.admin.unwrap();
@@ -361,7 +364,8 @@ async fn sheddable_is_refused_before_default_and_critical_is_never_starved() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn degradation_and_the_bottleneck_follow_a_slow_hop_and_leave_when_it_recovers() {
-    let mesh = Mesh::start().await;
+    // CRITICAL callers are granted it: their notices are never skipped.
+    let mesh = Mesh::start_with(with_gateway(&["--priority-policy", "*=critical"])).await;
     let admin = mesh.gateway.admin.unwrap();
     let gw = mesh.gateway().await;
     let stop = Arc::new(AtomicBool::new(false));
