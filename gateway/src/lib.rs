@@ -106,9 +106,12 @@ pub async fn serve(
         &mut registry,
         shutdown.clone(),
     );
-    let router = config.server.h2.server().add_service(health).add_service(
-        GatewayServer::new(ingress).max_decoding_message_size(config.server.h2.max_message_size),
-    );
+    let router = config
+        .server
+        .h2
+        .server()
+        .add_service(health)
+        .add_service(ingress.into_service(config.server.h2.max_message_size));
     let metrics = sluice_core::metrics::Metrics::new(registry);
     listeners.set_admin_routes(map::routes(metrics.clone()));
     let result = sluice_core::server::run(

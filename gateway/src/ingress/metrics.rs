@@ -39,6 +39,7 @@ struct ApiLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StageLabels {
     api: &'static str,
+    /// `accept` (unary: accepted by hyper → its handler starts: the runtime's run queue),
     /// `admission` (read → admitted to every required queue: the concurrency limit's and
     /// the queues' wait), `mesh` (admitted → outcome ready: what the limit and the levels
     /// read), `delivery` (SubmitStream: outcome ready → taken by the transport, i.e. the
@@ -105,7 +106,7 @@ impl IngressMetrics {
         };
         registry.register(
             "stage_seconds",
-            "Where a transaction's time at the gateway goes, by API and stage: admission (read to admitted to every queue), mesh (admitted to outcome ready), delivery (SubmitStream: outcome ready to taken by the transport)",
+            "Where a transaction's time at the gateway goes, by API and stage: accept (unary: accepted by HTTP/2 to its handler starting), admission (read to admitted to every queue), mesh (admitted to outcome ready), delivery (SubmitStream: outcome ready to taken by the transport)",
             m.stages.clone(),
         );
         registry.register(
@@ -180,6 +181,18 @@ impl IngressMetrics {
             .get_or_create(&ResultLabels {
                 api: api.label(),
                 result: code_label(tonic::Code::Cancelled),
+            })
+            .inc();
+    }
+
+    /// Counts a call refused before it reached the stack (`early.rs`): its result and its
+    /// reason, as the stack's metrics layer would have.
+    pub(crate) fn refused_early(&self, api: Api, refusal: &Refusal) {
+        self.reject(api, refusal.reason.label());
+        self.transactions
+            .get_or_create(&ResultLabels {
+                api: api.label(),
+                result: code_label(refusal.code()),
             })
             .inc();
     }

@@ -20,6 +20,7 @@
 mod admission;
 mod deadline;
 mod dispatch;
+mod early;
 mod metrics;
 mod overload;
 mod refusal;
@@ -43,6 +44,7 @@ use tracing::Instrument as _;
 use crate::fanout::Fanout;
 use crate::overload::Overload;
 use admission::{SlotRefused, StreamRoom};
+pub use early::EarlyAdmission;
 use metrics::IngressMetrics;
 use refusal::{Reason, Refusal};
 use request::{Api, TxnRequest, call_deadline, client_of};
@@ -142,6 +144,21 @@ impl Ingress {
             overload: overload.clone(),
         }
     }
+
+    /// The generated `Gateway` service for this ingress, with early admission in front.
+    pub fn into_service(
+        self,
+        max_message_size: usize,
+    ) -> EarlyAdmission<sluice_proto::pb::gateway_server::GatewayServer<Ingress>> {
+        let (overload, metrics, pushback) = (
+            self.overload.clone(),
+            self.metrics.clone(),
+            self.limits.retry_pushback,
+        );
+        let server = sluice_proto::pb::gateway_server::GatewayServer::new(self)
+            .max_decoding_message_size(max_message_size);
+        EarlyAdmission::new(server, overload, metrics, pushback)
+    }
 }
 
 #[tonic::async_trait]
@@ -150,11 +167,21 @@ impl Gateway for Ingress {
 
     async fn submit(&self, request: Request<Transaction>) -> Result<Response<Outcome>, Status> {
         let peer = request.remote_addr();
-        let (metadata, _, txn) = request.into_parts();
+        let (metadata, mut extensions, txn) = request.into_parts();
         let needed = self.name_clients || self.overload.needs_client_for(txn.priority);
         let client = needed.then(|| client_of(&metadata, peer)).flatten();
         let mut request = TxnRequest::unary(txn, metadata);
         request.client = client;
+        // Accepted by hyper earlier (early admission): its time starts there, and it is no
+        // longer pending once this handler has it.
+        if let Some(accepted) = extensions.remove::<early::Accepted>() {
+            self.metrics.stage(
+                Api::Unary,
+                "accept",
+                request.arrived.saturating_duration_since(accepted.at),
+            );
+            request.arrived = accepted.at;
+        }
         self.unary
             .clone()
             .oneshot(request)

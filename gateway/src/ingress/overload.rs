@@ -212,7 +212,13 @@ where
             return refuse(&mut request, refusal.pushback(layer.pushback));
         }
     };
-    let admitted = Instant::now();
+    // A unary call's time starts when hyper accepted it (early admission): a runtime that
+    // falls behind shows as latency. A stream message's starts once it has a slot: its wait
+    // for one is the stream's backpressure working.
+    let admitted = match api {
+        Api::Unary => request.arrived,
+        Api::Stream => Instant::now(),
+    };
     let result = inner.call(request).await;
     // Quick refusals below (a full queue, no live stream) say nothing about latency.
     let counts = match &result {

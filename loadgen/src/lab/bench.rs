@@ -121,7 +121,7 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
 
 /// CPU time a process has used so far (user + system, every thread), from
 /// `/proc/<pid>/stat`; `None` once it is gone.
-fn cpu_seconds(pid: u32, ticks_per_second: f64) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: u32, ticks_per_second: f64) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces: fields are counted after its closing parenthesis.
     let rest = stat.rsplit_once(')')?.1;
@@ -132,7 +132,7 @@ fn cpu_seconds(pid: u32, ticks_per_second: f64) -> Option<f64> {
 }
 
 /// `sysconf(_SC_CLK_TCK)` through `getconf` (no unsafe code here); Linux's 100 otherwise.
-fn ticks_per_second() -> f64 {
+pub(crate) fn ticks_per_second() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()

@@ -759,6 +759,9 @@ struct ControlFigures {
     /// it says where a queue formed: in front of the gateway (the client's connection, the
     /// socket) when neither stage holds it.
     peak_stages: Option<[f64; 2]>,
+    /// Gateway CPU µs per OK call with nothing refused (the unloaded step), and per refusal
+    /// at the peak (its CPU less its OK calls at the unloaded cost, over its refusals).
+    refusal_cost: Option<[f64; 2]>,
     /// Busiest risk and logging worker pools (of their capacity) before logging was
     /// slowed: whether a pool ever filled, i.e. whether a load-aware pool size would have
     /// had anything to do.
@@ -787,6 +790,37 @@ fn stage_means(
         } else {
             0.0
         }
+    })
+}
+
+/// Gateway CPU µs per OK unary call over the unloaded step (`base` → `peak` snapshots),
+/// and per refusal over the peak (`peak` → `after`): the peak's CPU less its OK calls at
+/// the unloaded cost, over the calls it refused. None without refusals.
+fn refusal_cost(
+    base: &(std::collections::BTreeMap<String, f64>, f64),
+    peak: &(std::collections::BTreeMap<String, f64>, f64),
+    after: &(std::collections::BTreeMap<String, f64>, f64),
+) -> Option<[f64; 2]> {
+    let calls = |m: &std::collections::BTreeMap<String, f64>| -> (f64, f64) {
+        let all = m
+            .iter()
+            .filter(|(k, _)| k.starts_with("sluice_gateway_transactions_total{api=\"unary\""))
+            .map(|(_, v)| v)
+            .sum::<f64>();
+        let ok = m
+            .get("sluice_gateway_transactions_total{api=\"unary\",result=\"ok\"}")
+            .copied()
+            .unwrap_or(0.0);
+        (all, ok)
+    };
+    let ((_, b_ok), (p_all, p_ok), (a_all, a_ok)) =
+        (calls(&base.0), calls(&peak.0), calls(&after.0));
+    let ok_base = p_ok - b_ok;
+    let per_ok = 1e6 * (peak.1 - base.1) / ok_base.max(1.0);
+    let (ok_peak, refused_peak) = (a_ok - p_ok, (a_all - p_all) - (a_ok - p_ok));
+    (refused_peak > 0.0).then(|| {
+        let cpu = 1e6 * (after.1 - peak.1);
+        [per_ok, ((cpu - ok_peak * per_ok) / refused_peak).max(0.0)]
     })
 }
 
@@ -901,17 +935,27 @@ async fn overload_run(
     let slow_at = start + Duration::from_secs_f64(slow_from);
     let (risk_metrics, logging_metrics) = (mesh.risk.metrics_url()?, mesh.logging.metrics_url()?);
     let peak_stages = {
-        let (from, to) = (
-            profile.segment_start(Step::Peak as usize),
-            profile.segment_start(Step::After as usize),
-        );
-        let metrics = metrics.clone();
+        let at = |step: Step| start + Duration::from_secs_f64(profile.segment_start(step as usize));
+        let marks = [at(Step::Base), at(Step::Peak), at(Step::After)];
+        let (metrics, pid) = (metrics.clone(), mesh.gateway.pid());
         tokio::spawn(async move {
-            tokio::time::sleep_until((start + Duration::from_secs_f64(from)).into()).await;
-            let before = crate::admin::metrics::samples(&metrics).await;
-            tokio::time::sleep_until((start + Duration::from_secs_f64(to)).into()).await;
-            let after = crate::admin::metrics::samples(&metrics).await;
-            before.zip(after).map(|(b, a)| stage_means(&b, &a))
+            let ticks = crate::lab::bench::ticks_per_second();
+            let mut snaps = Vec::new();
+            for mark in marks {
+                tokio::time::sleep_until(mark.into()).await;
+                let cpu = crate::lab::bench::cpu_seconds(pid, ticks);
+                snaps.push(crate::admin::metrics::samples(&metrics).await.zip(cpu));
+            }
+            let [base, peak, after] = [0, 1, 2].map(|i| snaps[i].take());
+            let stages = peak
+                .as_ref()
+                .zip(after.as_ref())
+                .map(|((b, _), (a, _))| stage_means(b, a));
+            let cost = base
+                .zip(peak)
+                .zip(after)
+                .and_then(|((b, p), a)| refusal_cost(&b, &p, &a));
+            (stages, cost)
         })
     };
     let ([rss], [risk_busy, risk_capacity], [logging_busy, logging_capacity]) = tokio::join!(
@@ -927,7 +971,7 @@ async fn overload_run(
     set_logging_delay(&mesh, args.slow_logging_delay).await?;
     let [rss] = peaks(&metrics, [RSS], start + total, [rss]).await;
     let report = load.await??;
-    let peak_stages = peak_stages.await?;
+    let (peak_stages, refusal_cost) = peak_stages.await?;
 
     let tick = OVERLOAD_TICK.as_secs_f64();
     let steps: Vec<StepResult> = (0..profile.segments.len())
@@ -946,6 +990,7 @@ async fn overload_run(
         rss_peak: rss,
         rss_growth: rss - baseline,
         peak_stages,
+        refusal_cost,
         pools_busy: [risk_busy, logging_busy],
         pools_capacity: [risk_capacity, logging_capacity],
         bottleneck: bottleneck_named(slow),
@@ -1050,14 +1095,24 @@ async fn overload(dir: &std::path::Path, args: &PressureArgs) -> anyhow::Result<
             }),
         );
         match step {
-            Step::Peak => row(
-                "  at the gateway, mean admission / mesh",
-                col(&|f| {
-                    f.peak_stages.map_or("-".to_string(), |[admission, mesh]| {
-                        format!("{admission:.1} / {mesh:.1} ms")
-                    })
-                }),
-            ),
+            Step::Peak => {
+                row(
+                    "  at the gateway, mean admission / mesh",
+                    col(&|f| {
+                        f.peak_stages.map_or("-".to_string(), |[admission, mesh]| {
+                            format!("{admission:.1} / {mesh:.1} ms")
+                        })
+                    }),
+                );
+                row(
+                    "  gateway CPU per OK (unloaded) / refusal",
+                    col(&|f| {
+                        f.refusal_cost.map_or("-".to_string(), |[ok, refusal]| {
+                            format!("{ok:.0} / {refusal:.0} µs")
+                        })
+                    }),
+                );
+            }
             Step::After => row(
                 &format!("  accepted p99 back within {P99_TARGET_FACTOR}x unloaded after"),
                 col(&|f| {
