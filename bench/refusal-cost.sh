@@ -28,7 +28,7 @@ measure() { # label, gateway flags...
   local gw=${pids[-1]}
   taskset -c "$GEN" "$B/sluice-loadgen" run --target http://127.0.0.1:50251 --mode unary --rate 1000 --duration 1s -q >/dev/null 2>&1 || true
   local before; before=$(cpu "$gw")
-  local out; out=$(taskset -c "$GEN" "$B/sluice-loadgen" run --target http://127.0.0.1:50251 --mode unary --rate "$RATE" --duration "$FOR" -q >/dev/null 2>&1 || true; echo)
+  taskset -c "$GEN" "$B/sluice-loadgen" run --target http://127.0.0.1:50251 --mode unary --rate "$RATE" --duration "$FOR" -q >/dev/null 2>&1 || true
   local after; after=$(cpu "$gw")
   local calls; calls=$(curl -s http://127.0.0.1:9291/metrics | awk '/^sluice_gateway_transactions_total\{api="unary"/ { s += $2 } END { print s + 0 }')
   awk -v l="$label" -v c="$calls" -v b="$before" -v a="$after" -v r="$RATE" \
