@@ -6,7 +6,8 @@
 //! map shows exactly what Prometheus would: per hop (each service, and each of its
 //! replicas) what the gateway holds for it against its bound, the time its streams waited
 //! for HTTP/2 window, its reply rate and round-trip p99; the degradation level and the
-//! bottleneck hop. Rates and p99s are differences between one connection's consecutive
+//! bottleneck hop; where a transaction's time at the gateway went (the p99 of each stage:
+//! accept, admission, mesh, delivery). Rates and p99s are differences between one connection's consecutive
 //! snapshots. At most [`MAX_VIEWERS`] event streams at once; more are refused 503.
 
 use std::collections::BTreeMap;
@@ -135,6 +136,8 @@ impl Samples {
         Samples(
             text.lines()
                 .filter(|l| !l.starts_with('#'))
+                // An exemplar (` # {trace_id=…} value time`) follows the sample's value.
+                .map(|l| l.split_once(" # ").map_or(l, |(sample, _)| sample))
                 .filter_map(|l| l.rsplit_once(' '))
                 .filter_map(|(k, v)| {
                     let name = k.strip_prefix("sluice_gateway_")?;
@@ -177,19 +180,22 @@ impl Samples {
             .collect()
     }
 
-    /// A histogram's buckets (`le` → cumulative count) for the series whose labels start
-    /// with `labels` (e.g. `downstream="risk"`; empty for all, summed).
+    /// A histogram's buckets (`le` → cumulative count) for the series whose labels contain
+    /// `labels` (e.g. `downstream="risk"`; empty for all, summed).
     fn buckets(&self, name: &str, labels: &str) -> BTreeMap<u64, f64> {
-        let prefix = format!("{name}_bucket{{{labels}");
+        // `le` may come first or last among a series' labels: match the rest by content.
+        let prefix = format!("{name}_bucket{{");
         let mut out = BTreeMap::new();
         for (k, v) in self
             .0
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter(|(k, _)| labels.is_empty() || k.contains(labels))
         {
             let Some(le) = k
-                .rsplit_once("le=\"")
-                .and_then(|(_, rest)| rest.strip_suffix("\"}"))
+                .split_once("le=\"")
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .map(|(le, _)| le)
             else {
                 continue;
             };
@@ -259,6 +265,17 @@ struct Ingress {
     p99_ms: Option<f64>,
     /// Share of the time stream readers waited to be admitted (the client being held).
     blocked: Option<f64>,
+    /// p99 of each stage at the gateway since the last snapshot, ms, both APIs
+    /// (`stage_seconds`: accept, admission, mesh, delivery): where the time went.
+    stages_p99_ms: BTreeMap<&'static str, Option<f64>>,
+}
+
+/// The gateway stages the map shows, in request order.
+const STAGES: [&str; 4] = ["accept", "admission", "mesh", "delivery"];
+
+/// A stage's histogram buckets (`le` → cumulative count), both APIs summed.
+fn stage_buckets(s: &Samples, stage: &str) -> BTreeMap<u64, f64> {
+    s.buckets("stage_seconds", &format!("stage=\"{stage}\""))
 }
 
 #[derive(Debug, Serialize)]
@@ -396,6 +413,15 @@ impl Snapshot {
                     )
                 }),
                 blocked,
+                stages_p99_ms: STAGES
+                    .iter()
+                    .map(|&stage| {
+                        let p99 = previous.and_then(|(_, p)| {
+                            p99_between(&stage_buckets(s, stage), &stage_buckets(p, stage))
+                        });
+                        (stage, p99)
+                    })
+                    .collect(),
             },
             services,
         }
@@ -425,6 +451,32 @@ sluice_gateway_latency_seconds_bucket{api=\"stream\",le=\"0.001\"} 0
 sluice_gateway_latency_seconds_bucket{api=\"stream\",le=\"0.01\"} 30
 sluice_gateway_latency_seconds_bucket{api=\"stream\",le=\"+Inf\"} 40
 ";
+
+    #[test]
+    fn stage_p99s_read_series_with_le_first_and_values_before_exemplars() {
+        let before = Samples::parse("");
+        let now = Samples::parse(
+            "sluice_gateway_stage_seconds_bucket{le=\"0.001\",api=\"unary\",stage=\"mesh\"} 50
+sluice_gateway_stage_seconds_bucket{le=\"0.01\",api=\"unary\",stage=\"mesh\"} 100
+sluice_gateway_stage_seconds_bucket{le=\"+Inf\",api=\"unary\",stage=\"mesh\"} 100
+sluice_gateway_stage_seconds_bucket{le=\"0.001\",api=\"stream\",stage=\"mesh\"} 0
+sluice_gateway_stage_seconds_bucket{le=\"+Inf\",api=\"stream\",stage=\"mesh\"} 0
+sluice_gateway_latency_seconds_bucket{le=\"0.01\",api=\"unary\"} 7 # {trace_id=\"ab\"} 0.004 1700000000.000
+sluice_gateway_latency_seconds_bucket{le=\"+Inf\",api=\"unary\"} 7
+",
+        );
+        let snap = Snapshot::of(&now, Some((Duration::from_secs(1), &before)));
+        assert_eq!(snap.ingress.stages_p99_ms["mesh"], Some(10.0));
+        assert_eq!(
+            snap.ingress.stages_p99_ms["accept"], None,
+            "nothing recorded"
+        );
+        assert_eq!(
+            snap.ingress.p99_ms,
+            Some(10.0),
+            "the value, not the exemplar's time"
+        );
+    }
 
     #[test]
     fn a_stalled_hop_holding_the_whole_limit_is_full_and_named() {
