@@ -264,26 +264,42 @@ pub struct CommonServerArgs {
     /// opens (listeners, the audit log, downstream connections, the runtime's own).
     #[arg(long, env = "SLUICE_FD_RESERVE", default_value_t = crate::descriptors::DEFAULT_FD_RESERVE)]
     pub fd_reserve: u64,
-    /// Threads that run the server's tasks (1 to 256). Every Sluice process defaults to
-    /// one: each message costs little work and much waking, and on a machine the mesh
-    /// shares, a second thread per process bought more wake-ups and context switches than
-    /// parallelism (`sluice-loadgen bench`: less CPU per transaction and a higher saturation
-    /// for the gateway too; the README's performance table). Give a gateway that has
-    /// cores of its own one thread per core.
-    #[arg(long, env = "SLUICE_WORKER_THREADS", default_value_t = DEFAULT_WORKER_THREADS, value_parser = clap::value_parser!(u16).range(1..=MAX_WORKER_THREADS as i64))]
-    pub worker_threads: u16,
+    /// Threads that run the server's tasks (1 to 256). Default: one per
+    /// CPUS_PER_WORKER_THREAD (4) CPUs this process may use (its affinity and cgroup quota,
+    /// `available_parallelism`), at least one: the four mesh processes then share a machine
+    /// about evenly. So a 2-core machine keeps one thread per process — each message costs
+    /// little work and much waking, and there a second thread bought more wake-ups and
+    /// context switches than parallelism (`sluice-loadgen bench`) — while 12 free cores
+    /// give each process 3. The start line says which applies.
+    #[arg(long, env = "SLUICE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=MAX_WORKER_THREADS as i64))]
+    pub worker_threads: Option<u16>,
     #[command(flatten)]
     pub h2: crate::h2::H2Settings,
     #[command(flatten)]
     pub telemetry: crate::telemetry::TelemetryArgs,
 }
 
-/// Default `--worker-threads`.
-pub const DEFAULT_WORKER_THREADS: u16 = 1;
+/// Default `--worker-threads`: one thread per this many usable CPUs, at least one.
+pub const CPUS_PER_WORKER_THREAD: usize = 4;
+
+/// The default `--worker-threads` for `cpus` usable CPUs.
+pub fn auto_worker_threads(cpus: usize) -> usize {
+    (cpus / CPUS_PER_WORKER_THREAD).clamp(1, usize::from(MAX_WORKER_THREADS))
+}
 /// Most `--worker-threads`: far past any useful value on one machine.
 pub const MAX_WORKER_THREADS: u16 = 256;
 
 impl CommonServerArgs {
+    /// The runtime's worker threads: `--worker-threads`, else [`auto_worker_threads`] of
+    /// the CPUs this process may use; and those CPUs.
+    pub fn worker_threads(&self) -> (usize, usize) {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = self
+            .worker_threads
+            .map_or_else(|| auto_worker_threads(cpus), usize::from);
+        (threads, cpus)
+    }
+
     /// The accept loop's limits, as configured (before [`Self::connection_caps`] fits them).
     pub fn incoming(&self) -> IncomingConfig {
         IncomingConfig {
@@ -352,7 +368,9 @@ where
     let telemetry = &common.telemetry;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    builder.worker_threads(usize::from(common.worker_threads));
+    let (worker_threads, cpus) = common.worker_threads();
+    let common_threads_given = common.worker_threads.is_some();
+    builder.worker_threads(worker_threads);
     let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -365,6 +383,16 @@ where
             Ok(t) => t,
             Err(e) => return Err(Exit::Config(e)),
         };
+        tracing::info!(
+            worker_threads,
+            cpus,
+            "runtime: {worker_threads} worker thread(s) for {cpus} usable CPU(s){}",
+            if common_threads_given {
+                " (--worker-threads)"
+            } else {
+                ""
+            }
+        );
         let served = async {
             let listeners = Listeners::bind(grpc, admin).await?.announce_as(name);
             let shutdown = crate::shutdown::token_from(crate::shutdown::signal());
@@ -430,13 +458,20 @@ mod tests {
         let admin = common.admin_limits(common.admin_max_connections as usize);
         assert_eq!(admin, crate::admin::AdminLimits::default());
         assert_eq!(common.fd_reserve, crate::descriptors::DEFAULT_FD_RESERVE);
-        assert_eq!(common.worker_threads, super::DEFAULT_WORKER_THREADS);
+        assert_eq!(common.worker_threads, None, "sized to the machine");
     }
 
     #[test]
-    fn worker_threads_are_bounded() {
+    fn worker_threads_follow_the_cpus_unless_given() {
+        assert_eq!(super::auto_worker_threads(1), 1);
+        assert_eq!(super::auto_worker_threads(2), 1, "today's cost on 2 cores");
+        assert_eq!(super::auto_worker_threads(8), 2);
+        assert_eq!(super::auto_worker_threads(12), 3);
+        assert_eq!(super::auto_worker_threads(16), 4);
+        assert_eq!(super::auto_worker_threads(100_000), 256);
         let parse = |v: &str| Cli::try_parse_from(["test", "--worker-threads", v]);
-        assert_eq!(parse("2").unwrap().common.worker_threads, 2);
+        assert_eq!(parse("2").unwrap().common.worker_threads, Some(2));
+        assert_eq!(parse("2").unwrap().common.worker_threads().0, 2);
         assert!(parse("0").is_err());
         assert!(parse("257").is_err());
     }

@@ -99,12 +99,18 @@ pub struct Config {
     /// Most requests one downstream stream may have sent and not had answered.
     #[arg(long, env = "SLUICE_DOWNSTREAM_STREAM_INFLIGHT", default_value_t = downstream::DEFAULT_STREAM_INFLIGHT)]
     pub downstream_stream_inflight: usize,
-    /// How long a downstream stream that finds its queue empty holds the next request
+    /// The longest a downstream stream that finds its queue empty holds the next request
     /// before sending it, so requests arriving meanwhile share one HTTP/2 frame, one write
     /// and one wake-up of the service, e.g. 1ms; 0 sends each at once. A stream whose queue
     /// is not empty sends without waiting, so this adds at most one linger to a request.
     #[arg(long, env = "SLUICE_DOWNSTREAM_LINGER", default_value_t = HumanDuration(downstream::DEFAULT_LINGER))]
     pub downstream_linger: HumanDuration,
+    /// adaptive: a request that finds the queue empty waits about one expected arrival gap
+    /// (an average of the gaps between requests), at most --downstream-linger, and not at
+    /// all when that gap is longer — at low load nothing waits; fixed: always
+    /// --downstream-linger.
+    #[arg(long, env = "SLUICE_DOWNSTREAM_LINGER_MODE", value_enum, default_value_t = downstream::DEFAULT_LINGER_MODE)]
+    pub downstream_linger_mode: downstream::linger::LingerMode,
     /// Most requests a downstream stream's linger gathers: with this many together they
     /// go at once.
     #[arg(long, env = "SLUICE_DOWNSTREAM_LINGER_BATCH", default_value_t = downstream::DEFAULT_LINGER_BATCH, value_parser = clap::value_parser!(u16).range(1..=downstream::MAX_LINGER_BATCH as i64))]
@@ -241,6 +247,7 @@ impl Config {
             auth,
             immediate_reserved: if unbounded { 0 } else { self.unary_reserved },
             linger: self.downstream_linger.0,
+            linger_mode: self.downstream_linger_mode,
             linger_batch: usize::from(self.downstream_linger_batch),
         };
         let limits = IngressLimits {

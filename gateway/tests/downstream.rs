@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt as _;
 use prometheus_client::registry::Registry;
 use sluice_core::CancellationToken;
+use sluice_gateway::downstream::linger::LingerMode;
 use sluice_gateway::downstream::{Admission, Downstream, DownstreamConfig, HopCall, Workers};
 use sluice_proto::HopRequest;
 use sluice_proto::pb::risk_server::{Risk, RiskServer};
@@ -197,6 +198,7 @@ async fn a_request_that_finds_the_queue_empty_lingers_for_company() {
         &url,
         DownstreamConfig {
             linger,
+            linger_mode: LingerMode::Fixed,
             linger_batch: 100,
             ..config(16, 16)
         },
@@ -220,6 +222,7 @@ async fn a_linger_ends_when_its_batch_is_full() {
         &url,
         DownstreamConfig {
             linger: Duration::from_secs(3600),
+            linger_mode: LingerMode::Fixed,
             linger_batch: 4,
             ..config(16, 16)
         },

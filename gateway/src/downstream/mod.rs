@@ -20,6 +20,7 @@
 
 mod backoff;
 mod balance;
+pub mod linger;
 mod metrics;
 pub mod replicas;
 mod ring;
@@ -62,10 +63,15 @@ pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(50);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Default queue slots kept for immediate (unary) admissions.
 pub const DEFAULT_IMMEDIATE_RESERVED: usize = 256;
-/// Default linger: how long a stream that finds its queue empty holds the next request
-/// before sending it, so the requests that arrive meanwhile share its HTTP/2 frame, its
-/// write and the service's wake-up. Zero sends each request at once.
+/// Default linger cap: the longest a stream that finds its queue empty holds the next
+/// request before sending it, so the requests that arrive meanwhile share its HTTP/2 frame,
+/// its write and the service's wake-up. Zero sends each request at once.
 pub const DEFAULT_LINGER: Duration = Duration::from_millis(1);
+/// Default linger mode: fixed. Adaptive waits about one arrival gap and cuts p50 at 3,000/s
+/// (1.8 → 1.3 ms stream on 2 cores) for 45 % more CPU per transaction (ARCHITECTURE.md has
+/// the frontier); the fixed linger stays the default until a finer timer makes the trade
+/// pay.
+pub const DEFAULT_LINGER_MODE: linger::LingerMode = linger::LingerMode::Fixed;
 /// Default most requests a linger waits for: with this many together the batch goes at
 /// once, so at high rates a linger ends long before its time.
 pub const DEFAULT_LINGER_BATCH: u16 = 8;
@@ -141,6 +147,9 @@ pub struct DownstreamConfig {
     /// How long a stream that found its queue empty holds the next request before sending
     /// it ([`DEFAULT_LINGER`]); a queue that is not empty is never held.
     pub linger: Duration,
+    /// Whether the linger follows the arrival gap or is always `linger`
+    /// ([`DEFAULT_LINGER_MODE`]).
+    pub linger_mode: linger::LingerMode,
     /// Most requests a linger gathers before sending ([`DEFAULT_LINGER_BATCH`]).
     pub linger_batch: usize,
 }
@@ -157,6 +166,7 @@ impl Default for DownstreamConfig {
             auth: None,
             immediate_reserved: DEFAULT_IMMEDIATE_RESERVED,
             linger: DEFAULT_LINGER,
+            linger_mode: DEFAULT_LINGER_MODE,
             linger_batch: usize::from(DEFAULT_LINGER_BATCH),
         }
     }

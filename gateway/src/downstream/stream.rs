@@ -23,6 +23,7 @@ use tonic::{GrpcMethod, Status, Streaming};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::backoff::Backoff;
+use super::linger::{Arrivals, LingerMode};
 use super::{Envelope, Outstanding, ReplyTx, Shared};
 
 /// The outbound request stream handed to tonic. A named type rather than a bare
@@ -256,16 +257,17 @@ type Taken<R> = (OwnedSemaphorePermit, Envelope<R>);
 ///
 /// A queue that is not empty gives one request at once: the encoder asks again before it
 /// flushes, so everything already queued shares a frame anyway. An empty queue means the
-/// next request starts a batch: it is held until `linger` has passed or `linger_batch`
+/// next request starts a batch: it is held until its linger has passed or `linger_batch`
 /// requests are together, so that those arriving meanwhile share its frame, its write and
-/// the service's wake-up instead of each paying for its own.
+/// the service's wake-up instead of each paying for its own. The linger is `linger`, or
+/// with the adaptive mode about one expected arrival gap within it (`linger.rs`).
 async fn take_batch<R: HopRequest>(
     shared: &Shared<R>,
     inflight: &Arc<Semaphore>,
     stop: &CancellationToken,
-    batch: &mut VecDeque<Taken<R>>,
+    (batch, arrivals): (&mut VecDeque<Taken<R>>, &mut Arrivals),
 ) -> bool {
-    let (linger, most) = (shared.config.linger, shared.config.linger_batch.max(1));
+    let most = shared.config.linger_batch.max(1);
     let permit = tokio::select! {
         p = inflight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return false },
         _ = stop.cancelled() => return false,
@@ -276,6 +278,7 @@ async fn take_batch<R: HopRequest>(
     };
     match rx.try_recv() {
         Ok(envelope) => {
+            arrivals.observe(Instant::now());
             batch.push_back((permit, envelope));
             return true;
         }
@@ -287,7 +290,12 @@ async fn take_batch<R: HopRequest>(
         _ = stop.cancelled() => return false,
     };
     let Some(first) = first else { return false };
+    arrivals.observe(Instant::now());
     batch.push_back((permit, first));
+    let linger = match shared.config.linger_mode {
+        LingerMode::Fixed => shared.config.linger,
+        LingerMode::Adaptive => arrivals.hold(shared.config.linger),
+    };
     if linger.is_zero() {
         return true;
     }
@@ -307,7 +315,10 @@ async fn take_batch<R: HopRequest>(
             e = rx.recv() => e,
         };
         match next {
-            Some(envelope) => batch.push_back((permit, envelope)),
+            Some(envelope) => {
+                arrivals.observe(Instant::now());
+                batch.push_back((permit, envelope));
+            }
             None => break,
         }
     }
@@ -325,8 +336,9 @@ fn outbound<R: HopRequest>(
 ) -> Outbound<R> {
     Outbound(Box::pin(async_stream::stream! {
         let mut batch = VecDeque::with_capacity(shared.config.linger_batch.max(1));
+        let mut arrivals = Arrivals::default();
         loop {
-            if batch.is_empty() && !take_batch(&shared, &inflight, &stop, &mut batch).await {
+            if batch.is_empty() && !take_batch(&shared, &inflight, &stop, (&mut batch, &mut arrivals)).await {
                 break;
             }
             let Some((permit, envelope)) = batch.pop_front() else { break };

@@ -122,13 +122,7 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
 /// CPU time a process has used so far (user + system, every thread), from
 /// `/proc/<pid>/stat`; `None` once it is gone.
 pub(crate) fn cpu_seconds(pid: u32, ticks_per_second: f64) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces: fields are counted after its closing parenthesis.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat: 12 and 13 after the name and state.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / ticks_per_second)
+    stat_cpu_seconds(Path::new(&format!("/proc/{pid}/stat")), ticks_per_second)
 }
 
 /// `sysconf(_SC_CLK_TCK)` through `getconf` (no unsafe code here); Linux's 100 otherwise.
@@ -165,11 +159,44 @@ impl Cpu {
         out
     }
 
-    /// Runs `spec` and charges the CPU used meanwhile to its completed transactions.
-    async fn run(&self, spec: LoadSpec) -> anyhow::Result<(Report, Cost)> {
+    /// Every thread's CPU time so far, by role and thread id (`/proc/<pid>/task/*/stat`).
+    fn sample_threads(&self) -> BTreeMap<(&'static str, u32, String), f64> {
+        let mut out = BTreeMap::new();
+        for &(role, pid) in &self.procs {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for task in tasks.flatten() {
+                let tid = task.file_name().to_string_lossy().to_string();
+                let stat = task.path().join("stat");
+                if let Some(used) = stat_cpu_seconds(&stat, self.ticks) {
+                    out.insert((role, pid, tid), used);
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs `spec` and charges the CPU used meanwhile to its completed transactions; with
+    /// each role's busiest thread and the cores the processes used together.
+    async fn run(&self, spec: LoadSpec) -> anyhow::Result<(Report, Cost, Threads)> {
         let before = self.sample();
+        let threads_before = self.sample_threads();
+        let started = std::time::Instant::now();
         let report = driver::run(spec).await?;
+        let wall = started.elapsed().as_secs_f64().max(1e-3);
         let after = self.sample();
+        let mut threads = Threads::default();
+        for (key, used) in self.sample_threads() {
+            let share = (used - threads_before.get(&key).copied().unwrap_or(used)) / wall;
+            let busiest = threads.busiest.entry(key.0).or_default();
+            *busiest = busiest.max(share);
+        }
+        threads.cores = after
+            .iter()
+            .map(|(role, used)| used - before.get(role).copied().unwrap_or(0.0))
+            .sum::<f64>()
+            / wall;
         let transactions = report.completed.max(1) as f64;
         let per_role = after
             .iter()
@@ -178,8 +205,55 @@ impl Cpu {
                 (*role, us)
             })
             .collect();
-        Ok((report, Cost(per_role)))
+        Ok((report, Cost(per_role), threads))
     }
+}
+
+/// During one run: each role's busiest thread (share of a core, 0..=1) and the cores all
+/// the processes used together. A busiest thread near 1 is what caps a process that has
+/// more cores than it uses.
+#[derive(Debug, Clone, Default)]
+struct Threads {
+    busiest: BTreeMap<&'static str, f64>,
+    cores: f64,
+}
+
+impl Threads {
+    /// The per-role medians of `runs`, as `gateway 98 %, logging 41 %, …; 1.9 cores`.
+    fn line(runs: &[Threads]) -> String {
+        let Some(first) = runs.first() else {
+            return String::new();
+        };
+        let roles: Vec<String> = first
+            .busiest
+            .keys()
+            .map(|role| {
+                let v = runs
+                    .iter()
+                    .map(|t| t.busiest.get(role).copied().unwrap_or(0.0))
+                    .collect();
+                format!("{role} {:.0} %", 100.0 * median(v))
+            })
+            .collect();
+        let cores: Vec<f64> = runs.iter().map(|t| t.cores).collect();
+        format!(
+            "{}; mesh {:.1} cores (runs {})",
+            roles.join(", "),
+            median(cores.clone()),
+            list(&cores, 1)
+        )
+    }
+}
+
+/// User + system CPU seconds in one `stat` file (a process's or a thread's).
+fn stat_cpu_seconds(path: &Path, ticks_per_second: f64) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command name may hold spaces: fields are counted after its closing parenthesis.
+    let rest = stat.rsplit_once(')')?.1;
+    // utime and stime are fields 14 and 15 of stat: 12 and 13 after the name and state.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / ticks_per_second)
 }
 
 /// CPU µs per transaction, by process role.
@@ -357,8 +431,10 @@ struct Build {
     dir: PathBuf,
     cost: Vec<Cost>,
     cost_p99: Vec<f64>,
+    cost_p50: Vec<f64>,
     saturation: Vec<f64>,
     saturation_cost: Vec<Cost>,
+    saturation_threads: Vec<Threads>,
     saturation_p99: Vec<f64>,
     disk: Vec<Tail>,
     tmpfs: Vec<Tail>,
@@ -371,8 +447,10 @@ impl Build {
             dir,
             cost: Vec::new(),
             cost_p99: Vec::new(),
+            cost_p50: Vec::new(),
             saturation: Vec::new(),
             saturation_cost: Vec::new(),
+            saturation_threads: Vec::new(),
             saturation_p99: Vec::new(),
             disk: Vec::new(),
             tmpfs: Vec::new(),
@@ -506,7 +584,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             };
             for run in 0..runs {
                 for (b, m) in measured.iter_mut().zip(&meshes) {
-                    let (r, cost) = charged_run(&args, m, mode, pacing.clone(), run, ticks).await?;
+                    let (r, cost, _) =
+                        charged_run(&args, m, mode, pacing.clone(), run, ticks).await?;
                     eprintln!(
                         "  {mode_name} {} cost run {}: {}",
                         b.name,
@@ -514,6 +593,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                         run_line(&r, &cost)
                     );
                     b.cost_p99.push(r.latency_ms.p99);
+                    b.cost_p50.push(r.latency_ms.p50);
                     b.cost.push(cost);
                 }
             }
@@ -524,13 +604,16 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             };
             for run in 0..runs {
                 for (b, m) in measured.iter_mut().zip(&meshes) {
-                    let (r, cost) = charged_run(&args, m, mode, pacing.clone(), run, ticks).await?;
+                    let (r, cost, threads) =
+                        charged_run(&args, m, mode, pacing.clone(), run, ticks).await?;
                     eprintln!(
-                        "  {mode_name} {} saturation run {}: {}",
+                        "  {mode_name} {} saturation run {}: {}; busiest threads {}",
                         b.name,
                         run + 1,
-                        run_line(&r, &cost)
+                        run_line(&r, &cost),
+                        Threads::line(std::slice::from_ref(&threads))
                     );
+                    b.saturation_threads.push(threads);
                     b.saturation.push(r.ok_rate);
                     b.saturation_p99.push(r.latency_ms.p99);
                     b.saturation_cost.push(cost);
@@ -605,7 +688,7 @@ async fn charged_run(
     pacing: Pacing,
     run: usize,
     ticks: f64,
-) -> anyhow::Result<(Report, Cost)> {
+) -> anyhow::Result<(Report, Cost, Threads)> {
     Cpu::of_mesh(mesh, ticks)
         .run(args.spec(&mesh.gateway.url(), mode, pacing, run)?)
         .await
@@ -657,7 +740,7 @@ async fn single_hop(
         let pacing = Pacing::Open {
             rate: args.cost_rate,
         };
-        let (_, cost) = cpu.run(args.spec(&sink.url(), mode, pacing, run)?).await?;
+        let (_, cost, _) = cpu.run(args.spec(&sink.url(), mode, pacing, run)?).await?;
         single.cost.push(cost.total());
         let pacing = Pacing::Closed {
             concurrency: args.concurrency(mode),
@@ -689,6 +772,15 @@ fn summary(args: &BenchArgs, mode: &str, builds: &[Build], single: Option<&Singl
     row(&mut s, &format!("cpu at {:.0}/s", args.cost_rate), &|b| {
         (!b.cost.is_empty()).then(|| Cost::line(&b.cost))
     });
+    row(&mut s, &format!("p50 at {:.0}/s", args.cost_rate), &|b| {
+        (!b.cost_p50.is_empty()).then(|| {
+            format!(
+                "{:.2} ms (runs {})",
+                median(b.cost_p50.clone()),
+                list(&b.cost_p50, 2)
+            )
+        })
+    });
     row(&mut s, &format!("p99 at {:.0}/s", args.cost_rate), &|b| {
         (!b.cost_p99.is_empty()).then(|| {
             format!(
@@ -710,6 +802,9 @@ fn summary(args: &BenchArgs, mode: &str, builds: &[Build], single: Option<&Singl
     });
     row(&mut s, "cpu at saturation", &|b| {
         (!b.saturation_cost.is_empty()).then(|| Cost::line(&b.saturation_cost))
+    });
+    row(&mut s, "busiest thread at saturation", &|b| {
+        (!b.saturation_threads.is_empty()).then(|| Threads::line(&b.saturation_threads))
     });
     for (label, pick) in [
         (
