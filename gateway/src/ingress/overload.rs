@@ -118,13 +118,17 @@ where
     let partition = layer.overload.partition_of(&request.txn.id);
     request.partition = partition;
     let partition_level = layer.overload.partition_level(partition);
-    if partition_level >= 3 || (partition_level >= 2 && priority == Priority::Sheddable) {
+    // As the gateway's own level: 3 refuses unary writes, 2 SHEDDABLE. A stream is held by
+    // its backpressure instead (the partition's share below makes it wait).
+    if (partition_level >= 3 && api == Api::Unary)
+        || (partition_level >= 2 && priority == Priority::Sheddable)
+    {
         let refusal = Refusal::new(
             Reason::PartitionDegraded,
             format!(
                 "audit partition {partition} degraded (level {partition_level}): its {}transactions refused until it recovers; other partitions are served",
                 if partition_level >= 3 {
-                    ""
+                    "unary "
                 } else {
                     "SHEDDABLE "
                 }
@@ -200,16 +204,38 @@ where
             }
         }
     };
-    let held = match layer.overload.hold_partition(partition) {
-        Ok(held) => held,
-        Err(share) => {
-            let refusal = Refusal::new(
-                Reason::PartitionShare,
-                format!(
-                    "audit partition {partition} holds its share of the concurrency limit ({share}): its transactions wait on it; retry later"
-                ),
-            );
-            return refuse(&mut request, refusal.pushback(layer.pushback));
+    // The partition's share: unary is refused beyond it, a stream message waits (its
+    // stream's backpressure), within its deadline.
+    let held = loop {
+        let freed = layer.overload.partition_freed(partition);
+        let mut freed = std::pin::pin!(freed);
+        // Registered before the look, so a release in between is not missed.
+        freed.as_mut().enable();
+        match layer.overload.hold_partition(partition) {
+            Ok(held) => break held,
+            Err(share) if api == Api::Unary => {
+                let refusal = Refusal::new(
+                    Reason::PartitionShare,
+                    format!(
+                        "audit partition {partition} holds its share of the concurrency limit ({share}): its transactions wait on it; retry later"
+                    ),
+                );
+                return refuse(&mut request, refusal.pushback(layer.pushback));
+            }
+            Err(_) => {
+                if tokio::time::timeout_at(request.deadline.into(), freed)
+                    .await
+                    .is_err()
+                {
+                    let refusal = Refusal::new(
+                        Reason::Deadline,
+                        format!(
+                            "deadline passed waiting for audit partition {partition}'s share of the limit"
+                        ),
+                    );
+                    return refuse(&mut request, refusal);
+                }
+            }
         }
     };
     // A unary call's time starts when hyper accepted it (early admission): a runtime that

@@ -119,6 +119,8 @@ struct PartLoad {
     last_done: AtomicU64,
     /// Its own degradation level ([`partition`]).
     level: AtomicU8,
+    /// Told when one of its places is given back (stream messages wait on it).
+    freed: tokio::sync::Notify,
 }
 
 /// One transaction's place in its partition's [`PartLoad`], given back on drop.
@@ -142,6 +144,7 @@ impl Drop for PartitionHold {
     fn drop(&mut self) {
         let part = &self.overload.inner.parts[self.partition as usize];
         part.inflight.fetch_sub(1, Ordering::AcqRel);
+        part.freed.notify_one();
     }
 }
 
@@ -312,6 +315,11 @@ impl Overload {
             overload: self.clone(),
             partition,
         })
+    }
+
+    /// Resolves when one of `partition`'s places is given back.
+    pub fn partition_freed(&self, partition: u32) -> tokio::sync::futures::Notified<'_> {
+        self.inner.parts[partition as usize].freed.notified()
     }
 
     /// Whether the adaptive limit learns from `partition`'s latency: not while the

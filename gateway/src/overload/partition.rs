@@ -4,12 +4,13 @@
 //! - **Its own level.** Each partition has a degradation level of its own ([`Health`]),
 //!   moved by the same rules and hysteresis as the gateway's ([`super::level`]) from the
 //!   latency of *its* transactions (admission to outcome; a stall counts the time since
-//!   it last finished one). At its level 2 its SHEDDABLE transactions are refused, at 3 all
-//!   of them (UNAVAILABLE with pushback, unary and stream alike — a stream message waiting
-//!   on a stalled partition would hold up the stream's messages for every other one).
+//!   it last finished one). As the gateway's own level does, its level 2 refuses its
+//!   SHEDDABLE transactions and 3 its unary writes (UNAVAILABLE with pushback); a stream
+//!   is held by its backpressure instead — refusing its messages would turn a pause into
+//!   errors.
 //! - **Its share of the limit.** A partition may hold at most [`share_cap`] of the
 //!   concurrency limit, so transactions stuck on one partition until their deadline cannot
-//!   take every slot.
+//!   take every slot: beyond it a unary call is refused, a stream message waits.
 //! - **The gateway's level** reads the *healthiest* partition's latency: the mesh as a whole
 //!   is unhealthy only when every partition is (a slow risk, a busy gateway slow them all).
 //!   With one partition this is the gateway's latency, as before.
