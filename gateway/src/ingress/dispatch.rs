@@ -9,7 +9,7 @@ use sluice_proto::pb::Outcome;
 use tower::Service;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use super::metrics::IngressMetrics;
+use super::metrics::{IngressMetrics, Stage};
 use super::refusal::Refusal;
 use super::request::{Api, TxnRequest};
 use crate::fanout::{Admission, Dispatched, Fanout};
@@ -54,8 +54,8 @@ impl Service<TxnRequest> for Dispatch {
                 arrived.elapsed(),
                 replied.admitted.saturating_duration_since(arrived),
             );
-            metrics.stage(api, "admission", admission);
-            metrics.stage(api, "mesh", total.saturating_sub(admission));
+            metrics.stage(api, Stage::Admission, admission);
+            metrics.stage(api, Stage::Mesh, total.saturating_sub(admission));
             overload.finished(Split {
                 total,
                 admission,

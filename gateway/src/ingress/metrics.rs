@@ -86,10 +86,71 @@ pub(crate) struct IngressMetrics {
     rejected: Family<RejectLabels, Counter>,
     pub(crate) streams: Gauge,
     stages: Family<StageLabels, Histogram>,
+    /// `stages`' series looked up once, by [API][`Stage`], so observing one takes no lock
+    /// and no hashing; None where an API has no such stage.
+    stage_series: std::sync::Arc<[[Option<Histogram>; 4]; 2]>,
+}
+
+/// A transaction's stage at the gateway (see `StageLabels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    Accept,
+    Admission,
+    Mesh,
+    Delivery,
+}
+
+impl Stage {
+    const ALL: [Stage; 4] = [
+        Stage::Accept,
+        Stage::Admission,
+        Stage::Mesh,
+        Stage::Delivery,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Stage::Accept => "accept",
+            Stage::Admission => "admission",
+            Stage::Mesh => "mesh",
+            Stage::Delivery => "delivery",
+        }
+    }
+
+    /// Unary calls have no delivery stage (the transport takes the outcome at once), stream
+    /// messages no accept stage (the stream was accepted once).
+    fn of(self, api: Api) -> bool {
+        !matches!(
+            (api, self),
+            (Api::Unary, Stage::Delivery) | (Api::Stream, Stage::Accept)
+        )
+    }
+}
+
+fn api_index(api: Api) -> usize {
+    match api {
+        Api::Unary => 0,
+        Api::Stream => 1,
+    }
 }
 
 impl IngressMetrics {
     pub(crate) fn new(registry: &mut Registry) -> Self {
+        let stages = Family::<StageLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(sluice_core::metrics::latency_buckets())
+        });
+        let stage_series = [Api::Unary, Api::Stream].map(|api| {
+            Stage::ALL.map(|stage| {
+                stage.of(api).then(|| {
+                    stages
+                        .get_or_create(&StageLabels {
+                            api: api.label(),
+                            stage: stage.label(),
+                        })
+                        .clone()
+                })
+            })
+        });
         let m = Self {
             transactions: Family::default(),
             inflight: Family::default(),
@@ -100,9 +161,8 @@ impl IngressMetrics {
             blocked_seconds: Counter::default(),
             rejected: Family::default(),
             streams: Gauge::default(),
-            stages: Family::new_with_constructor(|| {
-                Histogram::new(sluice_core::metrics::latency_buckets())
-            }),
+            stages,
+            stage_series: std::sync::Arc::new(stage_series),
         };
         registry.register(
             "stage_seconds",
@@ -154,45 +214,31 @@ impl IngressMetrics {
     }
 
     /// Observes `took` in `stage` for `api` (see `StageLabels`).
-    pub(crate) fn stage(&self, api: Api, stage: &'static str, took: std::time::Duration) {
-        self.stages
-            .get_or_create(&StageLabels {
-                api: api.label(),
-                stage,
-            })
-            .observe(took.as_secs_f64());
+    pub(crate) fn stage(&self, api: Api, stage: Stage, took: std::time::Duration) {
+        if let Some(h) = &self.stage_series[api_index(api)][stage as usize] {
+            h.observe(took.as_secs_f64());
+        }
     }
 
     /// The `delivery` stage's histogram for SubmitStream, to observe without a lookup.
     pub(crate) fn delivery(&self) -> Histogram {
-        self.stages
-            .get_or_create(&StageLabels {
-                api: Api::Stream.label(),
-                stage: "delivery",
-            })
+        self.stage_series[api_index(Api::Stream)][Stage::Delivery as usize]
             .clone()
-    }
-
-    fn finish_cancelled(&self, api: Api, started: Instant, exemplar: Option<TraceExemplar>) {
-        self.latency
-            .get_or_create(&ApiLabels { api: api.label() })
-            .observe(started.elapsed().as_secs_f64(), exemplar, None);
-        self.transactions
-            .get_or_create(&ResultLabels {
-                api: api.label(),
-                result: code_label(tonic::Code::Cancelled),
-            })
-            .inc();
+            .expect("streams have a delivery stage")
     }
 
     /// Counts a call refused before it reached the stack (`early.rs`): its result and its
     /// reason, as the stack's metrics layer would have.
     pub(crate) fn refused_early(&self, api: Api, refusal: &Refusal) {
         self.reject(api, refusal.reason.label());
+        self.count(api, code_label(refusal.code()));
+    }
+
+    fn count(&self, api: Api, result: String) {
         self.transactions
             .get_or_create(&ResultLabels {
                 api: api.label(),
-                result: code_label(refusal.code()),
+                result,
             })
             .inc();
     }
@@ -227,15 +273,15 @@ impl IngressMetrics {
                 code_label(refusal.code())
             }
         };
+        self.record(api, result, started, exemplar);
+    }
+
+    /// One finished transaction: its latency and its result.
+    fn record(&self, api: Api, result: String, started: Instant, exemplar: Option<TraceExemplar>) {
         self.latency
             .get_or_create(&ApiLabels { api: api.label() })
             .observe(started.elapsed().as_secs_f64(), exemplar, None);
-        self.transactions
-            .get_or_create(&ResultLabels {
-                api: api.label(),
-                result,
-            })
-            .inc();
+        self.count(api, result);
     }
 }
 
@@ -331,8 +377,9 @@ impl Drop for Tracked {
     fn drop(&mut self) {
         if !self.finished {
             let exemplar = TraceExemplar::of(&self.span);
+            let cancelled = code_label(tonic::Code::Cancelled);
             self.metrics
-                .finish_cancelled(self.api, self.started, exemplar);
+                .record(self.api, cancelled, self.started, exemplar);
         }
     }
 }

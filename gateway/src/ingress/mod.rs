@@ -177,7 +177,7 @@ impl Gateway for Ingress {
         if let Some(accepted) = extensions.remove::<early::Accepted>() {
             self.metrics.stage(
                 Api::Unary,
-                "accept",
+                metrics::Stage::Accept,
                 request.arrived.saturating_duration_since(accepted.at),
             );
             request.arrived = accepted.at;
