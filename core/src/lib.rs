@@ -11,6 +11,8 @@
 //! - [`log_format`]: log lines as text or JSON, each naming its span's trace.
 //! - [`log_limit`]: one log line per interval, with a count, for errors that repeat.
 //! - [`metrics`]: the Prometheus registry plus process metrics.
+//! - [`piggyback`]: deadlines finer than tokio's millisecond timer, ended by the process's
+//!   next wake-up past them instead of a wake-up of their own.
 //! - [`auth`]: the mesh token (bearer, constant-time) on data-path RPCs.
 //! - [`admin_token`]: where the Control API's token comes from (flag, file, or generated and
 //!   written). The Control API itself, like the worker pool, is the service side of a hop:
@@ -33,6 +35,7 @@ pub mod incoming;
 pub mod log_format;
 pub mod log_limit;
 pub mod metrics;
+pub mod piggyback;
 pub mod propagation;
 pub mod readiness;
 pub mod server;

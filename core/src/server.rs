@@ -371,6 +371,8 @@ where
     let (worker_threads, cpus) = common.worker_threads();
     let common_threads_given = common.worker_threads.is_some();
     builder.worker_threads(worker_threads);
+    // Sub-millisecond waits end at the first wake-up past them (`piggyback`).
+    builder.on_thread_unpark(crate::piggyback::fire_due);
     let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {

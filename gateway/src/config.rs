@@ -99,16 +99,22 @@ pub struct Config {
     /// Most requests one downstream stream may have sent and not had answered.
     #[arg(long, env = "SLUICE_DOWNSTREAM_STREAM_INFLIGHT", default_value_t = downstream::DEFAULT_STREAM_INFLIGHT)]
     pub downstream_stream_inflight: usize,
-    /// The longest a downstream stream that finds its queue empty holds the next request
-    /// before sending it, so requests arriving meanwhile share one HTTP/2 frame, one write
-    /// and one wake-up of the service, e.g. 1ms; 0 sends each at once. A stream whose queue
-    /// is not empty sends without waiting, so this adds at most one linger to a request.
+    /// The longest a risk or logging stream that finds its queue empty holds the next
+    /// request before sending it, so requests arriving meanwhile share one HTTP/2 frame, one
+    /// write and one wake-up of the service, e.g. 250us; 0 sends each at once. A stream
+    /// whose queue is not empty sends without waiting, so this adds at most one linger to a
+    /// transaction's latency. The wait ends at the process's first wake-up past it, not on
+    /// tokio's millisecond timer.
     #[arg(long, env = "SLUICE_DOWNSTREAM_LINGER", default_value_t = HumanDuration(downstream::DEFAULT_LINGER))]
     pub downstream_linger: HumanDuration,
+    /// The same for notification streams, always fixed. No transaction waits for its notice,
+    /// so here a linger costs no one latency and saves the service a wake-up per notice.
+    #[arg(long, env = "SLUICE_NOTIFICATION_LINGER", default_value_t = HumanDuration(downstream::DEFAULT_NOTIFICATION_LINGER))]
+    pub notification_linger: HumanDuration,
     /// adaptive: a request that finds the queue empty waits about one expected arrival gap
     /// (an average of the gaps between requests), at most --downstream-linger, and not at
-    /// all when that gap is longer — at low load nothing waits; fixed: always
-    /// --downstream-linger.
+    /// all when that gap is over twice --downstream-linger — at low load nothing waits;
+    /// fixed: always --downstream-linger.
     #[arg(long, env = "SLUICE_DOWNSTREAM_LINGER_MODE", value_enum, default_value_t = downstream::DEFAULT_LINGER_MODE)]
     pub downstream_linger_mode: downstream::linger::LingerMode,
     /// Most requests a downstream stream's linger gathers: with this many together they
@@ -302,6 +308,11 @@ impl Config {
             resolve_interval: self.resolve_interval.0.max(MIN_RESOLVE_INTERVAL),
             h2: self.server.h2.clone(),
             windows: self.downstream_windows.clone(),
+            notification_downstream: DownstreamConfig {
+                linger: self.notification_linger.0,
+                linger_mode: downstream::linger::LingerMode::Fixed,
+                ..downstream.clone()
+            },
             downstream,
             limits,
             overload,
@@ -402,7 +413,10 @@ pub struct Settings {
     pub resolve_interval: Duration,
     h2: sluice_core::h2::H2Settings,
     windows: sluice_core::h2::DownstreamWindows,
+    /// Risk's and logging's stream clients.
     pub downstream: DownstreamConfig,
+    /// Notification's: the same but for its linger (`--notification-linger`).
+    pub notification_downstream: DownstreamConfig,
     pub limits: IngressLimits,
     pub overload: OverloadConfig,
 }

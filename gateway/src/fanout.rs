@@ -15,6 +15,7 @@
 //! risk request whose replica's stream breaks before it answers is sent once more, to
 //! another replica: assessing is idempotent per transaction, so the client sees no error.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Instant;
@@ -24,11 +25,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use sluice_core::spans;
-use sluice_proto::HopRequest;
 use sluice_proto::pb::{
     self, AppendAck, AppendRequest, NotificationStatus, NotifyRequest, Outcome, RiskRequest,
     RiskVerdict, Transaction,
 };
+use sluice_proto::{Body, Encoded, HopRequest};
 use tonic::Status;
 use tower::Service;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -51,25 +52,31 @@ fn hop<R: HopRequest>(parent: &tracing::Span) -> tracing::Span {
     )
 }
 
-/// `txn` with its trace context replaced by the hop's (every format, nothing stale). With
-/// spans off (no export), the hop span has no context: the caller's own context (`parent`)
-/// goes on instead, so a client's trace still reaches every hop and the audit record.
-fn carrying(
-    txn: &Transaction,
-    hop: &tracing::Span,
-    parent: &opentelemetry::Context,
-) -> Transaction {
+/// The hop's trace context (every format), which replaces the caller's in its request.
+/// With spans off (no export), the hop span has no context: the caller's own context
+/// (`parent`) goes on instead, so a client's trace still reaches every hop and the audit
+/// record.
+fn context_of(hop: &tracing::Span, parent: &opentelemetry::Context) -> HashMap<String, String> {
     use opentelemetry::trace::TraceContextExt as _;
-    let mut t = txn.clone();
-    t.trace_context.clear();
+    let mut context = HashMap::new();
     let cx = hop.context();
     let cx = if cx.span().span_context().is_valid() {
         &cx
     } else {
         parent
     };
-    sluice_core::propagation::inject_map(cx, &mut t.trace_context);
-    t
+    sluice_core::propagation::inject_map(cx, &mut context);
+    context
+}
+
+/// Hop `R`'s request for the transaction `body`, carrying the hop span's context.
+fn hop_request<R: HopRequest>(
+    body: &Body,
+    hop: &tracing::Span,
+    parent: &opentelemetry::Context,
+    deadline_unix_ms: i64,
+) -> Encoded<R> {
+    Encoded::new(body, &context_of(hop, parent), deadline_unix_ms)
 }
 
 /// Why a notice was not queued.
@@ -158,7 +165,7 @@ impl Fanout {
     /// skips the notification (degradation: non-core work first).
     pub async fn dispatch(
         &self,
-        txn: Transaction,
+        mut txn: Transaction,
         deadline: Instant,
         admission: Admission,
         (parent, caller): (&tracing::Span, &opentelemetry::Context),
@@ -198,8 +205,10 @@ impl Fanout {
             }
         };
         let deadline_unix_ms = sluice_core::deadline::to_unix_ms(deadline);
+        // Encoded once; each hop adds only its own trace context.
+        let body = Body::new(&mut txn);
         let notification = if notify {
-            self.notify(&txn, deadline, deadline_unix_ms, parent, caller)
+            self.notify((&txn, &body), deadline, deadline_unix_ms, parent, caller)
                 .await
         } else {
             self.shed
@@ -207,7 +216,7 @@ impl Fanout {
                 .inc();
             NotificationStatus::Shed
         };
-        let request = RiskRequest::new(carrying(&txn, &risk_hop, caller), deadline_unix_ms);
+        let request = hop_request::<RiskRequest>(&body, &risk_hop, caller, deadline_unix_ms);
         // Retrying needs another replica and a copy of the request; with one, neither.
         let risk = if self.risk.has_choice() {
             let first_cx = {
@@ -229,7 +238,7 @@ impl Fanout {
             }))
         };
         let audit = logging.call(HopCall {
-            request: AppendRequest::new(carrying(&txn, &audit_hop, caller), deadline_unix_ms),
+            request: hop_request::<AppendRequest>(&body, &audit_hop, caller, deadline_unix_ms),
             deadline,
             span: audit_hop,
         });
@@ -252,7 +261,7 @@ impl Fanout {
     fn risk_with_retry(
         &self,
         (first, first_cx): (ReplyFuture<RiskRequest>, opentelemetry::trace::SpanContext),
-        request: RiskRequest,
+        request: Encoded<RiskRequest>,
         account: &str,
         (admission, deadline): (Admission, Instant),
         parent: &tracing::Span,
@@ -295,7 +304,7 @@ impl Fanout {
     /// stream). Its reply is not awaited.
     async fn notify(
         &self,
-        txn: &Transaction,
+        (txn, body): (&Transaction, &Body),
         deadline: Instant,
         deadline_unix_ms: i64,
         parent: &tracing::Span,
@@ -308,7 +317,7 @@ impl Fanout {
             .await
         {
             Ok(mut notification) => {
-                let request = NotifyRequest::new(carrying(txn, &span, caller), deadline_unix_ms);
+                let request = hop_request::<NotifyRequest>(body, &span, caller, deadline_unix_ms);
                 // Best effort: the reply future is dropped; the hop span ends on the reply.
                 drop(notification.call(HopCall {
                     request,

@@ -47,6 +47,12 @@ pub async fn serve(
         resolve_interval: settings.resolve_interval,
         resolver: crate::downstream::replicas::dns(),
     };
+    let notification_setup = Setup {
+        config: settings.notification_downstream.clone(),
+        endpoint: setup.endpoint.clone(),
+        resolve_interval: setup.resolve_interval,
+        resolver: setup.resolver.clone(),
+    };
     let mut started = Started {
         setup: &setup,
         shutdown: &downstream_shutdown,
@@ -54,7 +60,8 @@ pub async fn serve(
     };
     let risk_metrics = ServiceMetrics::new("risk", &mut registry);
     let risk = started.replicas(settings.risk.clone(), Take::All, risk_metrics.clone());
-    let notification = started.replicas(
+    let notification = started.replicas_with(
+        &notification_setup,
         settings.notification.clone(),
         Take::All,
         ServiceMetrics::new("notification", &mut registry),
@@ -151,8 +158,20 @@ impl Started<'_> {
         take: Take,
         metrics: ServiceMetrics,
     ) -> Replicas<R> {
+        let setup = self.setup;
+        self.replicas_with(setup, targets, take, metrics)
+    }
+
+    /// The same with a setup of their own (notification's linger).
+    fn replicas_with<R: sluice_proto::HopRequest>(
+        &mut self,
+        setup: &Setup,
+        targets: Vec<crate::downstream::Target>,
+        take: Take,
+        metrics: ServiceMetrics,
+    ) -> Replicas<R> {
         let (replicas, workers) =
-            Replicas::start(targets, take, self.setup, metrics, self.shutdown.clone());
+            Replicas::start(targets, take, setup, metrics, self.shutdown.clone());
         self.workers.push(workers);
         replicas
     }

@@ -113,7 +113,7 @@ fn call(id: &str) -> HopCall<RiskRequest> {
         ..Default::default()
     };
     HopCall {
-        request: RiskRequest::new(txn, 0),
+        request: sluice_proto::Encoded::of(txn, 0),
         deadline: Instant::now() + Duration::from_secs(30),
         span: tracing::Span::none(),
     }

@@ -4,12 +4,15 @@
 //! [`validate`] holds the rules a `Transaction` must satisfy, shared by every side that
 //! accepts one; [`hop`] the contract of a downstream stream (requests, replies, correlation),
 //! shared by the gateway's stream clients and the services' worker pool; [`partition`] which
-//! audit-log partition owns a transaction id.
+//! audit-log partition owns a transaction id; [`encoded`] a hop request encoded once per
+//! transaction and shared by its hops.
 
+pub mod encoded;
 pub mod hop;
 pub mod partition;
 pub mod validate;
 
+pub use encoded::{Body, Encoded, HopCodec};
 pub use hop::{HopReply, HopRequest};
 
 /// Generated code for package `mesh.v1`.

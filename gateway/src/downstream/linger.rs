@@ -2,11 +2,16 @@
 //!
 //! Waiting pays only when company comes: requests that arrive meanwhile share one HTTP/2
 //! frame, one write and one wake-up of the service. A fixed timer adds its whole length to
-//! every lone request at low load. The adaptive linger ([`Arrivals`]) waits only about one
-//! expected arrival gap (an EWMA of the gaps between requests this stream took), and not at
-//! all when that gap is longer than the cap (`--downstream-linger`): at low load nothing
-//! waits, at high load batches fill (the wait ends once `--downstream-linger-batch` are
-//! together), and in between a request waits about as long as its companion takes.
+//! every lone request at low load. The adaptive linger ([`Arrivals`]) waits only while
+//! company is likely: it keeps an EWMA of the gaps between the requests its stream took,
+//! and holds a request for that gap, at most the cap (`--downstream-linger`), when the gap
+//! is under twice the cap (company then comes within the cap more often than not: 1 −
+//! e^(−cap/gap) ≥ 39 % for Poisson arrivals). Longer gaps mean low load, and nothing waits.
+//! At high load the wait ends early, once `--downstream-linger-batch` are together.
+//!
+//! The wait itself ends at the process's first wake-up past it
+//! ([`sluice_core::piggyback`]), not at tokio's millisecond timer, which would turn 250 µs
+//! into 1–2 ms.
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +19,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LingerMode {
     /// About one expected arrival gap, at most `--downstream-linger`; none when the gap is
-    /// longer.
+    /// longer than twice that.
     Adaptive,
     /// Always `--downstream-linger` (until the batch is full).
     Fixed,
@@ -44,11 +49,11 @@ impl Arrivals {
         self.last = Some(now);
     }
 
-    /// How long to hold a request that found the queue empty: one expected gap, if that
-    /// is within `cap`; else none.
+    /// How long to hold a request that found the queue empty: one expected gap, at most
+    /// `cap`, if the gap is under twice `cap`; else none.
     pub(crate) fn hold(&self, cap: Duration) -> Duration {
         match self.gap {
-            Some(gap) if gap < cap.as_secs_f64() => Duration::from_secs_f64(gap),
+            Some(gap) if gap < 2.0 * cap.as_secs_f64() => Duration::from_secs_f64(gap).min(cap),
             _ => Duration::ZERO,
         }
     }
@@ -78,6 +83,15 @@ mod tests {
         );
         assert_eq!(
             steady(Duration::from_millis(5), 50).hold(CAP),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn a_gap_past_the_cap_holds_the_cap_until_company_grows_unlikely() {
+        assert_eq!(steady(Duration::from_micros(1500), 50).hold(CAP), CAP);
+        assert_eq!(
+            steady(Duration::from_micros(2500), 50).hold(CAP),
             Duration::ZERO
         );
     }

@@ -63,15 +63,18 @@ pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(50);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Default queue slots kept for immediate (unary) admissions.
 pub const DEFAULT_IMMEDIATE_RESERVED: usize = 256;
-/// Default linger cap: the longest a stream that finds its queue empty holds the next
-/// request before sending it, so the requests that arrive meanwhile share its HTTP/2 frame,
-/// its write and the service's wake-up. Zero sends each request at once.
-pub const DEFAULT_LINGER: Duration = Duration::from_millis(1);
-/// Default linger mode: fixed. Adaptive waits about one arrival gap and cuts p50 at 3,000/s
-/// (1.8 → 1.3 ms stream on 2 cores) for 45 % more CPU per transaction (ARCHITECTURE.md has
-/// the frontier); the fixed linger stays the default until a finer timer makes the trade
-/// pay.
-pub const DEFAULT_LINGER_MODE: linger::LingerMode = linger::LingerMode::Fixed;
+/// Default linger cap of the required hops (risk, logging): 250 µs. Any wait here is the
+/// transaction's latency, so it is short, adaptive (below) and measured by the process's
+/// own wake-ups rather than tokio's millisecond timer (`linger.rs`). ARCHITECTURE.md has
+/// the frontier this was chosen from.
+pub const DEFAULT_LINGER: Duration = Duration::from_micros(250);
+/// Default linger of notification, the hop no transaction waits for: a notice waits 1 ms
+/// for company at no one's cost, and shares its frame, its write and the service's wake-up
+/// with the notices that come meanwhile. Always fixed.
+pub const DEFAULT_NOTIFICATION_LINGER: Duration = Duration::from_millis(1);
+/// Default linger mode: adaptive — about one arrival gap within the cap while company is
+/// likely, nothing at low load.
+pub const DEFAULT_LINGER_MODE: linger::LingerMode = linger::LingerMode::Adaptive;
 /// Default most requests a linger waits for: with this many together the batch goes at
 /// once, so at high rates a linger ends long before its time.
 pub const DEFAULT_LINGER_BATCH: u16 = 8;
@@ -81,7 +84,8 @@ pub const MAX_LINGER_BATCH: u16 = 4096;
 /// One request for a downstream: the message, its absolute deadline, and the hop's span
 /// (which records the queue wait and ends when the reply or the failure arrives).
 pub struct HopCall<R> {
-    pub request: R,
+    /// Encoded once per transaction ([`sluice_proto::Encoded`]): the hops share its body.
+    pub request: sluice_proto::Encoded<R>,
     /// Dropped unsent (answered DEADLINE_EXCEEDED) when it passes while queued.
     pub deadline: Instant,
     pub span: tracing::Span,

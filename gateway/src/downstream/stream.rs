@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use futures::Stream;
 use sluice_core::{CancellationToken, spans};
-use sluice_proto::{HopReply, HopRequest};
+use sluice_proto::{Encoded, HopCodec, HopReply, HopRequest};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
@@ -77,7 +77,7 @@ pub(super) fn refuse<R: HopRequest>(
 async fn open<R: HopRequest>(
     channel: Channel,
     shared: &Shared<R>,
-    outbound: Outbound<R>,
+    outbound: Outbound<Encoded<R>>,
     stream_span: &tracing::Span,
 ) -> Result<Streaming<R::Reply>, Status> {
     let mut request = tonic::Request::new(outbound);
@@ -91,7 +91,7 @@ async fn open<R: HopRequest>(
     grpc.ready()
         .await
         .map_err(|e| Status::unavailable(format!("{}: connection not ready: {e}", R::NAME)))?;
-    let codec = tonic_prost::ProstCodec::<R, R::Reply>::default();
+    let codec = HopCodec::<R>::default();
     let path = PathAndQuery::from_static(R::PATH);
     Ok(grpc.streaming(request, path, codec).await?.into_inner())
 }
@@ -299,7 +299,15 @@ async fn take_batch<R: HopRequest>(
     if linger.is_zero() {
         return true;
     }
-    let until = tokio::time::sleep(linger);
+    // The first wake-up of the process past the linger ends it (`piggyback`); tokio's
+    // millisecond timer, which would round 300 µs up to 1-2 ms, only if none comes.
+    let at = Instant::now() + linger;
+    let until = async move {
+        tokio::select! {
+            _ = sluice_core::piggyback::Due::at(at) => {}
+            _ = tokio::time::sleep_until(at.into()) => {}
+        }
+    };
     tokio::pin!(until);
     while batch.len() < most {
         let permit = tokio::select! {
@@ -333,7 +341,7 @@ fn outbound<R: HopRequest>(
     pending: Arc<Mutex<Pending<R>>>,
     inflight: Arc<Semaphore>,
     stop: CancellationToken,
-) -> Outbound<R> {
+) -> Outbound<Encoded<R>> {
     Outbound(Box::pin(async_stream::stream! {
         let mut batch = VecDeque::with_capacity(shared.config.linger_batch.max(1));
         let mut arrivals = Arrivals::default();
