@@ -26,9 +26,12 @@ static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 /// The earliest deadline waiting (ns since [`EPOCH`]), `u64::MAX` when none.
 static EARLIEST: AtomicU64 = AtomicU64::new(u64::MAX);
 
-/// Who waits until when. At most one entry per waiting task and deadline: a `Due` polled
-/// again replaces its waker.
-static WAITING: Mutex<Vec<(u64, Waker)>> = Mutex::new(Vec::new());
+/// Who waits until when: (deadline, the `Due`'s id, its task's waker). At most one entry
+/// per `Due`: polled again, it replaces its waker.
+static WAITING: Mutex<Vec<(u64, u64, Waker)>> = Mutex::new(Vec::new());
+
+/// Ids of `Due`s, so that each finds (and on drop removes) only its own entry.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 fn nanos(at: Instant) -> u64 {
     u64::try_from(at.saturating_duration_since(*EPOCH).as_nanos()).unwrap_or(u64::MAX - 1)
@@ -38,14 +41,17 @@ fn nanos(at: Instant) -> u64 {
 /// wake-up of a runtime thread.
 pub fn fire_due() {
     let earliest = EARLIEST.load(Ordering::Acquire);
-    if earliest == u64::MAX || nanos(Instant::now()) < earliest {
+    if earliest == u64::MAX {
         return;
     }
     let now = nanos(Instant::now());
+    if now < earliest {
+        return;
+    }
     let due: Vec<Waker> = {
         let mut waiting = WAITING.lock().expect("piggyback lock");
         let mut due = Vec::new();
-        waiting.retain(|(at, waker)| {
+        waiting.retain(|(at, _, waker)| {
             if *at <= now {
                 due.push(waker.clone());
                 false
@@ -53,8 +59,7 @@ pub fn fire_due() {
                 true
             }
         });
-        let next = waiting.iter().map(|(at, _)| *at).min().unwrap_or(u64::MAX);
-        EARLIEST.store(next, Ordering::Release);
+        EARLIEST.store(earliest_of(&waiting), Ordering::Release);
         due
     };
     for waker in due {
@@ -62,16 +67,24 @@ pub fn fire_due() {
     }
 }
 
+fn earliest_of(waiting: &[(u64, u64, Waker)]) -> u64 {
+    waiting.iter().map(|(at, ..)| *at).min().unwrap_or(u64::MAX)
+}
+
 /// A future that is ready at the first wake-up of the process at or after `at` (see the
 /// module's note: race it with a real timer).
 #[derive(Debug)]
 pub struct Due {
     at: u64,
+    id: u64,
 }
 
 impl Due {
     pub fn at(at: Instant) -> Self {
-        Self { at: nanos(at) }
+        Self {
+            at: nanos(at),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        }
     }
 }
 
@@ -83,12 +96,9 @@ impl Future for Due {
             return Poll::Ready(());
         }
         let mut waiting = WAITING.lock().expect("piggyback lock");
-        match waiting
-            .iter_mut()
-            .find(|(at, w)| *at == self.at && w.will_wake(cx.waker()))
-        {
-            Some(_) => {}
-            None => waiting.push((self.at, cx.waker().clone())),
+        match waiting.iter_mut().find(|(_, id, _)| *id == self.id) {
+            Some((_, _, waker)) => waker.clone_from(cx.waker()),
+            None => waiting.push((self.at, self.id, cx.waker().clone())),
         }
         EARLIEST.fetch_min(self.at, Ordering::AcqRel);
         Poll::Pending
@@ -101,9 +111,8 @@ impl Drop for Due {
             return; // fired (or never registered): nothing of ours is left
         }
         let mut waiting = WAITING.lock().expect("piggyback lock");
-        waiting.retain(|(at, _)| *at != self.at);
-        let next = waiting.iter().map(|(at, _)| *at).min().unwrap_or(u64::MAX);
-        EARLIEST.store(next, Ordering::Release);
+        waiting.retain(|(_, id, _)| *id != self.id);
+        EARLIEST.store(earliest_of(&waiting), Ordering::Release);
     }
 }
 
@@ -147,9 +156,41 @@ mod tests {
                 .poll(&mut Context::from_waker(&waker))
                 .is_pending()
         );
-        assert!(WAITING.lock().unwrap().iter().any(|(a, _)| *a == nanos(at)));
+        let id = due.id;
+        let held = || {
+            WAITING
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, i, _)| *i == id)
+                .count()
+        };
+        assert_eq!(held(), 1);
+        assert!(
+            due.as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        assert_eq!(held(), 1, "polled again, it keeps one entry");
+        let other = Due::at(at);
+        let mut other = Box::pin(other);
+        assert!(
+            other
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
         drop(due);
-        assert!(!WAITING.lock().unwrap().iter().any(|(a, _)| *a == nanos(at)));
+        assert_eq!(held(), 0);
+        let other_id = other.id;
+        assert!(
+            WAITING
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(_, i, _)| *i == other_id),
+            "another wait with the same deadline keeps its entry"
+        );
     }
 
     fn flag() -> (Waker, std::sync::Arc<std::sync::atomic::AtomicBool>) {

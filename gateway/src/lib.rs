@@ -47,20 +47,23 @@ pub async fn serve(
         resolve_interval: settings.resolve_interval,
         resolver: crate::downstream::replicas::dns(),
     };
+    // Notification's streams differ only in their linger.
     let notification_setup = Setup {
         config: settings.notification_downstream.clone(),
-        endpoint: setup.endpoint.clone(),
-        resolve_interval: setup.resolve_interval,
-        resolver: setup.resolver.clone(),
+        ..setup.clone()
     };
     let mut started = Started {
-        setup: &setup,
         shutdown: &downstream_shutdown,
         workers: Vec::new(),
     };
     let risk_metrics = ServiceMetrics::new("risk", &mut registry);
-    let risk = started.replicas(settings.risk.clone(), Take::All, risk_metrics.clone());
-    let notification = started.replicas_with(
+    let risk = started.replicas(
+        &setup,
+        settings.risk.clone(),
+        Take::All,
+        risk_metrics.clone(),
+    );
+    let notification = started.replicas(
         &notification_setup,
         settings.notification.clone(),
         Take::All,
@@ -79,7 +82,14 @@ pub async fn serve(
         settings
             .logging
             .iter()
-            .map(|t| started.replicas(vec![t.clone()], Take::First, logging_metrics.clone()))
+            .map(|t| {
+                started.replicas(
+                    &setup,
+                    vec![t.clone()],
+                    Take::First,
+                    logging_metrics.clone(),
+                )
+            })
             .collect(),
     );
     let workers = started.workers;
@@ -146,24 +156,12 @@ pub async fn serve(
 
 /// Starts discovery for each downstream and keeps their workers, to be joined at shutdown.
 struct Started<'a> {
-    setup: &'a Setup,
     shutdown: &'a CancellationToken,
     workers: Vec<Workers>,
 }
 
 impl Started<'_> {
     fn replicas<R: sluice_proto::HopRequest>(
-        &mut self,
-        targets: Vec<crate::downstream::Target>,
-        take: Take,
-        metrics: ServiceMetrics,
-    ) -> Replicas<R> {
-        let setup = self.setup;
-        self.replicas_with(setup, targets, take, metrics)
-    }
-
-    /// The same with a setup of their own (notification's linger).
-    fn replicas_with<R: sluice_proto::HopRequest>(
         &mut self,
         setup: &Setup,
         targets: Vec<crate::downstream::Target>,

@@ -43,15 +43,6 @@ impl Body {
         txn.trace_context = context;
         Self(Bytes::from(body))
     }
-
-    /// Encoded bytes.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// One hop's request for a transaction: the shared [`Body`], this hop's trace context

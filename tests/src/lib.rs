@@ -231,6 +231,20 @@ where
     }
 }
 
+/// Waits, as [`eventually`], until the gateway metric `series` (scraped from `admin`) reads
+/// at least `min`.
+pub async fn metric_reaches(
+    admin: SocketAddr,
+    what: &str,
+    (series, min): (&str, f64),
+    within: Duration,
+) {
+    eventually(what, within, || async {
+        (metric(admin, series).await? >= min).then_some(())
+    })
+    .await
+}
+
 /// Runs `sluice-loadgen` with `args` and `--json`, returning its exit status and report.
 pub async fn loadgen_json(args: &[&str]) -> (std::process::Output, serde_json::Value) {
     let dir = tempfile::tempdir().expect("temp dir");

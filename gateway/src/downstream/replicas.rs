@@ -169,6 +169,7 @@ pub fn dns() -> Resolver {
 }
 
 /// How each replica's stream client is made.
+#[derive(Clone)]
 pub struct Setup {
     pub config: DownstreamConfig,
     /// The endpoint (HTTP/2 settings) for one replica's address.

@@ -772,23 +772,21 @@ fn summary(args: &BenchArgs, mode: &str, builds: &[Build], single: Option<&Singl
     row(&mut s, &format!("cpu at {:.0}/s", args.cost_rate), &|b| {
         (!b.cost.is_empty()).then(|| Cost::line(&b.cost))
     });
-    row(&mut s, &format!("p50 at {:.0}/s", args.cost_rate), &|b| {
-        (!b.cost_p50.is_empty()).then(|| {
+    // A latency's median in ms and its runs (to `digits` places).
+    let ms = |runs: &[f64], digits: usize| {
+        (!runs.is_empty()).then(|| {
             format!(
                 "{:.2} ms (runs {})",
-                median(b.cost_p50.clone()),
-                list(&b.cost_p50, 2)
+                median(runs.to_vec()),
+                list(runs, digits)
             )
         })
+    };
+    row(&mut s, &format!("p50 at {:.0}/s", args.cost_rate), &|b| {
+        ms(&b.cost_p50, 2)
     });
     row(&mut s, &format!("p99 at {:.0}/s", args.cost_rate), &|b| {
-        (!b.cost_p99.is_empty()).then(|| {
-            format!(
-                "{:.2} ms (runs {})",
-                median(b.cost_p99.clone()),
-                list(&b.cost_p99, 1)
-            )
-        })
+        ms(&b.cost_p99, 1)
     });
     row(&mut s, "saturation", &|b| {
         (!b.saturation.is_empty()).then(|| {

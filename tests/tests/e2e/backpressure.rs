@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sluice_proto::pb::{Faults, Transaction};
-use sluice_tests::{Mesh, MeshOptions, eventually, loadgen_json, metric, txn};
+use sluice_tests::{Mesh, MeshOptions, eventually, loadgen_json, metric, metric_reaches, txn};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -616,17 +616,14 @@ async fn expired_deadlines_drop_queued_work_at_each_hop() {
         assert_eq!(c.await.unwrap().unwrap_err().code(), Code::DeadlineExceeded);
     }
     mesh.set_faults(&mesh.logging, CLEAR).await;
-    eventually(
+    metric_reaches(
+        admin,
         "queued requests dropped at the gateway",
+        (
+            "sluice_gateway_downstream_deadline_drops_total{downstream=\"logging\"}",
+            9.0,
+        ),
         Duration::from_secs(10),
-        || async {
-            let drops = metric(
-                admin,
-                "sluice_gateway_downstream_deadline_drops_total{downstream=\"logging\"}",
-            )
-            .await?;
-            (drops >= 9.0).then_some(())
-        },
     )
     .await;
     // A fresh transaction goes through, and none of the expired ones was ever logged.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use sluice_proto::pb::gateway_client::GatewayClient;
 use sluice_proto::pb::{Faults, Priority, Transaction};
-use sluice_tests::{CLEAR, Mesh, MeshOptions, eventually, metric, txn};
+use sluice_tests::{CLEAR, Mesh, MeshOptions, eventually, metric, metric_reaches, txn};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
 use tonic::Code;
@@ -124,17 +124,14 @@ async fn a_client_that_reads_slowly_does_not_lower_the_limit_for_another() {
     };
     // Held outcomes pile up for the slow reader: wait until it has a full queue's worth
     // admitted, so the limit has had the chance to read its delivery time.
-    eventually(
+    metric_reaches(
+        admin,
         "the slow reader's outcomes to fill its queue",
+        (
+            "sluice_gateway_transactions_total{api=\"stream\",result=\"ok\"}",
+            1_200.0,
+        ),
         Duration::from_secs(30),
-        || async {
-            let done = metric(
-                admin,
-                "sluice_gateway_transactions_total{api=\"stream\",result=\"ok\"}",
-            )
-            .await?;
-            (done >= 1_200.0).then_some(())
-        },
     )
     .await;
 
@@ -230,17 +227,14 @@ async fn a_stalled_partition_refuses_its_own_transactions_only() {
     )
     .await;
     counting.store(true, Ordering::Relaxed);
-    eventually(
+    metric_reaches(
+        admin,
         "partition 1 at its own level 3",
+        (
+            "sluice_gateway_partition_degradation_level{partition=\"1\"}",
+            3.0,
+        ),
         Duration::from_secs(30),
-        || async {
-            let level = metric(
-                admin,
-                "sluice_gateway_partition_degradation_level{partition=\"1\"}",
-            )
-            .await?;
-            (level >= 3.0).then_some(())
-        },
     )
     .await;
     // Partition 0's callers, counted through the stall and past it.
