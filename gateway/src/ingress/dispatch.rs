@@ -54,6 +54,7 @@ impl Service<TxnRequest> for Dispatch {
                 arrived.elapsed(),
                 replied.admitted.saturating_duration_since(arrived),
             );
+            super::trace::record_hops(replied.risk, replied.logging);
             metrics.stage(api, Stage::Admission, admission);
             metrics.stage(api, Stage::Mesh, total.saturating_sub(admission));
             overload.finished(Split {

@@ -7,8 +7,15 @@
 //! its own trace, the stream is not its parent. W3C and B3 are both understood
 //! (`sluice_core::propagation`). The span ends with the transaction's result; a transaction
 //! dropped unfinished ends it marked CANCELLED.
+//!
+//! Each transaction also writes one log line at debug, inside its span (so with a trace it
+//! names its `trace_id`): its id, status, decision and audit record, and how long after
+//! admission risk and logging replied ([`record_hops`], set by the dispatch layer below).
+//! Nothing per transaction is written at info.
 
+use std::cell::Cell;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use super::refusal::Refusal;
 use futures::future::BoxFuture;
@@ -53,13 +60,17 @@ where
         let (span, caller) = ingress_span(&request);
         request.span = span.clone();
         request.caller = caller;
-        let ending = SpanEnd(Some(span.clone()));
+        // `kind: EVENT`: the log filter passes events only, so a plain `enabled!` (a hint) is
+        // never on.
+        let id = tracing::enabled!(kind: tracing::metadata::Kind::EVENT, tracing::Level::DEBUG)
+            .then(|| request.txn.id.clone());
+        let ending = SpanEnd(Some((span.clone(), id)));
         let outcome = self.inner.call(request).instrument(span);
-        Box::pin(async move {
+        Box::pin(HOPS.scope(Cell::new(None), async move {
             let result = outcome.await;
-            ending.finish(result.as_ref());
+            ending.finish(result.as_ref(), HOPS.with(Cell::get));
             result
-        })
+        }))
     }
 }
 
@@ -122,13 +133,27 @@ fn ingress_span(request: &TxnRequest) -> (tracing::Span, OtelContext) {
     (spans::with_parent(span, parent.clone()), parent)
 }
 
-/// Ends the ingress span with the transaction's result; dropped unfinished (the caller went
-/// away), with CANCELLED.
-struct SpanEnd(Option<tracing::Span>);
+tokio::task_local! {
+    /// How long after admission risk and logging replied, for the transaction this task is
+    /// serving (unset until its hops reply).
+    static HOPS: Cell<Option<(Duration, Duration)>>;
+}
+
+/// Notes how long after admission risk and logging replied, for the transaction's log line.
+/// Outside the trace layer (a test calling a lower layer) it does nothing.
+pub(crate) fn record_hops(risk: Duration, logging: Duration) {
+    let _ = HOPS.try_with(|hops| hops.set(Some((risk, logging))));
+}
+
+/// Ends the ingress span with the transaction's result, and writes its log line (the id
+/// is kept only when debug lines are on); dropped unfinished (the caller went away), with
+/// CANCELLED.
+struct SpanEnd(Option<(tracing::Span, Option<String>)>);
 
 impl SpanEnd {
-    fn finish(mut self, result: Result<&Outcome, &Refusal>) {
-        if let Some(span) = self.0.take() {
+    fn finish(mut self, result: Result<&Outcome, &Refusal>, hops: Option<(Duration, Duration)>) {
+        if let Some((span, id)) = self.0.take() {
+            span.in_scope(|| log_line(id.as_deref(), result, hops));
             end_ingress(&span, result);
         }
     }
@@ -136,13 +161,64 @@ impl SpanEnd {
 
 impl Drop for SpanEnd {
     fn drop(&mut self) {
-        if let Some(span) = self.0.take() {
+        if let Some((span, id)) = self.0.take() {
             let cancelled = (
                 tonic::Code::Cancelled as i32,
                 "cancelled before its outcome",
             );
+            span.in_scope(|| {
+                tracing::debug!(
+                    id = id.as_deref().unwrap_or(""),
+                    status = "CANCELLED",
+                    "transaction cancelled before its outcome"
+                );
+            });
             spans::finish(&span, Some(cancelled), "error");
         }
+    }
+}
+
+/// The transaction's one line at debug: its result and, once admitted, its hops' replies.
+fn log_line(
+    id: Option<&str>,
+    result: Result<&Outcome, &Refusal>,
+    hops: Option<(Duration, Duration)>,
+) {
+    let id = id.unwrap_or("");
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (risk_ms, logging_ms) = match hops {
+        Some((risk, logging)) => (Some(ms(risk)), Some(ms(logging))),
+        None => (None, None),
+    };
+    match result {
+        Ok(o) => {
+            let status = o
+                .error
+                .as_ref()
+                .map_or(tonic::Code::Ok, |e| tonic::Code::from_i32(e.code));
+            tracing::debug!(
+                id,
+                status = ?status,
+                decision = o.decision().as_str_name(),
+                audit_partition = o.audit_partition,
+                audit_offset = o.audit_offset,
+                replayed = o.replayed,
+                notification = o.notification().as_str_name(),
+                risk_ms,
+                logging_ms,
+                "transaction finished"
+            );
+        }
+        Err(refusal) => tracing::debug!(
+            id,
+            status = ?refusal.code(),
+            reason = refusal.reason.label(),
+            message = refusal.message(),
+            risk_ms,
+            logging_ms,
+            "transaction {}",
+            if refusal.refused() { "refused" } else { "failed" }
+        ),
     }
 }
 

@@ -565,3 +565,76 @@ async fn with_export_off_a_clients_trace_still_reaches_the_audit_log() {
         .expect("audited");
     assert_eq!(entry.trace_id, trace);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_debug_each_transaction_writes_one_json_line_in_its_trace() {
+    let receiver = OtlpReceiver::start().await;
+    let mut env = receiver.env();
+    env.push(("RUST_LOG".into(), "debug".into()));
+    let mesh = Mesh::start_with(MeshOptions {
+        env,
+        gateway: vec!["--log-format".into(), "json".into()],
+        ..Default::default()
+    })
+    .await;
+    let mut gw = mesh.gateway().await;
+    let mut traces = HashMap::new();
+    for i in 0..5 {
+        let (id, trace) = (
+            format!("debug-line-{i}"),
+            format!("{:032x}", 0xa11ce_u128 + i),
+        );
+        let mut request = tonic::Request::new(txn(&id));
+        request.metadata_mut().insert(
+            "traceparent",
+            MetadataValue::try_from(format!("00-{trace}-00f067aa0ba902b7-01")).unwrap(),
+        );
+        let outcome = gw.submit(request).await.expect("submitted").into_inner();
+        assert!(outcome.error.is_none(), "{:?}", outcome.error);
+        traces.insert(id, trace);
+    }
+    // The line is written before the response leaves; read until all five are there.
+    let lines = sluice_tests::eventually(
+        "a line for each of the five transactions",
+        std::time::Duration::from_secs(10),
+        || async {
+            let lines: Vec<serde_json::Value> = mesh
+                .gateway
+                .log()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|l| l["fields"]["message"] == "transaction finished")
+                .collect();
+            (lines.len() >= 5).then_some(lines)
+        },
+    )
+    .await;
+    let log = mesh.gateway.log();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("\"level\":\"INFO\"") && l.contains("debug-line-")),
+        "nothing per transaction at info"
+    );
+    for (id, trace) in &traces {
+        let mine: Vec<_> = lines
+            .iter()
+            .filter(|l| l["fields"]["id"] == id.as_str())
+            .collect();
+        assert_eq!(mine.len(), 1, "one line for {id}: {lines:#?}");
+        let line = mine[0];
+        assert_eq!(line["trace_id"], trace.as_str(), "{line}");
+        assert_eq!(line["level"], "DEBUG", "{line}");
+        assert_eq!(line["fields"]["status"], "Ok", "{line}");
+        assert_eq!(
+            line["fields"]["decision"].as_str().map(str::is_empty),
+            Some(false),
+            "{line}"
+        );
+        for hop in ["risk_ms", "logging_ms"] {
+            assert!(
+                line["fields"][hop].as_f64().is_some_and(|ms| ms > 0.0),
+                "{hop}: {line}"
+            );
+        }
+    }
+}
