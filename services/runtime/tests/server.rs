@@ -114,15 +114,28 @@ fn with_token<T>(message: T) -> Request<T> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_stream_is_answered_message_by_message_and_ends_ok_on_half_close() {
     let served = serve().await;
+    // The service's health is set by the readiness mirror, a task of its own that may not
+    // have run when the listener first answers ("service not registered" until then).
     let mut health = HealthClient::new(served.channel.clone());
-    let status = health
-        .check(HealthCheckRequest {
-            service: "mesh.v1.Risk".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        let check = health
+            .check(HealthCheckRequest {
+                service: "mesh.v1.Risk".into(),
+            })
+            .await;
+        match check {
+            Ok(reply) => break reply.into_inner().status,
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "mesh.v1.Risk never registered with health: {status}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(status) => panic!("health check: {status}"),
+        }
+    };
     assert_eq!(status, ServingStatus::Serving as i32);
 
     let (tx, rx) = mpsc::channel(16);
