@@ -3,7 +3,7 @@
 //!
 //! One `HashMap` doubles when it fills, moving every entry at once on the writer thread,
 //! while every append waits: with 250,000 records that was a 50 ms pause with the log on a
-//! tmpfs (`sluice-loadgen bench`, half load; the audit commit histogram's max). Split in
+//! tmpfs (`sluice-lab bench`, half load; the audit commit histogram's max). Split in
 //! [`SHARDS`], each map grows on its own and a growth moves a [`SHARDS`]th of the entries.
 
 use std::collections::HashMap;
