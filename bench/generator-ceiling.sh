@@ -8,7 +8,7 @@ cargo build --release --bins -q
 B=target/release
 addr=127.0.0.1:50061
 body=$(mktemp)
-$B/sluice-loadgen sink --listen $addr --body-file "$body" >/dev/null 2>&1 &
+$B/sluice-lab sink --listen $addr --body-file "$body" >/dev/null 2>&1 &
 sink=$!
 trap 'kill $sink 2>/dev/null; rm -f "$body"' EXIT
 until $B/sluice-loadgen run --target http://$addr --rate 10 --duration 100ms --no-wait-ready -q >/dev/null 2>&1; do sleep 0.2; done

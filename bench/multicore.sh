@@ -37,8 +37,8 @@ else
   bench=(--runs 5 --duration 5s --warmup 2s)
   pressure=(--step-for 5s)
 fi
-loadgen() { taskset -c "$GEN_CPUS" "$BIN_DIR/sluice-loadgen" "$@"; }
+lab() { taskset -c "$GEN_CPUS" "$BIN_DIR/sluice-lab" "$@"; }
 echo "multicore: $cores CPUs; generator on $GEN_CPUS, mesh on $MESH_CPUS; binaries in $BIN_DIR; figures in $OUT"
-loadgen bench --bin-dir "$BIN_DIR" "${bench[@]}" "$@" 2>&1 | tee "$OUT/bench.txt"
-loadgen pressure --bin-dir "$BIN_DIR" --sections overload "${pressure[@]}" 2>&1 | tee "$OUT/pressure-overload.txt"
+lab bench --bin-dir "$BIN_DIR" "${bench[@]}" "$@" 2>&1 | tee "$OUT/bench.txt"
+lab pressure --bin-dir "$BIN_DIR" --sections overload "${pressure[@]}" 2>&1 | tee "$OUT/pressure-overload.txt"
 echo "multicore: figures in $OUT"

@@ -269,7 +269,7 @@ pub struct CommonServerArgs {
     /// `available_parallelism`), at least one: the four mesh processes then share a machine
     /// about evenly. So a 2-core machine keeps one thread per process — each message costs
     /// little work and much waking, and there a second thread bought more wake-ups and
-    /// context switches than parallelism (`sluice-loadgen bench`) — while 12 free cores
+    /// context switches than parallelism (`sluice-lab bench`) — while 12 free cores
     /// give each process 3. The start line says which applies.
     #[arg(long, env = "SLUICE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=MAX_WORKER_THREADS as i64))]
     pub worker_threads: Option<u16>,

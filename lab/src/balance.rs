@@ -1,4 +1,4 @@
-//! `sluice-loadgen balance`: one slow risk replica of three, and how each routing policy
+//! `sluice-lab balance`: one slow risk replica of three, and how each routing policy
 //! copes — p2c (load-aware), round-robin (blind), account (consistent hashing with bounded
 //! loads, risk's default).
 //!
@@ -13,11 +13,11 @@ use std::time::Duration;
 use clap::Args;
 use sluice_proto::pb::Faults;
 
-use crate::admin::metrics;
-use crate::drive::driver;
-use crate::drive::spec::{LoadSpec, Mode, Pacing};
-use crate::lab::bench::{Measure, median};
-use crate::lab::procs::{MeshOptions, ProcMesh, bin_dir};
+use crate::bench::{Measure, median};
+use crate::procs::{MeshOptions, ProcMesh, bin_dir};
+use sluice_loadgen::admin::metrics;
+use sluice_loadgen::drive::driver;
+use sluice_loadgen::drive::spec::{LoadSpec, Mode, Pacing};
 
 #[derive(Debug, Clone, Args)]
 pub struct BalanceArgs {
@@ -174,7 +174,7 @@ pub async fn balance(args: BalanceArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "\nreproduce: cargo run --release -p sluice-loadgen -- balance --runs {} --duration {:?} --rate {} --delay {:?} --mode {}",
+        "\nreproduce: cargo run --release -p sluice-lab -- balance --runs {} --duration {:?} --rate {} --delay {:?} --mode {}",
         args.measure.runs,
         args.measure.duration,
         args.rate,

@@ -1,4 +1,4 @@
-//! `sluice-loadgen bench`: what a transaction costs the mesh and how fast it goes, measured
+//! `sluice-lab bench`: what a transaction costs the mesh and how fast it goes, measured
 //! against the real binaries running as separate processes on loopback.
 //!
 //! For each ingress mode and each build (`--bin-dir`, and `--base-bin-dir` when comparing
@@ -12,7 +12,7 @@
 //! - **tail**: the p99 of every open-loop run at half of saturation, with the audit log on
 //!   disk (next to that run's `fdatasync` p99.9 from logging's `audit_fsync_seconds`) and on
 //!   a tmpfs (`--tmpfs`): the mesh's own tail apart from the disk's. Beside each, how long
-//!   the machine stalled meanwhile ([`crate::drive::stalls`]): what no mesh can hide; and
+//!   the machine stalled meanwhile ([`sluice_loadgen::drive::stalls`]): what no mesh can hide; and
 //!   the generator's own CPU, its share of the cores the mesh runs on.
 //! - **single hop**: the same generator against `sink`, a bare tonic gateway in its own
 //!   process, and the ratios mesh / single hop.
@@ -26,11 +26,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use crate::drive::driver;
-use crate::drive::spec::{LoadSpec, Mode, Pacing};
-use crate::drive::stalls::Stalls;
-use crate::lab::procs::{MeshOptions, Proc, ProcMesh, bin_dir};
-use crate::report::Report;
+use crate::procs::{MeshOptions, Proc, ProcMesh, bin_dir};
+use sluice_loadgen::drive::driver;
+use sluice_loadgen::drive::spec::{LoadSpec, Mode, Pacing};
+use sluice_loadgen::drive::stalls::Stalls;
+use sluice_loadgen::report::Report;
 
 /// Default open-loop rate at which the cost per transaction is measured: moderate load,
 /// where per-message overheads (wake-ups, syscalls, one frame per message) dominate.
@@ -82,7 +82,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 256)]
     pub unary_concurrency: usize,
     /// Client connections to the gateway.
-    #[arg(long, default_value_t = crate::drive::spec::DEFAULT_CONNECTIONS)]
+    #[arg(long, default_value_t = sluice_loadgen::drive::spec::DEFAULT_CONNECTIONS)]
     pub connections: usize,
 }
 
@@ -391,8 +391,11 @@ async fn half_load_run(
 ) -> anyhow::Result<Tail> {
     let (logging, gateway) = (mesh.logging.metrics_url()?, mesh.gateway.metrics_url()?);
     let scrape = || async {
-        let logging = crate::admin::metrics::samples(&logging).await;
-        (logging, crate::admin::metrics::samples(&gateway).await)
+        let logging = sluice_loadgen::admin::metrics::samples(&logging).await;
+        (
+            logging,
+            sluice_loadgen::admin::metrics::samples(&gateway).await,
+        )
     };
     let before = scrape().await;
     let me = std::process::id();
@@ -565,7 +568,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             ""
         }
     );
-    println!("bench: {}", crate::lab::procs::cpu_split());
+    println!("bench: {}", crate::procs::cpu_split());
     let mut out = Vec::new();
     for &mode in &args.modes {
         let mode_name = mode.name();
@@ -667,7 +670,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         println!("{block}");
     }
     println!(
-        "reproduce: cargo build --release && target/release/sluice-loadgen bench --runs {} --duration {:?} --warmup {:?}{}",
+        "reproduce: cargo build --release && target/release/sluice-lab bench --runs {} --duration {:?} --warmup {:?}{}",
         runs,
         args.measure.duration,
         args.measure.warmup,
@@ -721,7 +724,7 @@ async fn single_hop(
     let sink = tokio::task::spawn_blocking(move || {
         Proc::spawn(
             &dir,
-            "sluice-loadgen",
+            "sluice-lab",
             &["sink".to_string(), "--listen".into(), "127.0.0.1:0".into()],
         )
     })

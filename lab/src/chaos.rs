@@ -1,4 +1,4 @@
-//! `sluice-loadgen chaos`: kill and freeze every process of the mesh under load, then prove
+//! `sluice-lab chaos`: kill and freeze every process of the mesh under load, then prove
 //! that nothing acknowledged was lost and nothing hung.
 //!
 //! It starts the real binaries on loopback (as `scenario` does), drives SubmitStream and
@@ -30,12 +30,13 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::drive::driver::{self, OutcomeSignal};
-use crate::drive::spec::{LoadSpec, Mode, Pacing};
-use crate::lab::procs::{MeshOptions, Proc, ProcMesh, bin_dir};
-use crate::report::audit::AuditCheck;
-use crate::report::exemplars::TraceLinkArgs;
-use crate::report::{NO_OUTCOME, Report};
+use crate::procs::{MeshOptions, Proc, ProcMesh, bin_dir};
+use sluice_loadgen::drive::driver;
+use sluice_loadgen::drive::signal::OutcomeSignal;
+use sluice_loadgen::drive::spec::{LoadSpec, Mode, Pacing};
+use sluice_loadgen::report::audit::AuditCheck;
+use sluice_loadgen::report::exemplars::TraceLinkArgs;
+use sluice_loadgen::report::{NO_OUTCOME, Report};
 
 /// Version of the `chaos --json` document (docs/report-schema.md).
 pub const CHAOS_SCHEMA_VERSION: u32 = 1;
@@ -83,7 +84,7 @@ pub struct ChaosArgs {
     #[arg(long, default_value = "5s", value_parser = sluice_core::parse_duration)]
     pub timeout: Duration,
     /// Connections per load (stream mode: one SubmitStream each, reopened when it ends).
-    #[arg(long, default_value_t = crate::drive::spec::DEFAULT_CONNECTIONS)]
+    #[arg(long, default_value_t = sluice_loadgen::drive::spec::DEFAULT_CONNECTIONS)]
     pub connections: usize,
     /// An extra flag for the gateway, e.g. --gateway-flag=--reconnect-max=500ms (repeatable).
     /// The gateway runs with --degradation off unless this says otherwise.
@@ -432,7 +433,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         .chain(unary.acked.iter())
         .cloned()
         .collect();
-    let audit = crate::report::audit::check(&mesh.logging_urls(), &acked).await?;
+    let audit = sluice_loadgen::report::audit::check(&mesh.logging_urls(), &acked).await?;
     drop(mesh);
 
     let mut errors = BTreeMap::new();

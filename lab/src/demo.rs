@@ -1,4 +1,4 @@
-//! `sluice-loadgen demo`: the whole mesh in this process ([`super::mesh`]), and the story
+//! `sluice-lab demo`: the whole mesh in this process ([`super::mesh`]), and the story
 //! the project exists to tell, measured — with nothing but this binary.
 //!
 //! **The story** (default; four phases of `--phase` (9 s) and 2 s of calm, about 40 s):
@@ -22,13 +22,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::admin::control::Control;
-use crate::drive::driver::{self, OutcomeSignal, narrate};
-use crate::drive::spec::{LoadSpec, Mode, Pacing};
-use crate::lab::mesh::LocalMesh;
-use crate::lab::pressure::{HELD, RSS, held_bounds, peaks, set_stall};
-use crate::report::Report;
-use crate::report::audit::{self, AuditCheck};
+use crate::mesh::LocalMesh;
+use crate::pressure::{HELD, RSS, held_bounds, peaks, set_stall};
+use sluice_loadgen::admin::control::Control;
+use sluice_loadgen::drive::driver;
+use sluice_loadgen::drive::signal::OutcomeSignal;
+use sluice_loadgen::drive::spec::{LoadSpec, Mode, Pacing};
+use sluice_loadgen::report::Report;
+use sluice_loadgen::report::audit::{self, AuditCheck};
+use sluice_loadgen::report::live::Narrator;
 
 /// The demo's open-loop rate unless told otherwise: enough to show the mesh working, little
 /// enough for one machine running both the mesh and the generator.
@@ -78,7 +80,7 @@ pub async fn run(
     spec.target = mesh.gateway_url.clone();
     spec.metrics = spec
         .metrics
-        .or_else(|| Some(crate::admin::metrics::url(mesh.gateway_admin)));
+        .or_else(|| Some(sluice_loadgen::admin::metrics::url(mesh.gateway_admin)));
     eprintln!(
         "driving {} ingress for {:?} ({}) ...",
         format!("{:?}", spec.mode).to_lowercase(),
@@ -136,9 +138,9 @@ impl Story {
 }
 
 /// Sleeps until `at`, then prints the phase's narration at its time in the run.
-async fn phase(start: Instant, at: Duration, line: &str) {
+async fn phase(narrator: &Narrator, start: Instant, at: Duration, line: &str) {
     tokio::time::sleep_until((start + at).into()).await;
-    narrate(&format!("\n[{:>4.1} s] {line}", at.as_secs_f64()));
+    narrator.say(&format!("\n[{:>4.1} s] {line}", at.as_secs_f64()));
 }
 
 /// Runs the story: the mesh in this process, driven through its four phases (`phase` long
@@ -158,7 +160,7 @@ pub async fn story(
     };
     eprintln!("starting risk, notification, logging and the gateway on loopback ...");
     let mesh = LocalMesh::start_with(data_dir, GRACE, Some(STORY_DEADLINE)).await?;
-    let metrics = crate::admin::metrics::url(mesh.gateway_admin);
+    let metrics = sluice_loadgen::admin::metrics::url(mesh.gateway_admin);
     eprintln!(
         "mesh up: gateway {} (metrics {metrics}), audit log in {}\npressure map: open http://{}/ in a browser to watch the hops live",
         mesh.gateway_url,
@@ -180,6 +182,7 @@ async fn drive_story(
 ) -> anyhow::Result<Story> {
     let mut control = Control::connect(&mesh.logging_url, Some(&mesh.control_token)).await?;
     let signal = Arc::new(OutcomeSignal::default());
+    let narrator = Narrator::default();
     let total = phase_for * 4 + CALM;
     let stream_spec = LoadSpec::builder(mesh.gateway_url.clone())
         .mode(Mode::Stream)
@@ -191,6 +194,7 @@ async fn drive_story(
         .metrics(Some(metrics.to_string()))
         .outcomes(signal.clone())
         .progress(spec.progress)
+        .narrator(narrator.clone())
         .seed(spec.seed)
         .id_prefix(format!("{}-stream", spec.id_prefix))
         .trace_links(spec.trace_links.clone())
@@ -212,19 +216,20 @@ async fn drive_story(
     let load = tokio::spawn(driver::run_with(stream_spec, Some(started_tx)));
     let start = started_rx.await?;
     let secs = |d: Duration| d.as_secs_f64();
-    narrate(&format!(
+    narrator.say(&format!(
         "\n[ 0.0 s] steady: {rate:.0} transactions/s over SubmitStream; each one is scored by risk, appended (fsync) to the audit log and notified"
     ));
 
     // 2. Logging stalled.
     let stall_at = phase_for;
     phase(
+        &narrator,
         start,
         stall_at,
         "logging stalled: watch what the gateway holds for logging (held, log) climb while risk and notification go idle, then the client's sends block",
     )
     .await;
-    let rss_before = crate::admin::metrics::metric(metrics, RSS)
+    let rss_before = sluice_loadgen::admin::metrics::metric(metrics, RSS)
         .await
         .unwrap_or(0.0);
     let stalled = Instant::now();
@@ -254,6 +259,7 @@ async fn drive_story(
     // 3. Logging back.
     let unstall_at = stall_at + phase_for;
     phase(
+        &narrator,
         start,
         unstall_at,
         "logging back: throughput returns and the backlog drains",
@@ -264,6 +270,7 @@ async fn drive_story(
     // 4. Overload.
     let overload_at = unstall_at + phase_for;
     phase(
+        &narrator,
         start,
         overload_at,
         &format!(
@@ -271,12 +278,18 @@ async fn drive_story(
         ),
     )
     .await;
-    let rss_calm = crate::admin::metrics::metric(metrics, RSS)
+    let rss_calm = sluice_loadgen::admin::metrics::metric(metrics, RSS)
         .await
         .unwrap_or(0.0);
     let overload = tokio::spawn(driver::run(overload_spec));
     let [rss_overload] = peaks(metrics, [RSS], start + overload_at + phase_for, [rss_calm]).await;
-    phase(start, overload_at + phase_for, "calm again: steady load").await;
+    phase(
+        &narrator,
+        start,
+        overload_at + phase_for,
+        "calm again: steady load",
+    )
+    .await;
     let overload = overload.await??;
     let report = load.await??;
 

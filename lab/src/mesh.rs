@@ -1,5 +1,5 @@
 //! The whole mesh in this process, on loopback: real listeners, real HTTP/2 connections and
-//! streams, a real audit log on disk. This is what `sluice-loadgen demo` drives; each
+//! streams, a real audit log on disk. This is what `sluice-lab demo` drives; each
 //! service is the same library its own binary runs.
 
 use std::net::SocketAddr;

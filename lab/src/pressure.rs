@@ -1,4 +1,4 @@
-//! `sluice-loadgen pressure`: the backpressure benchmark, bounded vs unbounded, and the
+//! `sluice-lab pressure`: the backpressure benchmark, bounded vs unbounded, and the
 //! overload-control benchmark, static vs adaptive. `--sections` picks them (backpressure by
 //! default).
 //!
@@ -39,12 +39,12 @@ use prost::Message;
 use sluice_proto::pb::Faults;
 use tokio::task::JoinHandle;
 
-use crate::drive::driver;
-use crate::drive::schedule::{ArrivalKind, Arrivals, Segment};
-use crate::drive::spec::{DEFAULT_TIMEOUT, LoadSpec, LoadSpecBuilder, Mode, Pacing};
-use crate::drive::traffic::Traffic;
-use crate::lab::procs::{MeshOptions, ProcMesh, bin_dir};
-use crate::report::{BottleneckSeen, Report, TimelinePoint, bottleneck_named, counts};
+use crate::procs::{MeshOptions, ProcMesh, bin_dir};
+use sluice_loadgen::drive::driver;
+use sluice_loadgen::drive::schedule::{ArrivalKind, Arrivals, Segment};
+use sluice_loadgen::drive::spec::{DEFAULT_TIMEOUT, LoadSpec, LoadSpecBuilder, Mode, Pacing};
+use sluice_loadgen::drive::traffic::Traffic;
+use sluice_loadgen::report::{BottleneckSeen, Report, TimelinePoint, bottleneck_named, counts};
 
 /// The benchmarks `pressure` can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -198,7 +198,7 @@ pub(crate) async fn peaks<const N: usize>(
 ) -> [f64; N] {
     while Instant::now() < end {
         for (name, peak) in names.iter().zip(floor.iter_mut()) {
-            let now = crate::admin::metrics::metric(metrics, name).await;
+            let now = sluice_loadgen::admin::metrics::metric(metrics, name).await;
             *peak = peak.max(now.unwrap_or(0.0));
         }
         tokio::time::sleep(SAMPLE_EVERY).await;
@@ -211,7 +211,7 @@ pub(crate) const HELD: &str = "sluice_gateway_inflight{api=\"stream\"}";
 
 /// Stalls (or releases) a service through its Control API.
 pub(crate) async fn set_stall(
-    control: &mut crate::admin::control::Control,
+    control: &mut sluice_loadgen::admin::control::Control,
     stall: bool,
 ) -> anyhow::Result<()> {
     control
@@ -279,7 +279,7 @@ async fn stall_phase(
     )
     .await?;
     tokio::time::sleep_until((start + LEAD_IN).into()).await;
-    let baseline = crate::admin::metrics::metric(&metrics, RSS)
+    let baseline = sluice_loadgen::admin::metrics::metric(&metrics, RSS)
         .await
         .unwrap_or(0.0);
     set_stall(&mut mesh.control(&mesh.logging).await?, true).await?;
@@ -343,7 +343,7 @@ async fn overload_phase(
         .build()?,
     )
     .await?;
-    let baseline = crate::admin::metrics::metric(&metrics, RSS)
+    let baseline = sluice_loadgen::admin::metrics::metric(&metrics, RSS)
         .await
         .unwrap_or(0.0);
     let [peak] = peaks(&metrics, [RSS], start + args.overload_for, [baseline]).await;
@@ -540,7 +540,7 @@ async fn backpressure(dir: &std::path::Path, args: &PressureArgs) -> anyhow::Res
     };
     let secs = |v: Option<f64>| v.map_or("never".to_string(), |s| format!("{s:.1} s"));
     println!("\nbackpressure benchmark: release binaries on loopback, saturation {sat:.0} tx/s");
-    println!("{}", crate::lab::procs::cpu_split());
+    println!("{}", crate::procs::cpu_split());
     println!(
         "{:<44}{}",
         "",
@@ -619,7 +619,7 @@ async fn backpressure(dir: &std::path::Path, args: &PressureArgs) -> anyhow::Res
         d.server.h2.connection_window / 1024
     );
     println!(
-        "reproduce: cargo run --release -p sluice-loadgen -- pressure --stall-for {:?} --overload-for {:?}",
+        "reproduce: cargo run --release -p sluice-lab -- pressure --stall-for {:?} --overload-for {:?}",
         args.stall_for, args.overload_for
     );
     Ok(())
@@ -928,7 +928,7 @@ async fn overload_run(
         .build()?,
     )
     .await?;
-    let baseline = crate::admin::metrics::metric(&metrics, RSS)
+    let baseline = sluice_loadgen::admin::metrics::metric(&metrics, RSS)
         .await
         .unwrap_or(0.0);
     let slow_from = profile.segment_start(Step::SlowLogging as usize);
@@ -939,12 +939,16 @@ async fn overload_run(
         let marks = [at(Step::Base), at(Step::Peak), at(Step::After)];
         let (metrics, pid) = (metrics.clone(), mesh.gateway.pid());
         tokio::spawn(async move {
-            let ticks = crate::lab::bench::ticks_per_second();
+            let ticks = crate::bench::ticks_per_second();
             let mut snaps = Vec::new();
             for mark in marks {
                 tokio::time::sleep_until(mark.into()).await;
-                let cpu = crate::lab::bench::cpu_seconds(pid, ticks);
-                snaps.push(crate::admin::metrics::samples(&metrics).await.zip(cpu));
+                let cpu = crate::bench::cpu_seconds(pid, ticks);
+                snaps.push(
+                    sluice_loadgen::admin::metrics::samples(&metrics)
+                        .await
+                        .zip(cpu),
+                );
             }
             let [base, peak, after] = [0, 1, 2].map(|i| snaps[i].take());
             let stages = peak
@@ -1045,7 +1049,7 @@ async fn overload(dir: &std::path::Path, args: &PressureArgs) -> anyhow::Result<
         "\noverload control: unary, release binaries on loopback, saturation {sat:.0} tx/s (closed loop, {})",
         measured_on.name
     );
-    println!("{}", crate::lab::procs::cpu_split());
+    println!("{}", crate::procs::cpu_split());
     row(
         "",
         CONTROLS
@@ -1191,7 +1195,7 @@ async fn overload(dir: &std::path::Path, args: &PressureArgs) -> anyhow::Result<
         );
     }
     println!(
-        "reproduce: cargo run --release -p sluice-loadgen -- pressure --sections overload --unary-saturation {sat:.0} --step-for {:?} --peak-factor {} --slow-logging-delay {:?} --slow-logging-load {}",
+        "reproduce: cargo run --release -p sluice-lab -- pressure --sections overload --unary-saturation {sat:.0} --step-for {:?} --peak-factor {} --slow-logging-delay {:?} --slow-logging-load {}",
         args.step_for, args.peak_factor, args.slow_logging_delay, args.slow_logging_load
     );
     Ok(())

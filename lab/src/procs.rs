@@ -1,5 +1,5 @@
 //! The mesh as separate processes: the real binaries, spawned from one directory on
-//! loopback ports chosen by the OS. Used by `sluice-loadgen bench` and by the end-to-end
+//! loopback ports chosen by the OS. Used by `sluice-lab bench` and by the end-to-end
 //! tests.
 //!
 //! Every server binary prints `<name> ready grpc=<addr> admin=<addr>` on stdout once it
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::admin::control::Control;
+use sluice_loadgen::admin::control::Control;
 
 /// How long a binary may take to print its ready line.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -40,7 +40,7 @@ pub fn bin_dir(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 /// The environment variable naming the CPUs every mesh process the lab starts is pinned to
 /// (a `taskset -c` list, e.g. `4-15`), so the generator can run on CPUs of its own
-/// (`taskset -c 0-3 sluice-loadgen bench …`; `bench/multicore.sh` does both).
+/// (`taskset -c 0-3 sluice-lab bench …`; `bench/multicore.sh` does both).
 pub const MESH_CPUS_ENV: &str = "SLUICE_LAB_MESH_CPUS";
 
 /// The CPUs mesh processes are pinned to, if [`MESH_CPUS_ENV`] names any.
@@ -176,7 +176,7 @@ impl Proc {
         let admin = self
             .admin
             .with_context(|| format!("{} named no admin address", self.name))?;
-        Ok(crate::admin::metrics::url(admin))
+        Ok(sluice_loadgen::admin::metrics::url(admin))
     }
 
     pub fn pid(&self) -> u32 {
@@ -366,7 +366,7 @@ impl ProcMesh {
         let mesh = tokio::task::spawn_blocking(move || ProcMesh::start(&bin_dir, options))
             .await
             .context("starting the mesh panicked")??;
-        crate::drive::driver::wait_ready_at(&mesh.gateway.url()).await?;
+        sluice_loadgen::drive::driver::wait_ready_at(&mesh.gateway.url()).await?;
         Ok(mesh)
     }
 

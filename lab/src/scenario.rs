@@ -1,4 +1,4 @@
-//! `sluice-loadgen scenario FILE`: phases of load, faults switched at given times through the
+//! `sluice-lab scenario FILE`: phases of load, faults switched at given times through the
 //! Control API, and expectations checked at the end — against the real binaries, started as
 //! separate processes on loopback. Exits non-zero when an expectation fails, naming it.
 //!
@@ -36,13 +36,13 @@ use clap::Args;
 use serde::Deserialize;
 use sluice_proto::pb::Faults;
 
-use crate::admin::control::FaultChange;
-use crate::drive::driver;
-use crate::drive::schedule::{ArrivalKind, Arrivals};
-use crate::drive::spec::{LoadSpec, Mode, Pacing};
-use crate::lab::procs::{MeshOptions, ProcMesh, bin_dir};
-use crate::report::exemplars::TraceLinkArgs;
-use crate::report::{Acked, Report};
+use crate::procs::{MeshOptions, ProcMesh, bin_dir};
+use sluice_loadgen::admin::control::FaultChange;
+use sluice_loadgen::drive::driver;
+use sluice_loadgen::drive::schedule::{ArrivalKind, Arrivals};
+use sluice_loadgen::drive::spec::{LoadSpec, Mode, Pacing};
+use sluice_loadgen::report::exemplars::TraceLinkArgs;
+use sluice_loadgen::report::{Acked, Report};
 
 #[derive(Debug, Clone, Args)]
 pub struct ScenarioArgs {
@@ -115,7 +115,7 @@ fn default_mode() -> String {
     "stream".into()
 }
 fn default_connections() -> usize {
-    crate::drive::spec::DEFAULT_CONNECTIONS
+    sluice_loadgen::drive::spec::DEFAULT_CONNECTIONS
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -260,7 +260,7 @@ impl Phase {
             (None, None, Some(steps)) => {
                 let a = Arrivals {
                     kind: self.arrivals,
-                    segments: crate::drive::schedule::parse_steps(steps)?,
+                    segments: sluice_loadgen::drive::schedule::parse_steps(steps)?,
                 };
                 let d = a.total();
                 Ok((Pacing::Shaped(Arc::new(a)), d))
@@ -363,9 +363,9 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
             })
         })
         .collect();
-    let mut marks: Vec<crate::report::html::Mark> = plans
+    let mut marks: Vec<sluice_loadgen::report::html::Mark> = plans
         .iter()
-        .map(|(name, at, _, _)| crate::report::html::Mark {
+        .map(|(name, at, _, _)| sluice_loadgen::report::html::Mark {
             t: at.as_secs_f64(),
             label: format!("phase {name}"),
         })
@@ -375,7 +375,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
     while loads.iter().any(|l| !l.is_finished()) || pending.peek().is_some() {
         while let Some((_, action)) = pending.next_if(|(at, _)| started.elapsed() >= *at) {
             let now = apply(&mesh, &action).await?;
-            marks.push(crate::report::html::Mark {
+            marks.push(sluice_loadgen::report::html::Mark {
                 t: started.elapsed().as_secs_f64(),
                 label: format!(
                     "{} {}",
@@ -383,7 +383,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
                     if action.clear {
                         "clear".to_string()
                     } else {
-                        crate::admin::control::describe(&now)
+                        sluice_loadgen::admin::control::describe(&now)
                     }
                 ),
             });
@@ -391,7 +391,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
                 "  [{:>5.1}s] {} faults: {}",
                 started.elapsed().as_secs_f64(),
                 action.service,
-                crate::admin::control::describe(&now)
+                sluice_loadgen::admin::control::describe(&now)
             );
         }
         let elapsed = started.elapsed();
@@ -399,7 +399,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
             .iter()
             .rposition(|(_, at, _, _)| elapsed >= *at)
             .unwrap_or(0);
-        let rss = crate::admin::metrics::metric(
+        let rss = sluice_loadgen::admin::metrics::metric(
             &gateway_metrics,
             "sluice_gateway_process_resident_memory_bytes",
         )
@@ -438,7 +438,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
             },
         );
     }
-    let audit = crate::report::audit::check(&mesh.logging_urls(), &acked).await?;
+    let audit = sluice_loadgen::report::audit::check(&mesh.logging_urls(), &acked).await?;
     drop(mesh);
 
     let mut failed = 0;
@@ -477,7 +477,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
             summary.push_str(&format!("phase {name}\n{}\n", r.text()));
         }
         timeline.sort_by(|a, b| a.t.total_cmp(&b.t));
-        let dists: Vec<(&str, &[crate::report::Percentile])> = plans
+        let dists: Vec<(&str, &[sluice_loadgen::report::Percentile])> = plans
             .iter()
             .map(|(name, _, _, _)| (name.as_str(), results[name].report.percentiles.as_slice()))
             .collect();
@@ -485,7 +485,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
             .iter()
             .map(|(name, _, _, _)| (name.as_str(), &results[name].report))
             .collect();
-        let page = crate::report::html::render_many(
+        let page = sluice_loadgen::report::html::render_many(
             &format!("scenario {}", scenario.name),
             &summary,
             &dists,
@@ -516,7 +516,7 @@ fn rejected_share(r: &Report) -> f64 {
 fn evaluate(
     e: &Expect,
     results: &BTreeMap<String, PhaseResult>,
-    audit: &crate::report::audit::AuditCheck,
+    audit: &sluice_loadgen::report::audit::AuditCheck,
 ) -> anyhow::Result<Vec<(String, bool, String)>> {
     let mut out = Vec::new();
     let phase = e.phase.as_ref().map(|p| (p, &results[p]));

@@ -1,4 +1,4 @@
-//! `sluice-loadgen sink`: a trivial `mesh.v1.Gateway` that answers every transaction at once
+//! `sluice-lab sink`: a trivial `mesh.v1.Gateway` that answers every transaction at once
 //! (APPROVE, no downstream). Measures the load generator's own ceiling, and gives h2load the
 //! same unary call to compare with (`--body-file` writes a gRPC-framed request for it).
 
@@ -65,12 +65,13 @@ pub fn grpc_frame(txn: &Transaction) -> Vec<u8> {
 /// Serves the sink until Ctrl-C / SIGTERM.
 pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.body_file {
-        let (txn, _) = crate::drive::traffic::Traffic::new("h2load", 0.0, 1).next_transaction();
+        let (txn, _) =
+            sluice_loadgen::drive::traffic::Traffic::new("h2load", 0.0, 1).next_transaction();
         std::fs::write(path, grpc_frame(&txn))
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let listeners = Listeners::bind(args.listen, None).await?;
-    println!("{}", listeners.ready_line("sluice-loadgen-sink"));
+    println!("{}", listeners.ready_line("sluice-lab-sink"));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc);
     sluice_core::h2::H2Settings::default()
         .server()

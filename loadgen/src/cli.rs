@@ -13,15 +13,15 @@ use crate::drive::driver;
 use crate::drive::schedule::{ArrivalKind, Arrivals};
 use crate::drive::spec::{self, LoadSpec, Mode, Pacing};
 use crate::drive::traffic::PriorityMix;
-use crate::lab::demo::DEFAULT_DEMO_RATE;
 use crate::report::Report;
 use crate::report::exemplars::TraceLinkArgs;
 
-/// `sluice-loadgen`: drives the Sluice mesh and reports what it saw.
+/// `sluice-loadgen`: drives a running Sluice gateway and reports what it saw.
 ///
-/// `demo` starts the whole mesh in this process on loopback and drives it: no Docker, no
-/// other processes. `run` drives a gateway that is already running. Every flag can also be
-/// set through the environment variable shown.
+/// `run` drives a gateway that is already running; `verify` checks its acknowledgements
+/// against the audit log. To start a mesh and run experiments on it (the demo, bench,
+/// pressure, chaos, scenarios) use `sluice-lab`. Every flag can also be set through the
+/// environment variable shown.
 #[derive(Debug, Parser)]
 #[command(name = "sluice-loadgen", version)]
 pub struct Cli {
@@ -32,45 +32,19 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process; boxing the load flags would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Drive a running gateway and print a report.
     Run(RunArgs),
-    /// Start the whole mesh in this process and tell its story in about 40 s: steady load,
-    /// logging stalled (the pressure reaches the client), logging back (throughput returns),
-    /// 10x overload (refused with pushback); then a verdict per claim with its measured
-    /// figure, every acknowledgement checked against the audit log. --steady: one steady run
-    /// and its report instead.
-    Demo(DemoArgs),
     /// Check a report's acknowledged ids against the audit log (via Logging/Read).
     Verify(VerifyArgs),
-    /// Measure saturation throughput and latency at half load against the real binaries
-    /// (started from this executable's directory as separate processes).
-    Bench(crate::lab::bench::BenchArgs),
-    /// Compare the gateway's routing policies (p2c, round-robin, account affinity) with one
-    /// of three risk replicas slowed: goodput, p50/p99, the slow replica's share.
-    Balance(crate::lab::balance::BalanceArgs),
     /// Show or change the faults in force on a service (risk, notification or logging)
     /// through its Control API; prints the faults now in force.
-    Fault(crate::lab::fault::FaultArgs),
-    /// The backpressure benchmark: stall logging at 50% load and overload the mesh 10x, with
-    /// the default bounds and with the gateway's bounds removed; with `--sections overload`,
-    /// overload control: unary steps 0.5x, 3x, 0.5x of saturation, then logging slowed, with
-    /// a static limit, the adaptive one, and the adaptive one against a client that throttles
-    /// itself; and the mesh's own throughput-latency curve. Against the real binaries.
-    Pressure(crate::lab::pressure::PressureArgs),
+    Fault(crate::admin::fault::FaultArgs),
     /// Exit 0 when an admin endpoint answers 200 (container healthchecks: the images have
     /// no shell or curl).
     Health(HealthArgs),
-    /// Run a scenario file: phases of load, faults at given times, expectations checked at
-    /// the end (exit 2 when one fails). Starts the real binaries on loopback.
-    Scenario(crate::lab::scenario::ScenarioArgs),
-    /// Kill (SIGKILL + restart) and freeze (SIGSTOP/SIGCONT) each process of the mesh under
-    /// stream and unary load; report recovery times and check that no acknowledged record is
-    /// missing and nothing hung (exit 2 otherwise). Starts the real binaries on loopback.
-    Chaos(crate::lab::chaos::ChaosArgs),
-    /// A trivial gateway that answers at once: for measuring the generator's own ceiling
-    /// (and comparing with h2load).
-    Sink(crate::lab::sink::SinkArgs),
     /// Write a fresh random Control API token to a file (mode 0600): compose's one-shot init
     /// service, whose images have no shell to do it with.
     GenToken(GenTokenArgs),
@@ -109,7 +83,7 @@ pub struct HealthArgs {
     pub timeout: Duration,
 }
 
-/// Load shape shared by `run` and `demo`.
+/// Load shape shared by `run` and the lab's `demo`.
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
     /// Which API to drive: unary Submit or SubmitStream.
@@ -210,7 +184,7 @@ pub struct LoadArgs {
 
 impl LoadArgs {
     /// Writes the JSON and HTML reports the flags ask for.
-    fn write_reports(&self, title: &str, report: &Report) -> anyhow::Result<()> {
+    pub fn write_reports(&self, title: &str, report: &Report) -> anyhow::Result<()> {
         if let Some(path) = &self.json {
             crate::report::json::write(path, report)?;
             eprintln!("report written to {}", path.display());
@@ -224,7 +198,7 @@ impl LoadArgs {
 
     /// The run these flags describe, against `target`; `rate` when neither a rate, a
     /// profile nor a concurrency is given.
-    fn spec(&self, target: String, rate: f64) -> anyhow::Result<LoadSpec> {
+    pub fn spec(&self, target: String, rate: f64) -> anyhow::Result<LoadSpec> {
         let shaped = |segments| Arrivals {
             kind: self.arrivals,
             segments,
@@ -296,23 +270,6 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Where the audit log goes (default: a temporary directory, removed afterwards).
-    #[arg(long, env = "SLUICE_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Instead of the story, drive the mesh at one steady rate (--rate, --duration, --mode,
-    /// ...), print the report and check the audit log.
-    #[arg(long)]
-    pub steady: bool,
-    /// The story: how long each of its four phases lasts (steady, logging stalled, logging
-    /// back, 10x overload), e.g. 9s.
-    #[arg(long, env = "SLUICE_DEMO_PHASE", default_value = "9s", value_parser = sluice_core::parse_duration)]
-    pub phase: Duration,
-    #[command(flatten)]
-    pub load: LoadArgs,
-}
-
-#[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// Logging service URL; with a partitioned audit log, every partition's, comma-separated
     /// in partition order (as the gateway's --logging).
@@ -337,40 +294,6 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
             args.load.write_reports("sluice-loadgen run", &report)?;
             Ok(true)
         }
-        Command::Demo(args) if !args.steady => {
-            let spec = args
-                .load
-                .spec(spec::DEFAULT_TARGET.into(), DEFAULT_DEMO_RATE)?;
-            let story = crate::lab::demo::story(args.data_dir, spec, args.phase).await?;
-            println!();
-            print!("{}", story.text());
-            args.load
-                .write_reports("sluice-loadgen demo", &story.report)?;
-            Ok(story.passed())
-        }
-        Command::Demo(args) => {
-            // The demo drives its own mesh's gateway, whatever the spec's target.
-            let spec = args
-                .load
-                .spec(spec::DEFAULT_TARGET.into(), DEFAULT_DEMO_RATE)?;
-            let (report, check) = crate::lab::demo::run(args.data_dir, spec).await?;
-            println!();
-            print!("{}", report.text());
-            args.load.write_reports("sluice-loadgen demo", &report)?;
-            println!(
-                "audit      {} acknowledged, {} records in the log, {} missing, {} at a wrong offset",
-                check.acknowledged,
-                check.records_in_log,
-                check.missing.len(),
-                check.wrong_offset.len()
-            );
-            Ok(check.passed() && report.ok > 0)
-        }
-        Command::Bench(args) => crate::lab::bench::bench(args).await.map(|()| true),
-        Command::Balance(args) => crate::lab::balance::balance(args).await.map(|()| true),
-        Command::Scenario(args) => crate::lab::scenario::run(args).await,
-        Command::Chaos(args) => crate::lab::chaos::run(args).await,
-        Command::Sink(args) => crate::lab::sink::run(args).await.map(|()| true),
         Command::GenToken(args) => {
             let wrote = gen_token(&args)?;
             println!(
@@ -399,9 +322,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
                 }
             }
         }
-        Command::Pressure(args) => crate::lab::pressure::pressure(args).await.map(|()| true),
         Command::Fault(args) => {
-            let now = crate::lab::fault::run(&args).await?;
+            let now = crate::admin::fault::run(&args).await?;
             println!("{} {}", args.target, crate::admin::control::describe(&now));
             Ok(true)
         }

@@ -7,13 +7,14 @@
 //!   the driver that sends it and waits for every outcome.
 //! - [`report`]: what a run produced — the recorder and the report (text, JSON, HTML), and
 //!   the audit check of acknowledged transactions against the log.
-//! - [`lab`]: meshes to drive — the in-process demo mesh and the real binaries as processes
-//!   — and the experiments run on them: bench, pressure, scenarios, chaos, fault injection.
 //! - [`admin`]: the mesh's side doors, never its load path — admin HTTP (`/metrics`,
-//!   `/healthz`, `/readyz`) and the Control API with its token.
+//!   `/healthz`, `/readyz`), the Control API with its token, and the `fault` command.
+//!
+//! It depends on the protocol and `sluice-core` only: it measures any gateway that speaks
+//! `mesh.v1`, and builds without the mesh. The experiments run on a mesh (the demo, bench,
+//! pressure, chaos, scenarios) live in the `sluice-lab` crate, which drives through this one.
 
 pub mod admin;
 pub mod cli;
 pub mod drive;
-pub mod lab;
 pub mod report;

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-pub use sluice_loadgen::lab::procs::{MeshOptions, Proc, ProcMesh};
+pub use sluice_lab::procs::{MeshOptions, Proc, ProcMesh};
 use sluice_proto::pb::gateway_client::GatewayClient;
 use sluice_proto::pb::logging_client::LoggingClient;
 use sluice_proto::pb::{AuditEntry, Faults, ReadRequest, Transaction};

@@ -51,7 +51,7 @@ pub use service::{DownstreamService, ReplyFuture};
 pub const DEFAULT_QUEUE: usize = 1024;
 /// Default long-lived streams per downstream (all on one HTTP/2 connection). One: a
 /// second stream on the same connection split each downstream's messages in two, so fewer
-/// of them shared a frame and a wake-up; with one, `sluice-loadgen bench` measured stream
+/// of them shared a frame and a wake-up; with one, `sluice-lab bench` measured stream
 /// saturation 25,400 tx/s instead of 19,300 and a lower p99 at half load (4.7 ms instead of
 /// 7.1 on disk) at a higher rate.
 pub const DEFAULT_STREAMS: usize = 1;

@@ -6,7 +6,9 @@
 //! - [`metrics`]: Prometheus samples from `/metrics`, for the live view, benchmarks and
 //!   scenarios.
 //! - [`control`]: the one `mesh.v1.Control` client, which always presents the admin token.
+//! - [`fault`]: the `fault` command's flags: show or change a service's faults through it.
 
 pub mod control;
+pub mod fault;
 pub mod http;
 pub mod metrics;

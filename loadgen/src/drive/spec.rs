@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use anyhow::ensure;
 
-use crate::drive::driver::OutcomeSignal;
 use crate::drive::schedule::{ArrivalKind, Arrivals};
+use crate::drive::signal::OutcomeSignal;
 use crate::drive::traffic::PriorityMix;
 use crate::report::exemplars::TraceLinks;
+use crate::report::live::Narrator;
 
 /// The gateway a run drives unless told otherwise (the gateway's default listen address).
 pub const DEFAULT_TARGET: &str = "http://127.0.0.1:50051";
@@ -150,6 +151,8 @@ pub struct LoadSpec {
     pub timeout: Duration,
     /// Print a progress line every interval on stderr.
     pub progress: bool,
+    /// Prints the caller's lines between the live view's redraws.
+    pub narrator: Option<Narrator>,
     pub seed: u64,
     /// Prefix of generated transaction ids (unique per run by default).
     pub id_prefix: String,
@@ -197,6 +200,7 @@ impl Default for LoadSpec {
             stream_buffer: DEFAULT_STREAM_BUFFER,
             timeout: DEFAULT_TIMEOUT,
             progress: false,
+            narrator: None,
             seed: DEFAULT_SEED,
             id_prefix: random_prefix(),
             wait_ready: true,
@@ -323,6 +327,12 @@ impl LoadSpecBuilder {
 
     pub fn progress(mut self, progress: bool) -> Self {
         self.0.progress = progress;
+        self
+    }
+
+    /// Lines said through `narrator` appear between the live view's redraws.
+    pub fn narrator(mut self, narrator: Narrator) -> Self {
+        self.0.narrator = Some(narrator);
         self
     }
 

@@ -1,4 +1,4 @@
-//! `sluice-loadgen chaos`, short: every process killed once and frozen for a second under
+//! `sluice-lab chaos`, short: every process killed once and frozen for a second under
 //! stream and unary load. Nothing acknowledged may be missing from the audit log and nothing
 //! may hang; every event must be recovered from.
 
@@ -9,7 +9,7 @@ async fn kills_and_stops_lose_no_acknowledged_record_and_hang_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("chaos.json");
     let bins = bin_dir().to_str().unwrap().to_string();
-    let out = tokio::process::Command::new(bin_dir().join("sluice-loadgen"))
+    let out = tokio::process::Command::new(bin_dir().join("sluice-lab"))
         .args([
             "chaos",
             "--kills",
@@ -33,7 +33,7 @@ async fn kills_and_stops_lose_no_acknowledged_record_and_hang_nothing() {
         .env("RUST_LOG", "warn")
         .output()
         .await
-        .expect("run sluice-loadgen chaos");
+        .expect("run sluice-lab chaos");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

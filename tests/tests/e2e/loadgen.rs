@@ -1,23 +1,31 @@
-//! The load generator binary: `demo` (the story and `--steady`) end to end, and
-//! `run --json` + `verify`.
+//! The load generator and the lab end to end: `sluice-lab demo` (the story and `--steady`)
+//! and `bench`, and `sluice-loadgen run --json` + `verify`.
 
 use std::process::Command;
 
 use sluice_tests::{Mesh, bin_dir};
 
 fn loadgen(args: &[&str]) -> std::process::Output {
-    Command::new(bin_dir().join("sluice-loadgen"))
+    binary("sluice-loadgen", args)
+}
+
+fn lab(args: &[&str]) -> std::process::Output {
+    binary("sluice-lab", args)
+}
+
+fn binary(name: &str, args: &[&str]) -> std::process::Output {
+    Command::new(bin_dir().join(name))
         .args(args)
         .env("NO_COLOR", "1")
         .output()
-        .expect("run sluice-loadgen")
+        .unwrap_or_else(|e| panic!("run {name}: {e}"))
 }
 
 /// The story, its phases short: every claim holds, each with its figure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_tells_the_story_and_every_claim_holds() {
     let out =
-        tokio::task::block_in_place(|| loadgen(&["demo", "--phase", "4s", "--rate", "1000", "-q"]));
+        tokio::task::block_in_place(|| lab(&["demo", "--phase", "4s", "--rate", "1000", "-q"]));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed: {stdout}\n{stderr}");
@@ -49,7 +57,7 @@ async fn demo_runs_the_mesh_and_checks_the_audit_log() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
     let out = tokio::task::block_in_place(|| {
-        loadgen(&[
+        lab(&[
             "demo",
             "--steady",
             "--duration",
@@ -146,7 +154,7 @@ async fn bench_prints_the_cost_per_process_the_tail_and_the_single_hop_ratio() {
     let tmpfs = tempfile::tempdir().unwrap();
     let base = bin_dir().to_str().unwrap().to_string();
     let out = tokio::task::block_in_place(|| {
-        loadgen(&[
+        lab(&[
             "bench",
             "--modes",
             "stream",

@@ -1,18 +1,19 @@
-//! The load generator's schedules and scenarios, against the real binaries.
+//! The load generator's schedules and the lab's scenarios, against the real binaries.
 
 use std::path::Path;
 use std::process::Output;
 
 use sluice_tests::{Mesh, bin_dir, loadgen_json};
 
-async fn loadgen(args: &[&str]) -> Output {
-    tokio::process::Command::new(bin_dir().join("sluice-loadgen"))
+/// Runs `sluice-lab` (the scenarios).
+async fn lab(args: &[&str]) -> Output {
+    tokio::process::Command::new(bin_dir().join("sluice-lab"))
         .args(args)
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "warn")
         .output()
         .await
-        .expect("run sluice-loadgen")
+        .expect("run sluice-lab")
 }
 
 fn text(o: &Output) -> String {
@@ -113,7 +114,7 @@ p99_ms_below = 100.0
 no_missing_audit_records = true
 "#,
     );
-    let out = loadgen(&["scenario", &co, "--bin-dir", &bins]).await;
+    let out = lab(&["scenario", &co, "--bin-dir", &bins]).await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("all 3 expectation(s) met"),
@@ -138,7 +139,7 @@ phase = "quick"
 ok_rate_above = 50.0
 "#,
     );
-    let out = loadgen(&["scenario", &failing, "--bin-dir", &bins]).await;
+    let out = lab(&["scenario", &failing, "--bin-dir", &bins]).await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let t = text(&out);
     assert!(t.contains("FAIL  quick: p99 below 0.001 ms"), "{t}");
@@ -150,7 +151,7 @@ ok_rate_above = 50.0
         "bad.toml",
         "name = \"x\"\n[[phase]]\nname = \"p\"\nrate = 1\n",
     );
-    let out = loadgen(&["scenario", &bad, "--check"]).await;
+    let out = lab(&["scenario", &bad, "--check"]).await;
     assert!(!out.status.success());
     assert!(
         text(&out).contains("`duration` is required"),
@@ -184,7 +185,7 @@ async fn shipped_scenarios_are_valid() {
         );
     }
     for p in names {
-        let out = loadgen(&["scenario", "--check", p.to_str().unwrap()]).await;
+        let out = lab(&["scenario", "--check", p.to_str().unwrap()]).await;
         assert!(out.status.success(), "{}: {}", p.display(), text(&out));
     }
 }
@@ -229,7 +230,7 @@ faults = [{ at = "0s", service = "risk", delay_ms = 30 }]
 "#,
     );
     let html = dir.path().join("report.html");
-    let out = loadgen(&[
+    let out = lab(&[
         "scenario",
         &file,
         "--bin-dir",

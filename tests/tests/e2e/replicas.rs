@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sluice_loadgen::report::Acked;
+use sluice_lab::loadgen::report::Acked;
 use sluice_proto::pb::{Decision, Faults, Transaction};
 use sluice_tests::{Mesh, MeshOptions, eventually, http_get, metric, txn};
 use tonic::Code;
@@ -332,7 +332,7 @@ async fn a_down_audit_partition_fails_only_its_own_transactions() {
             partition: 1,
         });
     }
-    let check = sluice_loadgen::report::audit::check(&mesh.logging_urls(), &acked)
+    let check = sluice_lab::loadgen::report::audit::check(&mesh.logging_urls(), &acked)
         .await
         .expect("read both partitions");
     assert!(check.passed(), "{check:?}");
