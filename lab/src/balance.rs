@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::Args;
 use sluice_proto::pb::Faults;
 
-use crate::bench::{Measure, median};
+use crate::kit::{Measure, median};
 use crate::procs::{MeshOptions, ProcMesh, bin_dir};
 use sluice_loadgen::admin::metrics;
 use sluice_loadgen::drive::driver;

@@ -22,8 +22,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::kit::{HELD, RSS, held_bounds, peaks, set_stall};
 use crate::mesh::LocalMesh;
-use crate::pressure::{HELD, RSS, held_bounds, peaks, set_stall};
 use sluice_loadgen::admin::control::Control;
 use sluice_loadgen::drive::driver;
 use sluice_loadgen::drive::signal::OutcomeSignal;

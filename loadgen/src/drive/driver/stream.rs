@@ -19,13 +19,10 @@ use crate::drive::spec::LoadSpec;
 use crate::drive::traffic::Traffic;
 use crate::report::StreamEnd;
 
-use super::DRAIN_GRACE;
-use super::REOPEN_BACKOFF;
-use super::STREAM_HANDOFF;
-use super::name_client;
 use super::pacer::Schedule;
 use super::pending::Shared;
 use super::traced;
+use super::{DRAIN_GRACE, REOPEN_BACKOFF, STREAM_HANDOFF, name_client};
 
 pub(super) async fn drive_stream(
     spec: &LoadSpec,

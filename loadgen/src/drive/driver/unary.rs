@@ -14,12 +14,10 @@ use crate::drive::traffic::Traffic;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
-use super::DRAIN_GRACE;
-use super::THROTTLE_SEED;
-use super::name_client;
 use super::pacer::Schedule;
 use super::pending::Shared;
 use super::traced;
+use super::{DRAIN_GRACE, THROTTLE_SEED, name_client};
 
 pub(super) async fn drive_unary(
     spec: &LoadSpec,
