@@ -11,6 +11,8 @@
 //! - [`log_format`]: log lines as text or JSON, each naming its span's trace.
 //! - [`log_limit`]: one log line per interval, with a count, for errors that repeat.
 //! - [`metrics`]: the Prometheus registry plus process metrics.
+//! - [`exposition`]: the one reader of `/metrics` text, with Prometheus's
+//!   `histogram_quantile` rule.
 //! - [`piggyback`]: deadlines finer than tokio's millisecond timer, ended by the process's
 //!   next wake-up past them instead of a wake-up of their own.
 //! - [`auth`]: the mesh token (bearer, constant-time) on data-path RPCs.
@@ -30,6 +32,7 @@ pub mod admin_token;
 pub mod auth;
 pub mod deadline;
 pub mod descriptors;
+pub mod exposition;
 pub mod h2;
 pub mod incoming;
 pub mod log_format;

@@ -22,6 +22,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
+use sluice_core::exposition::{self, Buckets};
 use sluice_core::metrics::Metrics;
 use tokio::sync::Semaphore;
 
@@ -127,28 +128,18 @@ async fn events(State(state): State<MapState>) -> Response {
         .into_response()
 }
 
-/// One scrape of the gateway's metrics: `name{labels}` → value, `sluice_gateway_` dropped.
+/// One scrape of the gateway's metrics: `name{labels}` → value, `sluice_gateway_` dropped
+/// (read by the one exposition reader, [`exposition::Samples`]).
 #[derive(Debug, Default)]
-struct Samples(BTreeMap<String, f64>);
+struct Samples(exposition::Samples);
 
 impl Samples {
     fn parse(text: &str) -> Self {
-        Samples(
-            text.lines()
-                .filter(|l| !l.starts_with('#'))
-                // An exemplar (` # {trace_id=…} value time`) follows the sample's value.
-                .map(|l| l.split_once(" # ").map_or(l, |(sample, _)| sample))
-                .filter_map(|l| l.rsplit_once(' '))
-                .filter_map(|(k, v)| {
-                    let name = k.strip_prefix("sluice_gateway_")?;
-                    v.parse().ok().map(|v| (name.to_string(), v))
-                })
-                .collect(),
-        )
+        Samples(exposition::Samples::parse_prefixed(text, "sluice_gateway_"))
     }
 
     fn get(&self, key: &str) -> f64 {
-        self.0.get(key).copied().unwrap_or(0.0)
+        self.0.get(key).unwrap_or(0.0)
     }
 
     /// `name{downstream="service"}`.
@@ -158,84 +149,32 @@ impl Samples {
 
     /// The sum of every series of `name` (any labels).
     fn sum(&self, name: &str) -> f64 {
-        let prefix = format!("{name}{{");
-        self.0
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .map(|(_, v)| v)
-            .sum::<f64>()
-            + self.0.get(name).copied().unwrap_or(0.0)
+        self.0.sum(name)
     }
 
     /// Each replica of `service`: its address and the value of `name` for it.
     fn replicas(&self, name: &str, service: &str) -> Vec<(String, f64)> {
-        let prefix = format!("{name}{{downstream=\"{service}\",replica=\"");
+        let labels = format!("downstream=\"{service}\",replica=\"");
         self.0
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .filter_map(|(k, v)| {
-                let addr = k[prefix.len()..].strip_suffix("\"}")?;
-                Some((addr.to_string(), *v))
+            .series(name)
+            .filter_map(|(l, v)| {
+                let addr = l.strip_prefix(&labels)?.strip_suffix('"')?;
+                Some((addr.to_string(), v))
             })
             .collect()
     }
 
-    /// A histogram's buckets (`le` → cumulative count) for the series whose labels contain
-    /// `labels` (e.g. `downstream="risk"`; empty for all, summed).
-    fn buckets(&self, name: &str, labels: &str) -> BTreeMap<u64, f64> {
-        // `le` may come first or last among a series' labels: match the rest by content.
-        let prefix = format!("{name}_bucket{{");
-        let mut out = BTreeMap::new();
-        for (k, v) in self
-            .0
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .filter(|(k, _)| labels.is_empty() || k.contains(labels))
-        {
-            let Some(le) = k
-                .split_once("le=\"")
-                .and_then(|(_, rest)| rest.split_once('"'))
-                .map(|(le, _)| le)
-            else {
-                continue;
-            };
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().unwrap_or(f64::INFINITY)
-            };
-            // Keyed by the bound's bits: positive floats order as their bits do.
-            *out.entry(le.to_bits()).or_insert(0.0) += v;
-        }
-        out
+    /// A histogram's buckets for the series whose labels contain `labels` (e.g.
+    /// `downstream="risk"`; empty for all, summed).
+    fn buckets(&self, name: &str, labels: &str) -> Buckets {
+        self.0.buckets(name, labels)
     }
 }
 
-/// The p99 (ms) of what a histogram recorded between `before` and `now`: the upper bound of
-/// the bucket the 99th percentile falls in. None when nothing was recorded.
-fn p99_between(now: &BTreeMap<u64, f64>, before: &BTreeMap<u64, f64>) -> Option<f64> {
-    let counts: Vec<(f64, f64)> = now
-        .iter()
-        .map(|(le, c)| {
-            (
-                f64::from_bits(*le),
-                c - before.get(le).copied().unwrap_or(0.0),
-            )
-        })
-        .collect();
-    let total = counts.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let (le, _) = counts.iter().find(|(_, c)| *c >= 0.99 * total)?;
-    // The last finite bound stands for +Inf.
-    let finite = counts
-        .iter()
-        .rev()
-        .map(|(le, _)| *le)
-        .find(|le| le.is_finite())
-        .unwrap_or(0.0);
-    Some(1000.0 * if le.is_finite() { *le } else { finite })
+/// The p99 (ms) of what a histogram recorded between `before` and `now`, interpolated within
+/// its bucket as Prometheus's `histogram_quantile` does. None when nothing was recorded.
+fn p99_between(now: &Buckets, before: &Buckets) -> Option<f64> {
+    now.since(before).quantile(0.99).map(|s| 1000.0 * s)
 }
 
 /// What the map draws, at one instant.
@@ -274,7 +213,7 @@ struct Ingress {
 const STAGES: [&str; 4] = ["accept", "admission", "mesh", "delivery"];
 
 /// A stage's histogram buckets (`le` → cumulative count), both APIs summed.
-fn stage_buckets(s: &Samples, stage: &str) -> BTreeMap<u64, f64> {
+fn stage_buckets(s: &Samples, stage: &str) -> Buckets {
     s.buckets("stage_seconds", &format!("stage=\"{stage}\""))
 }
 
@@ -466,15 +405,19 @@ sluice_gateway_latency_seconds_bucket{le=\"+Inf\",api=\"unary\"} 7
 ",
         );
         let snap = Snapshot::of(&now, Some((Duration::from_secs(1), &before)));
-        assert_eq!(snap.ingress.stages_p99_ms["mesh"], Some(10.0));
+        // histogram_quantile's rule: rank 99 of 100 is 49/50 of the way into (1, 10] ms.
+        let mesh = snap.ingress.stages_p99_ms["mesh"].unwrap();
+        assert!((mesh - 9.82).abs() < 1e-9, "{mesh}");
         assert_eq!(
             snap.ingress.stages_p99_ms["accept"], None,
             "nothing recorded"
         );
-        assert_eq!(
-            snap.ingress.p99_ms,
-            Some(10.0),
-            "the value, not the exemplar's time"
+        // Rank 6.93 of 7, in the first bucket: from 0 to 10 ms. An exemplar's time taken
+        // as the value would read 1.7e12.
+        let p99 = snap.ingress.p99_ms.unwrap();
+        assert!(
+            (p99 - 9.9).abs() < 1e-9,
+            "the value, not the exemplar's time: {p99}"
         );
     }
 

@@ -11,51 +11,18 @@ use sluice_loadgen::drive::spec::{Mode, Pacing};
 use sluice_loadgen::drive::stalls::Stalls;
 
 /// The `q` quantile (seconds) of the observations a Prometheus histogram gained between two
-/// scrapes, interpolated within its bucket as `histogram_quantile` does: the histogram
-/// `name`, its series with the label `label` (e.g. `api="stream"`; `""` when it has one).
+/// scrapes, by the one rule ([`sluice_core::exposition::Buckets::quantile`], Prometheus's
+/// `histogram_quantile`): the histogram `name`, its series with the label `label` (e.g.
+/// `api="stream"`; `""` when it has one).
 pub(crate) fn histogram_quantile(
     (name, label): (&str, &str),
     before: &BTreeMap<String, f64>,
     after: &BTreeMap<String, f64>,
     q: f64,
 ) -> Option<f64> {
-    let prefix = format!("{name}_bucket{{");
-    let mut buckets: Vec<(f64, f64)> = after
-        .range(prefix.clone()..)
-        .take_while(|(k, _)| k.starts_with(&prefix))
-        .filter(|(k, _)| k.contains(label))
-        .filter_map(|(k, v)| {
-            let le = k.split_once("le=\"")?.1.split_once('"')?.0;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((le, v - before.get(k).copied().unwrap_or(0.0)))
-        })
-        .collect();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let total = buckets.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let (mut lower, mut below) = (0.0, 0.0);
-    for (le, count) in buckets {
-        if count >= rank {
-            if le.is_infinite() {
-                return Some(lower);
-            }
-            let share = if count > below {
-                (rank - below) / (count - below)
-            } else {
-                1.0
-            };
-            return Some(lower + (le - lower) * share);
-        }
-        (lower, below) = (le, count);
-    }
-    None
+    use sluice_core::exposition::Samples;
+    let buckets = |s: &BTreeMap<String, f64>| Samples(s.clone()).buckets(name, label);
+    buckets(after).since(&buckets(before)).quantile(q)
 }
 
 /// One open-loop run at half load: the client's latency and the audit log's commit time

@@ -1,4 +1,5 @@
-//! Reading a Sluice binary's `/metrics` (Prometheus text) through [`super::http`]: enough for
+//! Reading a Sluice binary's `/metrics` (Prometheus text) through [`super::http`] and the one
+//! exposition reader ([`sluice_core::exposition`]): enough for
 //! the load generator's live view, benchmarks and scenarios. A scrape that fails reads as
 //! "no samples", never as an error: the run it decorates goes on. [`GatewayPressure`] is the
 //! gateway's part of that view: its queues, its degradation level and the hop it names as
@@ -111,7 +112,7 @@ impl GatewayPressure {
             .filter_map(|(name, share)| {
                 let labels = name.strip_prefix("sluice_gateway_bottleneck{")?;
                 Some(Bottleneck {
-                    hop: label(labels, "hop")?.to_string(),
+                    hop: sluice_core::exposition::label(labels, "hop")?.to_string(),
                     share: *share,
                 })
             })
@@ -126,24 +127,10 @@ impl GatewayPressure {
     }
 }
 
-/// The value of label `key` in `labels` (`a="1",hop="logging"}`), unescaped values only.
-fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
-    labels
-        .trim_end_matches('}')
-        .split(',')
-        .find_map(|pair| pair.trim().strip_prefix(key)?.strip_prefix("=\""))
-        .and_then(|v| v.strip_suffix('"'))
-}
-
-/// The samples of a Prometheus/OpenMetrics text exposition (comments skipped).
+/// The samples of a Prometheus/OpenMetrics text exposition, read by the one reader
+/// ([`sluice_core::exposition`]).
 fn parse(body: &str) -> BTreeMap<String, f64> {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        // An OpenMetrics exemplar follows the value after " # ": not part of the sample.
-        .map(|l| l.split_once(" # ").map_or(l, |(sample, _)| sample))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_string(), v)))
-        .collect()
+    sluice_core::exposition::Samples::parse(body).0
 }
 
 #[cfg(test)]
