@@ -60,7 +60,8 @@ async fn per_replica(mesh: &ProcMesh) -> anyhow::Result<Vec<f64>> {
         .risks()
         .map(|p| {
             let key = format!(
-                "sluice_gateway_downstream_replica_requests_total{{downstream=\"risk\",replica=\"{}\"}}",
+                "{}{{downstream=\"risk\",replica=\"{}\"}}",
+                sluice_observe::names::gateway::DOWNSTREAM_REPLICA_REQUESTS_TOTAL,
                 p.grpc
             );
             samples.get(&key).copied().unwrap_or(0.0)

@@ -246,7 +246,7 @@ async fn drive_story(
         first_block,
         peaks(
             metrics,
-            [HELD, RSS],
+            [HELD.as_str(), RSS],
             start + stall_at + phase_for,
             [0.0, rss_before]
         )

@@ -2,7 +2,10 @@
 //! median they report, and the gateway's figures they sample.
 
 use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
+
+use sluice_observe::names;
 
 use prost::Message as _;
 use sluice_loadgen::drive::traffic::Traffic;
@@ -63,8 +66,10 @@ pub(crate) async fn peaks<const N: usize>(
     floor
 }
 
-pub(crate) const RSS: &str = "sluice_gateway_process_resident_memory_bytes";
-pub(crate) const HELD: &str = "sluice_gateway_inflight{api=\"stream\"}";
+pub(crate) const RSS: &str = names::gateway::PROCESS_RESIDENT_MEMORY_BYTES;
+/// What the gateway holds for SubmitStreams (`inflight{api="stream"}`).
+pub(crate) static HELD: LazyLock<String> =
+    LazyLock::new(|| format!("{}{{api=\"stream\"}}", names::gateway::INFLIGHT));
 
 /// Stalls (or releases) a service through its Control API.
 pub(crate) async fn set_stall(

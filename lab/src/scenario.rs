@@ -401,7 +401,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<bool> {
             .unwrap_or(0);
         let rss = sluice_loadgen::admin::metrics::metric(
             &gateway_metrics,
-            "sluice_gateway_process_resident_memory_bytes",
+            sluice_observe::names::gateway::PROCESS_RESIDENT_MEMORY_BYTES,
         )
         .await
         .unwrap_or(0.0);

@@ -44,10 +44,10 @@ pub const DEFAULT_COST_RATE: f64 = 3000.0;
 /// Default directory on a tmpfs for the audit log of the mesh-alone tail runs.
 pub const DEFAULT_TMPFS: &str = "/dev/shm";
 /// The audit log's fsync histogram (logging's `/metrics`).
-pub(crate) const FSYNC_METRIC: &str = "sluice_logging_audit_fsync_seconds";
+pub(crate) const FSYNC_METRIC: &str = sluice_observe::names::logging::AUDIT_FSYNC_SECONDS;
 /// The gateway's own latency, admission to outcome (its `/metrics`), by API: what of the
 /// client's latency the mesh spent, apart from the generator and the sockets to it.
-pub(crate) const GATEWAY_LATENCY: &str = "sluice_gateway_latency_seconds";
+pub(crate) const GATEWAY_LATENCY: &str = sluice_observe::names::gateway::LATENCY_SECONDS;
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {

@@ -66,7 +66,7 @@ async fn stall_phase(
     let stall_at = start.elapsed().as_secs_f64();
     let [held, rss] = peaks(
         &metrics,
-        [HELD, RSS],
+        [HELD.as_str(), RSS],
         Instant::now() + args.stall_for,
         [0.0, baseline],
     )

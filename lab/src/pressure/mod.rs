@@ -131,10 +131,6 @@ pub(crate) const SATURATION_WARMUP: Duration = Duration::from_secs(2);
 pub(crate) const LEAD_IN: Duration = Duration::from_secs(2);
 pub(crate) const RECOVERY_WINDOW: Duration = Duration::from_secs(15);
 pub(crate) const MIB: f64 = 1024.0 * 1024.0;
-pub(crate) const RISK_BUSY: &str = "sluice_risk_worker_pool_busy";
-pub(crate) const RISK_CAPACITY: &str = "sluice_risk_worker_pool_capacity";
-pub(crate) const LOGGING_BUSY: &str = "sluice_logging_worker_pool_busy";
-pub(crate) const LOGGING_CAPACITY: &str = "sluice_logging_worker_pool_capacity";
 /// Unary saturation is measured closed loop with this many calls outstanding: enough to
 /// saturate unary ingress on one machine (bench's default), far under the gateway's static
 /// limit, so nothing is refused while measuring.

@@ -1,6 +1,8 @@
 //! The overload-control section: the mesh's throughput-latency curve, then a static limit,
 //! the adaptive one, and the adaptive one against a client that throttles itself, each
 //! through unary steps around saturation and a slowed logging.
+use sluice_observe::names::gateway;
+use sluice_observe::names::service::{WORKER_POOL_BUSY, WORKER_POOL_CAPACITY, name as pool};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +16,9 @@ use sluice_loadgen::report::{BottleneckSeen, Report, TimelinePoint, bottleneck_n
 
 use crate::kit::{RSS, peaks};
 use crate::pressure::{
-    BASE_LOAD, GOODPUT_TARGET, LEAD_IN, LOGGING_BUSY, LOGGING_CAPACITY, MIB, OPEN_LOOP_OUTSTANDING,
-    OVERLOAD_TICK, P99_TARGET_FACTOR, PressureArgs, RISK_BUSY, RISK_CAPACITY, SATURATION_RUN,
-    SATURATION_WARMUP, TICK_SLACK, UNARY_SATURATION_CONCURRENCY, mesh_with, spec, start,
+    BASE_LOAD, GOODPUT_TARGET, LEAD_IN, MIB, OPEN_LOOP_OUTSTANDING, OVERLOAD_TICK,
+    P99_TARGET_FACTOR, PressureArgs, SATURATION_RUN, SATURATION_WARMUP, TICK_SLACK,
+    UNARY_SATURATION_CONCURRENCY, mesh_with, spec, start,
 };
 
 /// The closed-loop concurrencies the overload section measures unary goodput and p99 at:
@@ -238,8 +240,10 @@ fn stage_means(
 ) -> [f64; 2] {
     ["admission", "mesh"].map(|stage| {
         let series = |part: &str| {
-            let key =
-                format!("sluice_gateway_stage_seconds_{part}{{api=\"unary\",stage=\"{stage}\"}}");
+            let key = format!(
+                "{}_{part}{{api=\"unary\",stage=\"{stage}\"}}",
+                gateway::STAGE_SECONDS
+            );
             after.get(&key).copied().unwrap_or(0.0) - before.get(&key).copied().unwrap_or(0.0)
         };
         let count = series("count");
@@ -262,11 +266,16 @@ fn refusal_cost(
     let calls = |m: &std::collections::BTreeMap<String, f64>| -> (f64, f64) {
         let all = m
             .iter()
-            .filter(|(k, _)| k.starts_with("sluice_gateway_transactions_total{api=\"unary\""))
+            .filter(|(k, _)| {
+                k.starts_with(&format!("{}{{api=\"unary\"", gateway::TRANSACTIONS_TOTAL))
+            })
             .map(|(_, v)| v)
             .sum::<f64>();
         let ok = m
-            .get("sluice_gateway_transactions_total{api=\"unary\",result=\"ok\"}")
+            .get(&format!(
+                "{}{{api=\"unary\",result=\"ok\"}}",
+                gateway::TRANSACTIONS_TOTAL
+            ))
             .copied()
             .unwrap_or(0.0);
         (all, ok)
@@ -429,12 +438,19 @@ async fn overload_run(
             (stages, cost)
         })
     };
+    let [risk_pool, logging_pool] =
+        ["risk", "logging"].map(|p| [pool(p, WORKER_POOL_BUSY), pool(p, WORKER_POOL_CAPACITY)]);
     let ([rss], [risk_busy, risk_capacity], [logging_busy, logging_capacity]) = tokio::join!(
         peaks(&metrics, [RSS], slow_at, [baseline]),
-        peaks(&risk_metrics, [RISK_BUSY, RISK_CAPACITY], slow_at, [0.0; 2]),
+        peaks(
+            &risk_metrics,
+            [risk_pool[0].as_str(), risk_pool[1].as_str()],
+            slow_at,
+            [0.0; 2],
+        ),
         peaks(
             &logging_metrics,
-            [LOGGING_BUSY, LOGGING_CAPACITY],
+            [logging_pool[0].as_str(), logging_pool[1].as_str()],
             slow_at,
             [0.0; 2]
         ),

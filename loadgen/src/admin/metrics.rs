@@ -9,6 +9,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use sluice_core::exposition::Samples;
+use sluice_observe::names;
+use sluice_observe::snapshot::{GatewaySamples, Service, Snapshot};
+
 /// Longest a scrape may take: the live view scrapes once per interval and must not fall
 /// behind it.
 pub const DEFAULT_SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -78,51 +82,24 @@ pub struct GatewayPressure {
 }
 
 impl GatewayPressure {
-    /// Read from one scrape's samples: a queue missing reads as 0, a level or bottleneck
-    /// missing as `None`.
+    /// Read from one scrape's samples through the gateway's own snapshot
+    /// ([`sluice_observe::snapshot`]: what the live map shows): a queue missing reads as 0,
+    /// a level or bottleneck missing as `None`.
     pub fn from_samples(samples: &BTreeMap<String, f64>) -> GatewayPressure {
-        let gauge = |name: &str, d: &str| {
-            samples
-                .get(&format!("sluice_gateway_{name}{{downstream=\"{d}\"}}"))
-                .copied()
-                .unwrap_or(0.0)
-        };
-        let queues = QUEUES.map(|d| gauge("downstream_queue_depth", d));
-        let held =
-            QUEUES.map(|d| gauge("downstream_queue_depth", d) + gauge("downstream_inflight", d));
-        // A limit that just fell below what was admitted before lets in what is held.
-        let admitted: f64 = samples
-            .iter()
-            .filter(|(k, _)| k.starts_with("sluice_gateway_inflight{"))
-            .map(|(_, v)| v)
-            .sum();
-        let limit = samples
-            .get("sluice_gateway_concurrency_limit")
-            .copied()
-            .filter(|l| *l > 0.0)
-            .map_or(f64::INFINITY, |l| l.max(admitted));
-        let bounds = QUEUES.map(|d| gauge("downstream_queue_capacity", d).min(limit));
-        let degradation_level = samples
-            .get("sluice_gateway_degradation_level")
-            .filter(|v| v.is_finite())
-            .map(|v| v.round().clamp(0.0, (DEGRADATION_LEVELS - 1) as f64) as u8);
-        let bottleneck = samples
-            .iter()
-            .filter(|(_, share)| **share > 0.0)
-            .filter_map(|(name, share)| {
-                let labels = name.strip_prefix("sluice_gateway_bottleneck{")?;
-                Some(Bottleneck {
-                    hop: sluice_core::exposition::label(labels, "hop")?.to_string(),
-                    share: *share,
-                })
-            })
-            .max_by(|a, b| a.share.total_cmp(&b.share));
+        let scrape = GatewaySamples::of_scrape(Samples(samples.clone()));
+        let snapshot = Snapshot::of(&scrape, None);
+        let hop = |d: &str| snapshot.services.iter().find(|s| s.name == d);
+        let each = |f: fn(&Service) -> f64| QUEUES.map(|d| hop(d).map_or(0.0, f));
         GatewayPressure {
-            queues,
-            held,
-            bounds,
-            degradation_level,
-            bottleneck,
+            queues: each(|s| s.queued),
+            held: each(|s| s.held),
+            bounds: each(|s| s.bound),
+            degradation_level: scrape
+                .has(names::gateway::DEGRADATION_LEVEL)
+                .then_some(snapshot.level),
+            bottleneck: snapshot
+                .bottleneck
+                .map(|(hop, share)| Bottleneck { hop, share }),
         }
     }
 }

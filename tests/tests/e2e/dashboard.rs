@@ -192,3 +192,44 @@ fn metric_names_are_found_in_promql() {
         assert!(names.contains(n), "{n}");
     }
 }
+
+/// Every metric name the map, the load generator and the lab read (`sluice_observe::names`)
+/// is one the binaries serve — in their `/metrics` (families with series) or registered in
+/// their sources (labelled families that have none yet) — so a rename cannot leave a reader
+/// behind silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_name_readers_use_is_served() {
+    use sluice_observe::names::{gateway, logging, service};
+    let mesh = Mesh::start().await;
+    let mut gw = mesh.gateway().await;
+    gw.submit(txn("names-1")).await.unwrap();
+    let mut served = BTreeSet::new();
+    for proc in [&mesh.gateway, &mesh.risk, &mesh.notification, &mesh.logging] {
+        let body = http_get(proc.admin.unwrap(), "/metrics").await.unwrap();
+        served.extend(exported(&body));
+    }
+    let mut read: Vec<String> = gateway::ALL.iter().map(|n| n.to_string()).collect();
+    for s in ["risk", "notification", "logging"] {
+        read.extend(service::ALL.iter().map(|m| service::name(s, m)));
+    }
+    read.push(logging::AUDIT_FSYNC_SECONDS.to_string());
+    let mut missing = Vec::new();
+    for name in &read {
+        let as_histogram = format!("{name}_bucket");
+        // The admin listener's connection metrics are the gRPC listener's, registered
+        // again under an `admin` prefix.
+        let unprefixed = name.replacen("_admin_", "_", 1);
+        if !(served.contains(name)
+            || served.contains(&as_histogram)
+            || registered(name)
+            || (name.contains("_admin_") && registered(&unprefixed)))
+        {
+            missing.push(name.clone());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "read but not served: {missing:?}\nserved: {served:?}"
+    );
+    assert!(gateway::ALL.iter().all(|n| n.starts_with(gateway::PREFIX)));
+}
