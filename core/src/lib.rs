@@ -11,6 +11,7 @@
 //! - [`log_format`]: log lines as text or JSON, each naming its span's trace.
 //! - [`log_limit`]: one log line per interval, with a count, for errors that repeat.
 //! - [`metrics`]: the Prometheus registry plus process metrics.
+//! - [`flags`]: flags → checked config: the one error for a flag that cannot work, exit 64.
 //! - [`exposition`]: the one reader of `/metrics` text, with Prometheus's
 //!   `histogram_quantile` rule.
 //! - [`piggyback`]: deadlines finer than tokio's millisecond timer, ended by the process's
@@ -33,6 +34,7 @@ pub mod auth;
 pub mod deadline;
 pub mod descriptors;
 pub mod exposition;
+pub mod flags;
 pub mod h2;
 pub mod incoming;
 pub mod log_format;

@@ -152,7 +152,7 @@ pub async fn run(
     health_reporter: HealthReporter,
     ready_service: &'static str,
     shutdown: CancellationToken,
-    common: &CommonServerArgs,
+    common: &ServerSettings,
 ) -> Result<(), ServeError> {
     let health = Health::default();
     let readiness = listeners.readiness();
@@ -289,7 +289,52 @@ pub fn auto_worker_threads(cpus: usize) -> usize {
 /// Most `--worker-threads`: far past any useful value on one machine.
 pub const MAX_WORKER_THREADS: u16 = 256;
 
-impl CommonServerArgs {
+/// [`CommonServerArgs`] as a server runs with them: what [`main_with`] and a service's
+/// `serve` take, so nothing past `main` holds the clap struct. (Every value is already
+/// checked by its flag's parser: clap refuses a `--worker-threads 0` or a bad duration.)
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub grace_period: Duration,
+    pub handshake_timeout: Duration,
+    pub max_connections: usize,
+    pub admin_max_connections: u64,
+    pub admin_header_timeout: Duration,
+    pub admin_idle_timeout: Duration,
+    pub fd_reserve: u64,
+    /// `--worker-threads`, when given.
+    pub worker_threads: Option<u16>,
+    pub h2: crate::h2::H2Settings,
+    pub telemetry: crate::telemetry::TelemetryArgs,
+}
+
+impl From<CommonServerArgs> for ServerSettings {
+    fn from(a: CommonServerArgs) -> Self {
+        Self {
+            grace_period: a.grace_period,
+            handshake_timeout: a.handshake_timeout,
+            max_connections: a.max_connections,
+            admin_max_connections: a.admin_max_connections,
+            admin_header_timeout: a.admin_header_timeout,
+            admin_idle_timeout: a.admin_idle_timeout,
+            fd_reserve: a.fd_reserve,
+            worker_threads: a.worker_threads,
+            h2: a.h2,
+            telemetry: a.telemetry,
+        }
+    }
+}
+
+impl ServerSettings {
+    /// Every flag at its default, as if none were given.
+    pub fn defaults() -> Self {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            common: CommonServerArgs,
+        }
+        <Only as clap::Parser>::parse_from(["sluice"]).common.into()
+    }
+
     /// The runtime's worker threads: `--worker-threads`, else [`auto_worker_threads`] of
     /// the CPUs this process may use; and those CPUs.
     pub fn worker_threads(&self) -> (usize, usize) {
@@ -358,7 +403,7 @@ impl CommonServerArgs {
 pub fn main_with<F, Fut>(
     name: &'static str,
     (grpc, admin): (SocketAddr, Option<SocketAddr>),
-    common: &CommonServerArgs,
+    common: &ServerSettings,
     serve: F,
 ) -> std::process::ExitCode
 where
@@ -447,7 +492,7 @@ mod tests {
 
     #[test]
     fn flag_defaults_are_the_named_constants() {
-        let common = Cli::parse_from(["test"]).common;
+        let common = super::ServerSettings::defaults();
         assert_eq!(
             common.handshake_timeout,
             crate::incoming::DEFAULT_HANDSHAKE_TIMEOUT
@@ -473,7 +518,8 @@ mod tests {
         assert_eq!(super::auto_worker_threads(100_000), 256);
         let parse = |v: &str| Cli::try_parse_from(["test", "--worker-threads", v]);
         assert_eq!(parse("2").unwrap().common.worker_threads, Some(2));
-        assert_eq!(parse("2").unwrap().common.worker_threads().0, 2);
+        let given = super::ServerSettings::from(parse("2").unwrap().common);
+        assert_eq!(given.worker_threads().0, 2);
         assert!(parse("0").is_err());
         assert!(parse("257").is_err());
     }

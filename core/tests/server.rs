@@ -236,7 +236,7 @@ async fn readyz_follows_readiness_and_healthz_stays_liveness() {
     let admin = listeners.admin_addr().unwrap();
     let grpc = listeners.grpc_addr();
     let readiness = listeners.readiness();
-    let common = Cli::parse_from(["test"]).common;
+    let common = sluice_core::server::ServerSettings::from(Cli::parse_from(["test"]).common);
     let (reporter, health) = tonic_health::server::health_reporter();
     let router = tonic::transport::Server::builder().add_service(health);
     let stop = CancellationToken::new();

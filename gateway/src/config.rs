@@ -2,15 +2,16 @@
 //!
 //! [`Config`] is the command line as clap parses it (every default a `DEFAULT_*` constant);
 //! [`Config::settings`] checks it and builds what the gateway runs with ([`Settings`]), or
-//! says which flag is wrong ([`ConfigError`], exit code 64). Libraries below never see
-//! clap.
+//! says which flag is wrong (a [`BadFlag`], exit code 64, as every server's). Nothing past
+//! `main` sees clap: [`crate::serve`] takes the [`Settings`].
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
 use sluice_core::HumanDuration;
-use sluice_core::server::{CommonServerArgs, ServeError};
+use sluice_core::flags::BadFlag;
+use sluice_core::server::{CommonServerArgs, ServerSettings};
 use tonic::transport::Endpoint;
 
 use crate::downstream::route::DEFAULT_AFFINITY_EPSILON;
@@ -231,13 +232,13 @@ impl Config {
     }
 
     /// Checks the flags and turns them into the settings the gateway runs with.
-    pub fn settings(&self) -> Result<Settings, ConfigError> {
+    pub fn settings(&self) -> Result<Settings, BadFlag> {
         let token = self
             .mesh
             .resolve()
-            .map_err(|e| ConfigError::MeshToken(e.to_string()))?;
+            .map_err(|e| BadFlag::new("mesh-token/--mesh-token-file", "", e.to_string()))?;
         let auth = sluice_core::auth::bearer(token.as_deref())
-            .map_err(|e| ConfigError::MeshToken(e.to_string()))?;
+            .map_err(|e| BadFlag::new("mesh-token/--mesh-token-file", "", e.to_string()))?;
         let unbounded = self.unbounded_for_comparison;
         let downstream = DownstreamConfig {
             queue: if unbounded {
@@ -281,22 +282,26 @@ impl Config {
         };
         let epsilon = self.risk_affinity_epsilon;
         if !(epsilon > 0.0 && epsilon <= MAX_AFFINITY_EPSILON) {
-            return Err(ConfigError::Value {
-                flag: "risk-affinity-epsilon",
-                value: epsilon.to_string(),
-                rule: format!("must be above 0 and at most {MAX_AFFINITY_EPSILON}"),
-            });
+            return Err(BadFlag::new(
+                "risk-affinity-epsilon",
+                epsilon.to_string(),
+                format!("must be above 0 and at most {MAX_AFFINITY_EPSILON}"),
+            ));
         }
         let overload = self.overload()?;
         let logging = targets("logging", &self.logging)?;
         if logging.len() > MAX_PARTITIONS {
-            return Err(ConfigError::Value {
-                flag: "logging",
-                value: self.logging.clone(),
-                rule: format!("at most {MAX_PARTITIONS} partitions"),
-            });
+            return Err(BadFlag::new(
+                "logging",
+                self.logging.clone(),
+                format!("at most {MAX_PARTITIONS} partitions"),
+            ));
         }
         Ok(Settings {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            unbounded_for_comparison: unbounded,
+            server: self.server.clone().into(),
             risk: targets("risk", &self.risk)?,
             notification: targets("notification", &self.notification)?,
             logging,
@@ -319,12 +324,8 @@ impl Config {
         })
     }
 
-    fn overload(&self) -> Result<OverloadConfig, ConfigError> {
-        let value = |flag, value: String, rule: &str| ConfigError::Value {
-            flag,
-            value,
-            rule: rule.to_string(),
-        };
+    fn overload(&self) -> Result<OverloadConfig, BadFlag> {
+        let value = |flag, value: String, rule: &str| BadFlag::new(flag, value, rule);
         if self.concurrency_max == 0 {
             return Err(value("concurrency-max", "0".into(), "must be at least 1"));
         }
@@ -393,17 +394,24 @@ const MAX_PARTITIONS: usize = 1024;
 const MIN_RESOLVE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The URLs of a downstream flag, or the error naming it.
-fn targets(flag: &'static str, list: &str) -> Result<Vec<Target>, ConfigError> {
-    Target::parse_list(list).map_err(|reason| ConfigError::Url {
-        flag,
-        url: list.to_string(),
-        reason,
+fn targets(flag: &'static str, list: &str) -> Result<Vec<Target>, BadFlag> {
+    Target::parse_list(list).map_err(|reason| {
+        BadFlag::new(
+            flag,
+            format!("{list:?}"),
+            format!("not a usable URL ({reason}); expected http://host:port"),
+        )
     })
 }
 
 /// The gateway's settings, checked: what [`crate::serve`] runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// `--unbounded-for-comparison`: every bound off (benchmarks only).
+    pub unbounded_for_comparison: bool,
+    pub server: ServerSettings,
     pub risk: Vec<Target>,
     pub notification: Vec<Target>,
     /// One per partition, in order.
@@ -434,31 +442,6 @@ impl Settings {
                     .expect("a socket address makes a valid URI"),
             ),
         )
-    }
-}
-
-/// A flag the gateway cannot run with (exit code 64).
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("--{flag} {url:?} is not a usable URL ({reason}); expected http://host:port")]
-    Url {
-        flag: &'static str,
-        url: String,
-        reason: String,
-    },
-    #[error("--{flag} {value}: {rule}")]
-    Value {
-        flag: &'static str,
-        value: String,
-        rule: String,
-    },
-    #[error("--mesh-token/--mesh-token-file: {0}")]
-    MeshToken(String),
-}
-
-impl From<ConfigError> for ServeError {
-    fn from(e: ConfigError) -> Self {
-        ServeError::Config(e.to_string())
     }
 }
 

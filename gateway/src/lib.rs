@@ -24,18 +24,17 @@ use crate::fanout::Fanout;
 use crate::ingress::Ingress;
 use crate::overload::Overload;
 
-pub use config::{Config, ConfigError, Settings};
+pub use config::{Config, Settings};
 
 /// Serves the gateway until `shutdown` is cancelled: stops accepting, lets in-flight
 /// transactions finish (within the grace period), then closes the downstream streams.
 pub async fn serve(
     mut listeners: Listeners,
-    config: Config,
+    settings: Settings,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let mut registry = Registry::with_prefix("sluice_gateway");
     let downstream_shutdown = CancellationToken::new();
-    let settings = config.settings()?;
     // Lazy: the gateway starts even when a downstream is not up yet; streams reconnect,
     // and discovery keeps looking for names that do not resolve yet.
     let setup = Setup {
@@ -96,7 +95,7 @@ pub async fn serve(
     let risk = Route::new(risk, settings.risk_routing);
     let notification = Route::new(notification, settings.notification_routing);
     let fanout = Fanout::new(risk, logging, notification, &mut registry);
-    if config.unbounded_for_comparison {
+    if settings.unbounded_for_comparison {
         tracing::warn!(
             "--unbounded-for-comparison: downstream queues and stream limits are unbounded; memory will grow under pressure"
         );
@@ -123,12 +122,12 @@ pub async fn serve(
         &mut registry,
         shutdown.clone(),
     );
-    let router = config
+    let router = settings
         .server
         .h2
         .server()
         .add_service(health)
-        .add_service(ingress.into_service(config.server.h2.max_message_size));
+        .add_service(ingress.into_service(settings.server.h2.max_message_size));
     let metrics = sluice_core::metrics::Metrics::new(registry);
     listeners.set_admin_routes(map::routes(metrics.clone()));
     let result = sluice_core::server::run(
@@ -138,14 +137,14 @@ pub async fn serve(
         reporter,
         <GatewayServer<Ingress> as tonic::server::NamedService>::NAME,
         shutdown,
-        &config.server,
+        &settings.server,
     )
     .await;
     // Ingress has drained: half-close the downstream streams and collect their last replies.
     downstream_shutdown.cancel();
     sluice_core::shutdown::drain(
         "downstream streams",
-        config.server.grace_period.min(Duration::from_secs(5)),
+        settings.server.grace_period.min(Duration::from_secs(5)),
         async {
             futures::future::join_all(workers.into_iter().map(Workers::join)).await;
         },

@@ -7,17 +7,19 @@ use sluice_gateway::{Config, serve};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    let config = Config::parse();
     // A flag the gateway cannot run with stops it here, before anything starts.
-    if let Err(e) = config.settings() {
-        eprintln!("sluice-gateway: {e}");
-        return std::process::ExitCode::from(64);
-    }
-    let server = config.server.clone();
+    let settings = match Config::parse().settings() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("sluice-gateway: {e}");
+            return std::process::ExitCode::from(sluice_core::flags::EXIT_USAGE);
+        }
+    };
+    let server = settings.server.clone();
     sluice_core::server::main_with(
         "sluice-gateway",
-        (config.listen, Some(config.admin_listen)),
+        (settings.listen, Some(settings.admin_listen)),
         &server,
-        |listeners, shutdown| serve(listeners, config, shutdown),
+        |listeners, shutdown| serve(listeners, settings, shutdown),
     )
 }

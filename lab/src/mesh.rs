@@ -113,7 +113,7 @@ impl LocalMesh {
         ];
         let gateway = tokio::spawn(sluice_gateway::serve(
             gateway_l,
-            gateway,
+            gateway.settings()?,
             gateway_stop.clone(),
         ));
         Ok(Self {

@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser as _;
-use sluice_core::server::CommonServerArgs;
+use sluice_core::flags::{BadFlag, in_range};
+use sluice_core::server::ServerSettings;
 use sluice_runtime::ServiceConfig;
-use sluice_runtime::flags::{BadFlag, in_range};
 
 use crate::flags::Flags;
 
@@ -98,7 +98,7 @@ pub struct Config {
     /// The token Append and Read require; `None`: no check.
     pub mesh_token: Option<String>,
     pub service: ServiceConfig,
-    pub server: CommonServerArgs,
+    pub server: ServerSettings,
 }
 
 impl Config {
@@ -136,7 +136,7 @@ impl TryFrom<Flags> for Config {
                 flags.allow_open_audit_log,
             )?,
             service: flags.service.try_into()?,
-            server: flags.server,
+            server: flags.server.into(),
         })
     }
 }

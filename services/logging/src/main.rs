@@ -1,5 +1,5 @@
+use sluice_core::flags;
 use sluice_logging::{Config, Flags, commands, serve};
-use sluice_runtime::flags;
 
 /// mimalloc, not glibc's malloc: per-message buffers come and go at tens of thousands a
 /// second, and glibc spent a sixth of the gateway's CPU managing them (see `Cargo.toml`).

@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser as _;
-use sluice_core::server::CommonServerArgs;
+use sluice_core::flags::BadFlag;
+use sluice_core::server::ServerSettings;
 use sluice_runtime::ServiceConfig;
-use sluice_runtime::flags::BadFlag;
 
 use crate::flags::Flags;
 
@@ -22,7 +22,7 @@ pub struct Config {
     /// Simulated delivery latency per notice (zero: none).
     pub latency: Duration,
     pub service: ServiceConfig,
-    pub server: CommonServerArgs,
+    pub server: ServerSettings,
 }
 
 impl Config {
@@ -37,12 +37,15 @@ impl TryFrom<Flags> for Config {
     type Error = BadFlag;
 
     fn try_from(flags: Flags) -> Result<Self, BadFlag> {
-        let latency: Duration = flags.latency.into();
+        let latency = flags.latency.0;
         if latency > MAX_LATENCY {
             return Err(BadFlag::new(
                 "latency",
                 flags.latency,
-                format!("must be at most {}", humantime::Duration::from(MAX_LATENCY)),
+                format!(
+                    "must be at most {}",
+                    sluice_core::HumanDuration(MAX_LATENCY)
+                ),
             ));
         }
         Ok(Self {
@@ -50,7 +53,7 @@ impl TryFrom<Flags> for Config {
             admin_listen: flags.admin_listen,
             latency,
             service: flags.service.try_into()?,
-            server: flags.server,
+            server: flags.server.into(),
         })
     }
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use sluice_core::HumanDuration;
 use sluice_core::server::CommonServerArgs;
 use sluice_runtime::ServiceArgs;
 
@@ -28,8 +29,8 @@ pub struct Flags {
     #[arg(long, env = "SLUICE_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
     pub admin_listen: SocketAddr,
     /// Simulated delivery latency per notice, e.g. 2ms (at most 60s).
-    #[arg(long, env = "SLUICE_LATENCY", default_value_t = DEFAULT_LATENCY.into(), value_parser = sluice_runtime::flags::duration)]
-    pub latency: humantime::Duration,
+    #[arg(long, env = "SLUICE_LATENCY", default_value_t = HumanDuration(DEFAULT_LATENCY))]
+    pub latency: HumanDuration,
     #[command(flatten)]
     pub service: ServiceArgs,
     #[command(flatten)]

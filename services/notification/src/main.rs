@@ -6,7 +6,7 @@ use sluice_notification::{Config, Flags, serve};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    let config: Config = match sluice_runtime::flags::config::<Flags, _>("sluice-notification") {
+    let config: Config = match sluice_core::flags::config::<Flags, _>("sluice-notification") {
         Ok(config) => config,
         Err(exit) => return exit,
     };

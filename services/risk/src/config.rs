@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser as _;
-use sluice_core::server::CommonServerArgs;
+use sluice_core::flags::{BadFlag, at_least, in_range};
+use sluice_core::server::ServerSettings;
 use sluice_runtime::ServiceConfig;
-use sluice_runtime::flags::{BadFlag, at_least, in_range};
 
 use crate::flags::Flags;
 use crate::rules::RiskRules;
@@ -30,7 +30,7 @@ pub struct Config {
     /// Simulated CPU work per assessment (zero: none).
     pub cost: Duration,
     pub service: ServiceConfig,
-    pub server: CommonServerArgs,
+    pub server: ServerSettings,
 }
 
 impl Config {
@@ -45,7 +45,7 @@ impl TryFrom<Flags> for Config {
     type Error = BadFlag;
 
     fn try_from(flags: Flags) -> Result<Self, BadFlag> {
-        let velocity_window: Duration = flags.velocity_window.into();
+        let velocity_window = flags.velocity_window.0;
         if velocity_window.is_zero() {
             return Err(BadFlag::new(
                 "velocity-window",
@@ -81,7 +81,7 @@ impl TryFrom<Flags> for Config {
             )?,
             cost: Duration::from_micros(in_range("cost-us", flags.cost_us, 0, MAX_COST_US)?),
             service: flags.service.try_into()?,
-            server: flags.server,
+            server: flags.server.into(),
         })
     }
 }

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
+use sluice_core::HumanDuration;
 use sluice_core::server::CommonServerArgs;
 use sluice_runtime::ServiceArgs;
 
@@ -41,8 +42,8 @@ pub struct Flags {
     #[arg(long, env = "SLUICE_VELOCITY_LIMIT", default_value_t = rules::DEFAULT_VELOCITY_LIMIT)]
     pub velocity_limit: usize,
     /// The velocity window, e.g. 60s.
-    #[arg(long, env = "SLUICE_VELOCITY_WINDOW", default_value_t = rules::DEFAULT_VELOCITY_WINDOW.into(), value_parser = sluice_runtime::flags::duration)]
-    pub velocity_window: humantime::Duration,
+    #[arg(long, env = "SLUICE_VELOCITY_WINDOW", default_value_t = HumanDuration(rules::DEFAULT_VELOCITY_WINDOW))]
+    pub velocity_window: HumanDuration,
     /// Accounts whose recent transactions are remembered (1 to 10,000,000; bounds the
     /// tracker's memory).
     #[arg(long, env = "SLUICE_MAX_TRACKED_ACCOUNTS", default_value_t = rules::DEFAULT_MAX_TRACKED_ACCOUNTS)]

@@ -25,11 +25,9 @@
 //! - [`control`]: `mesh.v1.Control`, which sets the faults and the pool size.
 //! - [`service`]: the flags every service shares and [`service::run_service`], which
 //!   puts a service's server together.
-//! - [`flags`]: flags → validated config, and exit code 64 when a flag cannot work.
 
 pub mod control;
 pub mod faults;
-pub mod flags;
 pub mod pool;
 pub mod service;
 pub mod stack;

@@ -7,13 +7,13 @@ use std::path::Path;
 use prometheus_client::registry::Registry;
 use sluice_core::CancellationToken;
 use sluice_core::admin_token::{AdminAuth, AdminTokenArgs};
-use sluice_core::server::{CommonServerArgs, Listeners, ServeError};
+use sluice_core::server::{Listeners, ServeError, ServerSettings};
 
-use crate::flags::{BadFlag, in_range};
 use crate::pool::{
     DEFAULT_REPLY_QUEUE, DEFAULT_STREAM_WORKERS, DEFAULT_WORKERS, MAX_WORKERS, PoolConfig,
     WorkerPool,
 };
+use sluice_core::flags::{BadFlag, in_range};
 
 /// Largest `--reply-queue` and `--stream-workers` accepted: far past any useful value, low
 /// enough that a typo cannot ask for gigabytes.
@@ -75,7 +75,7 @@ impl TryFrom<ServiceArgs> for ServiceConfig {
 /// - the admin endpoints, with `registry`'s metrics.
 pub async fn run_service<S>(
     mut listeners: Listeners,
-    common: &CommonServerArgs,
+    common: &ServerSettings,
     admin_token: &AdminTokenArgs,
     pool: WorkerPool,
     registry: Registry,

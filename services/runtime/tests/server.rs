@@ -80,7 +80,7 @@ async fn serve() -> Served {
     let server = tokio::spawn(async move {
         run_service(
             listeners,
-            &flags.common,
+            &flags.common.clone().into(),
             &config.admin_token,
             pool,
             registry,

@@ -1,8 +1,8 @@
-//! From a command line to a configuration the service can run with, in two types: the raw
+//! From a command line to a configuration a binary can run with, in two types: the raw
 //! flags as clap parses them, and the validated config the library takes (ripgrep's
-//! low-level args and high-level settings). Every service crate keeps that split; this
-//! module is what the three share: the error for a flag that cannot work, one parser for
-//! durations, and the exit code.
+//! low-level args and high-level settings). Every server crate keeps that split; this
+//! module is what they share: the one error for a flag that cannot work ([`BadFlag`]), its
+//! range checks, and the exit code. Durations are [`crate::HumanDuration`] on every flag.
 //!
 //! A flag that cannot work stops the binary before anything starts, with exit code 64
 //! (EX_USAGE, as `sluice_core::server::main_with` exits for other bad configuration) and one
@@ -15,13 +15,14 @@ use clap::Parser;
 /// Exit code for a command line that cannot work (sysexits' EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
 
-/// A flag whose value cannot work, and what it must be instead.
+/// A flag whose value cannot work, and what it must be instead: `--flag value: rule`, or
+/// `--flag: rule` when no single value is to blame (e.g. a token file that cannot be read).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("--{flag} {value}: {rule}")]
+#[error("--{flag}{}{value}: {rule}", if value.is_empty() { "" } else { " " })]
 pub struct BadFlag {
     /// The flag's long name, without dashes.
     pub flag: &'static str,
-    /// The value given.
+    /// The value given (empty: see above).
     pub value: String,
     /// What the value must be, e.g. `must be 1 to 10000`.
     pub rule: String,
@@ -66,14 +67,6 @@ where
         ));
     }
     Ok(value)
-}
-
-/// Parses a duration flag such as `250ms`, `5s` or `2m` (clap `value_parser`). The flag's
-/// type is [`humantime::Duration`] because it prints back in the same form, which lets
-/// clap show a `DEFAULT_*` `std::time::Duration` constant as the default
-/// (`default_value_t = DEFAULT_X.into()`).
-pub fn duration(s: &str) -> Result<humantime::Duration, String> {
-    sluice_core::parse_duration(s).map(Into::into)
 }
 
 /// Parses the command line into flags `F`. `--help` and `--version` print and exit 0;
@@ -123,9 +116,20 @@ mod tests {
 
     #[test]
     fn durations_print_back_as_they_parse() {
+        use crate::HumanDuration;
         for d in ["2ms", "1m", "10s", "250ms"] {
-            assert_eq!(duration(d).unwrap().to_string(), d);
+            assert_eq!(d.parse::<HumanDuration>().unwrap().to_string(), d);
         }
-        assert!(duration("soon").unwrap_err().contains("expected e.g."));
+        let e = "soon".parse::<HumanDuration>().unwrap_err();
+        assert!(e.contains("expected e.g."), "{e}");
+    }
+
+    #[test]
+    fn a_flag_with_no_single_bad_value_reads_without_one() {
+        let e = BadFlag::new("mesh-token-file", "", "cannot read /x: not found");
+        assert_eq!(
+            e.to_string(),
+            "--mesh-token-file: cannot read /x: not found"
+        );
     }
 }
