@@ -1,4 +1,4 @@
-//! Recording results and reporting them: text for people, JSON ([`json`]) for checks, HTML
+//! Reporting what a run recorded ([`crate::drive::recorder`]): text for people, JSON ([`json`]) for checks, HTML
 //! ([`html`]) to look at, and the [`audit`] check of what was acknowledged against the log.
 //! Each report names the transactions behind its figures, with their traces ([`exemplars`]).
 //!
