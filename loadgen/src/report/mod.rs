@@ -1,5 +1,6 @@
-//! Reporting what a run recorded ([`crate::drive::recorder`]): text for people, JSON ([`json`]) for checks, HTML
-//! ([`html`]) to look at, and the [`audit`] check of what was acknowledged against the log.
+//! Reporting what a run recorded ([`crate::drive::recorder`]): text for people, JSON
+//! ([`json`]) for checks, HTML ([`html`]) to look at, and the [`audit`] check of what was
+//! acknowledged against the log.
 //! Each report names the transactions behind its figures, with their traces ([`exemplars`]).
 //!
 //! Latency goes into an HDR histogram (microsecond resolution, up to an hour) — exact
