@@ -60,6 +60,12 @@ pub struct Config {
     /// transaction's partition is a fixed hash of its id, so keep the count fixed.
     #[arg(long, env = "SLUICE_LOGGING", default_value = DEFAULT_LOGGING_URL)]
     pub logging: String,
+    /// Furthest a client's `after_hlc` may be ahead of this gateway's clock (the larger of
+    /// its wall clock and its hybrid logical clock), e.g. 500ms; beyond it the transaction
+    /// is refused INVALID_ARGUMENT (`clock_refused_total`), so no client drags the clock
+    /// into the future. Keep it above the gateways' wall-clock skew.
+    #[arg(long, env = "SLUICE_MAX_CLOCK_OFFSET", default_value_t = HumanDuration(crate::hlc::DEFAULT_MAX_CLOCK_OFFSET))]
+    pub max_clock_offset: HumanDuration,
     /// How often downstream host names are resolved again, e.g. 5s.
     #[arg(long, env = "SLUICE_RESOLVE_INTERVAL", default_value_t = HumanDuration(downstream::replicas::DEFAULT_RESOLVE_INTERVAL))]
     pub resolve_interval: HumanDuration,
@@ -311,6 +317,7 @@ impl Config {
             },
             notification_routing: Routing::Balance(self.balance),
             resolve_interval: self.resolve_interval.0.max(MIN_RESOLVE_INTERVAL),
+            max_clock_offset: self.max_clock_offset.0,
             h2: self.server.h2.clone(),
             windows: self.downstream_windows.clone(),
             notification_downstream: DownstreamConfig {
@@ -419,6 +426,8 @@ pub struct Settings {
     pub risk_routing: Routing,
     pub notification_routing: Routing,
     pub resolve_interval: Duration,
+    /// `--max-clock-offset`.
+    pub max_clock_offset: Duration,
     h2: sluice_core::h2::H2Settings,
     windows: sluice_core::h2::DownstreamWindows,
     /// Risk's and logging's stream clients.

@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -31,6 +32,8 @@ use sluice_proto::pb::{
 };
 use sluice_proto::{Body, Encoded, HopRequest};
 use tonic::Status;
+
+use crate::hlc::Hlc;
 use tower::Service;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -95,6 +98,10 @@ pub struct Fanout {
     pub notification: Route<NotifyRequest>,
     shed: Family<ShedLabels, Counter>,
     risk_retries: Counter,
+    /// Stamps each transaction at admission ([`crate::hlc`]).
+    clock: Arc<Hlc>,
+    /// Transactions refused for an `after_hlc` too far ahead.
+    clock_refused: Counter,
 }
 
 /// Most replicas one risk request is sent to (the first included).
@@ -137,6 +144,7 @@ impl Fanout {
         risk: Route<RiskRequest>,
         logging: Partitions<AppendRequest>,
         notification: Route<NotifyRequest>,
+        clock: Arc<Hlc>,
         registry: &mut Registry,
     ) -> Self {
         let shed = Family::<ShedLabels, Counter>::default();
@@ -151,12 +159,20 @@ impl Fanout {
             "Risk requests sent to a second replica because the first one's stream broke before it answered",
             risk_retries.clone(),
         );
+        let clock_refused = Counter::default();
+        registry.register(
+            "clock_refused",
+            "Transactions refused INVALID_ARGUMENT because their after_hlc was further ahead of this gateway's clock than --max-clock-offset",
+            clock_refused.clone(),
+        );
         Self {
             risk,
             logging,
             notification,
             shed,
             risk_retries,
+            clock,
+            clock_refused,
         }
     }
 
@@ -171,6 +187,10 @@ impl Fanout {
         (parent, caller): (&tracing::Span, &opentelemetry::Context),
         notify: bool,
     ) -> Result<Dispatched, Status> {
+        if let Err(ahead) = self.clock.check(txn.after_hlc) {
+            self.clock_refused.inc();
+            return Err(Status::invalid_argument(ahead.to_string()));
+        }
         let (risk_hop, audit_hop) = (hop::<RiskRequest>(parent), hop::<AppendRequest>(parent));
         // Readiness is queue room: Wait parks here (the backpressure), Immediate never does.
         let waiting = Instant::now();
@@ -205,6 +225,8 @@ impl Fanout {
             }
         };
         let deadline_unix_ms = sluice_core::deadline::to_unix_ms(deadline);
+        // Admitted: its place in the causal order, once, before it fans out.
+        let hlc = self.clock.stamp(txn.after_hlc);
         // Encoded once; each hop adds only its own trace context.
         let body = Body::new(&mut txn);
         let notification = if notify {
@@ -237,8 +259,10 @@ impl Fanout {
                 span: risk_hop,
             }))
         };
+        let mut append = hop_request::<AppendRequest>(&body, &audit_hop, caller, deadline_unix_ms);
+        append.set_hlc(hlc);
         let audit = logging.call(HopCall {
-            request: hop_request::<AppendRequest>(&body, &audit_hop, caller, deadline_unix_ms),
+            request: append,
             deadline,
             span: audit_hop,
         });
@@ -428,6 +452,8 @@ impl Dispatched {
             audit_offset: ack.offset,
             audit_partition,
             replayed: ack.duplicate,
+            // The record's: this stamp, or the original's for a replay.
+            hlc: ack.hlc,
             error: None,
         })
     }

@@ -1,12 +1,13 @@
 //! The Sluice gateway: `mesh.v1.Gateway` ingress ([`ingress`], one tower stack per
 //! transaction) → fan-out of each transaction ([`fanout`]) → one long-lived stream client per
 //! downstream service ([`downstream`], a tower service whose readiness is queue room).
-//! `sluice_proto::validate` holds the ingress rules; [`map`] is the live pressure map on the
-//! admin port. See ARCHITECTURE.md for every bound on the path.
+//! `sluice_proto::validate` holds the ingress rules; [`hlc`] stamps each transaction's place
+//! in one causal order; [`map`] is the live pressure map on the admin port. See ARCHITECTURE.md for every bound on the path.
 
 pub mod config;
 pub mod downstream;
 pub mod fanout;
+pub mod hlc;
 pub mod ingress;
 pub mod map;
 pub mod overload;
@@ -94,7 +95,8 @@ pub async fn serve(
     let workers = started.workers;
     let risk = Route::new(risk, settings.risk_routing);
     let notification = Route::new(notification, settings.notification_routing);
-    let fanout = Fanout::new(risk, logging, notification, &mut registry);
+    let clock = std::sync::Arc::new(hlc::Hlc::new(settings.max_clock_offset));
+    let fanout = Fanout::new(risk, logging, notification, clock, &mut registry);
     if settings.unbounded_for_comparison {
         tracing::warn!(
             "--unbounded-for-comparison: downstream queues and stream limits are unbounded; memory will grow under pressure"

@@ -380,6 +380,15 @@ impl ProcMesh {
         std::iter::once(&self.logging).chain(&self.more_logging)
     }
 
+    /// Another gateway over the same services and audit partitions, with the first one's
+    /// flags, on ports of its own. Does not wait for it to be ready.
+    pub fn another_gateway(&self) -> anyhow::Result<Proc> {
+        let mut args = self.gateway.args.clone();
+        pin_flag(&mut args, "--listen", ANY);
+        pin_flag(&mut args, "--admin-listen", ANY);
+        Proc::spawn_with_env(&self.bin_dir, "sluice-gateway", &args, &self.options.env)
+    }
+
     /// The logging URLs, in partition order, comma-separated (as `--logging` takes them).
     pub fn logging_urls(&self) -> String {
         self.loggings().map(Proc::url).collect::<Vec<_>>().join(",")

@@ -37,8 +37,14 @@ pub struct Cli {
 pub enum Command {
     /// Drive a running gateway and print a report.
     Run(RunArgs),
-    /// Check a report's acknowledged ids against the audit log (via Logging/Read).
+    /// Check a report's acknowledged ids against the audit log (via Logging/Read): each at
+    /// its partition and offset, with its outcome's clock, and (with --causal) after the
+    /// clock it was sent after.
     Verify(VerifyArgs),
+    /// Print the audit log's one history: every partition merged by the gateways' hybrid
+    /// logical clocks (ties by partition, then offset); optionally one account's, or since
+    /// a time.
+    History(HistoryArgs),
     /// Show or change the faults in force on a service (risk, notification or logging)
     /// through its Control API; prints the faults now in force.
     Fault(crate::admin::fault::FaultArgs),
@@ -170,6 +176,12 @@ pub struct LoadArgs {
     /// sent.
     #[arg(long, env = "SLUICE_LOAD_CLIENT_THROTTLE", value_name = "K")]
     pub client_throttle: Option<f64>,
+    /// Send each account's transactions after its latest acknowledged one: each carries
+    /// `after_hlc` = the `hlc` of that account's latest OK outcome, so the gateways' hybrid
+    /// logical clocks order each account's history as this client saw it, across audit
+    /// partitions and gateways. `verify` checks the chains (report with --json).
+    #[arg(long, env = "SLUICE_LOAD_CAUSAL")]
+    pub causal: bool,
     #[command(flatten)]
     pub traces: TraceLinkArgs,
     #[command(flatten)]
@@ -245,6 +257,7 @@ impl LoadArgs {
             .client_id(self.client_id.clone())
             .priority_mix(self.priority_mix)
             .client_throttle(self.client_throttle)
+            .causal(self.causal)
             .trace_links(self.traces.jaeger_url.clone());
         if let Some(prefix) = &self.id_prefix {
             spec = spec.id_prefix(prefix);
@@ -282,6 +295,42 @@ pub struct VerifyArgs {
     /// --mesh-token or --mesh-token-file it was given).
     #[command(flatten)]
     pub mesh: sluice_core::auth::MeshTokenArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Logging service URLs, every partition's, comma-separated in partition order (as the
+    /// gateway's --logging).
+    #[arg(long, env = "SLUICE_LOGGING", default_value = "http://127.0.0.1:50054")]
+    pub logging: String,
+    /// Only this account's records.
+    #[arg(long)]
+    pub account: Option<String>,
+    /// Only records stamped this recently, e.g. 10m (by their clock's wall-clock part).
+    #[arg(long, value_parser = sluice_core::parse_duration)]
+    pub since: Option<Duration>,
+    /// The mesh token, when the logging service requires one for Read.
+    #[command(flatten)]
+    pub mesh: sluice_core::auth::MeshTokenArgs,
+}
+
+/// One line of `history`: clock (wall-clock time and logical count), where the record is,
+/// and what it says.
+pub fn history_line(r: &crate::report::audit::Located) -> String {
+    let e = &r.entry;
+    let ms = e.hlc >> 16;
+    let at = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms));
+    format!(
+        "{at} +{:<5} p{}/{:<8} {:<16} {:>12} {} {:<20} {}",
+        e.hlc & 0xFFFF,
+        r.partition,
+        e.offset,
+        e.account,
+        e.amount_minor,
+        e.currency,
+        e.merchant,
+        e.id
+    )
 }
 
 /// Runs a parsed command. `Ok(false)` means it ran but a check failed.
@@ -325,6 +374,29 @@ pub async fn execute(cli: Cli) -> anyhow::Result<bool> {
         Command::Fault(args) => {
             let now = crate::admin::fault::run(&args).await?;
             println!("{} {}", args.target, crate::admin::control::describe(&now));
+            Ok(true)
+        }
+        Command::History(args) => {
+            let token = args.mesh.resolve()?;
+            let all = crate::report::audit::history(&args.logging, token.as_deref()).await?;
+            let since_ms = args.since.map(|d| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                now.saturating_sub(d).as_millis() as u64
+            });
+            let mut shown = 0;
+            for r in all.iter().filter(|r| {
+                args.account.as_ref().is_none_or(|a| &r.entry.account == a)
+                    && since_ms.is_none_or(|from| r.entry.hlc >> 16 >= from)
+            }) {
+                println!("{}", history_line(r));
+                shown += 1;
+            }
+            eprintln!(
+                "{shown} of {} records, merged by (hlc, partition, offset)",
+                all.len()
+            );
             Ok(true)
         }
         Command::Verify(args) => {

@@ -46,10 +46,11 @@ pub mod gateway {
     pub const ADMIN_CONNECTIONS_REJECTED_TOTAL: &str =
         "sluice_gateway_admin_connections_rejected_total";
     pub const OTLP_SPANS_DROPPED_TOTAL: &str = "sluice_gateway_otlp_spans_dropped_total";
+    pub const CLOCK_REFUSED_TOTAL: &str = "sluice_gateway_clock_refused_total";
     pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "sluice_gateway_process_resident_memory_bytes";
 
     /// Every name above, for the check that the gateway serves them.
-    pub const ALL: [&str; 30] = [
+    pub const ALL: [&str; 31] = [
         INFLIGHT,
         TRANSACTIONS_TOTAL,
         REJECTED_TOTAL,
@@ -79,6 +80,7 @@ pub mod gateway {
         DOWNSTREAM_REPLICA_REQUESTS_TOTAL,
         ADMIN_CONNECTIONS_REJECTED_TOTAL,
         OTLP_SPANS_DROPPED_TOTAL,
+        CLOCK_REFUSED_TOTAL,
         PROCESS_RESIDENT_MEMORY_BYTES,
     ];
 }

@@ -30,6 +30,8 @@ const CORRELATION_ID: u32 = 1;
 const TRANSACTION: u32 = 2;
 const DEADLINE_UNIX_MS: u32 = 3;
 const SENT_UNIX_MICROS: u32 = 4;
+/// `AppendRequest` only: the gateway's clock for the transaction (never set on other hops).
+const HLC: u32 = 5;
 
 /// A transaction encoded once, without its trace context: shared by its hops.
 #[derive(Clone, Debug)]
@@ -53,6 +55,7 @@ pub struct Encoded<R> {
     correlation_id: u64,
     deadline_unix_ms: i64,
     sent_unix_micros: i64,
+    hlc: u64,
     request: PhantomData<fn() -> R>,
 }
 
@@ -64,6 +67,7 @@ impl<R> Clone for Encoded<R> {
             correlation_id: self.correlation_id,
             deadline_unix_ms: self.deadline_unix_ms,
             sent_unix_micros: self.sent_unix_micros,
+            hlc: self.hlc,
             request: PhantomData,
         }
     }
@@ -102,6 +106,7 @@ impl<R: HopRequest> Encoded<R> {
             correlation_id: 0,
             deadline_unix_ms,
             sent_unix_micros: 0,
+            hlc: 0,
             request: PhantomData,
         }
     }
@@ -122,6 +127,11 @@ impl<R: HopRequest> Encoded<R> {
 
     pub fn set_sent_unix_micros(&mut self, micros: i64) {
         self.sent_unix_micros = micros;
+    }
+
+    /// The gateway's clock for the transaction (field 5 of `AppendRequest`; 0: not sent).
+    pub fn set_hlc(&mut self, hlc: u64) {
+        self.hlc = hlc;
     }
 
     /// The generated message this encodes (for tests and diagnostics; the data path never
@@ -149,6 +159,9 @@ impl<R: HopRequest> Encoded<R> {
         if self.sent_unix_micros != 0 {
             len += encoding::int64::encoded_len(SENT_UNIX_MICROS, &self.sent_unix_micros);
         }
+        if self.hlc != 0 {
+            len += encoding::uint64::encoded_len(HLC, &self.hlc);
+        }
         len
     }
 
@@ -166,6 +179,9 @@ impl<R: HopRequest> Encoded<R> {
         }
         if self.sent_unix_micros != 0 {
             encoding::int64::encode(SENT_UNIX_MICROS, &self.sent_unix_micros, buf);
+        }
+        if self.hlc != 0 {
+            encoding::uint64::encode(HLC, &self.hlc, buf);
         }
     }
 }
@@ -229,6 +245,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             priority: 2,
+            after_hlc: 0,
         }
     }
 
@@ -257,6 +274,18 @@ mod tests {
         same_as_generated::<AppendRequest>(txn(&context));
         same_as_generated::<AppendRequest>(txn(&[]));
         same_as_generated::<RiskRequest>(Transaction::default());
+    }
+
+    #[test]
+    fn the_append_hop_carries_the_clock_as_its_generated_request() {
+        let mut t = txn(&[]);
+        t.after_hlc = 7;
+        let mut encoded = Encoded::<AppendRequest>::of(t.clone(), 0);
+        encoded.set_hlc(1_700_000_000_000 << 16 | 3);
+        let mut generated = AppendRequest::new(t, 0);
+        generated.hlc = 1_700_000_000_000 << 16 | 3;
+        assert_eq!(encoded.decode().expect("decodes"), generated);
+        assert_eq!(encoded.encoded_len(), generated.encoded_len());
     }
 
     #[test]

@@ -102,25 +102,7 @@ impl Mesh {
 
     /// Waits (on the gateway's health stream) until `mesh.v1.Gateway` reports `status`.
     pub async fn wait_gateway(&self, status: ServingStatus) {
-        let mut health = HealthClient::new(self.gateway_channel().await);
-        let watch = async {
-            let mut updates = health
-                .watch(HealthCheckRequest {
-                    service: "mesh.v1.Gateway".into(),
-                })
-                .await
-                .expect("health watch")
-                .into_inner();
-            while let Some(update) = updates.message().await.expect("health update") {
-                if update.status == status as i32 {
-                    return;
-                }
-            }
-            panic!("health stream ended");
-        };
-        tokio::time::timeout(Duration::from_secs(30), watch)
-            .await
-            .unwrap_or_else(|_| panic!("gateway never reported {status:?}"));
+        wait_gateway_at(&self.gateway.url(), status).await;
     }
 
     /// Restarts logging on its previous address and data directory.
@@ -163,6 +145,35 @@ impl Mesh {
     }
 }
 
+/// Waits (on its health stream) until the gateway at `url` reports `mesh.v1.Gateway`
+/// `status`.
+pub async fn wait_gateway_at(url: &str, status: ServingStatus) {
+    let channel = Channel::from_shared(url.to_string())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect to gateway");
+    let mut health = HealthClient::new(channel);
+    let watch = async {
+        let mut updates = health
+            .watch(HealthCheckRequest {
+                service: "mesh.v1.Gateway".into(),
+            })
+            .await
+            .expect("health watch")
+            .into_inner();
+        while let Some(update) = updates.message().await.expect("health update") {
+            if update.status == status as i32 {
+                return;
+            }
+        }
+        panic!("health stream ended");
+    };
+    tokio::time::timeout(Duration::from_secs(30), watch)
+        .await
+        .unwrap_or_else(|_| panic!("gateway {url} never reported {status:?}"));
+}
+
 /// A valid transaction with the given id, for an account of its own.
 pub fn txn(id: &str) -> Transaction {
     Transaction {
@@ -173,6 +184,7 @@ pub fn txn(id: &str) -> Transaction {
         merchant: "coffee-corner".into(),
         trace_context: Default::default(),
         priority: 0,
+        after_hlc: 0,
     }
 }
 

@@ -91,6 +91,7 @@ mod tests {
             merchant: "shop".into(),
             trace_context: Default::default(),
             priority: 0,
+            after_hlc: 0,
         }
     }
 

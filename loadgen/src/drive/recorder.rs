@@ -153,7 +153,7 @@ impl Recorder {
             Ok(outcome) => match &outcome.error {
                 Some(e) => (tonic::Code::from_i32(e.code), e.message.as_str()),
                 None => {
-                    self.record_ok(outcome);
+                    self.record_ok(outcome, txn.after_hlc);
                     (tonic::Code::Ok, "")
                 }
             },
@@ -180,7 +180,7 @@ impl Recorder {
         }
     }
 
-    fn record_ok(&mut self, outcome: &Outcome) {
+    fn record_ok(&mut self, outcome: &Outcome, after_hlc: u64) {
         self.ok += 1;
         let decision = Decision::try_from(outcome.decision).unwrap_or_default();
         *self
@@ -196,6 +196,8 @@ impl Recorder {
             id: outcome.id.clone(),
             offset: outcome.audit_offset,
             partition: outcome.audit_partition,
+            hlc: outcome.hlc,
+            after_hlc,
         });
     }
 

@@ -180,6 +180,10 @@ pub struct LoadSpec {
     /// Each transaction's priority drawn from this mix, and the report broken down by
     /// priority; `None` leaves every priority unset (DEFAULT) and the report whole.
     pub priority_mix: Option<PriorityMix>,
+    /// Send each account's transactions after its latest acknowledged one
+    /// (`Transaction.after_hlc` = that outcome's `hlc`), so the gateway's clocks order each
+    /// account's history as this client saw it (`verify` checks it).
+    pub causal: bool,
     /// Unary mode: client-side adaptive throttling with this K (requests the gateway may
     /// see per call it accepts; see [`crate::drive::throttle`]); `None` sends every call.
     pub client_throttle: Option<f64>,
@@ -201,6 +205,7 @@ impl Default for LoadSpec {
             timeout: DEFAULT_TIMEOUT,
             progress: false,
             narrator: None,
+            causal: false,
             seed: DEFAULT_SEED,
             id_prefix: random_prefix(),
             wait_ready: true,
@@ -327,6 +332,12 @@ impl LoadSpecBuilder {
 
     pub fn progress(mut self, progress: bool) -> Self {
         self.0.progress = progress;
+        self
+    }
+
+    /// Chains each account's transactions with `after_hlc` (see [`LoadSpec::causal`]).
+    pub fn causal(mut self, causal: bool) -> Self {
+        self.0.causal = causal;
         self
     }
 

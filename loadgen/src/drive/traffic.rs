@@ -156,6 +156,7 @@ impl Traffic {
             merchant,
             trace_context: Default::default(),
             priority: priority as i32,
+            after_hlc: 0,
         };
         let invalid = self.invalid_ratio > 0.0 && rng.random_bool(self.invalid_ratio.min(1.0));
         if invalid {

@@ -39,6 +39,16 @@ pub struct Acked {
     /// Reports written before partitions existed have none: partition 0.
     #[serde(default)]
     pub partition: u32,
+    /// The clock its outcome carried (`Outcome.hlc`); 0 from a gateway without clocks.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hlc: u64,
+    /// The clock it was sent after (`--causal`); 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub after_hlc: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Which transaction a result belongs to: its id, the trace it carried, and what places it
@@ -53,6 +63,8 @@ pub struct Sent<'a> {
     /// Its intended send time, from the start of the run: which step of the schedule it
     /// belongs to.
     pub due: Duration,
+    /// The clock it was sent after (`--causal`; 0: none).
+    pub after_hlc: u64,
 }
 
 /// Most schedule segments the report breaks down step by step (each costs one histogram of

@@ -15,6 +15,7 @@ fn sent(id: &str, trace: Option<u128>) -> Sent<'_> {
         trace_id: trace.map(TraceId::from),
         priority: Priority::Default,
         due: Duration::ZERO,
+        after_hlc: 0,
     }
 }
 
@@ -185,6 +186,7 @@ fn priorities_and_steps_each_get_their_figures() {
         let txn = Sent {
             priority: Priority::Critical,
             due: Duration::from_millis(100 * i - 50),
+            after_hlc: 0,
             ..sent(&o.id, None)
         };
         r.record(txn, Ok(&o), Duration::from_millis(i));
@@ -197,6 +199,7 @@ fn priorities_and_steps_each_get_their_figures() {
         let txn = Sent {
             priority: Priority::Sheddable,
             due: Duration::from_millis(1500),
+            after_hlc: 0,
             ..sent(&o.id, None)
         };
         let result = if i < 10 { Ok(&o) } else { Err(&refused) };
@@ -205,6 +208,7 @@ fn priorities_and_steps_each_get_their_figures() {
     r.record_no_outcome(
         Sent {
             due: Duration::from_millis(1900),
+            after_hlc: 0,
             ..sent("lost", None)
         },
         "its stream ended first",

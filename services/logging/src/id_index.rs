@@ -1,4 +1,4 @@
-//! The audit log's index from transaction id to offset and payload digest, split into
+//! The audit log's index from transaction id to offset, payload digest and clock, split into
 //! [`SHARDS`] maps so that growing it never stalls the writer.
 //!
 //! One `HashMap` doubles when it fills, moving every entry at once on the writer thread,
@@ -14,8 +14,9 @@ use crate::frame::PayloadDigest;
 /// Maps the index is split into. A power of two; the shard is the top bits of the id's hash.
 pub(crate) const SHARDS: usize = 256;
 
-/// What the index knows of one id: its offset and the digest of its payload.
-pub(crate) type Indexed = (u64, PayloadDigest);
+/// What the index knows of one id: its offset, the digest of its payload, and the clock
+/// it was stamped with (a replay answers with it).
+pub(crate) type Indexed = (u64, PayloadDigest, u64);
 
 pub(crate) struct IdIndex {
     shards: Vec<HashMap<String, Indexed>>,
@@ -63,13 +64,13 @@ mod tests {
     fn finds_what_was_inserted_and_forgets_what_was_removed() {
         let mut index = IdIndex::new();
         for i in 0..1000u64 {
-            index.insert(format!("txn-{i}"), (i + 1, [i as u8; 32]));
+            index.insert(format!("txn-{i}"), (i + 1, [i as u8; 32], 0));
         }
         assert_eq!(index.len(), 1000);
-        assert_eq!(index.get("txn-7"), Some(&(8, [7; 32])));
+        assert_eq!(index.get("txn-7"), Some(&(8, [7; 32], 0)));
         index.remove("txn-7");
         assert_eq!(index.get("txn-7"), None);
-        assert_eq!(index.get("txn-8"), Some(&(9, [8; 32])));
+        assert_eq!(index.get("txn-8"), Some(&(9, [8; 32], 0)));
         assert_eq!(index.len(), 999);
     }
 
@@ -79,7 +80,7 @@ mod tests {
         let mut index = IdIndex::new();
         let n = 200_000;
         for i in 0..n {
-            index.insert(format!("lg-{i}"), (i as u64, [0; 32]));
+            index.insert(format!("lg-{i}"), (i as u64, [0; 32], 0));
         }
         let fullest = index.shards.iter().map(HashMap::len).max().unwrap();
         assert!(fullest < 2 * n / SHARDS, "fullest shard {fullest}");

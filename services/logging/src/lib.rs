@@ -95,11 +95,12 @@ fn trace_id(txn: &Transaction) -> String {
 /// One Append message: the work the pool runs.
 async fn append(log: AuditLog, partition: Partition, request: AppendRequest) -> AppendAck {
     let correlation_id = request.correlation_id;
-    match store(&log, partition, request.transaction).await {
+    match store(&log, partition, request.transaction, request.hlc).await {
         Ok(appended) => AppendAck {
             correlation_id,
             offset: appended.offset,
             duplicate: appended.duplicate,
+            hlc: appended.hlc,
             error: None,
         },
         Err(refused) => AppendAck::failed(correlation_id, &refused.into()),
@@ -110,6 +111,7 @@ async fn store(
     log: &AuditLog,
     partition: Partition,
     txn: Option<Transaction>,
+    hlc: u64,
 ) -> Result<Appended, Refused> {
     let txn = txn.ok_or(Refused::Missing)?;
     validate::transaction(&txn)?;
@@ -130,6 +132,7 @@ async fn store(
         currency: txn.currency,
         merchant: txn.merchant,
         appended_unix_ms: deadline::now_unix_ms(),
+        hlc,
         ..Default::default()
     };
     Ok(log.append(record).await?)

@@ -485,6 +485,7 @@ async fn tiny_messages_to_a_stalled_reader_do_not_reset_connections() {
         merchant: "m".into(),
         trace_context: Default::default(),
         priority: 0,
+        after_hlc: 0,
     };
     // One message per DATA frame: sent one at a time, paced so the encoder never batches.
     const SENT: usize = 6000;

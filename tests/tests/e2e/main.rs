@@ -4,6 +4,7 @@ mod admin_token;
 mod api;
 mod audit;
 mod backpressure;
+mod causal;
 mod chaos;
 mod connections;
 mod control;

@@ -282,6 +282,8 @@ async fn a_down_audit_partition_fails_only_its_own_transactions() {
             id,
             offset: o.audit_offset,
             partition: o.audit_partition,
+            hlc: 0,
+            after_hlc: 0,
         });
     }
     assert!(acked.iter().any(|a| a.partition == 1) && acked.iter().any(|a| a.partition == 0));
@@ -305,6 +307,8 @@ async fn a_down_audit_partition_fails_only_its_own_transactions() {
                     id,
                     offset: o.audit_offset,
                     partition: 0,
+                    hlc: 0,
+                    after_hlc: 0,
                 });
             }
             Err(status) => {
@@ -330,6 +334,8 @@ async fn a_down_audit_partition_fails_only_its_own_transactions() {
             id,
             offset: o.audit_offset,
             partition: 1,
+            hlc: 0,
+            after_hlc: 0,
         });
     }
     let check = sluice_lab::loadgen::report::audit::check(&mesh.logging_urls(), &acked)

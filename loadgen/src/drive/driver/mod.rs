@@ -123,6 +123,7 @@ pub async fn run_with(
         client_id,
         throttle: spec.client_throttle.map(|k| Throttle::new(k, start)),
         throttled: AtomicU64::new(0),
+        causal: spec.causal.then(Mutex::default),
     });
     let timeline = tokio::spawn(timeline(
         shared.clone(),

@@ -31,6 +31,10 @@ pub(super) struct Pending {
     pub(super) trace_id: Option<TraceId>,
     /// Its priority, for the report's breakdown by priority.
     pub(super) priority: Priority,
+    /// The clock it was sent after (`--causal`; 0: none), and its account, whose chain its
+    /// outcome's clock extends.
+    pub(super) after_hlc: u64,
+    pub(super) chained: Option<String>,
 }
 
 /// The trace id of the `traceparent` a transaction carries (W3C: `00-<trace id>-<parent
@@ -73,6 +77,9 @@ pub(super) struct Shared {
     pub(super) throttle: Option<Throttle>,
     /// Calls the throttle refused (never sent).
     pub(super) throttled: AtomicU64,
+    /// With `--causal`: each account's latest acknowledged clock, which its next
+    /// transaction is sent after. One entry per account the traffic uses (a fixed set).
+    pub(super) causal: Option<Mutex<HashMap<String, u64>>>,
 }
 
 /// What happened during the current second of the timeline.
@@ -131,8 +138,22 @@ impl Shared {
             span,
             trace_id: trace_id_sent(txn),
             priority: Priority::try_from(txn.priority).unwrap_or_default(),
+            after_hlc: txn.after_hlc,
+            chained: self.causal.as_ref().map(|_| txn.account.clone()),
         };
         self.pending_map().insert(txn.id.clone(), pending);
+    }
+
+    /// With `--causal`: `txn` is sent after its account's latest acknowledged clock.
+    pub(super) fn chain(&self, txn: &mut Transaction) {
+        if let Some(last) = &self.causal {
+            txn.after_hlc = last
+                .lock()
+                .expect("causal lock")
+                .get(&txn.account)
+                .copied()
+                .unwrap_or(0);
+        }
     }
 
     /// Which transaction `p` (pending as `id`) is, for the recorder.
@@ -142,6 +163,7 @@ impl Shared {
             trace_id: p.trace_id,
             priority: p.priority,
             due: p.intended.saturating_duration_since(self.start),
+            after_hlc: p.after_hlc,
         }
     }
 
@@ -157,6 +179,14 @@ impl Shared {
             return false;
         };
         end_client_span(&p.span, result);
+        if let (Some(last), Some(account), Ok(outcome)) = (&self.causal, &p.chained, result)
+            && outcome.error.is_none()
+            && outcome.hlc != 0
+        {
+            let mut last = last.lock().expect("causal lock");
+            let latest = last.entry(account.clone()).or_default();
+            *latest = (*latest).max(outcome.hlc);
+        }
         if let (Some(signal), Ok(outcome)) = (&self.outcomes, result) {
             signal.observe(outcome);
         }

@@ -54,6 +54,7 @@ pub(super) async fn drive_stream(
     let mut n = 0usize;
     'sending: while let Some((intended, slot)) = schedule.next(&shared).await {
         let (mut txn, span) = traced(traffic.next_transaction().0, "SubmitStream");
+        shared.chain(&mut txn);
         let id = txn.id.clone();
         // Pending before it is sent: its outcome may come back before `send` returns.
         shared.begin(&txn, intended, slot, span);

@@ -41,7 +41,8 @@ pub(super) async fn drive_unary(
             drop(slot);
             continue;
         }
-        let (txn, span) = traced(traffic.next_transaction().0, "Submit");
+        let (mut txn, span) = traced(traffic.next_transaction().0, "Submit");
+        shared.chain(&mut txn);
         let mut client = clients[n % clients.len()].clone();
         n += 1;
         let shared = shared.clone();

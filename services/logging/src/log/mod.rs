@@ -149,6 +149,8 @@ pub struct Appended {
     pub offset: u64,
     /// True when the id was already in the log with the same payload and nothing was written.
     pub duplicate: bool,
+    /// The record's clock: this append's, or the original's for a replay.
+    pub hlc: u64,
 }
 
 /// Fields of one record; the log assigns `offset` and `payload_digest`.

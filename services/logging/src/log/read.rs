@@ -122,7 +122,10 @@ pub(super) fn recover(
         } else {
             index.positions.push(pos);
             index.records += 1;
-            by_id.insert(entry.id.clone(), (entry.offset, frame::digest_of(entry)));
+            by_id.insert(
+                entry.id.clone(),
+                (entry.offset, frame::digest_of(entry), entry.hlc),
+            );
         }
     })?;
     Ok((scan, by_id, index))

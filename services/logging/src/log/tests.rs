@@ -20,21 +20,24 @@ async fn offsets_start_at_one_and_ids_are_idempotent() {
         log.append(record("a")).await.unwrap(),
         Appended {
             offset: 1,
-            duplicate: false
+            duplicate: false,
+            hlc: 0
         }
     );
     assert_eq!(
         log.append(record("b")).await.unwrap(),
         Appended {
             offset: 2,
-            duplicate: false
+            duplicate: false,
+            hlc: 0
         }
     );
     assert_eq!(
         log.append(record("a")).await.unwrap(),
         Appended {
             offset: 1,
-            duplicate: true
+            duplicate: true,
+            hlc: 0
         }
     );
     assert_eq!(log.len(), 2);
@@ -47,6 +50,45 @@ async fn offsets_start_at_one_and_ids_are_idempotent() {
     );
     assert_eq!(log.read(2, 10).unwrap().len(), 1);
     assert!(log.read(3, 10).unwrap().is_empty());
+}
+
+/// A record keeps the clock it was appended with, across a restart, and a replay answers
+/// with it; a log written before clocks (its records carry none: field 11 absent, which
+/// decodes as 0) opens, reads and replays with clock 0.
+#[tokio::test]
+async fn a_record_keeps_its_clock_and_records_from_before_clocks_read_as_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path());
+        log.append(record("old")).await.unwrap();
+        let mut stamped = record("new");
+        stamped.hlc = 1_700_000_000_000 << 16 | 9;
+        assert_eq!(
+            log.append(stamped).await.unwrap().hlc,
+            1_700_000_000_000 << 16 | 9
+        );
+        log.close();
+    }
+    // "old" is on disk as a record from before clocks: protobuf writes no field for a 0,
+    // so its bytes are what the code before clocks wrote.
+    let log = open(dir.path());
+    let read = log.read(1, 10).unwrap();
+    assert_eq!(
+        read.iter()
+            .map(|e| (e.id.as_str(), e.hlc))
+            .collect::<Vec<_>>(),
+        vec![("old", 0), ("new", 1_700_000_000_000 << 16 | 9)]
+    );
+    let mut again = record("new");
+    again.hlc = 1_800_000_000_000 << 16;
+    let replay = log.append(again).await.unwrap();
+    assert!(replay.duplicate);
+    assert_eq!(
+        replay.hlc,
+        1_700_000_000_000 << 16 | 9,
+        "the stored clock, not the replay's"
+    );
+    assert_eq!(log.append(record("old")).await.unwrap().hlc, 0);
 }
 
 #[tokio::test]
@@ -93,14 +135,16 @@ async fn reopen_recovers_index_and_cuts_torn_tail() {
         log.append(record("t3")).await.unwrap(),
         Appended {
             offset: 4,
-            duplicate: true
+            duplicate: true,
+            hlc: 0
         }
     );
     assert_eq!(
         log.append(record("new")).await.unwrap(),
         Appended {
             offset: 11,
-            duplicate: false
+            duplicate: false,
+            hlc: 0
         }
     );
     assert_eq!(log.read(11, 1).unwrap()[0].id, "new");
@@ -238,7 +282,8 @@ async fn a_flipped_bit_in_the_last_acknowledged_record_is_damage_not_a_torn_tail
         log.append(record("t9")).await.unwrap(),
         Appended {
             offset: 4,
-            duplicate: false
+            duplicate: false,
+            hlc: 0
         },
         "offset 3 is never handed to another transaction"
     );
@@ -270,7 +315,8 @@ async fn a_write_torn_past_the_recovery_point_is_cut_silently() {
         log.append(record("t3")).await.unwrap(),
         Appended {
             offset: 4,
-            duplicate: false
+            duplicate: false,
+            hlc: 0
         }
     );
 }
@@ -350,14 +396,16 @@ async fn repair_then_open_keeps_every_valid_offset() {
         again,
         Appended {
             offset: 101,
-            duplicate: false
+            duplicate: false,
+            hlc: 0
         }
     );
     assert_eq!(
         log.append(record("t0")).await.unwrap(),
         Appended {
             offset: 1,
-            duplicate: true
+            duplicate: true,
+            hlc: 0
         }
     );
 }
@@ -491,7 +539,8 @@ async fn same_id_other_payload_conflicts_and_writes_nothing() {
         log.append(alice.clone()).await.unwrap(),
         Appended {
             offset: 1,
-            duplicate: true
+            duplicate: true,
+            hlc: 0
         }
     );
     assert_eq!(log.len(), 1);

@@ -166,11 +166,12 @@ impl Writer {
             let r = &mut job.record;
             let digest =
                 frame::payload_digest(&r.account, r.amount_minor, &r.currency, &r.merchant);
-            if let Some(&(offset, logged)) = self.by_id.get(&r.id) {
+            if let Some(&(offset, logged, hlc)) = self.by_id.get(&r.id) {
                 staged.results.push(if logged == digest {
                     Ok(Appended {
                         offset,
                         duplicate: true,
+                        hlc,
                     })
                 } else {
                     Err(AuditError::Conflict)
@@ -185,12 +186,13 @@ impl Writer {
             match frame::encode(r, buf) {
                 Ok(()) => {
                     self.next_offset += 1;
-                    self.by_id.insert(r.id.clone(), (offset, digest));
+                    self.by_id.insert(r.id.clone(), (offset, digest, r.hlc));
                     staged.ids.push(r.id.clone());
                     staged.positions.push(pos);
                     staged.results.push(Ok(Appended {
                         offset,
                         duplicate: false,
+                        hlc: r.hlc,
                     }));
                 }
                 Err(e) => staged.results.push(Err(e.into())),
