@@ -8,8 +8,10 @@
 //! replicas) what the gateway holds for it against its bound, the time its streams waited
 //! for HTTP/2 window, its reply rate and round-trip p99; the degradation level and the
 //! bottleneck hop; where a transaction's time at the gateway went (the p99 of each stage:
-//! accept, admission, mesh, delivery). Rates and p99s are differences between one connection's consecutive
-//! snapshots. At most [`MAX_VIEWERS`] event streams at once; more are refused 503.
+//! accept, admission, mesh, delivery). Rates and p99s are differences between consecutive
+//! snapshots. The open maps share one snapshot per half interval (the registry is encoded
+//! and parsed once, however many watch); at most [`MAX_VIEWERS`] event streams at once; more
+//! are refused 503.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -41,6 +43,45 @@ struct MapState {
     viewers: Arc<Semaphore>,
     /// The samples behind the last `/pressure` answer: the next one's rates are since then.
     last: Arc<Mutex<Option<(Instant, GatewaySamples)>>>,
+    /// The latest snapshot every open map is sent: encoded, parsed and serialized at most
+    /// once per half [`MAP_INTERVAL`], however many maps are open.
+    shared: Arc<Mutex<Option<Shared>>>,
+}
+
+/// One snapshot the open maps share, and the samples behind it (the next one's rates are
+/// since then).
+struct Shared {
+    at: Instant,
+    samples: GatewaySamples,
+    json: Arc<str>,
+}
+
+impl MapState {
+    /// The latest snapshot as JSON: the shared one while it is younger than half an
+    /// interval, else a new one, its rates since the previous (within [`RATE_HORIZON`]).
+    fn shared_snapshot(&self) -> Arc<str> {
+        let now = Instant::now();
+        let mut shared = self.shared.lock().expect("map lock");
+        if let Some(s) = shared.as_ref()
+            && now.duration_since(s.at) < MAP_INTERVAL / 2
+        {
+            return s.json.clone();
+        }
+        let samples = GatewaySamples::parse(&self.metrics.encode());
+        let previous = shared
+            .as_ref()
+            .map(|s| (now.duration_since(s.at), &s.samples))
+            .filter(|(ago, _)| *ago <= RATE_HORIZON && !ago.is_zero());
+        let json: Arc<str> = serde_json::to_string(&Snapshot::of(&samples, previous))
+            .unwrap_or_default()
+            .into();
+        *shared = Some(Shared {
+            at: now,
+            samples,
+            json: json.clone(),
+        });
+        json
+    }
 }
 
 /// The map's routes, to be served beside `/metrics`.
@@ -53,6 +94,7 @@ pub fn routes(metrics: Metrics) -> Router {
             metrics,
             viewers: Arc::new(Semaphore::new(MAX_VIEWERS)),
             last: Arc::default(),
+            shared: Arc::default(),
         })
 }
 
@@ -100,21 +142,36 @@ async fn events(State(state): State<MapState>) -> Response {
         let _viewer = viewer;
         let mut tick = tokio::time::interval(MAP_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut previous: Option<(Instant, GatewaySamples)> = None;
         loop {
             tick.tick().await;
-            let now = Instant::now();
-            let samples = GatewaySamples::parse(&state.metrics.encode());
-            let snapshot = Snapshot::of(
-                &samples,
-                previous.as_ref().map(|(at, p)| (now.duration_since(*at), p)),
-            );
-            let data = serde_json::to_string(&snapshot).unwrap_or_default();
-            previous = Some((now, samples));
-            yield Ok::<_, Infallible>(Event::default().data(data));
+            let data = state.shared_snapshot();
+            yield Ok::<_, Infallible>(Event::default().data(&*data));
         }
     };
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_maps_share_one_snapshot_per_half_interval() {
+        let state = MapState {
+            metrics: Metrics::new(prometheus_client::registry::Registry::default()),
+            viewers: Arc::new(Semaphore::new(MAX_VIEWERS)),
+            last: Arc::default(),
+            shared: Arc::default(),
+        };
+        let first = state.shared_snapshot();
+        let again = state.shared_snapshot();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "a second viewer within the interval reuses it"
+        );
+        let snapshot: Snapshot = serde_json::from_str(&first).expect("the shared type");
+        assert!(snapshot.ingress.rate.is_none(), "no previous: no rates");
+    }
 }
