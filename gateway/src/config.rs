@@ -60,12 +60,17 @@ pub struct Config {
     /// transaction's partition is a fixed hash of its id, so keep the count fixed.
     #[arg(long, env = "SLUICE_LOGGING", default_value = DEFAULT_LOGGING_URL)]
     pub logging: String,
-    /// Furthest a client's `after_hlc` may be ahead of this gateway's clock (the larger of
-    /// its wall clock and its hybrid logical clock), e.g. 500ms; beyond it the transaction
-    /// is refused INVALID_ARGUMENT (`clock_refused_total`), so no client drags the clock
-    /// into the future. Keep it above the gateways' wall-clock skew.
+    /// Furthest a client's `after_hlc` may be ahead of this gateway's wall clock, e.g.
+    /// 500ms (at most 1h); beyond it (and past this gateway's own clock, whose outcomes are
+    /// always accepted back) the transaction is refused INVALID_ARGUMENT
+    /// (`clock_refused_total`), so no client drags the clock into the future. Keep it above
+    /// the gateways' wall-clock skew.
     #[arg(long, env = "SLUICE_MAX_CLOCK_OFFSET", default_value_t = HumanDuration(crate::hlc::DEFAULT_MAX_CLOCK_OFFSET))]
     pub max_clock_offset: HumanDuration,
+    /// Tests only: run the hybrid logical clock this far behind the system's wall clock, as
+    /// a gateway on a slow machine would.
+    #[arg(long, env = "SLUICE_TEST_CLOCK_BEHIND", hide = true)]
+    pub test_clock_behind: Option<HumanDuration>,
     /// How often downstream host names are resolved again, e.g. 5s.
     #[arg(long, env = "SLUICE_RESOLVE_INTERVAL", default_value_t = HumanDuration(downstream::replicas::DEFAULT_RESOLVE_INTERVAL))]
     pub resolve_interval: HumanDuration,
@@ -294,6 +299,13 @@ impl Config {
                 format!("must be above 0 and at most {MAX_AFFINITY_EPSILON}"),
             ));
         }
+        if self.max_clock_offset.0 > crate::hlc::MAX_MAX_CLOCK_OFFSET {
+            return Err(BadFlag::new(
+                "max-clock-offset",
+                self.max_clock_offset,
+                "must be at most 1h",
+            ));
+        }
         let overload = self.overload()?;
         let logging = targets("logging", &self.logging)?;
         if logging.len() > MAX_PARTITIONS {
@@ -318,6 +330,7 @@ impl Config {
             notification_routing: Routing::Balance(self.balance),
             resolve_interval: self.resolve_interval.0.max(MIN_RESOLVE_INTERVAL),
             max_clock_offset: self.max_clock_offset.0,
+            clock_behind: self.test_clock_behind.map(|d| d.0),
             h2: self.server.h2.clone(),
             windows: self.downstream_windows.clone(),
             notification_downstream: DownstreamConfig {
@@ -428,6 +441,8 @@ pub struct Settings {
     pub resolve_interval: Duration,
     /// `--max-clock-offset`.
     pub max_clock_offset: Duration,
+    /// `--test-clock-behind`.
+    pub clock_behind: Option<Duration>,
     h2: sluice_core::h2::H2Settings,
     windows: sluice_core::h2::DownstreamWindows,
     /// Risk's and logging's stream clients.

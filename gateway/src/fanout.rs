@@ -137,6 +137,8 @@ pub struct Dispatched {
     audit: ReplyFuture<AppendRequest>,
     audit_partition: u32,
     notification: NotificationStatus,
+    /// The gateway's clock: a replay's stored clock (any gateway's) moves it.
+    clock: Arc<Hlc>,
 }
 
 impl Fanout {
@@ -274,6 +276,7 @@ impl Fanout {
             audit,
             audit_partition,
             notification,
+            clock: self.clock.clone(),
         })
     }
 
@@ -422,13 +425,24 @@ impl Dispatched {
             Err(_) => Err(Status::deadline_exceeded(
                 "deadline passed waiting for risk and logging",
             )),
-            Ok((risk, audit)) => Self::join(
-                self.id,
-                self.notification,
-                self.audit_partition,
-                risk,
-                audit,
-            ),
+            Ok((risk, audit)) => {
+                let outcome = Self::join(
+                    self.id,
+                    self.notification,
+                    self.audit_partition,
+                    risk,
+                    audit,
+                );
+                // A replay answers with the clock its record was stamped with, perhaps by
+                // another gateway: this one moves to it, so it accepts that clock back as
+                // an `after_hlc` and what it stamps next comes after.
+                if let Ok(o) = &outcome
+                    && o.replayed
+                {
+                    self.clock.witness(o.hlc);
+                }
+                outcome
+            }
         };
         (result, replied)
     }

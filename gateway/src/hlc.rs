@@ -10,10 +10,16 @@
 //! the addition carries into the physical part — the clock then runs ahead of the wall
 //! clock by what that load needs, and the wall clock catches up.
 //!
-//! A received clock further ahead than the maximum offset of max(wall clock, this clock)
-//! is refused ([`Hlc::check`], CockroachDB's rule): a client cannot drag every gateway's
-//! clock into the future. Measuring against this clock too means the gateway never refuses
-//! its own earlier outcomes after its wall clock stepped back.
+//! A received clock is refused ([`Hlc::check`]) when it is past this clock and further
+//! ahead of the wall clock than the maximum offset (CockroachDB's rule): a client cannot
+//! drag the clock into the future, not even step by step (the bound is the wall clock, not
+//! this clock, which an accepted clock moves). One at or below this clock is always
+//! accepted, so the gateway never refuses its own earlier outcomes — after its wall clock
+//! stepped back, or after a burst ran its logical part into the next milliseconds.
+//!
+//! The clock lives in the process: a restarted gateway starts from its wall clock. A
+//! client's chain still holds across the restart (its `after_hlc` moves the new clock past
+//! it); the gateway's own stamps are increasing within one run.
 //!
 //! One word, one compare-and-swap: no lock on the data path.
 
@@ -23,6 +29,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Default `--max-clock-offset`.
 pub const DEFAULT_MAX_CLOCK_OFFSET: Duration = Duration::from_millis(500);
+/// Largest `--max-clock-offset`: past it the bound bounds nothing.
+pub const MAX_MAX_CLOCK_OFFSET: Duration = Duration::from_secs(3600);
 
 /// Bits of the logical counter.
 const LOGICAL_BITS: u32 = 16;
@@ -90,6 +98,16 @@ impl Hlc {
         Self::with_wall(max_offset, Arc::new(system_ms))
     }
 
+    /// A clock whose wall reads `behind` less than the system's: a gateway on a machine
+    /// whose clock is slow (the end-to-end tests' hook, `--test-clock-behind`).
+    pub fn behind(max_offset: Duration, behind: Duration) -> Self {
+        let behind = behind.as_millis() as u64;
+        Self::with_wall(
+            max_offset,
+            Arc::new(move || system_ms().saturating_sub(behind)),
+        )
+    }
+
     /// A clock reading the wall from `wall` (Unix ms): tests step it back and forth.
     pub fn with_wall(max_offset: Duration, wall: Wall) -> Self {
         Self {
@@ -99,14 +117,13 @@ impl Hlc {
         }
     }
 
-    /// Refuses `after` (0: none) when it is further ahead than the maximum offset of both
-    /// the wall clock and this clock.
+    /// Refuses `after` (0: none) when it is past this clock and more than the maximum
+    /// offset ahead of the wall clock (whole milliseconds: up to 1 ms more passes).
     pub fn check(&self, after: u64) -> Result<(), TooFarAhead> {
-        if after == 0 {
+        if after <= self.last.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let here = physical_ms(self.last.load(Ordering::Relaxed)).max((self.wall)());
-        let ahead_ms = physical_ms(after).saturating_sub(here);
+        let ahead_ms = physical_ms(after).saturating_sub((self.wall)());
         if ahead_ms > self.max_offset_ms {
             return Err(TooFarAhead {
                 after,
@@ -134,8 +151,9 @@ impl Hlc {
         }
     }
 
-    /// Moves this clock past `seen` (a clock read back from elsewhere, e.g. a replay's
-    /// stored one), so what this gateway stamps next comes after it.
+    /// Moves this clock to at least `seen` (a clock read back from elsewhere: a replay's
+    /// stored one, stamped by any gateway), so this gateway accepts it back as `after_hlc`
+    /// and stamps what comes next after it.
     pub fn witness(&self, seen: u64) {
         self.last.fetch_max(seen, Ordering::AcqRel);
     }
@@ -205,19 +223,32 @@ mod tests {
     }
 
     #[test]
-    fn a_received_clock_is_passed_unless_too_far_ahead() {
+    fn a_received_clock_is_passed_unless_too_far_ahead_of_the_wall() {
         let (_, wall) = settable(10_000);
         let clock = Hlc::with_wall(Duration::from_millis(500), wall);
         let ahead = of_ms(10_400) + 7;
         assert_eq!(clock.check(ahead), Ok(()));
         assert!(clock.stamp(ahead) > ahead);
-        let far = of_ms(10_401 + 500);
+        let far = of_ms(10_501);
         let err = clock.check(far).unwrap_err();
         assert_eq!(err.max_ms, 500);
         assert!(err.to_string().contains("--max-clock-offset"), "{err}");
-        // Measured against this clock too: once it has moved ahead, so may its clients.
-        clock.witness(of_ms(10_900));
-        assert_eq!(clock.check(far), Ok(()));
+        // No creeping: an accepted clock moves this one, but the bound stays the wall's.
+        let mut step = ahead;
+        for _ in 0..10 {
+            step = clock.stamp(step) + of_ms(400);
+            if clock.check(step).is_err() {
+                break;
+            }
+        }
+        assert!(
+            clock.check(step).is_err(),
+            "stepping 400 ms at a time stops at the bound"
+        );
+        // A clock at or below this one is always its own past: accepted.
+        clock.witness(of_ms(20_000));
+        assert_eq!(clock.check(of_ms(20_000)), Ok(()));
+        assert!(clock.check(of_ms(20_000) + 1).is_err());
     }
 
     #[test]

@@ -95,7 +95,10 @@ pub async fn serve(
     let workers = started.workers;
     let risk = Route::new(risk, settings.risk_routing);
     let notification = Route::new(notification, settings.notification_routing);
-    let clock = std::sync::Arc::new(hlc::Hlc::new(settings.max_clock_offset));
+    let clock = std::sync::Arc::new(match settings.clock_behind {
+        None => hlc::Hlc::new(settings.max_clock_offset),
+        Some(behind) => hlc::Hlc::behind(settings.max_clock_offset, behind),
+    });
     let fanout = Fanout::new(risk, logging, notification, clock, &mut registry);
     if settings.unbounded_for_comparison {
         tracing::warn!(

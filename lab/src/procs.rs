@@ -381,9 +381,10 @@ impl ProcMesh {
     }
 
     /// Another gateway over the same services and audit partitions, with the first one's
-    /// flags, on ports of its own. Does not wait for it to be ready.
-    pub fn another_gateway(&self) -> anyhow::Result<Proc> {
+    /// flags and `extra`, on ports of its own. Does not wait for it to be ready.
+    pub fn another_gateway(&self, extra: &[&str]) -> anyhow::Result<Proc> {
         let mut args = self.gateway.args.clone();
+        args.extend(extra.iter().map(|a| a.to_string()));
         pin_flag(&mut args, "--listen", ANY);
         pin_flag(&mut args, "--admin-listen", ANY);
         Proc::spawn_with_env(&self.bin_dir, "sluice-gateway", &args, &self.options.env)

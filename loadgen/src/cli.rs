@@ -319,7 +319,13 @@ pub struct HistoryArgs {
 pub fn history_line(r: &crate::report::audit::Located) -> String {
     let e = &r.entry;
     let ms = e.hlc >> 16;
-    let at = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms));
+    // Before year 10000 as a time; a clock past it (nothing a gateway stamps) as a number.
+    let at = if ms < 253_402_300_800_000 {
+        humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+            .to_string()
+    } else {
+        format!("{ms} ms")
+    };
     format!(
         "{at} +{:<5} p{}/{:<8} {:<16} {:>12} {} {:<20} {}",
         e.hlc & 0xFFFF,

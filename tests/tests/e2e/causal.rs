@@ -56,12 +56,11 @@ async fn drive(gateways: &[String]) -> BTreeMap<(usize, usize), Outcome> {
             let mine: Vec<usize> = (0..ACCOUNTS).filter(|a| a % CLIENTS == c).collect();
             let mut last: HashMap<usize, u64> = HashMap::new();
             let mut out = Vec::new();
-            let mut turn = c;
             for n in 0..PER_ACCOUNT {
                 for &a in &mine {
                     let after = last.get(&a).copied().unwrap_or(0);
-                    turn += 1;
-                    let gw = &mut clients[turn % gateways.len()];
+                    // With two gateways, each account alternates between them.
+                    let gw = &mut clients[(a + n) % gateways.len()];
                     let outcome = gw
                         .submit(payment(a, n, after))
                         .await
@@ -160,8 +159,21 @@ async fn one_gateway_two_partitions_each_account_reads_in_submit_order() {
         "one gateway's clocks are all distinct"
     );
 
-    // A clock far ahead is refused, and counted.
+    // A clock 300 ms ahead (within the offset) is passed: the stamp comes after it.
     let mut gw = mesh.gateway().await;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let ahead = (now_ms + 300) << 16;
+    let after = gw
+        .submit(payment(98, 0, ahead))
+        .await
+        .expect("an after_hlc 300 ms ahead")
+        .into_inner();
+    assert!(after.hlc > ahead, "{} not after {ahead}", after.hlc);
+
+    // A clock far ahead is refused, and counted.
     let far = (outcomes.values().map(|o| o.hlc).max().unwrap() >> 16) + 60_000;
     let refused = gw
         .submit(payment(99, 0, far << 16))
@@ -186,11 +198,14 @@ async fn two_gateways_alternating_keep_each_history_causal_and_replays_keep_thei
         ..Default::default()
     })
     .await;
-    let second = mesh.another_gateway().expect("a second gateway");
+    // The second gateway's wall clock runs 300 ms slow: alternating without `after_hlc`,
+    // its stamps would sort before the first one's earlier transactions.
+    let second = mesh
+        .another_gateway(&["--test-clock-behind", "300ms"])
+        .expect("a second gateway");
     sluice_tests::wait_gateway_at(&second.url(), ServingStatus::Serving).await;
     let outcomes = drive(&[mesh.gateway.url(), second.url()]).await;
     let merged = check_history(&mesh, &outcomes).await;
-    // The merged order is (hlc, partition, offset): strictly increasing, ties included.
     assert!(merged.windows(2).all(|w| w[0].order() < w[1].order()));
 
     // A replay through the other gateway returns the first clock.
@@ -270,7 +285,7 @@ async fn run_causal_then_verify_and_history() {
             "{field}: {text}"
         );
     }
-    let account = report["acked"][0]["id"].as_str().unwrap().to_string();
+    let first_id = report["acked"][0]["id"].as_str().unwrap().to_string();
     let history = tokio::process::Command::new(&bin)
         .args([
             "history",
@@ -285,5 +300,8 @@ async fn run_causal_then_verify_and_history() {
     let lines = String::from_utf8_lossy(&history.stdout);
     assert!(history.status.success());
     assert!(lines.lines().count() >= acked.len(), "{lines}");
-    assert!(lines.contains(&account), "{account} not in the history");
+    assert!(lines.contains(&first_id), "{first_id} not in the history");
+    // Merged by clock: the lines' times never go back.
+    let times: Vec<&str> = lines.lines().filter_map(|l| l.split(' ').next()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{lines}");
 }
