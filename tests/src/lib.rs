@@ -188,14 +188,20 @@ pub fn txn(id: &str) -> Transaction {
     }
 }
 
-/// Scrapes one metric value (first sample whose line starts with `prefix`) from `/metrics`.
-pub async fn metric(admin: SocketAddr, prefix: &str) -> Option<f64> {
-    let body = http_get(admin, "/metrics").await?;
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+/// Scrapes one sample from `/metrics`, read by the one exposition reader
+/// ([`sluice_core::exposition`]): the series `series` exactly (`name{labels}` as the binary
+/// writes it; surrounding spaces ignored), or else the first series, in name order, that
+/// starts with it.
+pub async fn metric(admin: SocketAddr, series: &str) -> Option<f64> {
+    let samples = sluice_core::exposition::Samples::parse(&http_get(admin, "/metrics").await?);
+    let series = series.trim();
+    samples.get(series).or_else(|| {
+        samples
+            .0
+            .range(series.to_string()..)
+            .find(|(k, _)| k.starts_with(series))
+            .map(|(_, v)| *v)
+    })
 }
 
 /// A headless Chromium on this machine (Debian's `chromium`), if any: the rendering checks

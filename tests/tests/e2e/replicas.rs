@@ -2,6 +2,7 @@
 //! replica, a replica killed under load) and a partitioned audit log (a partition down
 //! fails only its own transactions; nothing acknowledged is lost).
 
+use sluice_core::exposition::Samples;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -60,13 +61,10 @@ async fn risk_requests(gateway_admin: SocketAddr, replicas: &[SocketAddr]) -> Ve
     replicas
         .iter()
         .map(|addr| {
-            let prefix = format!(
-                "sluice_gateway_downstream_replica_requests_total{{downstream=\"risk\",replica=\"{addr}\"}} "
+            let series = format!(
+                "sluice_gateway_downstream_replica_requests_total{{downstream=\"risk\",replica=\"{addr}\"}}"
             );
-            body.lines()
-                .find_map(|l| l.strip_prefix(&prefix))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0.0)
+            Samples::parse(&body).get(&series).unwrap_or(0.0)
         })
         .collect()
 }
@@ -218,19 +216,14 @@ async fn a_killed_risk_replica_costs_the_client_no_error() {
     .await;
     let admin = mesh.gateway.admin.unwrap();
     let held = format!(
-        "sluice_gateway_downstream_replica_outstanding{{downstream=\"risk\",replica=\"{victim}\"}} "
+        "sluice_gateway_downstream_replica_outstanding{{downstream=\"risk\",replica=\"{victim}\"}}"
     );
     eventually(
         "requests held by the stalled replica",
         Duration::from_secs(10),
         || async {
             let body = http_get(admin, "/metrics").await?;
-            let n: f64 = body
-                .lines()
-                .find_map(|l| l.strip_prefix(&held))?
-                .trim()
-                .parse()
-                .ok()?;
+            let n = Samples::parse(&body).get(&held)?;
             (n >= 1.0).then_some(())
         },
     )
