@@ -18,21 +18,12 @@ impl Samples {
     /// Every sample of `text`. Comments (`# HELP`, `# TYPE`) are skipped, and so is an
     /// OpenMetrics exemplar (` # {trace_id=…} value time`) after a sample's value.
     pub fn parse(text: &str) -> Self {
-        Self::parse_prefixed(text, "")
-    }
-
-    /// The samples of `text` whose name starts with `prefix`, keyed without it (e.g. the
-    /// gateway's own series, `sluice_gateway_` dropped).
-    pub fn parse_prefixed(text: &str, prefix: &str) -> Self {
         Samples(
             text.lines()
                 .filter(|l| !l.starts_with('#'))
                 .map(|l| l.split_once(" # ").map_or(l, |(sample, _)| sample))
                 .filter_map(|l| l.rsplit_once(' '))
-                .filter_map(|(k, v)| {
-                    let name = k.strip_prefix(prefix)?;
-                    v.parse().ok().map(|v| (name.to_string(), v))
-                })
+                .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_string(), v)))
                 .collect(),
         )
     }
@@ -164,11 +155,9 @@ mod tests {
             Some(10.0),
             "the exemplar's value and timestamp are not the sample's"
         );
-        let gateway = Samples::parse_prefixed(TEXT, "sluice_gateway_");
-        assert_eq!(gateway.get("sluice_risk_busy"), None);
-        assert_eq!(gateway.sum("inflight"), 15.0);
-        assert_eq!(gateway.sum("level"), 2.0);
-        let apis: Vec<_> = gateway.series("inflight").collect();
+        assert_eq!(all.sum("sluice_gateway_inflight"), 15.0);
+        assert_eq!(all.sum("sluice_gateway_level"), 2.0);
+        let apis: Vec<_> = all.series("sluice_gateway_inflight").collect();
         assert_eq!(apis, [("api=\"stream\"", 12.0), ("api=\"unary\"", 3.0)]);
         assert_eq!(label("{api=\"unary\",le=\"0.002\"}", "le"), Some("0.002"));
         assert_eq!(label("api=\"unary\"", "le"), None);
@@ -176,7 +165,7 @@ mod tests {
 
     #[test]
     fn quantiles_interpolate_within_the_bucket_as_prometheus_does() {
-        let now = Samples::parse_prefixed(TEXT, "sluice_gateway_").buckets("latency_seconds", "");
+        let now = Samples::parse(TEXT).buckets("sluice_gateway_latency_seconds", "");
         // 40 observations: 10 ≤ 1 ms, 20 in (1, 2] ms, 10 above.
         let p50 = now.quantile(0.5).unwrap();
         assert!(
@@ -194,13 +183,12 @@ mod tests {
             "+Inf reads as the highest bound"
         );
         // Only what a run added counts.
-        let before = Samples::parse_prefixed(
+        let before = Samples::parse(
             "sluice_gateway_latency_seconds_bucket{le=\"0.001\"} 10\n\
              sluice_gateway_latency_seconds_bucket{le=\"0.002\"} 10\n\
              sluice_gateway_latency_seconds_bucket{le=\"+Inf\"} 10\n",
-            "sluice_gateway_",
         )
-        .buckets("latency_seconds", "");
+        .buckets("sluice_gateway_latency_seconds", "");
         let run = now.since(&before);
         assert_eq!(run.count(), 30.0);
         let p50 = run.quantile(0.5).unwrap();

@@ -12,30 +12,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let tracing = match sluice_core::telemetry::init("sluice-lab", &cli.telemetry, "warn") {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("sluice-lab: {e}");
-            return ExitCode::from(64);
-        }
-    };
-    // On a runtime worker, as the load generator does: the driver and the tasks it wakes
-    // share a thread instead of waking each other across two.
-    let result = match tokio::spawn(execute(cli)).await {
-        Ok(r) => r,
-        Err(e) => Err(anyhow::anyhow!("{e}")),
-    };
-    // Flush the client spans while the runtime still runs.
-    let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("sluice-lab: a check failed (see above)");
-            ExitCode::from(2)
-        }
-        Err(e) => {
-            eprintln!("sluice-lab: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let telemetry = cli.telemetry.clone();
+    sluice_lab::loadgen::cli::main_with("sluice-lab", &telemetry, execute(cli)).await
 }

@@ -37,6 +37,16 @@ impl GatewaySamples {
         GatewaySamples(samples)
     }
 
+    /// The gateway's series of a scrape a client holds (`name{labels}` → value), copied.
+    pub fn of_map(samples: &std::collections::BTreeMap<String, f64>) -> Self {
+        let gateway = samples
+            .range(gateway::PREFIX.to_string()..)
+            .take_while(|(k, _)| k.starts_with(gateway::PREFIX))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        GatewaySamples(exposition::Samples(gateway))
+    }
+
     /// Whether the scrape has the series `key` at all.
     pub fn has(&self, key: &str) -> bool {
         self.0.get(key).is_some()

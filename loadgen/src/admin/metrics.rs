@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sluice_core::exposition::Samples;
 use sluice_observe::names;
 use sluice_observe::snapshot::{GatewaySamples, Service, Snapshot};
 
@@ -86,7 +85,7 @@ impl GatewayPressure {
     /// ([`sluice_observe::snapshot`]: what the live map shows): a queue missing reads as 0,
     /// a level or bottleneck missing as `None`.
     pub fn from_samples(samples: &BTreeMap<String, f64>) -> GatewayPressure {
-        let scrape = GatewaySamples::of_scrape(Samples(samples.clone()));
+        let scrape = GatewaySamples::of_map(samples);
         let snapshot = Snapshot::of(&scrape, None);
         let hop = |d: &str| snapshot.services.iter().find(|s| s.name == d);
         let each = |f: fn(&Service) -> f64| QUEUES.map(|d| hop(d).map_or(0.0, f));
