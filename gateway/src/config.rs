@@ -98,6 +98,17 @@ pub struct Config {
     /// Long-lived streams per downstream, all on one HTTP/2 connection.
     #[arg(long, env = "SLUICE_STREAMS_PER_DOWNSTREAM", default_value_t = downstream::DEFAULT_STREAMS)]
     pub streams_per_downstream: usize,
+    /// Most HTTP/2 connections ("lanes") to one downstream replica (1 to 64). One
+    /// connection is written by one thread at a time; while requests keep waiting for its
+    /// sender (not for the service), the gateway opens another, one stream each, and closes
+    /// it after --downstream-lane-idle without a backlog. Default: the gateway's worker
+    /// threads (one below 8 CPUs, where nothing changes).
+    #[arg(long, env = "SLUICE_DOWNSTREAM_LANES_MAX", value_parser = clap::value_parser!(u16).range(1..=downstream::MAX_LANES as i64))]
+    pub downstream_lanes_max: Option<u16>,
+    /// How long an extra connection to a replica stays open without finding requests
+    /// waiting, e.g. 10s.
+    #[arg(long, env = "SLUICE_DOWNSTREAM_LANE_IDLE", default_value_t = HumanDuration(downstream::DEFAULT_LANE_IDLE))]
+    pub downstream_lane_idle: HumanDuration,
     /// Capacity of each downstream's queue: transactions admitted and not yet taken by a
     /// stream. Full risk/logging queues hold SubmitStream readers and refuse unary calls;
     /// a full notification queue sheds notices.
@@ -267,6 +278,9 @@ impl Config {
             linger: self.downstream_linger.0,
             linger_mode: self.downstream_linger_mode,
             linger_batch: usize::from(self.downstream_linger_batch),
+            lanes_max: self.lanes_max(),
+            lane_grow_after: downstream::DEFAULT_LANE_GROW_AFTER,
+            lane_idle: self.downstream_lane_idle.0,
         };
         let limits = IngressLimits {
             max_inflight: self.max_inflight,
@@ -342,6 +356,18 @@ impl Config {
             limits,
             overload,
         })
+    }
+
+    /// `--downstream-lanes-max`, else the gateway's worker threads: a lane is one
+    /// connection task, which uses at most one thread.
+    fn lanes_max(&self) -> usize {
+        match self.downstream_lanes_max {
+            Some(n) => usize::from(n),
+            None => sluice_core::server::ServerSettings::from(self.server.clone())
+                .worker_threads()
+                .0
+                .min(usize::from(downstream::MAX_LANES)),
+        }
     }
 
     fn overload(&self) -> Result<OverloadConfig, BadFlag> {

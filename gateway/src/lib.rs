@@ -47,6 +47,11 @@ pub async fn serve(
         resolve_interval: settings.resolve_interval,
         resolver: crate::downstream::replicas::dns(),
     };
+    tracing::info!(
+        lanes_max = settings.downstream.lanes_max,
+        "downstream: up to {} connection(s) per replica, more opened only while requests wait for a sender (--downstream-lanes-max)",
+        settings.downstream.lanes_max
+    );
     // Notification's streams differ only in their linger.
     let notification_setup = Setup {
         config: settings.notification_downstream.clone(),

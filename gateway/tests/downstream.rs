@@ -74,11 +74,15 @@ async fn answering() -> String {
 }
 
 async fn server(script: Scripted) -> String {
+    server_of(RiskServer::new(script)).await
+}
+
+async fn server_of<S: Risk>(service: RiskServer<S>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(RiskServer::new(script))
+            .add_service(service)
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     url
@@ -96,11 +100,9 @@ fn config(queue: usize, stream_inflight: usize) -> DownstreamConfig {
 
 /// The client, and its stream workers (dropping them stops the streams).
 fn client(url: &str, config: DownstreamConfig) -> (Downstream<RiskRequest>, Workers) {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-        .unwrap()
-        .connect_lazy();
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string()).unwrap();
     Downstream::start(
-        channel,
+        sluice_gateway::downstream::connect_lazy(endpoint),
         config,
         &mut Registry::default(),
         CancellationToken::new(),
@@ -280,6 +282,206 @@ async fn a_broken_stream_fails_what_waits_on_it() {
         .await
         .expect_err("failed");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+}
+
+/// A Risk service that answers every message at once and counts, per connection (the
+/// peer's address), the messages it answered and the streams still open.
+#[derive(Clone, Default)]
+struct Peers {
+    seen: Arc<std::sync::Mutex<std::collections::HashMap<std::net::SocketAddr, (u64, i64)>>>,
+}
+
+impl Peers {
+    /// Connections that carried at least one message, and the streams open now.
+    fn counts(&self) -> (usize, i64) {
+        let seen = self.seen.lock().unwrap();
+        let used = seen.values().filter(|(messages, _)| *messages > 0).count();
+        (used, seen.values().map(|(_, open)| open).sum())
+    }
+}
+
+#[tonic::async_trait]
+impl Risk for Peers {
+    type AssessStream = ReceiverStream<Result<RiskVerdict, Status>>;
+
+    async fn assess(
+        &self,
+        request: Request<Streaming<RiskRequest>>,
+    ) -> Result<Response<Self::AssessStream>, Status> {
+        let peer = request.remote_addr().expect("a TCP peer");
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let seen = self.seen.clone();
+        seen.lock().unwrap().entry(peer).or_default().1 += 1;
+        let mut inbound = request.into_inner();
+        tokio::spawn(async move {
+            while let Ok(Some(r)) = inbound.message().await {
+                seen.lock().unwrap().entry(peer).or_default().0 += 1;
+                let verdict = RiskVerdict {
+                    correlation_id: r.correlation_id,
+                    risk_score: 7.0,
+                    ..Default::default()
+                };
+                if tx.send(Ok(verdict)).await.is_err() {
+                    break;
+                }
+            }
+            seen.lock().unwrap().entry(peer).or_default().1 -= 1;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Sends from 8 tasks, 256 waiting each, until `stop`; every reply must be a verdict.
+/// Returns how many were answered.
+fn flood(d: &Downstream<RiskRequest>, stop: &CancellationToken) -> tokio::task::JoinHandle<u64> {
+    use futures::StreamExt as _;
+    let (d, stop) = (d.clone(), stop.clone());
+    tokio::spawn(async move {
+        let senders = (0..8).map(|s| {
+            let (d, stop) = (d.clone(), stop.clone());
+            tokio::spawn(async move {
+                let calls = futures::stream::iter(0u64..)
+                    .take_while(move |_| std::future::ready(!stop.is_cancelled()))
+                    .map(|i| {
+                        d.service(Admission::Wait)
+                            .oneshot(call(&format!("s{s}-{i}")))
+                    });
+                calls
+                    .buffer_unordered(256)
+                    .fold(0u64, |n, r| {
+                        assert_eq!(r.expect("answered").risk_score, 7.0);
+                        std::future::ready(n + 1)
+                    })
+                    .await
+            })
+        });
+        let mut answered = 0;
+        for s in futures::future::join_all(senders).await {
+            answered += s.unwrap();
+        }
+        answered
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_opens_another_connection_which_closes_when_idle() {
+    let peers = Peers::default();
+    let url = server_of(RiskServer::new(peers.clone())).await;
+    let (d, _workers) = client(
+        &url,
+        DownstreamConfig {
+            linger: Duration::ZERO,
+            lanes_max: 2,
+            lane_grow_after: 8,
+            lane_idle: Duration::from_millis(300),
+            // Room enough that the service, answering at once, never has half of it.
+            ..config(1024, 4096)
+        },
+    );
+    until_live(&d).await;
+    assert_eq!(d.lanes(), 1);
+    let stop = CancellationToken::new();
+    let sending = flood(&d, &stop);
+    until("a second connection carries requests", || {
+        d.lanes() == 2 && peers.counts().0 == 2
+    })
+    .await;
+    stop.cancel();
+    let answered = sending.await.unwrap();
+    assert!(answered > 0);
+    assert_eq!(d.lanes(), 2, "at most --downstream-lanes-max");
+    // Idle now: the extra connection half-closes its stream and goes; the first stays.
+    until("the extra connection closed", || {
+        d.lanes() == 1 && peers.counts().1 == 1
+    })
+    .await;
+    assert_eq!(d.outstanding(), 0);
+    let reply = d.service(Admission::Wait).oneshot(call("after")).await;
+    assert_eq!(reply.expect("answered").risk_score, 7.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_lane_at_most_keeps_one_connection_under_a_backlog() {
+    let peers = Peers::default();
+    let url = server_of(RiskServer::new(peers.clone())).await;
+    let (d, _workers) = client(
+        &url,
+        DownstreamConfig {
+            linger: Duration::ZERO,
+            lanes_max: 1,
+            lane_grow_after: 8,
+            ..config(1024, 64)
+        },
+    );
+    until_live(&d).await;
+    let stop = CancellationToken::new();
+    let sending = flood(&d, &stop);
+    until("20,000 requests were answered", || {
+        peers
+            .seen
+            .lock()
+            .unwrap()
+            .values()
+            .map(|(m, _)| m)
+            .sum::<u64>()
+            >= 20_000
+    })
+    .await;
+    stop.cancel();
+    sending.await.unwrap();
+    assert_eq!((d.lanes(), peers.counts().0), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_service_gets_no_second_connection() {
+    // The service answers 20 messages per 2 ms, far below what the stream could send: the
+    // queue stays full and every take finds it so, but most of `stream_inflight` awaits
+    // replies — more connections would not help, and none opens.
+    let reads = Arc::new(Semaphore::new(0));
+    let url = server(Scripted {
+        reads: reads.clone(),
+        break_streams: false,
+    })
+    .await;
+    let given = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let pace = {
+        let (reads, given) = (reads.clone(), given.clone());
+        tokio::spawn(async move {
+            loop {
+                given.fetch_add(20, std::sync::atomic::Ordering::Relaxed);
+                reads.add_permits(20);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let (d, _workers) = client(
+        &url,
+        DownstreamConfig {
+            linger: Duration::ZERO,
+            lanes_max: 2,
+            lane_grow_after: 8,
+            ..config(1024, 64)
+        },
+    );
+    until_live(&d).await;
+    let stop = CancellationToken::new();
+    let sending = flood(&d, &stop);
+    until("the queue is full", || d.queue_depth() == 1024).await;
+    let read = || given.load(std::sync::atomic::Ordering::Relaxed) - reads.available_permits();
+    let from = read();
+    until("the service read 2,000 more under the flood", || {
+        read() >= from + 2000
+    })
+    .await;
+    stop.cancel();
+    pace.abort();
+    assert_eq!(
+        d.lanes(),
+        1,
+        "a slow service is not what another connection helps"
+    );
+    reads.add_permits(Semaphore::MAX_PERMITS / 2);
+    sending.await.unwrap();
 }
 
 #[test]

@@ -31,6 +31,7 @@ pub mod gateway {
     pub const DOWNSTREAM_QUEUE_CAPACITY: &str = "sluice_gateway_downstream_queue_capacity";
     pub const DOWNSTREAM_INFLIGHT: &str = "sluice_gateway_downstream_inflight";
     pub const DOWNSTREAM_LIVE_STREAMS: &str = "sluice_gateway_downstream_live_streams";
+    pub const DOWNSTREAM_LANES: &str = "sluice_gateway_downstream_lanes";
     pub const DOWNSTREAM_RECONNECTS_TOTAL: &str = "sluice_gateway_downstream_reconnects_total";
     pub const DOWNSTREAM_DEADLINE_DROPS_TOTAL: &str =
         "sluice_gateway_downstream_deadline_drops_total";
@@ -50,7 +51,7 @@ pub mod gateway {
     pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "sluice_gateway_process_resident_memory_bytes";
 
     /// Every name above, for the check that the gateway serves them.
-    pub const ALL: [&str; 31] = [
+    pub const ALL: [&str; 32] = [
         INFLIGHT,
         TRANSACTIONS_TOTAL,
         REJECTED_TOTAL,
@@ -71,6 +72,7 @@ pub mod gateway {
         DOWNSTREAM_QUEUE_CAPACITY,
         DOWNSTREAM_INFLIGHT,
         DOWNSTREAM_LIVE_STREAMS,
+        DOWNSTREAM_LANES,
         DOWNSTREAM_RECONNECTS_TOTAL,
         DOWNSTREAM_DEADLINE_DROPS_TOTAL,
         DOWNSTREAM_ROUNDTRIP_SECONDS,

@@ -18,6 +18,7 @@ pub(crate) struct Metrics {
     pub(crate) queue_depth: Gauge,
     pub(crate) queue_capacity: Gauge,
     pub(crate) live_streams: Gauge,
+    pub(crate) lanes: Gauge,
     pub(crate) inflight: Gauge,
     pub(crate) reconnects: Counter,
     pub(crate) broken_requests: Counter,
@@ -129,6 +130,7 @@ impl Metrics {
             queue_depth: Gauge::default(),
             queue_capacity: Gauge::default(),
             live_streams: Gauge::default(),
+            lanes: Gauge::default(),
             inflight: Gauge::default(),
             reconnects: Counter::default(),
             broken_requests: Counter::default(),
@@ -156,6 +158,11 @@ impl Metrics {
             "downstream_live_streams",
             "Open streams to the downstream (all replicas)",
             m.live_streams.clone(),
+        );
+        registry.register(
+            "downstream_lanes",
+            "Connections open to the downstream (all replicas): one per replica, more while one connection's sender cannot keep up with its queue (--downstream-lanes-max)",
+            m.lanes.clone(),
         );
         registry.register(
             "downstream_inflight",

@@ -13,6 +13,7 @@
 //!
 //! - [`service`]: the `Service<HopCall<R>>` and its readiness (queue room, live streams).
 //! - [`stream`]: one stream: request body, correlation of replies, reconnect loop.
+//! - [`lanes`]: more connections to a replica while one connection's sender cannot keep up.
 //! - [`backoff`]: the reconnect policy.
 //! - [`metrics`]: per-downstream and per-replica metrics.
 //! - [`replicas`]: discovery: the replicas of one service, kept current.
@@ -20,6 +21,7 @@
 
 mod backoff;
 mod balance;
+pub mod lanes;
 pub mod linger;
 mod metrics;
 pub mod replicas;
@@ -39,8 +41,9 @@ use sluice_proto::HopRequest;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tonic::Status;
-use tonic::transport::Channel;
+use tonic::transport::Endpoint;
 
+pub use lanes::Connect;
 pub use metrics::ServiceMetrics;
 pub use replicas::{Replicas, Target};
 pub use route::{Balancer, Partitions, Route, Routing};
@@ -80,6 +83,14 @@ pub const DEFAULT_LINGER_MODE: linger::LingerMode = linger::LingerMode::Adaptive
 pub const DEFAULT_LINGER_BATCH: u16 = 8;
 /// Largest `--downstream-linger-batch`.
 pub const MAX_LINGER_BATCH: u16 = 4096;
+/// Default takes in a row that must find requests already queued before a lane opens
+/// another ([`lanes`]): a run this long means the queue never emptied for a few hundred
+/// sends, not a burst.
+pub const DEFAULT_LANE_GROW_AFTER: usize = 256;
+/// Default time an extra lane stays open without finding a backlog.
+pub const DEFAULT_LANE_IDLE: Duration = Duration::from_secs(10);
+/// Largest `--downstream-lanes-max`.
+pub const MAX_LANES: u16 = 64;
 
 /// One request for a downstream: the message, its absolute deadline, and the hop's span
 /// (which records the queue wait and ends when the reply or the failure arrives).
@@ -156,6 +167,13 @@ pub struct DownstreamConfig {
     pub linger_mode: linger::LingerMode,
     /// Most requests a linger gathers before sending ([`DEFAULT_LINGER_BATCH`]).
     pub linger_batch: usize,
+    /// Most connections (lanes) to one replica ([`lanes`]); 1 keeps one connection.
+    pub lanes_max: usize,
+    /// Takes in a row that find a backlog before a lane opens another
+    /// ([`DEFAULT_LANE_GROW_AFTER`]).
+    pub lane_grow_after: usize,
+    /// How long an extra lane stays without finding a backlog ([`DEFAULT_LANE_IDLE`]).
+    pub lane_idle: Duration,
 }
 
 impl Default for DownstreamConfig {
@@ -172,6 +190,9 @@ impl Default for DownstreamConfig {
             linger: DEFAULT_LINGER,
             linger_mode: DEFAULT_LINGER_MODE,
             linger_batch: usize::from(DEFAULT_LINGER_BATCH),
+            lanes_max: 1,
+            lane_grow_after: DEFAULT_LANE_GROW_AFTER,
+            lane_idle: DEFAULT_LANE_IDLE,
         }
     }
 }
@@ -204,6 +225,8 @@ pub(crate) struct Shared<R: HopRequest> {
     metrics: metrics::Metrics,
     /// This replica's own.
     replica: metrics::ReplicaMetrics,
+    /// Its connections.
+    lanes: lanes::Lanes,
 }
 
 /// Handle to one downstream. Cheap to clone; [`Downstream::service`] gives a tower
@@ -233,23 +256,23 @@ impl Workers {
 }
 
 impl<R: HopRequest> Downstream<R> {
-    /// Starts `config.streams` stream workers over `channel`, a service of one replica
-    /// with metrics of its own in `registry`. They run until `shutdown` is cancelled, then
-    /// half-close their streams and finish reading replies.
+    /// Starts `config.streams` stream workers over a connection from `connect`, a service
+    /// of one replica with metrics of its own in `registry`. They run until `shutdown` is
+    /// cancelled, then half-close their streams and finish reading replies.
     pub fn start(
-        channel: Channel,
+        connect: Connect,
         config: DownstreamConfig,
         registry: &mut Registry,
         shutdown: CancellationToken,
     ) -> (Self, Workers) {
         let metrics = ServiceMetrics::new(R::NAME, registry);
-        Self::start_replica(channel, config, &metrics, "0", shutdown)
+        Self::start_replica(connect, config, &metrics, "0", shutdown)
     }
 
     /// [`Downstream::start`] for one replica of a service: its metrics add to `metrics` and
     /// carry `replica="<replica>"` where they are its own.
     pub fn start_replica(
-        channel: Channel,
+        connect: Connect,
         config: DownstreamConfig,
         metrics: &ServiceMetrics,
         replica: &str,
@@ -262,6 +285,9 @@ impl<R: HopRequest> Downstream<R> {
         // At most a quarter of the queue is held back, so a small queue stays usable.
         let reserved = config.immediate_reserved.min(queue_len / 4);
         let waiting_share = (queue_len - reserved).clamp(1, Semaphore::MAX_PERMITS);
+        let lanes = lanes::Lanes::new(connect, shutdown.clone(), config.streams.max(1));
+        metrics.lanes.inc();
+        let channel = lanes.first();
         let shared = Arc::new(Shared {
             rx: tokio::sync::Mutex::new(rx),
             waiting_share: Arc::new(Semaphore::new(waiting_share)),
@@ -273,6 +299,7 @@ impl<R: HopRequest> Downstream<R> {
             config,
             metrics,
             replica,
+            lanes,
         });
         let mut workers = JoinSet::new();
         for index in 0..shared.config.streams.max(1) {
@@ -284,6 +311,11 @@ impl<R: HopRequest> Downstream<R> {
             ));
         }
         (Self { queue, shared }, Workers(workers))
+    }
+
+    /// Connections (lanes) open to the replica now, the first included.
+    pub fn lanes(&self) -> usize {
+        self.shared.lanes.open()
     }
 
     /// True while at least one stream to the downstream is open.
@@ -330,4 +362,9 @@ impl<R: HopRequest> Downstream<R> {
     pub(crate) fn live_signal(&self) -> Arc<tokio::sync::Notify> {
         self.shared.live_changed.clone()
     }
+}
+
+/// A [`Connect`] that opens a lazy connection to `endpoint` each time.
+pub fn connect_lazy(endpoint: Endpoint) -> Connect {
+    Arc::new(move || endpoint.connect_lazy())
 }

@@ -366,9 +366,9 @@ impl<R: HopRequest> Discovery<R> {
         for addr in new {
             tracing::info!(downstream = R::NAME, replica = %addr, "replica found");
             let stop = self.shutdown.child_token();
-            let channel = (self.endpoint)(addr).connect_lazy();
+            let connect = super::connect_lazy((self.endpoint)(addr));
             let (downstream, workers) = Downstream::start_replica(
-                channel,
+                connect,
                 self.config.clone(),
                 &self.metrics,
                 &addr.to_string(),

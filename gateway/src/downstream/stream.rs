@@ -5,7 +5,8 @@
 //! capacity — and only while fewer than `stream_inflight` requests await replies. Each
 //! request gets a correlation id (unique per gateway process) and waits in [`Pending`] for
 //! the reply with that id. When the stream breaks, every request still waiting fails
-//! UNAVAILABLE and the stream reopens after a [`Backoff`] delay.
+//! UNAVAILABLE and the stream reopens after a [`Backoff`] delay — on the replica's first
+//! lane; an extra lane ([`super::lanes`]) just closes.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -23,6 +24,7 @@ use tonic::{GrpcMethod, Status, Streaming};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::backoff::Backoff;
+use super::lanes::{Lane, Verdict};
 use super::linger::{Arrivals, LingerMode};
 use super::{Envelope, Outstanding, ReplyTx, Shared};
 
@@ -96,14 +98,46 @@ async fn open<R: HopRequest>(
     Ok(grpc.streaming(request, path, codec).await?.into_inner())
 }
 
-/// Keeps stream `index` open until `shutdown`: opens it, routes replies to their requests,
-/// and after a break fails what was waiting and reopens with backoff. With no stream of
-/// the downstream live, queued requests fail at once rather than wait for a reconnect.
+/// Keeps stream `index` of the replica's first lane open until `shutdown`: opens it,
+/// routes replies to their requests, and after a break fails what was waiting and reopens
+/// with backoff. With no stream of the downstream live, queued requests fail at once rather
+/// than wait for a reconnect. Stream 0 ends last: after every extra lane.
 pub(super) async fn run<R: HopRequest>(
     index: usize,
     channel: Channel,
     shared: Arc<Shared<R>>,
     shutdown: CancellationToken,
+) {
+    run_lane(index, false, channel, &shared, &shutdown).await;
+    if index == 0 {
+        shared.lanes.extras_ended().await;
+        shared.metrics.lanes.dec();
+    }
+}
+
+/// Opens an extra lane to the replica if one may open now ([`super::lanes`]).
+fn grow<R: HopRequest>(shared: &Arc<Shared<R>>) {
+    let Some((index, channel)) = shared.lanes.claim(shared.config.lanes_max) else {
+        return;
+    };
+    shared.metrics.lanes.inc();
+    tracing::info!(downstream = R::NAME, replica = %shared.replica.name, stream = index, lanes = shared.lanes.open(), "requests keep waiting for the sender: opening another connection");
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let shutdown = shared.lanes.shutdown.clone();
+        run_lane(index, true, channel, &shared, &shutdown).await;
+        shared.metrics.lanes.dec();
+        shared.lanes.closed();
+    });
+}
+
+/// One lane's stream: the first lane's reconnects, an extra lane's ends once.
+async fn run_lane<R: HopRequest>(
+    index: usize,
+    extra: bool,
+    channel: Channel,
+    shared: &Arc<Shared<R>>,
+    shutdown: &CancellationToken,
 ) {
     let mut backoff = Backoff::new(shared.config.backoff_base, shared.config.backoff_max);
     let inflight = Arc::new(Semaphore::new(shared.config.stream_inflight.max(1)));
@@ -114,10 +148,12 @@ pub(super) async fn run<R: HopRequest>(
             waiting: HashMap::new(),
         }));
         let stop_sending = shutdown.child_token();
+        let lane = Lane::new(extra);
+        let retired = lane.retired.clone();
         let outbound = outbound::<R>(
             shared.clone(),
             pending.clone(),
-            inflight.clone(),
+            (inflight.clone(), lane),
             stop_sending.clone(),
         );
         // The long-lived stream's own CLIENT span, a trace of its own: message spans are
@@ -131,7 +167,7 @@ pub(super) async fn run<R: HopRequest>(
             rpc.service = R::SERVICE,
             rpc.method = R::METHOD,
         );
-        match open(channel.clone(), &shared, outbound, &stream_span).await {
+        match open(channel.clone(), shared, outbound, &stream_span).await {
             Ok(replies) => {
                 backoff.reset();
                 was_live = true;
@@ -140,7 +176,7 @@ pub(super) async fn run<R: HopRequest>(
                 shared.metrics.live_streams.inc();
                 shared.replica.live_streams.inc();
                 tracing::info!(downstream = R::NAME, replica = %shared.replica.name, stream = index, "stream open");
-                read_replies(index, replies, &shared, &pending).await;
+                read_replies(index, replies, shared, &pending).await;
                 shared.live.fetch_sub(1, Ordering::Relaxed);
                 shared.live_changed.notify_waiters();
                 shared.metrics.live_streams.dec();
@@ -164,13 +200,20 @@ pub(super) async fn run<R: HopRequest>(
         }
         drop(stream_span);
         stop_sending.cancel();
-        fail_pending(&shared, &pending);
+        fail_pending(shared, &pending);
+        if retired.load(Ordering::Relaxed) {
+            tracing::info!(downstream = R::NAME, replica = %shared.replica.name, stream = index, lanes = shared.lanes.open() - 1, "no backlog for a while: connection closed");
+            return;
+        }
         if shutdown.is_cancelled() {
             break;
         }
         shared.metrics.reconnects.inc();
         if shared.live.load(Ordering::Relaxed) == 0 {
-            drain_queue(&shared).await;
+            drain_queue(shared).await;
+        }
+        if extra {
+            return;
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff.next()) => {}
@@ -178,7 +221,7 @@ pub(super) async fn run<R: HopRequest>(
         }
     }
     if shared.live.load(Ordering::Relaxed) == 0 {
-        drain_queue(&shared).await;
+        drain_queue(shared).await;
     }
 }
 
@@ -261,13 +304,29 @@ type Taken<R> = (OwnedSemaphorePermit, Envelope<R>);
 /// requests are together, so that those arriving meanwhile share its frame, its write and
 /// the service's wake-up instead of each paying for its own. The linger is `linger`, or
 /// with the adaptive mode about one expected arrival gap within it (`linger.rs`).
+///
+/// Each take tells the `lane` whether it found a backlog (a batch's worth queued), which may
+/// open another lane; with
+/// more than one lane allowed, a take that finds a backlog takes up to `linger_batch` of it
+/// at once, so the lanes pass the queue's lock once per batch rather than per request. An
+/// extra lane idle for `lane_idle` ends here (false) when its queue is empty.
 async fn take_batch<R: HopRequest>(
-    shared: &Shared<R>,
-    inflight: &Arc<Semaphore>,
+    shared: &Arc<Shared<R>>,
+    (inflight, lane): (&Arc<Semaphore>, &mut Lane),
     stop: &CancellationToken,
     (batch, arrivals): (&mut VecDeque<Taken<R>>, &mut Arrivals),
 ) -> bool {
     let most = shared.config.linger_batch.max(1);
+    let idle_at = lane.idle_at(shared.config.lane_idle);
+    // An extra lane's wait for work ends at its idle time (a timer only off the data path:
+    // nothing is queued while it runs).
+    let idle = async move {
+        match idle_at {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(idle);
     let permit = tokio::select! {
         p = inflight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return false },
         _ = stop.cancelled() => return false,
@@ -275,19 +334,45 @@ async fn take_batch<R: HopRequest>(
     let mut rx = tokio::select! {
         rx = shared.rx.lock() => rx,
         _ = stop.cancelled() => return false,
+        _ = &mut idle => { lane.retire(); return false }
     };
     match rx.try_recv() {
         Ok(envelope) => {
-            arrivals.observe(Instant::now());
+            let now = Instant::now();
+            arrivals.observe(now);
             batch.push_back((permit, envelope));
+            // A backlog is a whole batch already waiting while the service keeps up (fewer
+            // than half of `stream_inflight` unanswered): a linger's batching leaves a few
+            // behind as it sends, and a slow service frees room only as it answers, so each
+            // take finds the queue full — neither would another connection help.
+            let answering = inflight.available_permits() >= shared.config.stream_inflight / 2;
+            if 1 + rx.len() < most || !answering {
+                lane.drained();
+            } else if lane.backlog(now, shared.config.lane_grow_after) == Verdict::Grow {
+                grow(shared);
+            }
+            if shared.config.lanes_max > 1 {
+                while batch.len() < most {
+                    let Ok(permit) = inflight.clone().try_acquire_owned() else {
+                        break;
+                    };
+                    let Ok(envelope) = rx.try_recv() else { break };
+                    batch.push_back((permit, envelope));
+                }
+            }
             return true;
         }
         Err(mpsc::error::TryRecvError::Disconnected) => return false,
-        Err(mpsc::error::TryRecvError::Empty) => {}
+        Err(mpsc::error::TryRecvError::Empty) => lane.drained(),
+    }
+    if idle_at.is_some_and(|at| at <= Instant::now()) {
+        lane.retire();
+        return false;
     }
     let first = tokio::select! {
         e = rx.recv() => e,
         _ = stop.cancelled() => return false,
+        _ = &mut idle => { lane.retire(); return false }
     };
     let Some(first) = first else { return false };
     arrivals.observe(Instant::now());
@@ -339,14 +424,14 @@ async fn take_batch<R: HopRequest>(
 fn outbound<R: HopRequest>(
     shared: Arc<Shared<R>>,
     pending: Arc<Mutex<Pending<R>>>,
-    inflight: Arc<Semaphore>,
+    (inflight, mut lane): (Arc<Semaphore>, Lane),
     stop: CancellationToken,
 ) -> Outbound<Encoded<R>> {
     Outbound(Box::pin(async_stream::stream! {
         let mut batch = VecDeque::with_capacity(shared.config.linger_batch.max(1));
         let mut arrivals = Arrivals::default();
         loop {
-            if batch.is_empty() && !take_batch(&shared, &inflight, &stop, (&mut batch, &mut arrivals)).await {
+            if batch.is_empty() && !take_batch(&shared, (&inflight, &mut lane), &stop, (&mut batch, &mut arrivals)).await {
                 break;
             }
             let Some((permit, envelope)) = batch.pop_front() else { break };

@@ -111,6 +111,8 @@ pub(crate) struct Build {
     pub(crate) saturation: Vec<f64>,
     pub(crate) saturation_cost: Vec<Cost>,
     pub(crate) saturation_threads: Vec<Threads>,
+    /// Connections the gateway held to each downstream as each saturation run ended.
+    pub(crate) saturation_lanes: Vec<Lanes>,
     pub(crate) saturation_p99: Vec<f64>,
     pub(crate) disk: Vec<Tail>,
     pub(crate) tmpfs: Vec<Tail>,
@@ -127,6 +129,7 @@ impl Build {
             saturation: Vec::new(),
             saturation_cost: Vec::new(),
             saturation_threads: Vec::new(),
+            saturation_lanes: Vec::new(),
             saturation_p99: Vec::new(),
             disk: Vec::new(),
             tmpfs: Vec::new(),
@@ -282,14 +285,17 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 for (b, m) in measured.iter_mut().zip(&meshes) {
                     let (r, cost, threads) =
                         charged_run(&args, m, mode, pacing.clone(), run, ticks).await?;
+                    let lanes = Lanes::of(m).await;
                     eprintln!(
-                        "  {mode_name} {} saturation run {}: {}; busiest threads {}",
+                        "  {mode_name} {} saturation run {}: {}; busiest threads {}; connections {}",
                         b.name,
                         run + 1,
                         run_line(&r, &cost),
-                        Threads::line(std::slice::from_ref(&threads))
+                        Threads::line(std::slice::from_ref(&threads)),
+                        Lanes::line(std::slice::from_ref(&lanes))
                     );
                     b.saturation_threads.push(threads);
+                    b.saturation_lanes.push(lanes);
                     b.saturation.push(r.ok_rate);
                     b.saturation_p99.push(r.latency_ms.p99);
                     b.saturation_cost.push(cost);
@@ -357,6 +363,49 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// One run against `mesh`, its CPU charged to each of the mesh's processes.
+/// The connections the gateway holds to each downstream (all replicas), by service; empty
+/// when its `/metrics` has none (a build from before lanes).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Lanes(std::collections::BTreeMap<String, f64>);
+
+impl Lanes {
+    async fn of(mesh: &ProcMesh) -> Lanes {
+        let Ok(url) = mesh.gateway.metrics_url() else {
+            return Lanes::default();
+        };
+        let Some(samples) = sluice_loadgen::admin::metrics::samples(&url).await else {
+            return Lanes::default();
+        };
+        Lanes(
+            sluice_core::exposition::Samples(samples)
+                .series(sluice_observe::names::gateway::DOWNSTREAM_LANES)
+                .filter_map(|(labels, v)| {
+                    Some((
+                        sluice_core::exposition::label(labels, "downstream")?.to_string(),
+                        v,
+                    ))
+                })
+                .collect(),
+        )
+    }
+
+    /// The most each service had over `runs`, as `logging 1, notification 1, risk 2`.
+    pub(crate) fn line(runs: &[Lanes]) -> String {
+        let mut most = std::collections::BTreeMap::<&str, f64>::new();
+        for (service, v) in runs.iter().flat_map(|r| &r.0) {
+            let m = most.entry(service).or_default();
+            *m = m.max(*v);
+        }
+        if most.is_empty() {
+            return "n/a".to_string();
+        }
+        most.iter()
+            .map(|(s, v)| format!("{s} {v:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 async fn charged_run(
     args: &BenchArgs,
     mesh: &ProcMesh,

@@ -129,6 +129,9 @@ pub(crate) fn summary(
     row(&mut s, "busiest thread at saturation", &|b| {
         (!b.saturation_threads.is_empty()).then(|| Threads::line(&b.saturation_threads))
     });
+    row(&mut s, "connections at saturation", &|b| {
+        (!b.saturation_lanes.is_empty()).then(|| super::Lanes::line(&b.saturation_lanes))
+    });
     for (label, pick) in [
         (
             "p99 at half load, disk",
