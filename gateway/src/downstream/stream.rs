@@ -341,17 +341,18 @@ async fn take_batch<R: HopRequest>(
             let now = Instant::now();
             arrivals.observe(now);
             batch.push_back((permit, envelope));
-            // A backlog is a whole batch already waiting while the service keeps up (fewer
-            // than half of `stream_inflight` unanswered): a linger's batching leaves a few
-            // behind as it sends, and a slow service frees room only as it answers, so each
-            // take finds the queue full — neither would another connection help.
-            let answering = inflight.available_permits() >= shared.config.stream_inflight / 2;
-            if 1 + rx.len() < most || !answering {
-                lane.drained();
-            } else if lane.backlog(now, shared.config.lane_grow_after) == Verdict::Grow {
-                grow(shared);
-            }
+            // With one lane allowed (below 8 CPUs by default) nothing here applies.
             if shared.config.lanes_max > 1 {
+                // A backlog is a whole batch already waiting while the service keeps up
+                // (under half of `stream_inflight` unanswered): a linger's batching leaves a
+                // few behind as it sends, and a slow service frees room only as it answers,
+                // so each take finds the queue full — another connection helps neither.
+                let answering = inflight.available_permits() >= shared.config.stream_inflight / 2;
+                if 1 + rx.len() < most || !answering {
+                    lane.drained();
+                } else if lane.backlog(now, shared.config.lane_grow_after) == Verdict::Grow {
+                    grow(shared);
+                }
                 while batch.len() < most {
                     let Ok(permit) = inflight.clone().try_acquire_owned() else {
                         break;
