@@ -105,8 +105,8 @@ pub struct Config {
     /// threads (one below 8 CPUs, where nothing changes).
     #[arg(long, env = "SLUICE_DOWNSTREAM_LANES_MAX", value_parser = clap::value_parser!(u16).range(1..=downstream::MAX_LANES as i64))]
     pub downstream_lanes_max: Option<u16>,
-    /// How long an extra connection to a replica stays open without finding requests
-    /// waiting, e.g. 10s.
+    /// How long an extra connection to a replica stays open while each time it asks for
+    /// work the queue is empty, e.g. 10s (at least 100ms).
     #[arg(long, env = "SLUICE_DOWNSTREAM_LANE_IDLE", default_value_t = HumanDuration(downstream::DEFAULT_LANE_IDLE))]
     pub downstream_lane_idle: HumanDuration,
     /// Capacity of each downstream's queue: transactions admitted and not yet taken by a
@@ -244,6 +244,10 @@ pub enum RiskRouting {
     Balance,
 }
 
+/// Least `--downstream-lane-idle`: shorter, an extra connection would close between two
+/// bursts of one load.
+const MIN_LANE_IDLE: Duration = Duration::from_millis(100);
+
 /// What "unbounded" means for `--unbounded-for-comparison`: more than memory can hold.
 const UNBOUNDED: usize = 1 << 40;
 
@@ -318,6 +322,13 @@ impl Config {
                 "max-clock-offset",
                 self.max_clock_offset,
                 "must be at most 1h",
+            ));
+        }
+        if self.downstream_lane_idle.0 < MIN_LANE_IDLE {
+            return Err(BadFlag::new(
+                "downstream-lane-idle",
+                self.downstream_lane_idle,
+                "must be at least 100ms",
             ));
         }
         let overload = self.overload()?;
@@ -530,6 +541,18 @@ mod tests {
         let c = Config::parse_from(["sluice-gateway", "--concurrency-min", "9000"]);
         let e = c.settings().expect_err("min over max").to_string();
         assert!(e.starts_with("--concurrency-min 9000"), "{e}");
+    }
+
+    #[test]
+    fn lanes_default_to_the_worker_threads_and_idle_has_a_floor() {
+        let c = Config::parse_from(["sluice-gateway", "--worker-threads", "3"]);
+        assert_eq!(c.settings().unwrap().downstream.lanes_max, 3);
+        let c = Config::parse_from(["sluice-gateway", "--downstream-lanes-max", "1"]);
+        assert_eq!(c.settings().unwrap().downstream.lanes_max, 1);
+        assert!(Config::try_parse_from(["sluice-gateway", "--downstream-lanes-max", "0"]).is_err());
+        let c = Config::parse_from(["sluice-gateway", "--downstream-lane-idle", "10ms"]);
+        let e = c.settings().expect_err("idle under the floor").to_string();
+        assert!(e.starts_with("--downstream-lane-idle 10ms"), "{e}");
     }
 
     #[test]

@@ -16,15 +16,17 @@
 //! (default: the gateway's worker threads, since a lane uses at most one; so one on a
 //! machine of under eight cores, where nothing changes).
 //!
-//! **Give back.** An extra lane that has found no backlog for `lane_idle` closes when its
-//! queue is empty: it half-closes its stream, reads the replies still due, and ends. It
-//! never reconnects: the first lane does that.
+//! **Give back.** An extra lane whose takes have found the queue empty for `lane_idle` —
+//! a lower bar than the one it opened on, so a lane that carries steady load stays — ends:
+//! it half-closes its stream, reads the replies still due, and closes. It never
+//! reconnects (the first lane does); one that cannot open delays the next for
+//! [`FAILED_SPACING`].
 //!
 //! Every lane takes from the replica's one queue, so the queue's bounds hold in total;
 //! `stream_inflight` is per stream, so a replica has at most
 //! `(streams + lanes_max − 1) × stream_inflight` requests in flight. The decisions read the
-//! monotonic clock (`Instant`) at a take, never a timer on the data path; only an idle
-//! extra lane's wait for work has a (millisecond) timer, its `lane_idle`.
+//! monotonic clock (`Instant`) at a take; only an extra lane's wait for work has a
+//! (millisecond) tokio timer, its `lane_idle`.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,6 +42,9 @@ pub type Connect = Arc<dyn Fn() -> Channel + Send + Sync>;
 /// Least time between two lanes opened to one replica: a new lane takes its share of the
 /// backlog before another is judged needed.
 pub const GROW_SPACING: Duration = Duration::from_millis(100);
+/// Least time after an extra lane failed to open before another is tried: a replica that
+/// refuses more connections is not asked ten times a second.
+pub const FAILED_SPACING: Duration = Duration::from_secs(5);
 
 /// A replica's lanes, shared by its streams.
 pub(crate) struct Lanes {
@@ -87,20 +92,34 @@ impl Lanes {
         }
         let mut last = self.last_grow.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
+        // `duration_since` is zero for a time still ahead (after a failure).
         if last.is_some_and(|t| now.duration_since(t) < GROW_SPACING) || self.open() >= max {
+            return None;
+        }
+        // Counted before the stop is checked again: the first lane's wait for extra lanes
+        // begins only after the stop, so it either sees this count or this sees the stop.
+        self.extra.fetch_add(1, Ordering::SeqCst);
+        if self.shutdown.is_cancelled() {
+            self.extra.fetch_sub(1, Ordering::SeqCst);
+            self.extra_done.notify_waiters();
             return None;
         }
         *last = Some(now);
         self.open.fetch_add(1, Ordering::Relaxed);
-        self.extra.fetch_add(1, Ordering::Relaxed);
         let index = self.next_index.fetch_add(1, Ordering::Relaxed);
         Some((index, (self.connect)()))
+    }
+
+    /// An extra lane could not open: the next waits [`FAILED_SPACING`].
+    pub(crate) fn failed(&self) {
+        let mut last = self.last_grow.lock().unwrap_or_else(|e| e.into_inner());
+        *last = Some(Instant::now() + FAILED_SPACING - GROW_SPACING);
     }
 
     /// An extra lane ended.
     pub(crate) fn closed(&self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
-        self.extra.fetch_sub(1, Ordering::Relaxed);
+        self.extra.fetch_sub(1, Ordering::SeqCst);
         self.extra_done.notify_waiters();
     }
 
@@ -110,7 +129,7 @@ impl Lanes {
             let done = self.extra_done.notified();
             tokio::pin!(done);
             done.as_mut().enable();
-            if self.extra.load(Ordering::Relaxed) == 0 {
+            if self.extra.load(Ordering::SeqCst) == 0 {
                 return;
             }
             done.await;
@@ -124,8 +143,8 @@ pub(crate) struct Lane {
     extra: bool,
     /// Takes in a row that found a batch's worth of requests already queued.
     backlogged: usize,
-    /// The last take that found a backlog (or the lane's start).
-    last_backlog: Instant,
+    /// The last take that found the queue not empty (or the lane's start).
+    last_busy: Instant,
     /// Set by the sender when an idle extra lane closes, so its stream is not reopened.
     pub(crate) retired: Arc<AtomicBool>,
 }
@@ -143,14 +162,18 @@ impl Lane {
         Self {
             extra,
             backlogged: 0,
-            last_backlog: Instant::now(),
+            last_busy: Instant::now(),
             retired: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// A take found a batch's worth of requests queued, at `now`.
-    pub(crate) fn backlog(&mut self, now: Instant, grow_after: usize) -> Verdict {
-        self.last_backlog = now;
+    /// A take found the queue not empty, at `now`: the lane has work.
+    pub(crate) fn busy(&mut self, now: Instant) {
+        self.last_busy = now;
+    }
+
+    /// A take found a batch's worth of requests queued while the service keeps up.
+    pub(crate) fn backlog(&mut self, grow_after: usize) -> Verdict {
         self.backlogged += 1;
         if self.backlogged >= grow_after.max(1) {
             self.backlogged = 0;
@@ -165,10 +188,10 @@ impl Lane {
         self.backlogged = 0;
     }
 
-    /// For an extra lane, when it is idle enough to close: `lane_idle` after its last
-    /// backlog. None for the first lane, which never closes.
+    /// For an extra lane, when it is idle enough to close: `lane_idle` after a take last
+    /// found the queue not empty. None for the first lane, which never closes.
     pub(crate) fn idle_at(&self, lane_idle: Duration) -> Option<Instant> {
-        self.extra.then(|| self.last_backlog + lane_idle)
+        self.extra.then(|| self.last_busy + lane_idle)
     }
 
     /// Marks the lane closed for want of work.
@@ -191,16 +214,15 @@ mod tests {
     #[test]
     fn a_lane_asks_to_grow_after_a_run_of_backlogged_takes_only() {
         let mut lane = Lane::new(false);
-        let now = Instant::now();
         for _ in 0..3 {
-            assert_eq!(lane.backlog(now, 4), Verdict::Go);
+            assert_eq!(lane.backlog(4), Verdict::Go);
         }
         lane.drained();
         for _ in 0..3 {
-            assert_eq!(lane.backlog(now, 4), Verdict::Go);
+            assert_eq!(lane.backlog(4), Verdict::Go);
         }
-        assert_eq!(lane.backlog(now, 4), Verdict::Grow);
-        assert_eq!(lane.backlog(now, 4), Verdict::Go, "the run starts again");
+        assert_eq!(lane.backlog(4), Verdict::Grow);
+        assert_eq!(lane.backlog(4), Verdict::Go, "the run starts again");
         assert_eq!(
             lane.idle_at(Duration::from_secs(1)),
             None,
@@ -224,6 +246,11 @@ mod tests {
         l.closed();
         l.closed();
         assert_eq!(l.open(), 1);
+        l.failed();
+        assert!(l.claim(3).is_none(), "not soon after a lane failed to open");
+        *l.last_grow.lock().unwrap() = Some(Instant::now() - GROW_SPACING);
+        assert!(l.claim(3).is_some());
+        l.closed();
         l.extras_ended().await;
         l.shutdown.cancel();
         *l.last_grow.lock().unwrap() = None;

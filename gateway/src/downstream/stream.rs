@@ -189,8 +189,12 @@ async fn run_lane<R: HopRequest>(
                     status.code() as i32,
                     status.message(),
                 );
-                // The first failure loudly, repeats quietly: a down service is one event.
-                if was_live {
+                // The first failure loudly, repeats quietly: a down service is one event. An
+                // extra lane does not retry; the first lane's own failure says it loudly.
+                if extra {
+                    shared.lanes.failed();
+                    tracing::debug!(downstream = R::NAME, replica = %shared.replica.name, stream = index, %status, "cannot open another connection");
+                } else if was_live {
                     tracing::warn!(downstream = R::NAME, replica = %shared.replica.name, stream = index, %status, "cannot open stream; retrying with backoff");
                 } else {
                     tracing::debug!(downstream = R::NAME, replica = %shared.replica.name, stream = index, %status, "cannot open stream");
@@ -201,19 +205,20 @@ async fn run_lane<R: HopRequest>(
         drop(stream_span);
         stop_sending.cancel();
         fail_pending(shared, &pending);
-        if retired.load(Ordering::Relaxed) {
-            tracing::info!(downstream = R::NAME, replica = %shared.replica.name, stream = index, lanes = shared.lanes.open() - 1, "no backlog for a while: connection closed");
-            return;
-        }
         if shutdown.is_cancelled() {
+            break;
+        }
+        if extra {
+            // An extra lane ends here, idle or broken; with no stream live now (the first
+            // lane reconnecting), what is queued fails at once as it would for the first.
+            if retired.load(Ordering::Relaxed) {
+                tracing::info!(downstream = R::NAME, replica = %shared.replica.name, stream = index, lanes = shared.lanes.open() - 1, "queue idle for a while: connection closed");
+            }
             break;
         }
         shared.metrics.reconnects.inc();
         if shared.live.load(Ordering::Relaxed) == 0 {
             drain_queue(shared).await;
-        }
-        if extra {
-            return;
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff.next()) => {}
@@ -305,11 +310,11 @@ type Taken<R> = (OwnedSemaphorePermit, Envelope<R>);
 /// the service's wake-up instead of each paying for its own. The linger is `linger`, or
 /// with the adaptive mode about one expected arrival gap within it (`linger.rs`).
 ///
-/// Each take tells the `lane` whether it found a backlog (a batch's worth queued), which may
-/// open another lane; with
-/// more than one lane allowed, a take that finds a backlog takes up to `linger_batch` of it
-/// at once, so the lanes pass the queue's lock once per batch rather than per request. An
-/// extra lane idle for `lane_idle` ends here (false) when its queue is empty.
+/// With more than one lane allowed, each take that finds the queue not empty tells the
+/// `lane` (which keeps an extra lane open), whether a batch's worth waited while the service
+/// keeps up (which may open another lane), and takes up to `linger_batch` at once, so the
+/// lanes pass the queue's lock once per batch rather than per request. An extra lane whose
+/// takes found the queue empty for `lane_idle` ends here (false).
 async fn take_batch<R: HopRequest>(
     shared: &Arc<Shared<R>>,
     (inflight, lane): (&Arc<Semaphore>, &mut Lane),
@@ -318,8 +323,8 @@ async fn take_batch<R: HopRequest>(
 ) -> bool {
     let most = shared.config.linger_batch.max(1);
     let idle_at = lane.idle_at(shared.config.lane_idle);
-    // An extra lane's wait for work ends at its idle time (a timer only off the data path:
-    // nothing is queued while it runs).
+    // An extra lane's wait for work ends at its idle time: a tokio timer, registered only on
+    // an extra lane's takes, and firing only when the lock is not to be had (biased).
     let idle = async move {
         match idle_at {
             Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -332,8 +337,9 @@ async fn take_batch<R: HopRequest>(
         _ = stop.cancelled() => return false,
     };
     let mut rx = tokio::select! {
-        rx = shared.rx.lock() => rx,
+        biased;
         _ = stop.cancelled() => return false,
+        rx = shared.rx.lock() => rx,
         _ = &mut idle => { lane.retire(); return false }
     };
     match rx.try_recv() {
@@ -343,6 +349,7 @@ async fn take_batch<R: HopRequest>(
             batch.push_back((permit, envelope));
             // With one lane allowed (below 8 CPUs by default) nothing here applies.
             if shared.config.lanes_max > 1 {
+                lane.busy(now);
                 // A backlog is a whole batch already waiting while the service keeps up
                 // (under half of `stream_inflight` unanswered): a linger's batching leaves a
                 // few behind as it sends, and a slow service frees room only as it answers,
@@ -350,7 +357,7 @@ async fn take_batch<R: HopRequest>(
                 let answering = inflight.available_permits() >= shared.config.stream_inflight / 2;
                 if 1 + rx.len() < most || !answering {
                     lane.drained();
-                } else if lane.backlog(now, shared.config.lane_grow_after) == Verdict::Grow {
+                } else if lane.backlog(shared.config.lane_grow_after) == Verdict::Grow {
                     grow(shared);
                 }
                 while batch.len() < most {
@@ -371,8 +378,9 @@ async fn take_batch<R: HopRequest>(
         return false;
     }
     let first = tokio::select! {
-        e = rx.recv() => e,
+        biased;
         _ = stop.cancelled() => return false,
+        e = rx.recv() => e,
         _ = &mut idle => { lane.retire(); return false }
     };
     let Some(first) = first else { return false };
@@ -429,13 +437,13 @@ fn outbound<R: HopRequest>(
     stop: CancellationToken,
 ) -> Outbound<Encoded<R>> {
     Outbound(Box::pin(async_stream::stream! {
-        let mut batch = VecDeque::with_capacity(shared.config.linger_batch.max(1));
+        let mut held = Held { batch: VecDeque::with_capacity(shared.config.linger_batch.max(1)), shared: shared.clone() };
         let mut arrivals = Arrivals::default();
         loop {
-            if batch.is_empty() && !take_batch(&shared, (&inflight, &mut lane), &stop, (&mut batch, &mut arrivals)).await {
+            if held.batch.is_empty() && !take_batch(&shared, (&inflight, &mut lane), &stop, (&mut held.batch, &mut arrivals)).await {
                 break;
             }
-            let Some((permit, envelope)) = batch.pop_front() else { break };
+            let Some((permit, envelope)) = held.batch.pop_front() else { break };
             let Envelope { call, reply, enqueued_at, outstanding, .. } = envelope;
             let (mut request, span) = (call.request, call.span);
             shared.metrics.queue_depth.dec();
@@ -467,11 +475,24 @@ fn outbound<R: HopRequest>(
             yield request;
             shared.metrics.send_blocked.inc_by(handed.elapsed().as_secs_f64());
         }
-        // Taken but never sent: answered now, not left to a dropped reply channel.
-        for (_, envelope) in batch {
-            shared.metrics.queue_depth.dec();
+    }))
+}
+
+/// Requests a stream took from the queue and has not sent yet. Dropped with the stream's
+/// body — at its end, or when hyper drops a body paused between two sends (a reset) — it
+/// answers each UNAVAILABLE now rather than leave it to a dropped reply channel, and takes
+/// it off the queue depth.
+struct Held<R: HopRequest> {
+    batch: VecDeque<Taken<R>>,
+    shared: Arc<Shared<R>>,
+}
+
+impl<R: HopRequest> Drop for Held<R> {
+    fn drop(&mut self) {
+        for (_, envelope) in self.batch.drain(..) {
+            self.shared.metrics.queue_depth.dec();
             let status = Status::unavailable(format!("{} stream closed", R::NAME));
             refuse::<R>(envelope.reply, &envelope.call.span, "stream_broke", status);
         }
-    }))
+    }
 }
