@@ -101,7 +101,7 @@ pub struct Config {
     /// Most HTTP/2 connections ("lanes") to one downstream replica (1 to 64). One
     /// connection is written by one thread at a time; while requests keep waiting for its
     /// sender (not for the service), the gateway opens another, one stream each, and closes
-    /// it after --downstream-lane-idle without a backlog. Default: the gateway's worker
+    /// it after --downstream-lane-idle with nothing queued. Default: the gateway's worker
     /// threads (one below 8 CPUs, where nothing changes).
     #[arg(long, env = "SLUICE_DOWNSTREAM_LANES_MAX", value_parser = clap::value_parser!(u16).range(1..=downstream::MAX_LANES as i64))]
     pub downstream_lanes_max: Option<u16>,
