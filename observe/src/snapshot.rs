@@ -153,6 +153,10 @@ pub struct Service {
     pub queue_capacity: f64,
     pub inflight: f64,
     pub live_streams: f64,
+    /// HTTP/2 connections to it, all replicas: one each, more while a sender cannot keep up
+    /// (0 from a gateway without lanes).
+    #[serde(default)]
+    pub lanes: f64,
     /// held / bound.
     pub fill: f64,
     pub full: bool,
@@ -239,6 +243,7 @@ impl Snapshot {
                     queue_capacity,
                     inflight,
                     live_streams: s.of(gateway::DOWNSTREAM_LIVE_STREAMS, name),
+                    lanes: s.of(gateway::DOWNSTREAM_LANES, name),
                     fill,
                     full: fill >= FULL,
                     rate: previous.map(|(dt, p)| {

@@ -51,14 +51,19 @@ pub(crate) struct Lanes {
     connect: Connect,
     /// The replica's stop: extra lanes end with it.
     pub(crate) shutdown: CancellationToken,
-    /// Lanes open, the first included.
+    /// Lanes open, the first included; the first lane's first stream waits, after the stop,
+    /// until it is 1 again.
     open: AtomicUsize,
-    /// Extra lanes' tasks still running; the first lane's first stream waits for them.
-    extra: AtomicUsize,
-    extra_done: Notify,
-    next_index: AtomicUsize,
-    /// When the last lane was opened (touched only when one may be).
-    last_grow: Mutex<Option<Instant>>,
+    closed: Notify,
+    /// Touched only when a lane may open.
+    grow: Mutex<Grow>,
+}
+
+struct Grow {
+    /// When the last lane opened (or, after a failure, a time ahead).
+    last: Option<Instant>,
+    /// The next lane's stream index (for the logs).
+    next_index: usize,
 }
 
 impl Lanes {
@@ -67,10 +72,11 @@ impl Lanes {
             connect,
             shutdown,
             open: AtomicUsize::new(1),
-            extra: AtomicUsize::new(0),
-            extra_done: Notify::new(),
-            next_index: AtomicUsize::new(first_streams),
-            last_grow: Mutex::new(None),
+            closed: Notify::new(),
+            grow: Mutex::new(Grow {
+                last: None,
+                next_index: first_streams,
+            }),
         }
     }
 
@@ -81,58 +87,56 @@ impl Lanes {
 
     /// Lanes open now, the first included.
     pub(crate) fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+        self.open.load(Ordering::SeqCst)
     }
 
     /// Claims a new lane if one may open now (fewer than `max`, none opened within
     /// [`GROW_SPACING`], not stopping): its stream index and connection.
     pub(crate) fn claim(&self, max: usize) -> Option<(usize, Channel)> {
-        if self.shutdown.is_cancelled() {
-            return None;
-        }
-        let mut last = self.last_grow.lock().unwrap_or_else(|e| e.into_inner());
+        let mut grow = self.grow.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         // `duration_since` is zero for a time still ahead (after a failure).
-        if last.is_some_and(|t| now.duration_since(t) < GROW_SPACING) || self.open() >= max {
+        if grow
+            .last
+            .is_some_and(|t| now.duration_since(t) < GROW_SPACING)
+            || self.open() >= max
+        {
             return None;
         }
-        // Counted before the stop is checked again: the first lane's wait for extra lanes
-        // begins only after the stop, so it either sees this count or this sees the stop.
-        self.extra.fetch_add(1, Ordering::SeqCst);
+        // Counted before the stop is checked: the first lane's wait for extra lanes begins
+        // only after the stop, so either it sees this count or this sees the stop.
+        self.open.fetch_add(1, Ordering::SeqCst);
         if self.shutdown.is_cancelled() {
-            self.extra.fetch_sub(1, Ordering::SeqCst);
-            self.extra_done.notify_waiters();
+            self.closed();
             return None;
         }
-        *last = Some(now);
-        self.open.fetch_add(1, Ordering::Relaxed);
-        let index = self.next_index.fetch_add(1, Ordering::Relaxed);
-        Some((index, (self.connect)()))
+        grow.last = Some(now);
+        grow.next_index += 1;
+        Some((grow.next_index - 1, (self.connect)()))
     }
 
     /// An extra lane could not open: the next waits [`FAILED_SPACING`].
     pub(crate) fn failed(&self) {
-        let mut last = self.last_grow.lock().unwrap_or_else(|e| e.into_inner());
-        *last = Some(Instant::now() + FAILED_SPACING - GROW_SPACING);
+        let mut grow = self.grow.lock().unwrap_or_else(|e| e.into_inner());
+        grow.last = Some(Instant::now() + FAILED_SPACING - GROW_SPACING);
     }
 
     /// An extra lane ended.
     pub(crate) fn closed(&self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
-        self.extra.fetch_sub(1, Ordering::SeqCst);
-        self.extra_done.notify_waiters();
+        self.open.fetch_sub(1, Ordering::SeqCst);
+        self.closed.notify_waiters();
     }
 
     /// Waits until every extra lane has ended (after the replica's stop).
     pub(crate) async fn extras_ended(&self) {
         loop {
-            let done = self.extra_done.notified();
-            tokio::pin!(done);
-            done.as_mut().enable();
-            if self.extra.load(Ordering::SeqCst) == 0 {
+            let closed = self.closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if self.open() <= 1 {
                 return;
             }
-            done.await;
+            closed.await;
         }
     }
 }
@@ -238,9 +242,9 @@ mod tests {
         let (index, _) = l.claim(3).expect("a second lane may open");
         assert_eq!((index, l.open()), (1, 2));
         assert!(l.claim(3).is_none(), "not within the spacing");
-        *l.last_grow.lock().unwrap() = Some(Instant::now() - GROW_SPACING);
+        l.grow.lock().unwrap().last = Some(Instant::now() - GROW_SPACING);
         assert!(l.claim(3).is_some());
-        *l.last_grow.lock().unwrap() = Some(Instant::now() - GROW_SPACING);
+        l.grow.lock().unwrap().last = Some(Instant::now() - GROW_SPACING);
         assert!(l.claim(3).is_none(), "at most 3");
         assert_eq!(l.open(), 3);
         l.closed();
@@ -248,12 +252,12 @@ mod tests {
         assert_eq!(l.open(), 1);
         l.failed();
         assert!(l.claim(3).is_none(), "not soon after a lane failed to open");
-        *l.last_grow.lock().unwrap() = Some(Instant::now() - GROW_SPACING);
+        l.grow.lock().unwrap().last = Some(Instant::now() - GROW_SPACING);
         assert!(l.claim(3).is_some());
         l.closed();
         l.extras_ended().await;
         l.shutdown.cancel();
-        *l.last_grow.lock().unwrap() = None;
+        l.grow.lock().unwrap().last = None;
         assert!(l.claim(3).is_none(), "none while stopping");
     }
 }

@@ -373,10 +373,8 @@ async fn take_batch<R: HopRequest>(
         Err(mpsc::error::TryRecvError::Disconnected) => return false,
         Err(mpsc::error::TryRecvError::Empty) => lane.drained(),
     }
-    if idle_at.is_some_and(|at| at <= Instant::now()) {
-        lane.retire();
-        return false;
-    }
+    // An extra lane past its idle time ends here: the queue is empty, so `recv` is pending
+    // and the timer, polled next, is already due.
     let first = tokio::select! {
         biased;
         _ = stop.cancelled() => return false,

@@ -363,8 +363,9 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// One run against `mesh`, its CPU charged to each of the mesh's processes.
-/// The connections the gateway holds to each downstream (all replicas), by service; empty
-/// when its `/metrics` has none (a build from before lanes).
+/// The connections the gateway holds to each downstream (all replicas), by service, read
+/// through the gateway's own snapshot; none when its `/metrics` has none (a build from
+/// before lanes).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Lanes(std::collections::BTreeMap<String, f64>);
 
@@ -376,15 +377,16 @@ impl Lanes {
         let Some(samples) = sluice_loadgen::admin::metrics::samples(&url).await else {
             return Lanes::default();
         };
+        let snapshot = sluice_observe::snapshot::Snapshot::of(
+            &sluice_observe::snapshot::GatewaySamples::of_map(&samples),
+            None,
+        );
         Lanes(
-            sluice_core::exposition::Samples(samples)
-                .series(sluice_observe::names::gateway::DOWNSTREAM_LANES)
-                .filter_map(|(labels, v)| {
-                    Some((
-                        sluice_core::exposition::label(labels, "downstream")?.to_string(),
-                        v,
-                    ))
-                })
+            snapshot
+                .services
+                .into_iter()
+                .filter(|s| s.lanes > 0.0)
+                .map(|s| (s.name, s.lanes))
                 .collect(),
         )
     }
